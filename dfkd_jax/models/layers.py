@@ -1,0 +1,196 @@
+"""Layers shared by the model zoo: PyTorch-semantics BatchNorm and initialisers.
+
+Every classifier in :mod:`dfkd_jax.models` is an exact NHWC port of the PyTorch
+definition used by the peers (CMI, DFAD, DAFL, LRA, MAD). Two details make ports exact:
+
+* :class:`BatchNorm` follows ``torch.nn.BatchNorm2d``: normalisation with the *biased*
+  batch variance, running variance updated with the *unbiased* one, ``momentum=0.1``
+  (Flax's ``0.9``), ``eps=1e-5`` by default. It also reports the moments of its input
+  (:class:`dfkd_jax.losses.BNMoments`) for BatchNorm moment matching (MAD eq. 9).
+* Initialisers reproduce PyTorch's defaults (``kaiming_uniform_(a=sqrt(5))`` for conv and
+  linear weights, ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))`` for biases) unless a peer
+  overrides them.
+
+Parameter and statistic names match ``flax.linen.BatchNorm`` (``scale``, ``bias`` /
+``mean``, ``var``) so that checkpoints read like ordinary Flax ones.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, NamedTuple, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from dfkd_jax.losses import BNMoments
+
+Array = jax.Array
+Initializer = Callable[..., Array]
+
+
+class ClassifierFeatures(NamedTuple):
+  """What a classifier returns beside its logits when called with ``features=True``.
+
+  Attributes:
+    penultimate: ``[N, D]`` features fed to the final linear layer (LRA eq. 13).
+    bn_moments: one :class:`~dfkd_jax.losses.BNMoments` per BatchNorm layer, in
+      forward order (empty for networks without BatchNorm, e.g. LeNet-5).
+  """
+
+  penultimate: Array
+  bn_moments: tuple[BNMoments, ...]
+
+
+# PyTorch's default ``kaiming_uniform_(w, a=sqrt(5))`` is U(-1/sqrt(fan_in), ..), i.e. a
+# variance scaling of 1/3 over fan_in.
+torch_default_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in",
+                                                            "uniform")
+# ``kaiming_normal_(mode="fan_out", nonlinearity="relu")`` (CMI ResNets) and WRN's
+# ``normal_(0, sqrt(2 / (k*k*out)))``: the same distribution (not truncated).
+kaiming_normal_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def torch_default_bias_init(fan_in: int) -> Initializer:
+  """PyTorch's default bias initialiser ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``.
+
+  Args:
+    fan_in: number of inputs of the layer (``k*k*C_in`` for a convolution).
+
+  Returns:
+    A Flax initialiser.
+  """
+  bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
+
+
+def uniform_init(bound: float) -> Initializer:
+  """``U(-bound, bound)``, e.g. the LRA generator's ``uniform_(-0.08, 0.08)``."""
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
+
+
+def torch_linear(features: int, fan_in: int, name: str | None = None,
+                 kernel_init: Initializer = torch_default_kernel_init) -> nn.Dense:
+  """``nn.Dense`` initialised like ``torch.nn.Linear``.
+
+  Args:
+    features: output width.
+    fan_in: input width (for the bias initialiser).
+    name: submodule name.
+    kernel_init: weight initialiser (PyTorch default unless given).
+
+  Returns:
+    The Dense layer.
+  """
+  return nn.Dense(features, kernel_init=kernel_init,
+                  bias_init=torch_default_bias_init(fan_in), name=name)
+
+
+def torch_conv(features: int, kernel_size: int, in_features: int, *, stride: int = 1,
+               padding: int = 0, use_bias: bool = True, name: str | None = None,
+               kernel_init: Initializer = torch_default_kernel_init) -> nn.Conv:
+  """``nn.Conv`` with explicit symmetric padding, as ``torch.nn.Conv2d``.
+
+  Args:
+    features: output channels.
+    kernel_size: square kernel size ``k``.
+    in_features: input channels (for the default bias initialiser).
+    stride: stride.
+    padding: zero padding on every side, as PyTorch's ``padding=`` integer.
+    use_bias: whether the convolution has a bias.
+    name: submodule name.
+    kernel_init: weight initialiser.
+
+  Returns:
+    The convolution (input ``[N, H, W, in_features]``).
+  """
+  return nn.Conv(features, (kernel_size, kernel_size), strides=(stride, stride),
+                 padding=((padding, padding), (padding, padding)), use_bias=use_bias,
+                 kernel_init=kernel_init,
+                 bias_init=torch_default_bias_init(kernel_size * kernel_size *
+                                                   in_features), name=name)
+
+
+class BatchNorm(nn.Module):
+  """``torch.nn.BatchNorm`` over the last axis, reporting its input moments.
+
+  Attributes:
+    epsilon: added to the variance (PyTorch ``eps``; note ``BatchNorm2d(128, 0.8)`` in
+      the DAFL/LRA generator passes ``eps=0.8``).
+    momentum: PyTorch momentum: ``running = (1 - m) * running + m * batch``.
+    use_affine: learnable ``scale``/``bias`` (PyTorch ``affine``).
+  """
+
+  epsilon: float = 1e-5
+  momentum: float = 0.1
+  use_affine: bool = True
+
+  @nn.compact
+  def __call__(self, x: Array, train: bool) -> tuple[Array, BNMoments]:
+    """Normalises ``x`` with batch (``train``) or running (eval) statistics.
+
+    Args:
+      x: ``[..., C]`` input.
+      train: use and update batch statistics (requires ``mutable=["batch_stats"]``).
+
+    Returns:
+      ``(y, moments)``: the output and the batch mean / biased variance of ``x`` over
+      all axes but the last together with the running statistics before this call.
+    """
+    channels = x.shape[-1]
+    reduce_axes = tuple(range(x.ndim - 1))
+    running_mean = self.variable("batch_stats", "mean",
+                                 lambda: jnp.zeros((channels,), jnp.float32))
+    running_var = self.variable("batch_stats", "var",
+                                lambda: jnp.ones((channels,), jnp.float32))
+    x32 = x.astype(jnp.float32)
+    batch_mean = jnp.mean(x32, axis=reduce_axes)
+    batch_var = jnp.mean(jnp.square(x32 - batch_mean), axis=reduce_axes)
+    moments = BNMoments(batch_mean, batch_var, running_mean.value, running_var.value)
+
+    if train:
+      mean, var = batch_mean, batch_var
+      if not self.is_initializing():
+        count = math.prod(x.shape[:-1])
+        unbiased_var = batch_var * (count / max(count - 1, 1))
+        m = self.momentum
+        running_mean.value = (1 - m) * running_mean.value + m * batch_mean
+        running_var.value = (1 - m) * running_var.value + m * unbiased_var
+    else:
+      mean, var = running_mean.value, running_var.value
+
+    y = (x32 - mean) * jax.lax.rsqrt(var + self.epsilon)
+    if self.use_affine:
+      scale = self.param("scale", nn.initializers.ones, (channels,), jnp.float32)
+      bias = self.param("bias", nn.initializers.zeros, (channels,), jnp.float32)
+      y = y * scale + bias
+    return y.astype(x.dtype), moments
+
+
+def collect_moments(groups: Sequence[Sequence[BNMoments]]) -> tuple[BNMoments, ...]:
+  """Concatenates per-block moment tuples into one forward-ordered tuple."""
+  return tuple(m for group in groups for m in group)
+
+
+def check_input(name: str, x: Array, expected_hwc: Sequence[int | None]) -> None:
+  """Raises ``ValueError`` when ``x`` is not ``[N, *expected_hwc]``.
+
+  Args:
+    name: model name for the message.
+    x: input batch.
+    expected_hwc: expected ``(H, W, C)``; ``None`` entries are not checked.
+  """
+  if x.ndim != 4 or any(e is not None and e != s
+                        for e, s in zip(expected_hwc, x.shape[1:])):
+    raise ValueError(f"{name} expects NHWC input [N, {', '.join(map(str, expected_hwc))}]"
+                     f" (None = any), got shape {tuple(x.shape)}")
+
