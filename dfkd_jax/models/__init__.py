@@ -22,6 +22,8 @@ import flax.linen as nn
 from dfkd_jax.models.digits import DigitsCNN
 from dfkd_jax.models.layers import BatchNorm, ClassifierFeatures
 from dfkd_jax.models.lenet import LeNet5
+from dfkd_jax.models.resnet import ResNet
+from dfkd_jax.models.wrn import WideResNet
 
 __all__ = ["BatchNorm", "ClassifierFeatures", "get", "input_shape", "is_classifier",
            "names"]
@@ -45,6 +47,22 @@ class _Entry:
 
 
 _REGISTRY: dict[str, _Entry] = {
+    "resnet18": _Entry(lambda num_classes: ResNet(num_classes, 18, 32), "classifier",
+                       (32, 32, None)),
+    "resnet34": _Entry(lambda num_classes: ResNet(num_classes, 34, 32), "classifier",
+                       (32, 32, None)),
+    "resnet18_64": _Entry(lambda num_classes: ResNet(num_classes, 18, 64),
+                          "classifier", (64, 64, None)),
+    "resnet34_64": _Entry(lambda num_classes: ResNet(num_classes, 34, 64),
+                          "classifier", (64, 64, None)),
+    "wrn16_1": _Entry(lambda num_classes: WideResNet(num_classes, 16, 1), "classifier",
+                      (32, 32, None)),
+    "wrn16_2": _Entry(lambda num_classes: WideResNet(num_classes, 16, 2), "classifier",
+                      (32, 32, None)),
+    "wrn40_1": _Entry(lambda num_classes: WideResNet(num_classes, 40, 1), "classifier",
+                      (32, 32, None)),
+    "wrn40_2": _Entry(lambda num_classes: WideResNet(num_classes, 40, 2), "classifier",
+                      (32, 32, None)),
     "lenet5": _Entry(lambda num_classes: LeNet5(num_classes, 1), "classifier",
                      (32, 32, 1)),
     "lenet5_half": _Entry(lambda num_classes: LeNet5(num_classes, 2), "classifier",
