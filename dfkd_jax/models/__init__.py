@@ -20,13 +20,16 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 
 from dfkd_jax.models.digits import DigitsCNN
+from dfkd_jax.models.generators import DAFLGenerator, MADGenerator, MAD_IMAGE_SIZES
 from dfkd_jax.models.layers import BatchNorm, ClassifierFeatures
 from dfkd_jax.models.lenet import LeNet5
 from dfkd_jax.models.resnet import ResNet
+from dfkd_jax.models.vae import VAE
 from dfkd_jax.models.wrn import WideResNet
 
-__all__ = ["BatchNorm", "ClassifierFeatures", "get", "input_shape", "is_classifier",
-           "names"]
+__all__ = ["BatchNorm", "ClassifierFeatures", "DAFLGenerator", "DigitsCNN", "LeNet5",
+           "MADGenerator", "ResNet", "VAE", "WideResNet", "get", "input_shape",
+           "is_classifier", "names"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +47,56 @@ class _Entry:
   kind: str
   input_shape: tuple[int, int, int | None] | None = None
   options: tuple[str, ...] = ()
+
+
+_GENERATOR_OPTIONS = ("latent_dim", "image_shape")
+
+
+def _image_shape(name: str, image_shape: Sequence[int], divisor: int,
+                 sizes: Sequence[int] = ()) -> tuple[int, int, int]:
+  """Checks a generator's ``image_shape`` and returns it as a tuple of ints."""
+  shape = tuple(int(d) for d in image_shape)
+  if len(shape) != 3 or min(shape) < 1:
+    raise ValueError(f"{name!r}: image_shape must be (H, W, C) with positive sizes, got "
+                     f"{tuple(image_shape)}")
+  h, w, _ = shape
+  if sizes and (h != w or h not in sizes):
+    raise ValueError(f"{name!r}: image_shape {shape} not supported; valid sizes: square "
+                     f"{', '.join(map(str, sizes))}")
+  if h % divisor or w % divisor:
+    raise ValueError(f"{name!r}: image_shape {shape} needs H and W divisible by "
+                     f"{divisor}")
+  return shape
+
+
+def _dafl_generator(num_classes: int, latent_dim: int = 1000,
+                    image_shape: Sequence[int] = (32, 32, 3),
+                    spectral_norm: bool = True) -> nn.Module:
+  del num_classes
+  return DAFLGenerator(latent_dim, _image_shape("dafl_generator", image_shape, 4),
+                       base_width=64, bn_epsilon=0.8, spectral_norm=spectral_norm,
+                       lra_init=True)
+
+
+def _dfad_generator(num_classes: int, latent_dim: int = 256,
+                    image_shape: Sequence[int] = (32, 32, 3), base_width: int = 64
+                    ) -> nn.Module:
+  del num_classes
+  return DAFLGenerator(latent_dim, _image_shape("dfad_generator", image_shape, 4),
+                       base_width=base_width, bn_epsilon=1e-5, spectral_norm=False,
+                       lra_init=False)
+
+
+def _mad_generator(num_classes: int, latent_dim: int = 256,
+                   image_shape: Sequence[int] = (32, 32, 3)) -> nn.Module:
+  return MADGenerator(num_classes, latent_dim,
+                      _image_shape("mad_generator", image_shape, 1, MAD_IMAGE_SIZES))
+
+
+def _vae(num_classes: int, latent_dim: int = 100,
+         image_shape: Sequence[int] = (32, 32, 3)) -> nn.Module:
+  del num_classes
+  return VAE(latent_dim, _image_shape("vae", image_shape, 8))
 
 
 _REGISTRY: dict[str, _Entry] = {
@@ -71,6 +124,12 @@ _REGISTRY: dict[str, _Entry] = {
                          "classifier", (8, 8, 1)),
     "digits_cnn_half": _Entry(lambda num_classes: DigitsCNN(num_classes, (16, 16, 32)),
                               "classifier", (8, 8, 1)),
+    "dafl_generator": _Entry(_dafl_generator, "generator",
+                             options=_GENERATOR_OPTIONS + ("spectral_norm",)),
+    "dfad_generator": _Entry(_dfad_generator, "generator",
+                             options=_GENERATOR_OPTIONS + ("base_width",)),
+    "mad_generator": _Entry(_mad_generator, "generator", options=_GENERATOR_OPTIONS),
+    "vae": _Entry(_vae, "vae", options=_GENERATOR_OPTIONS),
 }
 
 

@@ -23,6 +23,7 @@ from typing import Callable, NamedTuple, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from dfkd_jax.losses import BNMoments
 
@@ -194,3 +195,34 @@ def check_input(name: str, x: Array, expected_hwc: Sequence[int | None]) -> None
     raise ValueError(f"{name} expects NHWC input [N, {', '.join(map(str, expected_hwc))}]"
                      f" (None = any), got shape {tuple(x.shape)}")
 
+
+
+def upsample_nearest(x: Array, factor: int = 2) -> Array:
+  """``F.interpolate(x, scale_factor=factor)`` (nearest) on ``[N, H, W, C]``."""
+  return jnp.repeat(jnp.repeat(x, factor, axis=1), factor, axis=2)
+
+
+def _align_corners_matrix(size_in: int, size_out: int) -> np.ndarray:
+  """``[size_out, size_in]`` linear-interpolation weights with aligned corners."""
+  weights = np.zeros((size_out, size_in), np.float32)
+  if size_in == 1:
+    weights[:, 0] = 1.0
+    return weights
+  pos = np.arange(size_out) * (size_in - 1) / (size_out - 1)
+  lo = np.minimum(np.floor(pos).astype(int), size_in - 2)
+  frac = pos - lo
+  weights[np.arange(size_out), lo] = 1.0 - frac
+  weights[np.arange(size_out), lo + 1] += frac
+  return weights
+
+
+def upsample_bilinear_aligned(x: Array, factor: int = 2) -> Array:
+  """``torch.nn.UpsamplingBilinear2d(scale_factor=factor)`` on ``[N, H, W, C]``.
+
+  PyTorch's ``UpsamplingBilinear2d`` uses ``align_corners=True``, unlike
+  ``jax.image.resize``; the interpolation is done with two small constant matrices.
+  """
+  _, h, w, _ = x.shape
+  rows = jnp.asarray(_align_corners_matrix(h, h * factor), x.dtype)
+  cols = jnp.asarray(_align_corners_matrix(w, w * factor), x.dtype)
+  return jnp.einsum("oh,pw,nhwc->nopc", rows, cols, x)
