@@ -1,0 +1,464 @@
+"""Real datasets for teacher training and evaluation, as NumPy batches.
+
+Sources:
+
+* ``digits``: scikit-learn's bundled 8x8 digits (1797 images), a fixed seeded stratified
+  80/20 train/test split; needs no download and is the default everywhere.
+* ``mnist``, ``fashion_mnist``, ``svhn_cropped``, ``cifar10``, ``cifar100``: TensorFlow
+  Datasets, read with ``tfds.data_source`` from ``array_record`` files. Reading needs no
+  TensorFlow (but Pillow, to decode the PNGs); *preparing* them does, once, offline::
+
+    python -m dfkd_jax.data prepare --dataset=mnist --archives=DIR --data_dir=DATA_DIR
+
+  copies the original archives from ``DIR`` into ``DATA_DIR/downloads/manual/<dataset>/``
+  (one folder per dataset: MNIST and Fashion-MNIST archives share file names), where the
+  TFDS download manager picks them up instead of downloading them. TFDS still checks them
+  against its registered sizes and SHA-256 sums, so only the official archives work.
+* ``tiny_imagenet``: TFDS has no builder for Tiny-ImageNet (none in
+  ``tensorflow_datasets`` 4.9.10; ``tfds.builder("tiny_imagenet")`` fails), so it is read
+  from the extracted official archive, ``DATA_DIR/tiny-imagenet-200/`` (``wnids.txt``,
+  ``train/<wnid>/images/*.JPEG``, ``val/images`` + ``val/val_annotations.txt``); its
+  ``val`` split is the test split, as in the DFKD literature.
+
+A dataset id is a source name, optionally with ``:pad`` for the 28x28 sources
+(``mnist:pad``): LeNet-5 takes 32x32 inputs, and the 28x28 images are brought to 32x32
+by bilinear resizing (as DAFL's ``teacher-train.py`` does, ``Resize((32, 32))``) or, with
+``:pad``, by zero-padding 2 pixels on each side (the original LeNet-5 recipe). The teacher
+checkpoint records the dataset id, so evaluation sees what training saw.
+
+Images are scaled to [0, 1], optionally augmented (random crop with 4 pixels of zero
+padding and horizontal flip for CIFAR, crop only for SVHN and Tiny-ImageNet) and
+normalised with per-channel mean/std (the constants the peers use). Batches are NumPy:
+NHWC float32 images, int32 labels, float32 mask.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+import shutil
+from typing import Iterator, NamedTuple, Sequence
+
+import numpy as np
+
+DEFAULT_DATA_DIR = os.environ.get("TFDS_DATA_DIR",
+                                  os.path.expanduser("~/tensorflow_datasets"))
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+  """What is fixed about one image classification source.
+
+  Attributes:
+    name: source name (``mnist``, ``cifar10``, ...).
+    num_classes: number of classes.
+    image_shape: native ``(H, W, C)`` of the stored images.
+    mean: per-channel mean of the [0, 1]-scaled pixels, used to normalise.
+    std: per-channel standard deviation, used to normalise.
+    crop: whether training augmentation takes random 4-pixel-padded crops.
+    flip: whether training augmentation flips horizontally.
+    tfds_name: the TFDS builder name, or ``None`` when not read through TFDS.
+  """
+
+  name: str
+  num_classes: int
+  image_shape: tuple[int, int, int]
+  mean: tuple[float, ...]
+  std: tuple[float, ...]
+  crop: bool = False
+  flip: bool = False
+  tfds_name: str | None = None
+
+
+SPECS: dict[str, DatasetSpec] = {
+    spec.name: spec for spec in (
+        DatasetSpec("digits", 10, (8, 8, 1), (0.3053,), (0.3760,)),
+        DatasetSpec("mnist", 10, (28, 28, 1), (0.1307,), (0.3081,), tfds_name="mnist"),
+        DatasetSpec("fashion_mnist", 10, (28, 28, 1), (0.2860,), (0.3530,),
+                    tfds_name="fashion_mnist"),
+        DatasetSpec("svhn_cropped", 10, (32, 32, 3), (0.4377, 0.4438, 0.4728),
+                    (0.1980, 0.2010, 0.1970), crop=True, tfds_name="svhn_cropped"),
+        DatasetSpec("cifar10", 10, (32, 32, 3), (0.4914, 0.4822, 0.4465),
+                    (0.2023, 0.1994, 0.2010), crop=True, flip=True, tfds_name="cifar10"),
+        DatasetSpec("cifar100", 100, (32, 32, 3), (0.5071, 0.4865, 0.4409),
+                    (0.2673, 0.2564, 0.2762), crop=True, flip=True,
+                    tfds_name="cifar100"),
+        DatasetSpec("tiny_imagenet", 200, (64, 64, 3), (0.4802, 0.4481, 0.3975),
+                    (0.2302, 0.2265, 0.2262), crop=True, flip=True),
+    )
+}
+
+_UPSCALE_METHODS = ("bilinear", "pad")
+_TINY_IMAGENET_DIR = "tiny-imagenet-200"
+
+
+class Dataset(NamedTuple):
+  """A parsed dataset id: the source and how 28x28 images reach 32x32."""
+
+  spec: DatasetSpec
+  upscale: str  # "bilinear" or "pad".
+
+  @property
+  def id(self) -> str:
+    return self.spec.name + (":pad" if self.upscale == "pad" else "")
+
+
+class ArraySplit(NamedTuple):
+  """One split in memory, as stored: ``images [N, H, W, C]`` (``pixel_max`` = white)."""
+
+  images: np.ndarray
+  labels: np.ndarray  # int32 [N].
+  pixel_max: float
+
+
+class Batch(NamedTuple):
+  """One batch: ``images [B, H, W, C]`` float32, ``labels [B]`` int32, ``mask [B]``."""
+
+  images: np.ndarray
+  labels: np.ndarray
+  mask: np.ndarray  # float32; 0 marks padding examples of the last evaluation batch.
+
+
+def get_dataset(dataset_id: str) -> Dataset:
+  """Parses a dataset id such as ``cifar10`` or ``mnist:pad``.
+
+  Raises:
+    ValueError: unknown source or option, naming the valid ones.
+  """
+  name, _, option = dataset_id.partition(":")
+  if name not in SPECS:
+    raise ValueError(f"unknown dataset {dataset_id!r}; valid datasets: "
+                     f"{', '.join(SPECS)} (28x28 ones also as '<name>:pad')")
+  if option not in ("", "pad") or (option and SPECS[name].image_shape[0] != 28):
+    raise ValueError(f"unknown option {option!r} in dataset {dataset_id!r}; only the "
+                     "28x28 datasets (mnist, fashion_mnist) take ':pad'")
+  return Dataset(SPECS[name], "pad" if option else "bilinear")
+
+
+# ---------------------------------------------------------------------------
+# Loading splits.
+# ---------------------------------------------------------------------------
+
+
+def load_split(dataset_id: str, split: str, *,
+               data_dir: str | os.PathLike | None = None) -> ArraySplit:
+  """Loads a whole split (``train`` or ``test``) into memory, as stored.
+
+  Args:
+    dataset_id: see :func:`get_dataset`.
+    split: ``"train"`` or ``"test"``.
+    data_dir: the TFDS data directory (or the folder holding ``tiny-imagenet-200``);
+      defaults to ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``. Unused for digits.
+
+  Returns:
+    The split's images (native size, uint8 or digits' 0..16 values) and labels.
+
+  Raises:
+    ValueError: unknown dataset or split.
+    FileNotFoundError: the dataset is not prepared; the message says how to prepare it.
+  """
+  spec = get_dataset(dataset_id).spec
+  if split not in ("train", "test"):
+    raise ValueError(f"unknown split {split!r}; valid splits: train, test")
+  data_dir = pathlib.Path(data_dir or DEFAULT_DATA_DIR).expanduser()
+  if spec.name == "digits":
+    return _load_digits(split)
+  if spec.name == "tiny_imagenet":
+    return _load_tiny_imagenet(data_dir, split)
+  return _load_tfds(spec, split, data_dir)
+
+
+def _load_digits(split: str, test_fraction: float = 0.2, seed: int = 0) -> ArraySplit:
+  """scikit-learn's 8x8 digits with a fixed stratified split."""
+  from sklearn import datasets as sk_datasets  # pylint: disable=g-import-not-at-top
+  from sklearn import model_selection  # pylint: disable=g-import-not-at-top
+  digits = sk_datasets.load_digits()
+  images = digits.images.astype(np.float32)[..., None]
+  labels = digits.target.astype(np.int32)
+  train_idx, test_idx = model_selection.train_test_split(
+      np.arange(len(labels)), test_size=test_fraction, random_state=seed,
+      stratify=labels)
+  idx = np.sort(train_idx if split == "train" else test_idx)
+  return ArraySplit(images[idx], labels[idx], pixel_max=16.0)
+
+
+def _prepare_command(spec: DatasetSpec, data_dir: pathlib.Path) -> str:
+  return (f"python -m dfkd_jax.data prepare --dataset={spec.name} --archives=DIR "
+          f"--data_dir={data_dir}")
+
+
+def archive_names(spec: DatasetSpec) -> list[str]:
+  """The original archive file names TFDS's builder for ``spec`` needs."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  url_infos = tfds.builder_cls(spec.tfds_name).url_infos or {}
+  return sorted(info.filename or url.rsplit("/", 1)[-1]
+                for url, info in url_infos.items())
+
+
+def _load_tfds(spec: DatasetSpec, split: str, data_dir: pathlib.Path) -> ArraySplit:
+  """Reads a prepared TFDS split with ``tfds.data_source`` (no TensorFlow)."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  try:
+    source = tfds.data_source(spec.tfds_name, split=split, data_dir=os.fspath(data_dir),
+                              download=False)
+  except Exception:  # pylint: disable=broad-except
+    source = None  # Diagnosed below, outside the TFDS traceback.
+  if source is None:
+    version = tfds.builder_cls(spec.tfds_name).VERSION
+    raise FileNotFoundError(
+        f"dataset {spec.name!r} is not prepared under {data_dir} (looked for "
+        f"{data_dir / spec.tfds_name / str(version)} in array_record format). Put the "
+        f"original archives {', '.join(archive_names(spec))} in a folder DIR and run "
+        f"(needs TensorFlow: pip install 'dfkd_jax[prepare]'):\n  "
+        f"{_prepare_command(spec, data_dir)}")
+  images, labels = [], []
+  chunk = 4096
+  for start in range(0, len(source), chunk):
+    examples = source.__getitems__(list(range(start, min(len(source), start + chunk))))
+    images.append(np.stack([np.asarray(e["image"], np.uint8) for e in examples]))
+    labels.append(np.asarray([e["label"] for e in examples], np.int32))
+  images = np.concatenate(images).reshape((-1,) + spec.image_shape)
+  return ArraySplit(images, np.concatenate(labels), pixel_max=255.0)
+
+
+def _load_tiny_imagenet(data_dir: pathlib.Path, split: str) -> ArraySplit:
+  """Reads the extracted official Tiny-ImageNet archive (``val`` is the test split)."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  root = data_dir / _TINY_IMAGENET_DIR
+  if not (root / "wnids.txt").is_file():
+    raise FileNotFoundError(
+        f"Tiny-ImageNet not found: expected {root}/wnids.txt. TFDS has no Tiny-ImageNet "
+        f"builder; extract the official tiny-imagenet-200.zip into {data_dir}")
+  wnids = (root / "wnids.txt").read_text().split()
+  class_of = {wnid: i for i, wnid in enumerate(wnids)}
+  if split == "train":
+    files = [(path, class_of[wnid]) for wnid in wnids
+             for path in sorted((root / "train" / wnid / "images").glob("*.JPEG"))]
+  else:
+    lines = (root / "val" / "val_annotations.txt").read_text().splitlines()
+    files = [(root / "val" / "images" / fields[0], class_of[fields[1]])
+             for fields in (line.split("\t") for line in sorted(lines) if line)]
+  images = np.stack([np.asarray(Image.open(path).convert("RGB"), np.uint8)
+                     for path, _ in files])
+  labels = np.asarray([label for _, label in files], np.int32)
+  return ArraySplit(images, labels, pixel_max=255.0)
+
+
+# ---------------------------------------------------------------------------
+# Preprocessing and batching (NumPy).
+# ---------------------------------------------------------------------------
+
+
+def model_input_shape(dataset_id: str, pad_to_32: bool) -> tuple[int, int, int]:
+  """The ``(H, W, C)`` the model sees: native, or 32x32 for a 28x28 source."""
+  h, w, c = get_dataset(dataset_id).spec.image_shape
+  if pad_to_32 and (h, w) == (28, 28):
+    return (32, 32, c)
+  return (h, w, c)
+
+
+def _bilinear_matrix(size_in: int, size_out: int) -> np.ndarray:
+  """``[out, in]`` weights of PIL's bilinear upsampling (torchvision ``Resize``)."""
+  scale = size_in / size_out
+  centers = (np.arange(size_out) + 0.5) * scale
+  weights = np.maximum(0.0, 1.0 - np.abs(np.arange(size_in)[None, :] + 0.5
+                                         - centers[:, None]))
+  return (weights / weights.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def preprocess(images: np.ndarray, dataset: Dataset, *, pixel_max: float,
+               image_shape: Sequence[int], rng: np.random.Generator | None = None
+               ) -> np.ndarray:
+  """Scales, resizes/pads, optionally augments, and normalises a batch.
+
+  Args:
+    images: ``[B, H, W, C]`` stored images.
+    dataset: the parsed dataset id.
+    pixel_max: the stored value of white.
+    image_shape: the model's ``(H, W, C)``: native, or 32x32 for a 28x28 source.
+    rng: when given, apply the dataset's training augmentation with it.
+
+  Returns:
+    ``[B, *image_shape]`` float32 normalised images.
+  """
+  x = images.astype(np.float32) / np.float32(pixel_max)
+  h, w = x.shape[1:3]
+  out_h, out_w = int(image_shape[0]), int(image_shape[1])
+  if (out_h, out_w) != (h, w):
+    if (h, w) != (28, 28) or (out_h, out_w) != (32, 32):
+      raise ValueError(f"dataset {dataset.id!r} has {h}x{w} images; a model input of "
+                       f"{out_h}x{out_w} is not supported (only 28x28 -> 32x32)")
+    if dataset.upscale == "pad":
+      x = np.pad(x, ((0, 0), (2, 2), (2, 2), (0, 0)))
+    else:
+      m = _bilinear_matrix(28, 32)
+      x = np.einsum("ih,bhwc,jw->bijc", m, x, m, optimize=True)
+  if rng is not None and dataset.spec.crop:
+    x = _random_crop(x, rng, padding=4)
+  if rng is not None and dataset.spec.flip:
+    flip = rng.random(x.shape[0]) < 0.5
+    x = np.where(flip[:, None, None, None], x[:, :, ::-1], x)
+  mean = np.asarray(dataset.spec.mean, np.float32)
+  std = np.asarray(dataset.spec.std, np.float32)
+  return ((x - mean) / std).astype(np.float32)
+
+
+def _random_crop(x: np.ndarray, rng: np.random.Generator, padding: int) -> np.ndarray:
+  """Random ``H x W`` crops of the zero-padded images (torchvision ``RandomCrop``)."""
+  n, h, w, _ = x.shape
+  padded = np.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+  dy = rng.integers(0, 2 * padding + 1, size=n)
+  dx = rng.integers(0, 2 * padding + 1, size=n)
+  rows = (dy[:, None] + np.arange(h)[None, :])[:, :, None]
+  cols = (dx[:, None] + np.arange(w)[None, :])[:, None, :]
+  return padded[np.arange(n)[:, None, None], rows, cols]
+
+
+def train_batches(split: ArraySplit, dataset_id: str, *, batch_size: int, seed: int,
+                  epoch: int, image_shape: Sequence[int], augment: bool = True
+                  ) -> Iterator[Batch]:
+  """One shuffled training epoch; drops the last partial batch.
+
+  Deterministic in ``(seed, epoch)``: the same arguments give the same batches.
+
+  Args:
+    split: the loaded training split.
+    dataset_id: see :func:`get_dataset`.
+    batch_size: examples per batch.
+    seed: run seed.
+    epoch: epoch index (mixed into the seed).
+    image_shape: the model's ``(H, W, C)``.
+    augment: apply the dataset's training augmentation.
+
+  Yields:
+    :class:`Batch` es with an all-ones mask.
+  """
+  dataset = get_dataset(dataset_id)
+  n = len(split.labels)
+  if not 0 < batch_size <= n:
+    raise ValueError(f"batch_size={batch_size} must be in [1, {n}] (the split size)")
+  rng = np.random.default_rng([seed, epoch])
+  order = rng.permutation(n)
+  for start in range(0, n - batch_size + 1, batch_size):
+    idx = np.sort(order[start:start + batch_size])  # Sorted gathers are faster.
+    idx = idx[rng.permutation(batch_size)]
+    images = preprocess(split.images[idx], dataset, pixel_max=split.pixel_max,
+                        image_shape=image_shape, rng=rng if augment else None)
+    yield Batch(images, split.labels[idx], np.ones(batch_size, np.float32))
+
+
+def eval_batches(split: ArraySplit, dataset_id: str, *, batch_size: int,
+                 image_shape: Sequence[int]) -> Iterator[Batch]:
+  """Covers the split exactly once, in order; the last batch is padded and masked.
+
+  Every batch has ``batch_size`` rows (one compiled shape); padding rows repeat the
+  first example with ``mask == 0``, so ``sum(mask * correct) / sum(mask)`` is exact.
+  """
+  dataset = get_dataset(dataset_id)
+  n = len(split.labels)
+  for start in range(0, n, batch_size):
+    idx = np.arange(start, start + batch_size)
+    mask = (idx < n).astype(np.float32)
+    idx = np.where(idx < n, idx, 0)
+    images = preprocess(split.images[idx], dataset, pixel_max=split.pixel_max,
+                        image_shape=image_shape)
+    yield Batch(images, split.labels[idx], mask)
+
+
+def check_teacher_fits(meta, dataset_id: str) -> None:
+  """Checks that a teacher (``TeacherMeta``) can be evaluated on ``dataset_id``.
+
+  Raises:
+    ValueError: unknown dataset, or classes / input shape that do not fit it, naming
+      both values and the fix.
+  """
+  dataset = get_dataset(dataset_id)
+  spec = dataset.spec
+  if int(meta.num_classes) != spec.num_classes:
+    raise ValueError(
+        f"teacher {meta.arch!r} has {meta.num_classes} classes but dataset "
+        f"{dataset.id!r} has {spec.num_classes}; use a teacher trained on "
+        f"{dataset.id!r} (this one records dataset {meta.dataset!r})")
+  shape = tuple(int(d) for d in meta.input_shape)
+  valid = {spec.image_shape, model_input_shape(dataset.id, pad_to_32=True)}
+  if shape not in valid:
+    raise ValueError(
+        f"teacher {meta.arch!r} takes inputs of shape {shape} but dataset "
+        f"{dataset.id!r} gives {' or '.join(map(str, sorted(valid)))}; use a teacher "
+        f"trained on {dataset.id!r} (this one records dataset {meta.dataset!r})")
+
+
+# ---------------------------------------------------------------------------
+# Offline preparation (needs TensorFlow).
+# ---------------------------------------------------------------------------
+
+
+def manual_dir(data_dir: str | os.PathLike, dataset_id: str) -> pathlib.Path:
+  """Where :func:`prepare` puts the original archives of a dataset."""
+  return pathlib.Path(data_dir) / "downloads" / "manual" / get_dataset(dataset_id).spec.name
+
+
+def prepare(dataset_id: str, archives: str | os.PathLike,
+            data_dir: str | os.PathLike) -> pathlib.Path:
+  """Prepares a TFDS dataset offline from its original archives.
+
+  Args:
+    dataset_id: a TFDS-backed dataset (``mnist``, ``cifar10``, ...).
+    archives: folder holding the original archives (see :func:`archive_names`).
+    data_dir: the TFDS data directory to prepare into.
+
+  Returns:
+    The folder of the prepared dataset version.
+
+  Raises:
+    ValueError: unknown dataset, or one that is not read through TFDS.
+    FileNotFoundError: archives missing, naming them.
+  """
+  spec = get_dataset(dataset_id).spec
+  if spec.tfds_name is None:
+    raise ValueError(f"dataset {spec.name!r} needs no preparation (not a TFDS dataset)")
+  archives, data_dir = pathlib.Path(archives), pathlib.Path(data_dir)
+  names = archive_names(spec)
+  missing = [name for name in names if not (archives / name).is_file()]
+  if missing:
+    raise FileNotFoundError(f"missing archives of {spec.name!r} in {archives}: "
+                            f"{', '.join(missing)} (needed: {', '.join(names)})")
+  target = manual_dir(data_dir, spec.name)
+  target.mkdir(parents=True, exist_ok=True)
+  for name in names:
+    if not (target / name).is_file() or (target / name).stat().st_size != (
+        archives / name).stat().st_size:
+      shutil.copyfile(archives / name, target / name)
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  builder = tfds.builder(spec.tfds_name, data_dir=os.fspath(data_dir))
+  # The download manager takes `manual_dir/<file name>` instead of downloading it and
+  # still validates it against the registered checksums; GCS lookups are disabled.
+  config = tfds.download.DownloadConfig(manual_dir=os.fspath(target),
+                                        try_download_gcs=False)
+  builder.download_and_prepare(download_config=config, file_format="array_record")
+  return pathlib.Path(os.fspath(builder.data_dir))
+
+
+def _cli_main(argv: Sequence[str]) -> None:
+  """``python -m dfkd_jax.data prepare --dataset=... --archives=DIR --data_dir=DIR``."""
+  from absl import app  # pylint: disable=g-import-not-at-top
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  if list(argv[1:]) != ["prepare"]:
+    raise app.UsageError("usage: python -m dfkd_jax.data prepare --dataset=NAME "
+                         "--archives=DIR --data_dir=DIR")
+  try:
+    path = prepare(flags.FLAGS.dataset, flags.FLAGS.archives, flags.FLAGS.data_dir)
+  except (ValueError, FileNotFoundError) as e:
+    raise SystemExit(f"error: {e}") from None
+  print(f"prepared {flags.FLAGS.dataset} in {path}")
+
+
+if __name__ == "__main__":
+  from absl import app  # pylint: disable=g-import-not-at-top
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  flags.DEFINE_string("dataset", None, "TFDS-backed dataset to prepare.", required=True)
+  flags.DEFINE_string("archives", None, "Folder with the original archives.",
+                      required=True)
+  flags.DEFINE_string("data_dir", DEFAULT_DATA_DIR, "TFDS data directory.")
+  app.run(_cli_main)
