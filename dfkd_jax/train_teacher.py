@@ -1,0 +1,236 @@
+"""Trains a teacher classifier on real data and saves it as a teacher checkpoint.
+
+Usage::
+
+  python -m dfkd_jax.train_teacher --config=configs/teacher/mnist.py \\
+      --workdir=/path/to/teacher [--config.num_epochs=3] [--config.overwrite=True]
+
+The workdir *is* the teacher directory written by :func:`dfkd_jax.teacher.save_teacher`
+(``teacher.json`` + ``variables/``); an existing teacher there is never replaced unless
+``--config.overwrite=True``, and the check happens before training starts.
+
+Training follows the peers' recipes: cross-entropy, SGD with momentum and coupled
+(PyTorch-style) weight decay or Adam, a per-step cosine or step learning-rate schedule,
+the dataset's standard augmentation. Batches are NumPy arrays from
+:mod:`dfkd_jax.data`, sharded over all local devices along the batch axis.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import pathlib
+import time
+from typing import Any, Callable, Sequence
+
+from absl import app
+from absl import flags
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+from ml_collections import config_flags
+import numpy as np
+import optax
+
+from dfkd_jax import data
+from dfkd_jax import models
+from dfkd_jax import teacher as teacher_lib
+
+State = dict[str, Any]  # {"params", "batch_stats", "opt_state"}.
+
+
+def make_optimizer(config: ml_collections.ConfigDict,
+                   steps_per_epoch: int) -> optax.GradientTransformation:
+  """The optimizer and learning-rate schedule of ``config``.
+
+  Fields: ``optimizer`` (``sgd`` | ``adam``), ``learning_rate``, ``momentum``,
+  ``nesterov``, ``weight_decay`` (added to the gradient, as PyTorch's SGD/Adam do),
+  ``lr_schedule`` (``constant`` | ``cosine`` | ``step``), ``lr_decay_epochs`` and
+  ``lr_decay_factor`` (step schedule), ``num_epochs``.
+  """
+  total_steps = config.num_epochs * steps_per_epoch
+  if config.lr_schedule == "constant":
+    schedule = optax.constant_schedule(config.learning_rate)
+  elif config.lr_schedule == "cosine":
+    schedule = optax.cosine_decay_schedule(config.learning_rate, max(total_steps, 1))
+  elif config.lr_schedule == "step":
+    schedule = optax.piecewise_constant_schedule(
+        config.learning_rate,
+        {int(epoch) * steps_per_epoch: config.lr_decay_factor
+         for epoch in config.lr_decay_epochs})
+  else:
+    raise ValueError(f"unknown lr_schedule {config.lr_schedule!r}; valid: constant, "
+                     "cosine, step")
+  if config.optimizer == "sgd":
+    base = optax.sgd(schedule, momentum=config.momentum or None,
+                     nesterov=config.nesterov)
+  elif config.optimizer == "adam":
+    base = optax.adam(schedule)
+  else:
+    raise ValueError(f"unknown optimizer {config.optimizer!r}; valid: sgd, adam")
+  if config.weight_decay:
+    return optax.chain(optax.add_decayed_weights(config.weight_decay), base)
+  return base
+
+
+def make_train_step(module: flax.linen.Module, optimizer: optax.GradientTransformation
+                    ) -> Callable[[State, jax.Array, jax.Array], tuple[State, jax.Array]]:
+  """A jitted ``(state, images, labels) -> (state, loss)`` cross-entropy step."""
+
+  def loss_fn(params, batch_stats, images, labels):
+    logits, updates = module.apply({"params": params, "batch_stats": batch_stats},
+                                   images, train=True, mutable=["batch_stats"])
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    return loss, updates.get("batch_stats", batch_stats)
+
+  @functools.partial(jax.jit, donate_argnums=0)
+  def train_step(state, images, labels):
+    (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state["params"], state["batch_stats"], images, labels)
+    updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    return {"params": params, "batch_stats": batch_stats, "opt_state": opt_state}, loss
+
+  return train_step
+
+
+def make_eval_step(module: flax.linen.Module
+                   ) -> Callable[[Any, jax.Array, jax.Array, jax.Array], jax.Array]:
+  """A jitted ``(variables, images, labels, mask) -> number correct`` step."""
+
+  @jax.jit
+  def eval_step(variables, images, labels, mask):
+    logits = module.apply(variables, images, train=False)
+    return jnp.sum((jnp.argmax(logits, -1) == labels) * mask)
+
+  return eval_step
+
+
+def evaluate(eval_step, variables, split: data.ArraySplit, dataset_id: str, *,
+             batch_size: int, image_shape: Sequence[int], sharding) -> float:
+  """Exact test accuracy in percent (the padded last batch is masked out)."""
+  correct = 0.0
+  for batch in data.eval_batches(split, dataset_id, batch_size=batch_size,
+                                 image_shape=image_shape):
+    images, labels, mask = jax.device_put(tuple(batch), sharding)
+    correct += float(eval_step(variables, images, labels, mask))
+  return 100.0 * correct / len(split.labels)
+
+
+def _check_workdir(workdir: pathlib.Path, overwrite: bool) -> None:
+  """Refuses (before any training) to replace a teacher or a non-empty folder."""
+  if workdir.exists() and not overwrite and (
+      not workdir.is_dir() or any(workdir.iterdir())):
+    what = ("a teacher" if (workdir / teacher_lib.META_FILE).is_file()
+            else "other files")
+    raise FileExistsError(f"workdir {workdir} already holds {what}; choose another "
+                          "--workdir or pass --config.overwrite=True to replace it")
+
+
+def train_and_save(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
+                   log: Callable[[str], None] = print) -> teacher_lib.TeacherMeta:
+  """Trains the teacher described by ``config`` and saves it into ``workdir``.
+
+  Args:
+    config: a teacher config (see ``configs/teacher/``).
+    workdir: the teacher directory to create.
+    log: where progress lines go.
+
+  Returns:
+    The saved teacher's metadata (with its test accuracy).
+
+  Raises:
+    ValueError: bad config values (dataset, model, optimizer, ...), with the valid ones.
+    FileNotFoundError: dataset not prepared (the message says how).
+    FileExistsError: ``workdir`` already holds a teacher and ``overwrite`` is false.
+  """
+  workdir = pathlib.Path(workdir).absolute()
+  _check_workdir(workdir, config.overwrite)
+  dataset = data.get_dataset(config.dataset)
+  spec = dataset.spec
+  input_shape = models.input_shape(config.model, channels=spec.image_shape[2])
+  meta = teacher_lib.TeacherMeta(
+      arch=config.model, num_classes=spec.num_classes, input_shape=input_shape,
+      mean=spec.mean, std=spec.std, dataset=dataset.id, source="train_teacher")
+  data.check_teacher_fits(meta, dataset.id)
+  module = models.get(config.model, num_classes=spec.num_classes,
+                      input_shape=input_shape)
+
+  start = time.time()
+  data_dir = config.data_dir or None
+  train_split = data.load_split(dataset.id, "train", data_dir=data_dir)
+  test_split = data.load_split(dataset.id, "test", data_dir=data_dir)
+  log(f"{dataset.id}: {len(train_split.labels)} train / {len(test_split.labels)} test "
+      f"examples loaded in {time.time() - start:.1f}s; model {config.model} "
+      f"input {input_shape}")
+
+  mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("data",))
+  batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  for size, field in ((config.batch_size, "batch_size"),
+                      (config.eval_batch_size, "eval_batch_size")):
+    if size % jax.device_count():
+      raise ValueError(f"config.{field}={size} must be divisible by the "
+                       f"{jax.device_count()} devices")
+
+  steps_per_epoch = len(train_split.labels) // config.batch_size
+  optimizer = make_optimizer(config, steps_per_epoch)
+  variables = module.init(jax.random.key(config.seed),
+                          jnp.zeros((1, *input_shape), jnp.float32), train=False)
+  state = {"params": variables["params"],
+           "batch_stats": variables.get("batch_stats", {}),
+           "opt_state": optimizer.init(variables["params"])}
+  state = jax.device_put(state, replicated)
+  train_step = make_train_step(module, optimizer)
+  eval_step = make_eval_step(module)
+
+  accuracy = 0.0
+  for epoch in range(config.num_epochs):
+    epoch_start = time.time()
+    losses = []
+    for batch in data.train_batches(train_split, dataset.id,
+                                    batch_size=config.batch_size, seed=config.seed,
+                                    epoch=epoch, image_shape=input_shape,
+                                    augment=config.augment):
+      images, labels = jax.device_put((batch.images, batch.labels), batch_sharding)
+      state, loss = train_step(state, images, labels)
+      losses.append(loss)
+    variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
+    accuracy = evaluate(eval_step, variables, test_split, dataset.id,
+                        batch_size=config.eval_batch_size, image_shape=input_shape,
+                        sharding=batch_sharding)
+    log(f"epoch {epoch + 1}/{config.num_epochs}: train loss "
+        f"{float(jnp.mean(jnp.stack(losses))):.4f}, test accuracy {accuracy:.2f}% "
+        f"({time.time() - epoch_start:.1f}s)")
+
+  meta = dataclasses.replace(meta, test_accuracy=round(accuracy, 4))
+  variables = jax.device_get({"params": state["params"],
+                              "batch_stats": state["batch_stats"]})
+  path = teacher_lib.save_teacher(workdir, variables, meta,
+                                  overwrite=config.overwrite or workdir.exists())
+  log(f"saved teacher {config.model} ({accuracy:.2f}% test accuracy) to {path} "
+      f"after {time.time() - start:.1f}s")
+  return meta
+
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Teacher config file, e.g. configs/teacher/mnist.py.",
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Teacher directory to create.")
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if _CONFIG.value is None or not _WORKDIR.value:
+    raise app.UsageError("--config and --workdir are required")
+  try:
+    train_and_save(_CONFIG.value, _WORKDIR.value)
+  except (ValueError, FileNotFoundError, FileExistsError) as e:
+    raise SystemExit(f"error: {e}") from None
+
+
+if __name__ == "__main__":
+  app.run(main)
