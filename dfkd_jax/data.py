@@ -14,8 +14,9 @@ Sources:
   (one folder per dataset: MNIST and Fashion-MNIST archives share file names), where the
   TFDS download manager picks them up instead of downloading them. TFDS still checks them
   against its registered sizes and SHA-256 sums, so only the official archives work.
-* ``tiny_imagenet``: TFDS has no builder for Tiny-ImageNet (none in
-  ``tensorflow_datasets`` 4.9.10; ``tfds.builder("tiny_imagenet")`` fails), so it is read
+* ``tiny_imagenet``: TFDS has no builder for Tiny-ImageNet (checked in
+  ``tensorflow_datasets`` 4.9.10: ``tfds.list_builders()`` has none, and
+  ``tfds.builder_cls("tiny_imagenet")`` raises ``DatasetNotFoundError``), so it is read
   from the extracted official archive, ``DATA_DIR/tiny-imagenet-200/`` (``wnids.txt``,
   ``train/<wnid>/images/*.JPEG``, ``val/images`` + ``val/val_annotations.txt``); its
   ``val`` split is the test split, as in the DFKD literature.
