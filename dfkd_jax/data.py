@@ -267,9 +267,12 @@ def _bilinear_matrix(size_in: int, size_out: int) -> np.ndarray:
   return (weights / weights.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
+Normalization = tuple[Sequence[float], Sequence[float]]  # (mean, std) per channel.
+
+
 def preprocess(images: np.ndarray, dataset: Dataset, *, pixel_max: float,
-               image_shape: Sequence[int], rng: np.random.Generator | None = None
-               ) -> np.ndarray:
+               image_shape: Sequence[int], rng: np.random.Generator | None = None,
+               normalization: Normalization | None = None) -> np.ndarray:
   """Scales, resizes/pads, optionally augments, and normalises a batch.
 
   Args:
@@ -278,6 +281,8 @@ def preprocess(images: np.ndarray, dataset: Dataset, *, pixel_max: float,
     pixel_max: the stored value of white.
     image_shape: the model's ``(H, W, C)``: native, or 32x32 for a 28x28 source.
     rng: when given, apply the dataset's training augmentation with it.
+    normalization: ``(mean, std)`` to use instead of the dataset's, e.g. the ones a
+      converted teacher records (``TeacherMeta.mean``/``std``).
 
   Returns:
     ``[B, *image_shape]`` float32 normalised images.
@@ -299,8 +304,8 @@ def preprocess(images: np.ndarray, dataset: Dataset, *, pixel_max: float,
   if rng is not None and dataset.spec.flip:
     flip = rng.random(x.shape[0]) < 0.5
     x = np.where(flip[:, None, None, None], x[:, :, ::-1], x)
-  mean = np.asarray(dataset.spec.mean, np.float32)
-  std = np.asarray(dataset.spec.std, np.float32)
+  mean, std = normalization or (dataset.spec.mean, dataset.spec.std)
+  mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
   return ((x - mean) / std).astype(np.float32)
 
 
@@ -316,8 +321,8 @@ def _random_crop(x: np.ndarray, rng: np.random.Generator, padding: int) -> np.nd
 
 
 def train_batches(split: ArraySplit, dataset_id: str, *, batch_size: int, seed: int,
-                  epoch: int, image_shape: Sequence[int], augment: bool = True
-                  ) -> Iterator[Batch]:
+                  epoch: int, image_shape: Sequence[int], augment: bool = True,
+                  normalization: Normalization | None = None) -> Iterator[Batch]:
   """One shuffled training epoch; drops the last partial batch.
 
   Deterministic in ``(seed, epoch)``: the same arguments give the same batches.
@@ -330,6 +335,7 @@ def train_batches(split: ArraySplit, dataset_id: str, *, batch_size: int, seed: 
     epoch: epoch index (mixed into the seed).
     image_shape: the model's ``(H, W, C)``.
     augment: apply the dataset's training augmentation.
+    normalization: ``(mean, std)`` overriding the dataset's (see :func:`preprocess`).
 
   Yields:
     :class:`Batch` es with an all-ones mask.
@@ -344,16 +350,20 @@ def train_batches(split: ArraySplit, dataset_id: str, *, batch_size: int, seed: 
     idx = np.sort(order[start:start + batch_size])  # Sorted gathers are faster.
     idx = idx[rng.permutation(batch_size)]
     images = preprocess(split.images[idx], dataset, pixel_max=split.pixel_max,
-                        image_shape=image_shape, rng=rng if augment else None)
+                        image_shape=image_shape, rng=rng if augment else None,
+                        normalization=normalization)
     yield Batch(images, split.labels[idx], np.ones(batch_size, np.float32))
 
 
 def eval_batches(split: ArraySplit, dataset_id: str, *, batch_size: int,
-                 image_shape: Sequence[int]) -> Iterator[Batch]:
+                 image_shape: Sequence[int],
+                 normalization: Normalization | None = None) -> Iterator[Batch]:
   """Covers the split exactly once, in order; the last batch is padded and masked.
 
   Every batch has ``batch_size`` rows (one compiled shape); padding rows repeat the
   first example with ``mask == 0``, so ``sum(mask * correct) / sum(mask)`` is exact.
+  To evaluate a teacher, pass its ``image_shape=meta.input_shape`` and
+  ``normalization=(meta.mean, meta.std)``.
   """
   dataset = get_dataset(dataset_id)
   n = len(split.labels)
@@ -362,7 +372,7 @@ def eval_batches(split: ArraySplit, dataset_id: str, *, batch_size: int,
     mask = (idx < n).astype(np.float32)
     idx = np.where(idx < n, idx, 0)
     images = preprocess(split.images[idx], dataset, pixel_max=split.pixel_max,
-                        image_shape=image_shape)
+                        image_shape=image_shape, normalization=normalization)
     yield Batch(images, split.labels[idx], mask)
 
 

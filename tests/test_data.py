@@ -52,6 +52,10 @@ def test_normalisation_maps_mean_to_zero_and_std_to_one(name):
                         pixel_max=255.0, image_shape=(h, w, c))
   np.testing.assert_allclose(out[0], 0.0, atol=1e-5)
   np.testing.assert_allclose(out[1], 1.0, atol=1e-5)
+  custom = data.preprocess(mean_image, data.get_dataset(name), pixel_max=255.0,
+                           image_shape=(h, w, c), normalization=([0.0] * c, [0.5] * c))
+  np.testing.assert_allclose(custom[0], np.broadcast_to(np.asarray(spec.mean) / 0.5,
+                                                       (h, w, c)), rtol=1e-5)
 
 
 def test_mnist_to_32x32_resize_and_pad(mock_splits):
