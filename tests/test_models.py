@@ -21,6 +21,28 @@ def _abstract_init(module, *args):
   return jax.eval_shape(module.init, jax.random.key(0), *args)
 
 
+def _numpy_init(module, *args, seed: int = 0):
+  """Random variables with the module's structure, without compiling ``init``.
+
+  ``module.init`` compiles one small program per random draw; NumPy draws keep these
+  tests fast on a busy CPU. Variances and spectral-norm scales stay positive.
+  """
+  rng = np.random.default_rng(seed)
+  abstract = _abstract_init(module, *jax.tree.map(
+      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), args))
+
+  def draw(path, leaf):
+    name = jax.tree_util.keystr(path)
+    if leaf.dtype != jnp.float32:
+      return jnp.zeros(leaf.shape, leaf.dtype)
+    if "'var'" in name or "sigma" in name or "'scale'" in name:
+      return jnp.asarray(rng.uniform(0.5, 1.5, leaf.shape), jnp.float32)
+    fan_in = math.prod(leaf.shape[:-1]) if len(leaf.shape) > 1 else 1
+    return jnp.asarray(rng.normal(size=leaf.shape) / math.sqrt(fan_in), jnp.float32)
+
+  return jax.tree_util.tree_map_with_path(draw, abstract)
+
+
 @pytest.mark.parametrize("name, num_classes, expected", [
     ("resnet18", 10, 11_173_962), ("resnet34", 10, 21_282_122),
     ("resnet18", 100, 11_220_132), ("resnet34", 100, 21_328_292),
@@ -85,8 +107,8 @@ def test_generator_shapes(name, kwargs, shape):
 
 def test_dafl_generator_output_is_batch_normalised():
   module = models.get("dafl_generator", latent_dim=32, image_shape=(8, 8, 3))
-  z = jax.random.normal(jax.random.key(1), (4, 32))
-  variables = module.init(jax.random.key(0), z)
+  z = jnp.asarray(np.random.default_rng(1).normal(size=(4, 32)), jnp.float32)
+  variables = _numpy_init(module, z)
   images, updates = module.apply(variables, z, mutable=["batch_stats"])
   np.testing.assert_allclose(images.mean(axis=(0, 1, 2)), 0.0, atol=1e-4)
   np.testing.assert_allclose(images.var(axis=(0, 1, 2)), 1.0, atol=1e-3)
@@ -98,9 +120,9 @@ def test_dafl_generator_output_is_batch_normalised():
 def test_mad_generator_conditioning_and_logits():
   module = models.get("mad_generator", num_classes=5, latent_dim=16,
                       image_shape=(32, 32, 3))
-  z = jax.random.normal(jax.random.key(1), (2, 16))
+  z = jnp.asarray(np.random.default_rng(1).normal(size=(2, 16)), jnp.float32)
   y = jnp.array([0, 3])
-  variables = module.init(jax.random.key(0), z, y)
+  variables = _numpy_init(module, z, y)
   assert variables["params"]["class_embedding"]["embedding"].shape == (5, 16)
   (images, logits), _ = module.apply(variables, z, y, return_logits=True,
                                      mutable=["batch_stats"])
@@ -111,8 +133,8 @@ def test_mad_generator_conditioning_and_logits():
 
 def test_vae_methods():
   module = models.get("vae", latent_dim=12, image_shape=(16, 16, 3))
-  x = jax.random.uniform(jax.random.key(1), (2, 16, 16, 3))
-  variables = module.init(jax.random.key(0), x, jax.random.key(2))
+  x = jnp.asarray(np.random.default_rng(1).uniform(size=(2, 16, 16, 3)), jnp.float32)
+  variables = _numpy_init(module, x, jax.random.key(2))
   (recon, mean, logvar), _ = module.apply(variables, x, jax.random.key(2),
                                           mutable=["batch_stats"])
   assert recon.shape == x.shape and mean.shape == logvar.shape == (2, 12)
@@ -123,8 +145,11 @@ def test_vae_methods():
 
 def test_batchnorm_train_and_eval_semantics():
   module = models.get("digits_cnn")
-  x = jax.random.normal(jax.random.key(1), (4, 8, 8, 1)) * 2 + 1
-  variables = module.init(jax.random.key(0), x)
+  x = jnp.asarray(np.random.default_rng(1).normal(1.0, 2.0, (4, 8, 8, 1)), jnp.float32)
+  variables = _numpy_init(module, x)
+  variables["batch_stats"] = jax.tree.map(
+      lambda a: jnp.ones_like(a) if a.ndim else a, variables["batch_stats"])
+  variables["batch_stats"]["bn1"]["mean"] = jnp.zeros(32)
   logits, updates = module.apply(variables, x, train=True, features=True,
                                  mutable=["batch_stats"])
   _, feats = logits
@@ -145,8 +170,9 @@ def test_batchnorm_train_and_eval_semantics():
 
 def test_batchnorm_layer_matches_manual_formula():
   bn = layers.BatchNorm(epsilon=0.8)
-  x = jax.random.normal(jax.random.key(0), (3, 2, 2, 5))
-  variables = bn.init(jax.random.key(1), x, False)
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(3, 2, 2, 5)), jnp.float32)
+  variables = {"params": {"scale": jnp.ones(5), "bias": jnp.zeros(5)},
+               "batch_stats": {"mean": jnp.zeros(5), "var": jnp.ones(5)}}
   (y, moments), _ = bn.apply(variables, x, True, mutable=["batch_stats"])
   mean, var = x.mean(axis=(0, 1, 2)), x.var(axis=(0, 1, 2))
   np.testing.assert_allclose(y, (x - mean) / jnp.sqrt(var + 0.8), atol=1e-5)
@@ -156,8 +182,9 @@ def test_batchnorm_layer_matches_manual_formula():
 @pytest.mark.parametrize("name", ["digits_cnn", "wrn16_1"])
 def test_features_match_plain_call_and_first_bn_input(name):
   module = models.get(name)
-  x = jax.random.normal(jax.random.key(1), (2, *models.input_shape(name)))
-  variables = module.init(jax.random.key(0), x)
+  x = jnp.asarray(np.random.default_rng(1).normal(size=(2, *models.input_shape(name))),
+                  jnp.float32)
+  variables = _numpy_init(module, x)
   plain = module.apply(variables, x)
   logits, feats = module.apply(variables, x, features=True)
   np.testing.assert_allclose(logits, plain, atol=1e-6)
@@ -168,7 +195,12 @@ def test_features_match_plain_call_and_first_bn_input(name):
   first = feats.bn_moments[0]
   np.testing.assert_allclose(first.batch_mean, conv.mean(axis=(0, 1, 2)), atol=1e-5)
   np.testing.assert_allclose(first.batch_var, conv.var(axis=(0, 1, 2)), atol=1e-5)
-  np.testing.assert_allclose(first.running_var, 1.0)
+  first_bn = {"digits_cnn": ("bn1",), "wrn16_1": ("block1_0", "bn1")}[name]
+  stats = variables["batch_stats"]
+  for key in first_bn:
+    stats = stats[key]
+  np.testing.assert_allclose(first.running_mean, stats["mean"])
+  np.testing.assert_allclose(first.running_var, stats["var"])
   # Penultimate features feed the final linear layer.
   head = variables["params"]["fc"]
   np.testing.assert_allclose(feats.penultimate @ head["kernel"] + head["bias"], logits,
@@ -178,7 +210,7 @@ def test_features_match_plain_call_and_first_bn_input(name):
 def test_lenet_has_no_bn_moments():
   module = models.get("lenet5")
   x = jnp.ones((1, 32, 32, 1))
-  variables = module.init(jax.random.key(0), x)
+  variables = _numpy_init(module, x)
   logits, feats = module.apply(variables, x, features=True)
   assert feats.bn_moments == () and feats.penultimate.shape == (1, 84)
   assert logits.shape == (1, 10)
