@@ -1,0 +1,90 @@
+"""Teacher checkpoint format: round trip, no-overwrite, atomicity and clear errors."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dfkd_jax import models
+from dfkd_jax import teacher
+
+
+def _digits_teacher():
+  module = models.get("digits_cnn")
+  abstract = jax.eval_shape(module.init, jax.random.key(0),
+                            jax.ShapeDtypeStruct((1, 8, 8, 1), jnp.float32))
+  rng = np.random.default_rng(0)
+  variables = jax.tree.map(
+      lambda a: jnp.asarray(rng.uniform(0.5, 1.5, a.shape), jnp.float32), abstract)
+  meta = teacher.TeacherMeta(arch="digits_cnn", num_classes=10, input_shape=(8, 8, 1),
+                             mean=(0.3,), std=(0.4,), dataset="digits",
+                             test_accuracy=98.1, source="unit test")
+  return module, variables, meta
+
+
+def test_round_trip(tmp_path):
+  module, variables, meta = _digits_teacher()
+  out = teacher.save_teacher(tmp_path / "t", variables, meta)
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["t"]  # no temp dirs left
+  data = json.loads((out / "teacher.json").read_text())
+  assert data["format_version"] == teacher.FORMAT_VERSION
+  assert data["normalization"] == {"mean": [0.3], "std": [0.4]}
+  assert data["input_shape"] == [8, 8, 1]
+
+  loaded_module, loaded, loaded_meta = teacher.load_teacher(out)
+  assert loaded_meta == meta and loaded_module == module
+  jax.tree.map(np.testing.assert_array_equal, loaded, variables)
+  x = jnp.ones((1, 8, 8, 1))
+  np.testing.assert_array_equal(loaded_module.apply(loaded, x), module.apply(variables, x))
+  np.testing.assert_allclose(meta.normalize(jnp.full((1, 1, 1, 1), 0.7)), 1.0)
+
+
+def test_no_overwrite_unless_asked(tmp_path):
+  _, variables, meta = _digits_teacher()
+  teacher.save_teacher(tmp_path / "t", variables, meta)
+  with pytest.raises(FileExistsError, match="overwrite"):
+    teacher.save_teacher(tmp_path / "t", variables, meta)
+  changed = jax.tree.map(lambda a: a + 1, variables)
+  teacher.save_teacher(tmp_path / "t", changed,
+                       teacher.TeacherMeta(**{**meta.__dict__, "test_accuracy": 99.0}),
+                       overwrite=True)
+  _, loaded, loaded_meta = teacher.load_teacher(tmp_path / "t")
+  assert loaded_meta.test_accuracy == 99.0
+  jax.tree.map(np.testing.assert_array_equal, loaded, changed)
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["t"]
+
+
+def test_wrong_variables_are_refused_before_writing(tmp_path):
+  _, variables, meta = _digits_teacher()
+  bad = jax.tree.map(lambda a: a, variables)
+  bad["params"]["fc"]["kernel"] = jnp.zeros((64, 7))
+  with pytest.raises(ValueError, match="fc/kernel"):
+    teacher.save_teacher(tmp_path / "t", bad, meta)
+  assert not (tmp_path / "t").exists()
+
+
+def test_load_errors(tmp_path):
+  with pytest.raises(FileNotFoundError, match="does not exist"):
+    teacher.load_teacher(tmp_path / "nothing")
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(FileNotFoundError, match="teacher.json"):
+    teacher.load_teacher(tmp_path / "empty")
+
+  _, variables, meta = _digits_teacher()
+  out = teacher.save_teacher(tmp_path / "t", variables, meta)
+  data = json.loads((out / "teacher.json").read_text())
+  (out / "teacher.json").write_text(json.dumps({**data, "arch": "resnet99"}))
+  with pytest.raises(ValueError, match="resnet99.*valid names"):
+    teacher.load_teacher(out)
+  # Arrays that do not fit the recorded architecture (a half-width net's weights).
+  (out / "teacher.json").write_text(json.dumps({**data, "arch": "digits_cnn_half"}))
+  with pytest.raises(ValueError, match="shape mismatches"):
+    teacher.load_teacher(out)
+
+
+def test_meta_validation():
+  with pytest.raises(ValueError, match="one value per channel"):
+    teacher.TeacherMeta(arch="resnet18", num_classes=10, input_shape=(32, 32, 3),
+                        mean=(0.5,), std=(0.5,), dataset="cifar10")
