@@ -177,8 +177,9 @@ def train_and_save(config: ml_collections.ConfigDict, workdir: str | os.PathLike
 
   steps_per_epoch = len(train_split.labels) // config.batch_size
   optimizer = make_optimizer(config, steps_per_epoch)
-  variables = module.init(jax.random.key(config.seed),
-                          jnp.zeros((1, *input_shape), jnp.float32), train=False)
+  # Jitted: eager init dispatches (and compiles) every op separately, which is slower.
+  variables = jax.jit(functools.partial(module.init, train=False))(
+      jax.random.key(config.seed), jnp.zeros((1, *input_shape), jnp.float32))
   state = {"params": variables["params"],
            "batch_stats": variables.get("batch_stats", {}),
            "opt_state": optimizer.init(variables["params"])}
