@@ -406,7 +406,8 @@ def check_teacher_fits(meta, dataset_id: str) -> None:
 
 def manual_dir(data_dir: str | os.PathLike, dataset_id: str) -> pathlib.Path:
   """Where :func:`prepare` puts the original archives of a dataset."""
-  return pathlib.Path(data_dir) / "downloads" / "manual" / get_dataset(dataset_id).spec.name
+  name = get_dataset(dataset_id).spec.name
+  return pathlib.Path(data_dir) / "downloads" / "manual" / name
 
 
 def prepare(dataset_id: str, archives: str | os.PathLike,
