@@ -203,10 +203,12 @@ def _load_tfds(spec: DatasetSpec, split: str, data_dir: pathlib.Path) -> ArraySp
   try:
     source = tfds.data_source(spec.tfds_name, split=split, data_dir=os.fspath(data_dir),
                               download=False)
-  except Exception:  # pylint: disable=broad-except
-    source = None  # Diagnosed below, outside the TFDS traceback.
+  except Exception as e:  # pylint: disable=broad-except
+    source, failure = None, e  # Diagnosed below, outside the TFDS traceback.
   if source is None:
     version = tfds.builder_cls(spec.tfds_name).VERSION
+    if (data_dir / spec.tfds_name / str(version) / "dataset_info.json").is_file():
+      raise failure  # Prepared, but unreadable (e.g. as tfrecord): TFDS says why.
     raise FileNotFoundError(
         f"dataset {spec.name!r} is not prepared under {data_dir} (looked for "
         f"{data_dir / spec.tfds_name / str(version)} in array_record format). Put the "
