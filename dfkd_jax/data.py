@@ -90,7 +90,6 @@ SPECS: dict[str, DatasetSpec] = {
     )
 }
 
-_UPSCALE_METHODS = ("bilinear", "pad")
 _TINY_IMAGENET_DIR = "tiny-imagenet-200"
 
 
@@ -252,10 +251,10 @@ def _load_tiny_imagenet(data_dir: pathlib.Path, split: str) -> ArraySplit:
 # ---------------------------------------------------------------------------
 
 
-def model_input_shape(dataset_id: str, pad_to_32: bool) -> tuple[int, int, int]:
+def model_input_shape(dataset_id: str, to_32x32: bool) -> tuple[int, int, int]:
   """The ``(H, W, C)`` the model sees: native, or 32x32 for a 28x28 source."""
   h, w, c = get_dataset(dataset_id).spec.image_shape
-  if pad_to_32 and (h, w) == (28, 28):
+  if to_32x32 and (h, w) == (28, 28):
     return (32, 32, c)
   return (h, w, c)
 
@@ -393,7 +392,7 @@ def check_teacher_fits(meta, dataset_id: str) -> None:
         f"{dataset.id!r} has {spec.num_classes}; use a teacher trained on "
         f"{dataset.id!r} (this one records dataset {meta.dataset!r})")
   shape = tuple(int(d) for d in meta.input_shape)
-  valid = {spec.image_shape, model_input_shape(dataset.id, pad_to_32=True)}
+  valid = {spec.image_shape, model_input_shape(dataset.id, to_32x32=True)}
   if shape not in valid:
     raise ValueError(
         f"teacher {meta.arch!r} takes inputs of shape {shape} but dataset "

@@ -34,7 +34,7 @@ def test_tfds_split_shapes_and_dtypes(mock_splits, name, shape, classes):
   assert split.images.shape == (20,) + shape and split.images.dtype == np.uint8
   assert split.labels.shape == (20,) and split.labels.dtype == np.int32
   assert 0 <= split.labels.min() and split.labels.max() < classes
-  image_shape = data.model_input_shape(name, pad_to_32=True)
+  image_shape = data.model_input_shape(name, to_32x32=True)
   batch = next(data.train_batches(split, name, batch_size=8, seed=0, epoch=0,
                                   image_shape=image_shape))
   assert batch.images.shape == (8, 32, 32, shape[2])
