@@ -211,9 +211,9 @@ def _load_tfds(spec: DatasetSpec, split: str, data_dir: pathlib.Path) -> ArraySp
     raise FileNotFoundError(
         f"dataset {spec.name!r} is not prepared under {data_dir} (looked for "
         f"{data_dir / spec.tfds_name / str(version)} in array_record format). Put the "
-        f"original archives {', '.join(archive_names(spec))} in a folder DIR and run "
-        f"(needs TensorFlow: pip install 'dfkd_jax[prepare]'):\n  "
-        f"{_prepare_command(spec, data_dir)}")
+        f"original archives {', '.join(archive_names(spec))} in a folder DIR (e.g. "
+        f"{manual_dir(data_dir, spec.name)}) and run (needs TensorFlow: pip install "
+        f"'dfkd_jax[prepare]'):\n  {_prepare_command(spec, data_dir)}")
   images = np.empty((len(source),) + spec.image_shape, np.uint8)
   labels = np.empty((len(source),), np.int32)
   for i in range(len(source)):  # Decoding dominates; batched reads gain little.
