@@ -216,22 +216,23 @@ def train_and_save(config: ml_collections.ConfigDict, workdir: str | os.PathLike
   return meta
 
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Teacher config file, e.g. configs/teacher/mnist.py.",
-    lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Teacher directory to create.")
-
-
 def main(argv: Sequence[str]) -> None:
+  config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  if _CONFIG.value is None or not _WORKDIR.value:
+  if config is None or not workdir:
     raise app.UsageError("--config and --workdir are required")
   try:
-    train_and_save(_CONFIG.value, _WORKDIR.value)
+    train_and_save(config, workdir)
   except (ValueError, FileNotFoundError, FileExistsError) as e:
     raise SystemExit(f"error: {e}") from None
 
 
 if __name__ == "__main__":
+  # Flags are defined only when run as a program, so that importing this module (the
+  # distillation trainer trains missing teachers with it) defines no global flags.
+  config_flags.DEFINE_config_file(
+      "config", None, "Teacher config file, e.g. configs/teacher/mnist.py.",
+      lock_config=True)
+  flags.DEFINE_string("workdir", None, "Teacher directory to create.")
   app.run(main)
