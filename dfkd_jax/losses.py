@@ -31,6 +31,16 @@ import jax.numpy as jnp
 Array = chex.Array
 
 
+def batch_mean(per_example: Array, axis_name: str | None = None) -> Array:
+  """Mean over a batch that may be sharded over the mesh axis ``axis_name``.
+
+  Inside ``jax.shard_map`` with equal local batch sizes, ``pmean`` of the local means
+  is the global mean; with ``axis_name=None`` this is ``jnp.mean``.
+  """
+  mean = jnp.mean(per_example)
+  return mean if axis_name is None else jax.lax.pmean(mean, axis_name)
+
+
 # ---------------------------------------------------------------------------
 # Student losses (teacher -> student discrepancy).
 # ---------------------------------------------------------------------------
@@ -165,7 +175,8 @@ def activation_loss(features: Array) -> Array:
   return -jnp.mean(jnp.abs(features.reshape(features.shape[0], -1)), axis=-1)
 
 
-def entropy_loss(teacher_logits: Array, log_base: float | None = None) -> Array:
+def entropy_loss(teacher_logits: Array, log_base: float | None = None,
+                 axis_name: str | None = None) -> Array:
   """Information-entropy loss, LRA eq. 14: ``p_bar^T log p_bar`` (a batch loss).
 
   ``p_bar`` is the teacher's softmax averaged over the batch; the loss is minus the
@@ -176,6 +187,7 @@ def entropy_loss(teacher_logits: Array, log_base: float | None = None) -> Array:
     teacher_logits: ``[N, C]``.
     log_base: ``None`` for natural log (eq. 14). The official LRA and DAFL code use
       ``log10``; ``log_base=10`` reproduces it (the same loss scaled by ``1/ln 10``).
+    axis_name: mesh axis the batch is sharded over (``p_bar`` is the global mean).
 
   Returns:
     Scalar.
@@ -183,6 +195,8 @@ def entropy_loss(teacher_logits: Array, log_base: float | None = None) -> Array:
   log_p = jax.nn.log_softmax(teacher_logits, axis=-1)
   # log of the batch-mean probability, in log space: logsumexp over the batch - log N.
   log_p_bar = jax.nn.logsumexp(log_p, axis=0) - math.log(teacher_logits.shape[0])
+  if axis_name is not None:
+    log_p_bar = jnp.log(jax.lax.pmean(jnp.exp(log_p_bar), axis_name))
   neg_entropy = jnp.sum(jnp.exp(log_p_bar) * log_p_bar)
   if log_base is not None:
     neg_entropy = neg_entropy / math.log(log_base)
@@ -243,7 +257,8 @@ class PriorWeights(NamedTuple):
 
 def prior_loss(teacher_logits: Array, teacher_features: Array,
                weights: PriorWeights = PriorWeights(),
-               entropy_log_base: float | None = None) -> Array:
+               entropy_log_base: float | None = None,
+               axis_name: str | None = None) -> Array:
   """Prior loss ``L_P = L_OH + gamma L_A + delta L_EM``, LRA eq. 11. A batch loss.
 
   Args:
@@ -251,13 +266,14 @@ def prior_loss(teacher_logits: Array, teacher_features: Array,
     teacher_features: ``[N, ...]`` teacher penultimate features on the same batch.
     weights: the coefficients.
     entropy_log_base: see :func:`entropy_loss`.
+    axis_name: mesh axis the batch is sharded over, see :func:`batch_mean`.
 
   Returns:
     Scalar.
   """
-  return (weights.one_hot * jnp.mean(one_hot_loss(teacher_logits))
-          + weights.activation * jnp.mean(activation_loss(teacher_features))
-          + weights.entropy * entropy_loss(teacher_logits, entropy_log_base))
+  return (weights.one_hot * batch_mean(one_hot_loss(teacher_logits), axis_name)
+          + weights.activation * batch_mean(activation_loss(teacher_features), axis_name)
+          + weights.entropy * entropy_loss(teacher_logits, entropy_log_base, axis_name))
 
 
 def generator_loss(student_logits: Array, teacher_logits: Array,
@@ -265,7 +281,8 @@ def generator_loss(student_logits: Array, teacher_logits: Array,
                    weights: PriorWeights = PriorWeights(),
                    js_temperature: float = 1.0,
                    adversarial_weight: float = 1.0,
-                   entropy_log_base: float | None = None) -> Array:
+                   entropy_log_base: float | None = None,
+                   axis_name: str | None = None) -> Array:
   """Generator objective ``L_G = -D(T(x), S(x)) + L_P(x)``, LRA eq. 15. A batch loss.
 
   ``D`` is the JS divergence of eq. 10; the generator *maximises* it, hence the minus
@@ -280,13 +297,16 @@ def generator_loss(student_logits: Array, teacher_logits: Array,
     js_temperature: temperature of the JS divergence.
     adversarial_weight: weight of ``-D``; 0 gives DAFL's non-adversarial objective.
     entropy_log_base: see :func:`entropy_loss`.
+    axis_name: mesh axis the batch is sharded over, see :func:`batch_mean`.
 
   Returns:
     Scalar.
   """
-  disagreement = jnp.mean(js_divergence(teacher_logits, student_logits, js_temperature))
+  disagreement = batch_mean(
+      js_divergence(teacher_logits, student_logits, js_temperature), axis_name)
   return (-adversarial_weight * disagreement
-          + prior_loss(teacher_logits, teacher_features, weights, entropy_log_base))
+          + prior_loss(teacher_logits, teacher_features, weights, entropy_log_base,
+                       axis_name))
 
 
 # ---------------------------------------------------------------------------

@@ -117,11 +117,16 @@ def flax_apply_fn(module) -> ApplyFn:
 
 
 def kd_loss_value(params: Params, batch_stats: BatchStats, apply_fn: ApplyFn,
-                  batch: KDBatch, kd_loss: KDLoss = losses.mae
-                  ) -> tuple[Array, BatchStats]:
-  """``E_x[L(T(x), S_theta(x))]`` on one batch (eqs. 3 and 4) and the new BN stats."""
+                  batch: KDBatch, kd_loss: KDLoss = losses.mae,
+                  axis_name: str | None = None) -> tuple[Array, BatchStats]:
+  """``E_x[L(T(x), S_theta(x))]`` on one batch (eqs. 3 and 4) and the new BN stats.
+
+  With ``axis_name`` the batch is sharded over that mesh axis (inside ``shard_map``) and
+  the mean is the global one; gradients of replicated parameters are then the global
+  batch's (``shard_map`` sums them over the axis), with no ``pmean`` of gradients.
+  """
   logits, new_stats = apply_fn(params, batch_stats, batch.x)
-  return jnp.mean(kd_loss(logits, batch.teacher_logits)), new_stats
+  return losses.batch_mean(kd_loss(logits, batch.teacher_logits), axis_name), new_stats
 
 
 def _alignment(g_acq: Params, g_ret: Params) -> tuple[Array, Array]:
@@ -137,7 +142,8 @@ def _tree_vdot(a: Params, b: Params) -> Array:
 
 
 def acquire(params: Params, batch_stats: BatchStats, apply_fn: ApplyFn,
-            acq: KDBatch, *, kd_loss: KDLoss = losses.mae) -> ObjectiveOutput:
+            acq: KDBatch, *, kd_loss: KDLoss = losses.mae,
+            axis_name: str | None = None) -> ObjectiveOutput:
   """Knowledge acquisition, ``min L_acq(theta)`` (eq. 3).
 
   Args:
@@ -146,12 +152,13 @@ def acquire(params: Params, batch_stats: BatchStats, apply_fn: ApplyFn,
     apply_fn: training-mode forward, see :data:`ApplyFn`.
     acq: fresh samples ``x = G(z)`` with the teacher's logits.
     kd_loss: per-example student loss (MAE, eq. 2, by default).
+    axis_name: mesh axis the batches are sharded over, see :func:`kd_loss_value`.
 
   Returns:
     :class:`ObjectiveOutput`; only ``loss_acq`` is set in the diagnostics.
   """
   (loss, new_stats), grads = jax.value_and_grad(kd_loss_value, has_aux=True)(
-      params, batch_stats, apply_fn, acq, kd_loss)
+      params, batch_stats, apply_fn, acq, kd_loss, axis_name)
   nan = jnp.full((), _NAN, loss.dtype)
   return ObjectiveOutput(loss, grads, new_stats,
                          Diagnostics(loss, nan, nan, nan, nan))
@@ -159,14 +166,15 @@ def acquire(params: Params, batch_stats: BatchStats, apply_fn: ApplyFn,
 
 def joint(params: Params, batch_stats: BatchStats, apply_fn: ApplyFn,
           acq: KDBatch, ret: KDBatch, *, kd_loss: KDLoss = losses.mae,
-          retention_weight: float | Array = 1.0) -> ObjectiveOutput:
+          retention_weight: float | Array = 1.0,
+          axis_name: str | None = None) -> ObjectiveOutput:
   """Acquisition + retention, ``min L_acq(theta) + w * L_ret(theta)`` (eq. 5, w = 1).
 
   The two gradients are computed separately (each batch in its own forward), which
   gives their alignment for free.
 
   Args:
-    params, batch_stats, apply_fn, acq, kd_loss: as in :func:`acquire`.
+    params, batch_stats, apply_fn, acq, kd_loss, axis_name: as in :func:`acquire`.
     ret: replayed samples ``x_m ~ M`` with the teacher's logits.
     retention_weight: ``w``; a traced 0 turns the step into :func:`acquire` without
       recompiling (used while the replay memory is still empty).
@@ -175,8 +183,8 @@ def joint(params: Params, batch_stats: BatchStats, apply_fn: ApplyFn,
     :class:`ObjectiveOutput` with ``loss_acq``, ``loss_ret`` and the alignment.
   """
   grad_fn = jax.value_and_grad(kd_loss_value, has_aux=True)
-  (loss_acq, new_stats), g_acq = grad_fn(params, batch_stats, apply_fn, acq, kd_loss)
-  (loss_ret, _), g_ret = grad_fn(params, batch_stats, apply_fn, ret, kd_loss)
+  (loss_acq, new_stats), g_acq = grad_fn(params, batch_stats, apply_fn, acq, kd_loss, axis_name)
+  (loss_ret, _), g_ret = grad_fn(params, batch_stats, apply_fn, ret, kd_loss, axis_name)
   grads = jax.tree.map(lambda a, r: a + retention_weight * r, g_acq, g_ret)
   dot, cosine = _alignment(g_acq, g_ret)
   nan = jnp.full((), _NAN, loss_acq.dtype)
@@ -198,7 +206,8 @@ def meta_objective(params: Params, batch_stats: BatchStats, apply_fn: ApplyFn,
                    acq: KDBatch, ret: KDBatch, *, alpha: float | Array,
                    inner_step: InnerStep = InnerStep.SGD, weight_decay: float = 0.0,
                    first_order: bool = False, kd_loss: KDLoss = losses.mae,
-                   retention_weight: float | Array = 1.0):
+                   retention_weight: float | Array = 1.0,
+                   axis_name: str | None = None):
   """The scalar LRA meta-objective ``L_acq(theta) + w * L_ret(theta')`` (eq. 6).
 
   A plain function of ``params``: ``jax.grad`` of it is the exact second-order
@@ -209,10 +218,11 @@ def meta_objective(params: Params, batch_stats: BatchStats, apply_fn: ApplyFn,
     ``grad_acq = grad L_acq(theta)`` (stopped) for diagnostics.
   """
   grad_fn = jax.value_and_grad(kd_loss_value, has_aux=True)
-  (loss_acq, new_stats), g_acq = grad_fn(params, batch_stats, apply_fn, acq, kd_loss)
+  (loss_acq, new_stats), g_acq = grad_fn(params, batch_stats, apply_fn, acq, kd_loss, axis_name)
   g_inner = jax.lax.stop_gradient(g_acq) if first_order else g_acq
   adapted = inner_update(params, g_inner, alpha, inner_step, weight_decay)
-  loss_ret_adapted, _ = kd_loss_value(adapted, batch_stats, apply_fn, ret, kd_loss)
+  loss_ret_adapted, _ = kd_loss_value(adapted, batch_stats, apply_fn, ret, kd_loss,
+                                      axis_name)
   loss = loss_acq + retention_weight * loss_ret_adapted
   aux = (new_stats, loss_acq, loss_ret_adapted, jax.lax.stop_gradient(g_acq))
   return loss, aux
@@ -223,11 +233,12 @@ def meta(params: Params, batch_stats: BatchStats, apply_fn: ApplyFn,
          inner_step: InnerStep = InnerStep.SGD, weight_decay: float = 0.0,
          first_order: bool = False, kd_loss: KDLoss = losses.mae,
          retention_weight: float | Array = 1.0,
-         with_alignment: bool = True) -> ObjectiveOutput:
+         with_alignment: bool = True,
+         axis_name: str | None = None) -> ObjectiveOutput:
   """LRA meta update: gradient of ``L_acq(theta) + L_ret(theta - alpha grad L_acq)``.
 
   Args:
-    params, batch_stats, apply_fn, acq, ret, kd_loss: as in :func:`joint`.
+    params, batch_stats, apply_fn, acq, ret, kd_loss, axis_name: as in :func:`joint`.
     alpha: inner step size ``alpha > 0``.
     inner_step: form of the inner step, see :class:`InnerStep`.
     weight_decay: ``wd`` for :attr:`InnerStep.SGD_WEIGHT_DECAY`.
@@ -244,12 +255,12 @@ def meta(params: Params, batch_stats: BatchStats, apply_fn: ApplyFn,
   (loss, aux), grads = jax.value_and_grad(meta_objective, has_aux=True)(
       params, batch_stats, apply_fn, acq, ret, alpha=alpha, inner_step=inner_step,
       weight_decay=weight_decay, first_order=first_order, kd_loss=kd_loss,
-      retention_weight=retention_weight)
+      retention_weight=retention_weight, axis_name=axis_name)
   new_stats, loss_acq, loss_ret_adapted, g_acq = aux
   nan = jnp.full((), _NAN, loss.dtype)
   if with_alignment:
     (loss_ret, _), g_ret = jax.value_and_grad(kd_loss_value, has_aux=True)(
-        params, batch_stats, apply_fn, ret, kd_loss)
+        params, batch_stats, apply_fn, ret, kd_loss, axis_name)
     dot, cosine = _alignment(g_acq, g_ret)
   else:
     loss_ret = dot = cosine = nan

@@ -17,8 +17,10 @@ Parameter and statistic names match ``flax.linen.BatchNorm`` (``scale``, ``bias`
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
-from typing import Callable, NamedTuple, Sequence
+from typing import Callable, Iterator, NamedTuple, Sequence
 
 import flax.linen as nn
 import jax
@@ -121,6 +123,31 @@ def torch_conv(features: int, kernel_size: int, in_features: int, *, stride: int
                                                    in_features), name=name)
 
 
+_BATCH_STATS_AXIS: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "batch_stats_axis", default=None)
+
+
+@contextlib.contextmanager
+def batch_stats_axis(axis_name: str | None) -> Iterator[None]:
+  """Within this context, every :class:`BatchNorm` reduces its batch over ``axis_name``.
+
+  For data parallelism inside ``jax.shard_map``: the batch is split over the mesh axis
+  ``axis_name``, and the batch mean/variance (used to normalise in training mode, to
+  update the running statistics and reported as :class:`BNMoments`) are those of the
+  *global* batch, computed with ``lax.pmean``. Sharded training then computes exactly
+  what one device would on the whole batch. The context is read while tracing, so
+  enter it inside the function being traced (or around the ``jit`` call that traces it).
+
+  Args:
+    axis_name: the mesh axis the batch is sharded over, or ``None`` for local batches.
+  """
+  token = _BATCH_STATS_AXIS.set(axis_name)
+  try:
+    yield
+  finally:
+    _BATCH_STATS_AXIS.reset(token)
+
+
 class BatchNorm(nn.Module):
   """``torch.nn.BatchNorm`` over the last axis, reporting its input moments.
 
@@ -154,14 +181,20 @@ class BatchNorm(nn.Module):
     running_var = self.variable("batch_stats", "var",
                                 lambda: jnp.ones((channels,), jnp.float32))
     x32 = x.astype(jnp.float32)
+    axis_name = _BATCH_STATS_AXIS.get()
+    count = math.prod(x.shape[:-1])
     batch_mean = jnp.mean(x32, axis=reduce_axes)
+    if axis_name is not None:  # Global moments of a batch sharded over axis_name.
+      batch_mean = jax.lax.pmean(batch_mean, axis_name)
+      count *= jax.lax.axis_size(axis_name)
     batch_var = jnp.mean(jnp.square(x32 - batch_mean), axis=reduce_axes)
+    if axis_name is not None:
+      batch_var = jax.lax.pmean(batch_var, axis_name)
     moments = BNMoments(batch_mean, batch_var, running_mean.value, running_var.value)
 
     if train:
       mean, var = batch_mean, batch_var
       if not self.is_initializing():
-        count = math.prod(x.shape[:-1])
         unbiased_var = batch_var * (count / max(count - 1, 1))
         m = self.momentum
         running_mean.value = (1 - m) * running_mean.value + m * batch_mean
