@@ -1,0 +1,33 @@
+r"""Quickstart: distil a digits CNN on scikit-learn's bundled 8x8 digits (no download).
+
+  python -m dfkd_jax.train --config=configs/digits.py --workdir=runs/digits
+  python -m dfkd_jax.train --config=configs/digits.py:mb_dfkd --workdir=runs/digits_mb
+
+Trains the teacher first (configs/teacher/digits.py, into runs/teachers/digits) if
+there is none. The argument after ':' is the method (default lra_mb).
+"""
+
+from dfkd_jax import trainer
+
+
+def get_config(method: str | None = None):
+  config = trainer.default_config()
+  config.method = method or "lra_mb"
+  config.dataset = "digits"
+  config.teacher_dir = "runs/teachers/digits"
+  config.teacher_config = "configs/teacher/digits.py"
+  config.student = "digits_cnn_half"
+  config.generator = "dafl_generator"
+  config.generator_options.spectral_norm = True
+  config.latent_dim = 64
+  config.batch_size = 256
+  config.num_epochs = 20
+  config.iterations_per_epoch = 10
+  config.student_steps = 5
+  config.generator_optimizer.learning_rate = 1e-3
+  config.student_optimizer.learning_rate = 0.05
+  config.memory.num_slots = 10
+  config.memory.samples_per_slot = 32
+  config.memory.push_every_epochs = 1
+  config.eval_batch_size = 360
+  return config

@@ -1,0 +1,29 @@
+r"""MNIST, LeNet-5 teacher -> LeNet-5-half student (DAFL's MNIST setting), 32x32 inputs.
+
+  python -m dfkd_jax.data prepare --dataset=mnist --archives=../shared/data/mnist \
+      --data_dir=DATA_DIR
+  python -m dfkd_jax.train_teacher --config=configs/teacher/mnist.py \
+      --workdir=teachers/mnist_lenet5 --config.data_dir=DATA_DIR
+  python -m dfkd_jax.train --config=configs/mnist.py:lra_mb --workdir=runs/mnist \
+      --config.teacher_dir=teachers/mnist_lenet5 --config.data_dir=DATA_DIR
+
+A reduced epoch budget (LeNets learn fast); the rest as in the paper.
+"""
+
+from dfkd_jax import trainer
+
+
+def get_config(method: str | None = None):
+  config = trainer.default_config()
+  config.method = method or "lra_mb"
+  config.dataset = "mnist"
+  config.teacher_dir = "teachers/mnist_lenet5"
+  config.student = "lenet5_half"
+  config.latent_dim = 100
+  config.batch_size = 512
+  config.num_epochs = 40
+  config.iterations_per_epoch = 72
+  config.generator_optimizer.learning_rate = 1e-3
+  config.memory.push_every_epochs = 2
+  config.eval_batch_size = 1000
+  return config

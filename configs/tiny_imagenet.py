@@ -1,0 +1,22 @@
+r"""Tiny-ImageNet (64x64), ResNet-34 teacher -> ResNet-18 student, 500 epochs.
+
+  python -m dfkd_jax.train --config=configs/tiny_imagenet.py:lra_mb --workdir=runs/tin \
+      --config.teacher_dir=teachers/tiny_imagenet_resnet34 --config.data_dir=DIR
+
+DIR holds the extracted official archive ``tiny-imagenet-200/``.
+"""
+
+from dfkd_jax import trainer
+
+
+def get_config(method: str | None = None):
+  config = trainer.default_config()
+  config.method = method or "lra_mb"
+  config.dataset = "tiny_imagenet"
+  config.teacher_dir = "teachers/tiny_imagenet_resnet34"
+  config.student = "resnet18_64"
+  config.latent_dim = 1000
+  config.batch_size = 512
+  config.num_epochs = 500
+  config.generator_optimizer.learning_rate = 0.02
+  return config

@@ -1,0 +1,61 @@
+"""Data parallelism: the ``('data',)`` mesh and ``jax.shard_map`` over it.
+
+The whole training iteration runs per device inside ``jax.shard_map`` (the documented
+successor of ``jax.pmap``, with the same per-device programming model, and multi-host
+ready), jitted once. Conventions:
+
+* Parameters, optimiser states, RNG keys and counters are replicated (``P()``).
+* Batches and replay memories are sharded along their sample axis over ``'data'``.
+* Means over a batch are global: ``dfkd_jax.losses.batch_mean(..., 'data')`` and, for
+  BatchNorm, :func:`dfkd_jax.models.layers.batch_stats_axis`. With ``check_vma=True``
+  the gradient of a replicated parameter is then already the global batch's (shard_map
+  sums the per-device contributions), so no ``pmean`` of gradients is taken, and a
+  sharded run computes what one device computes on the whole batch.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+from jax import shard_map
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+import numpy as np
+
+DATA_AXIS = "data"
+
+
+def make_mesh(devices=None) -> Mesh:
+  """A 1-D ``('data',)`` mesh over ``devices`` (default: all global devices)."""
+  devices = jax.devices() if devices is None else devices
+  return Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def batch_sharded(mesh: Mesh) -> NamedSharding:
+  """Sharding of arrays whose leading axis is the batch."""
+  return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def check_divisible(value: int, what: str, mesh: Mesh) -> None:
+  """Raises ``ValueError`` unless ``value`` divides evenly over the mesh's devices."""
+  n = mesh.devices.size
+  if value % n:
+    raise ValueError(f"{what}={value} must be divisible by the number of devices ({n}); "
+                     f"use a multiple of {n}")
+
+
+def shard(fn: Callable[..., Any], mesh: Mesh, in_specs, out_specs) -> Callable[..., Any]:
+  """``jax.shard_map`` of ``fn`` over ``mesh`` with checked replication (``check_vma``)."""
+  return shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs,
+                   check_vma=True)
+
+
+def put(tree, mesh: Mesh, specs):
+  """``device_put`` of ``tree`` with the ``PartitionSpec`` pytree ``specs``."""
+  shardings = jax.tree.map(lambda spec: NamedSharding(mesh, spec), specs,
+                           is_leaf=lambda x: isinstance(x, P))
+  return jax.device_put(tree, shardings)

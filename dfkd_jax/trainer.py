@@ -1,0 +1,676 @@
+"""The adversarial DFKD training loop as a library (LRA Sections 3-4).
+
+``run(config, workdir)`` distils a frozen teacher into a student:
+
+* state: generator and student (params, BatchNorm stats, optimiser state), the replay
+  memory, the RNG key and the iteration counter -- one pytree, checkpointed every epoch;
+  the teacher is frozen, loaded from a teacher checkpoint, and is neither differentiated
+  nor saved with the student;
+* one iteration = ``generator_steps`` generator updates (eq. 15) then ``student_steps``
+  student updates (``lax.scan``), each on fresh samples ``G(z)``, with the update rule of
+  the method (:mod:`dfkd_jax.methods`, :mod:`dfkd_jax.objectives`); it is ONE jitted call
+  with donated state, run per device inside ``jax.shard_map`` (:mod:`dfkd_jax.parallel`);
+* an epoch = ``iterations_per_epoch`` iterations, then the student's accuracy on the real
+  test set, a checkpoint, ``metrics.jsonl`` and ``summary.json``.
+
+Rerunning the same command resumes from the latest checkpoint; the result is the same as
+an uninterrupted run (all randomness derives from the seed and the iteration counter).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib.util
+import json
+import math
+import os
+import pathlib
+import time
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+
+from dfkd_jax import data
+from dfkd_jax import evaluation
+from dfkd_jax import losses
+from dfkd_jax import methods
+from dfkd_jax import models
+from dfkd_jax import objectives
+from dfkd_jax import parallel
+from dfkd_jax import teacher as teacher_lib
+from dfkd_jax.models import layers
+from dfkd_jax.replay import memory as memory_lib
+
+AXIS = parallel.DATA_AXIS
+INNER_STEPS = tuple(s.value for s in objectives.InnerStep)
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
+# ---------------------------------------------------------------------------
+# Config.
+# ---------------------------------------------------------------------------
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """Defaults of every field (the paper's settings where it gives them)."""
+  c = ml_collections.ConfigDict()
+  c.method = "lra_mb"
+  c.student_update = ""          # Override of the method's update; "" = the preset's.
+  c.dataset = "digits"           # Test set the student is evaluated on every epoch.
+  c.data_dir = ""                # TFDS data dir ("" = $TFDS_DATA_DIR or ~/tensorflow_datasets).
+  c.teacher_dir = ""             # Teacher checkpoint (train_teacher or convert).
+  c.teacher_config = ""          # If set and teacher_dir has no teacher: train it first.
+  c.student = "digits_cnn_half"
+  c.generator = "dafl_generator"
+  c.generator_options = ml_collections.ConfigDict({"spectral_norm": True})
+  c.latent_dim = 1000
+  c.batch_size = 512             # Global batch of z per generator and student step.
+  c.num_epochs = 200
+  c.iterations_per_epoch = 72    # I in LRA Section 4.1.
+  c.generator_steps = 1          # g.
+  c.student_steps = 10           # s.
+  c.seed = 0
+
+  c.student_optimizer = ml_collections.ConfigDict(dict(
+      learning_rate=0.1, momentum=0.9, weight_decay=5e-4, schedule="cosine"))
+  c.generator_optimizer = ml_collections.ConfigDict(dict(
+      learning_rate=1e-3, b1=0.9, b2=0.999))
+  c.generator_loss = ml_collections.ConfigDict(dict(
+      adversarial=1.0,           # weight of -JS (eq. 15).
+      js_temperature=1.0,
+      js_form="exact",           # "exact" (eq. 10) | "lra_reference" (official clamped code).
+      one_hot=1.0,               # eq. 11 weights (official code: oh=1, a=0.1, ie=5).
+      activation=0.1,
+      entropy=5.0,
+      entropy_log_base=0.0))     # 0 = natural log (eq. 14); 10 = the official code.
+  c.meta = ml_collections.ConfigDict(dict(
+      alpha=0.9,                 # Inner step size (official code: lr_S_in = 0.9).
+      inner_step="sgd_weight_decay",  # "sgd" (eq. 6) | "sgd_weight_decay" (official).
+      weight_decay=5e-4,
+      with_alignment=True))      # Log cos(grad L_acq, grad L_ret) (Section 3.4).
+  c.memory = ml_collections.ConfigDict(dict(
+      num_slots=10,              # Batches kept (official: 10).
+      samples_per_slot=64,       # Samples per batch (paper: 64 drawn from x_hat).
+      push_every_epochs=5,       # Official: at the end of every 5th epoch (0, 5, 10, ..).
+      dtype="float32"))
+  c.compute_dtype = "float32"    # "bfloat16" on accelerators; parameters stay float32.
+  # How the g generator and s student steps are looped inside the one jitted iteration:
+  # "scan" (lax.scan), "unroll" (a Python loop traced into one program) or "auto" =
+  # scan on accelerators, unroll on CPU, where XLA runs the convolution weight-gradient
+  # ~90x slower inside a loop body (measured: 10.8 s vs 120 ms, jax 0.10.2).
+  c.step_loop = "auto"
+  c.eval_batch_size = 1000
+  c.checkpoints_to_keep = 3
+  c.tensorboard = True           # Event files when TensorFlow's summary writer imports.
+  return c
+
+
+class Setup(NamedTuple):
+  """Everything fixed for a run, resolved from the config before any compilation."""
+
+  config: ml_collections.ConfigDict
+  method: methods.Method
+  teacher: Any                     # flax module
+  teacher_variables: Any
+  teacher_meta: teacher_lib.TeacherMeta
+  student: Any
+  generator: Any
+  input_shape: tuple[int, int, int]
+  num_classes: int
+  mesh: Any
+
+
+def _positive(config, *names):
+  for name in names:
+    value = config
+    for part in name.split("."):
+      value = value[part]
+    if not value > 0:
+      raise ValueError(f"config.{name}={value!r} must be > 0")
+
+
+def validate(config: ml_collections.ConfigDict, mesh) -> methods.Method:
+  """Checks config values before anything is built; errors name the value and the fix."""
+  method = methods.resolve(config.method, config.student_update)
+  _positive(config, "batch_size", "num_epochs", "iterations_per_epoch",
+            "generator_steps", "student_steps", "latent_dim", "eval_batch_size",
+            "student_optimizer.learning_rate", "generator_optimizer.learning_rate")
+  if method.student_update in ("meta", "meta_first_order"):
+    _positive(config, "meta.alpha")
+    if config.meta.inner_step not in INNER_STEPS:
+      raise ValueError(f"config.meta.inner_step={config.meta.inner_step!r}; valid: "
+                       f"{', '.join(INNER_STEPS)}")
+  if method.replay == "memory":
+    _positive(config, "memory.num_slots", "memory.samples_per_slot",
+              "memory.push_every_epochs")
+    if config.memory.samples_per_slot > config.batch_size:
+      raise ValueError(f"config.memory.samples_per_slot={config.memory.samples_per_slot}"
+                       f" must be <= config.batch_size={config.batch_size} (slots are "
+                       "filled from one generated batch)")
+    parallel.check_divisible(config.memory.samples_per_slot,
+                             "config.memory.samples_per_slot", mesh)
+    if config.batch_size % config.memory.samples_per_slot:
+      raise ValueError(f"config.memory.samples_per_slot={config.memory.samples_per_slot}"
+                       f" must divide config.batch_size={config.batch_size}")
+  if config.step_loop not in ("auto", "scan", "unroll"):
+    raise ValueError(f"config.step_loop={config.step_loop!r}; valid: auto, scan, unroll")
+  if config.compute_dtype not in COMPUTE_DTYPES:
+    raise ValueError(f"config.compute_dtype={config.compute_dtype!r}; valid: "
+                     f"{', '.join(COMPUTE_DTYPES)}")
+  if config.generator_loss.js_form not in ("exact", "lra_reference"):
+    raise ValueError(f"config.generator_loss.js_form={config.generator_loss.js_form!r}; "
+                     "valid: exact, lra_reference")
+  if config.student_optimizer.schedule not in ("cosine", "constant"):
+    raise ValueError(f"config.student_optimizer.schedule="
+                     f"{config.student_optimizer.schedule!r}; valid: cosine, constant")
+  parallel.check_divisible(config.batch_size, "config.batch_size", mesh)
+  parallel.check_divisible(config.eval_batch_size, "config.eval_batch_size", mesh)
+  data.get_dataset(config.dataset)
+  for name in (config.student, config.generator):
+    if name not in models.names():
+      raise ValueError(f"unknown model {name!r}; valid: {', '.join(models.names())}")
+  return method
+
+
+def _load_or_train_teacher(config, log) -> tuple[Any, Any, teacher_lib.TeacherMeta]:
+  teacher_dir = pathlib.Path(config.teacher_dir or "").expanduser()
+  if not config.teacher_dir:
+    raise ValueError("config.teacher_dir is empty; point it at a teacher made by "
+                     "`python -m dfkd_jax.train_teacher` or `python -m dfkd_jax.convert`")
+  if not (teacher_dir / teacher_lib.META_FILE).is_file():
+    if not config.teacher_config:
+      raise FileNotFoundError(
+          f"no teacher at config.teacher_dir={str(teacher_dir)!r} (no "
+          f"{teacher_lib.META_FILE}); train one with `python -m dfkd_jax.train_teacher "
+          f"--config=configs/teacher/<dataset>.py --workdir={teacher_dir}` or import one "
+          "with `python -m dfkd_jax.convert`")
+    from dfkd_jax import train_teacher  # pylint: disable=g-import-not-at-top
+    teacher_config = load_config_file(config.teacher_config)
+    log(f"no teacher at {teacher_dir}: training one with {config.teacher_config}")
+    train_teacher.train_and_save(teacher_config, teacher_dir, log=log)
+  return teacher_lib.load_teacher(teacher_dir)
+
+
+def load_config_file(path: str) -> ml_collections.ConfigDict:
+  """``get_config()`` of the config file ``path`` (``path:arg`` passes ``arg``)."""
+  path, _, arg = str(path).partition(":")
+  if not pathlib.Path(path).is_file():
+    raise FileNotFoundError(f"config file {path!r} not found (paths are relative to the "
+                            f"working directory {os.getcwd()})")
+  spec = importlib.util.spec_from_file_location("_dfkd_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()
+
+
+def build(config: ml_collections.ConfigDict, log: Callable[[str], None] = print,
+          mesh=None) -> Setup:
+  """Validates the config, loads the teacher and builds the models (no compilation)."""
+  mesh = mesh or parallel.make_mesh()
+  method = validate(config, mesh)
+  teacher, teacher_variables, meta = _load_or_train_teacher(config, log)
+  dataset = data.get_dataset(config.dataset)
+  data.check_teacher_fits(meta, dataset.id)
+  if data.get_dataset(meta.dataset).spec.name != dataset.spec.name:
+    raise ValueError(f"config.dataset={config.dataset!r} but the teacher at "
+                     f"{config.teacher_dir} was trained on {meta.dataset!r}")
+  input_shape = tuple(meta.input_shape)
+  student = models.get(config.student, num_classes=meta.num_classes,
+                       input_shape=input_shape)
+  generator = models.get(config.generator, num_classes=meta.num_classes,
+                         latent_dim=config.latent_dim, image_shape=input_shape,
+                         **dict(config.generator_options))
+  return Setup(config, method, teacher, teacher_variables, meta, student, generator,
+               input_shape, meta.num_classes, mesh)
+
+
+# ---------------------------------------------------------------------------
+# State.
+# ---------------------------------------------------------------------------
+
+
+class ModelState(NamedTuple):
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+
+
+class TrainState(NamedTuple):
+  step: jax.Array                 # Iterations done (int32).
+  rng: jax.Array                  # Raw uint32 key of the run.
+  generator: ModelState
+  student: ModelState
+  memory: memory_lib.MemoryState | None
+
+
+def student_optimizer(config) -> optax.GradientTransformation:
+  """SGD with momentum and coupled weight decay (PyTorch ``SGD``), per-epoch cosine."""
+  opt = config.student_optimizer
+  steps_per_epoch = config.iterations_per_epoch * config.student_steps
+  if opt.schedule == "cosine":  # CosineAnnealingLR(T_max=epochs), stepped per epoch.
+    def schedule(count):
+      epoch = count // steps_per_epoch
+      return opt.learning_rate * 0.5 * (1 + jnp.cos(jnp.pi * epoch / config.num_epochs))
+  else:
+    schedule = opt.learning_rate
+  return optax.chain(optax.add_decayed_weights(opt.weight_decay),
+                     optax.sgd(schedule, momentum=opt.momentum or None))
+
+
+def generator_optimizer(config) -> optax.GradientTransformation:
+  opt = config.generator_optimizer
+  return optax.adam(opt.learning_rate, b1=opt.b1, b2=opt.b2)
+
+
+def init_state(setup: Setup) -> TrainState:
+  """A fresh state (on the host's default device; :func:`state_specs` shards it)."""
+  config = setup.config
+  k_gen, k_student = jax.random.split(jax.random.PRNGKey(config.seed))
+  z = jnp.zeros((2, config.latent_dim), jnp.float32)
+  x = jnp.zeros((2, *setup.input_shape), jnp.float32)
+  gen_vars = jax.jit(functools.partial(setup.generator.init, train=False))(k_gen, z)
+  stu_vars = jax.jit(functools.partial(setup.student.init, train=False))(k_student, x)
+
+  def model_state(variables, optimizer):
+    params = variables["params"]
+    return ModelState(params, variables.get("batch_stats", {}), optimizer.init(params))
+
+  memory = None
+  if setup.method.replay == "memory":
+    memory = memory_lib.init(config.memory.num_slots, config.memory.samples_per_slot,
+                             setup.input_shape, setup.num_classes,
+                             dtype=jnp.dtype(config.memory.dtype))
+  return TrainState(jnp.zeros((), jnp.int32),
+                    jax.random.PRNGKey(config.seed + 1),
+                    model_state(gen_vars, generator_optimizer(config)),
+                    model_state(stu_vars, student_optimizer(config)), memory)
+
+
+def state_specs(state: TrainState) -> TrainState:
+  """PartitionSpecs: everything replicated but the memory's sample axis."""
+  specs = jax.tree.map(lambda _: P(), state)
+  if state.memory is not None:
+    specs = specs._replace(memory=memory_lib.MemoryState(
+        x=P(None, AXIS), teacher_logits=P(None, AXIS), num_pushed=P()))
+  return specs
+
+
+# ---------------------------------------------------------------------------
+# The jitted iteration.
+# ---------------------------------------------------------------------------
+
+
+def _cast(tree, dtype):
+  return jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating)
+                      else a, tree)
+
+
+def _classifier_apply(module, compute_dtype) -> objectives.ApplyFn:
+  """Training-mode apply in ``compute_dtype`` (params and stats stay float32)."""
+
+  def apply_fn(params, batch_stats, x):
+    logits, updates = module.apply(
+        {"params": _cast(params, compute_dtype), "batch_stats": batch_stats},
+        x.astype(compute_dtype), train=True, mutable=["batch_stats"])
+    return logits.astype(jnp.float32), updates["batch_stats"]
+
+  return apply_fn
+
+
+def _loop(step, carry, keys, unroll: bool):
+  """``lax.scan(step, carry, keys)``, or the same loop unrolled into the program."""
+  if not unroll:
+    return jax.lax.scan(step, carry, keys)
+  outputs = []
+  for i in range(keys.shape[0]):
+    carry, out = step(carry, keys[i])
+    outputs.append(out)
+  return carry, jax.tree.map(lambda *xs: jnp.stack(xs), *outputs)
+
+
+def make_iteration(setup: Setup, state: TrainState):
+  """The jitted ``(state, teacher_variables) -> (state, metrics)`` training iteration."""
+  config, method, mesh = setup.config, setup.method, setup.mesh
+  num_devices = mesh.devices.size
+  global_batch = config.batch_size
+  local_batch = global_batch // num_devices
+  compute_dtype = jnp.dtype(config.compute_dtype)
+  student_apply = _classifier_apply(setup.student, compute_dtype)
+  g_opt, s_opt = generator_optimizer(config), student_optimizer(config)
+  gl = config.generator_loss
+  prior_weights = losses.PriorWeights(gl.one_hot, gl.activation, gl.entropy)
+  kd_loss = {"mae": losses.mae, "kl": losses.kl_divergence}[method.student_loss]
+  push_every_iterations = config.iterations_per_epoch
+  unroll = (config.step_loop == "unroll" or
+            (config.step_loop == "auto" and mesh.devices.flat[0].platform == "cpu"))
+
+  def local_normal(key, width):
+    """This device's rows of one global ``[global_batch, width]`` normal draw."""
+    z = jax.random.normal(key, (global_batch, width), jnp.float32)
+    return jax.lax.dynamic_slice_in_dim(z, jax.lax.axis_index(AXIS) * local_batch,
+                                        local_batch)
+
+  def generate(params, batch_stats, z):
+    x, updates = setup.generator.apply(
+        {"params": _cast(params, compute_dtype), "batch_stats": batch_stats},
+        z.astype(compute_dtype), train=True, mutable=["batch_stats"])
+    return x.astype(jnp.float32), updates["batch_stats"]
+
+  def teacher_logits(teacher_vars, x, features=False):
+    out = setup.teacher.apply(_cast(teacher_vars, compute_dtype), x.astype(compute_dtype),
+                              train=False, features=features)
+    if features:
+      logits, feats = out
+      return logits.astype(jnp.float32), feats
+    return out.astype(jnp.float32)
+
+  def generator_step(student, teacher_vars, gen, key):
+    z = local_normal(key, config.latent_dim)
+
+    def loss_fn(params):
+      x, new_stats = generate(params, gen.batch_stats, z)
+      t_logits, t_feats = teacher_logits(teacher_vars, x, features=True)
+      # The student sees x in training mode (batch statistics), as in the peers' code;
+      # its running statistics are not updated by the generator step.
+      s_logits, _ = student_apply(student.params, student.batch_stats, x)
+      if gl.js_form == "exact":
+        disagreement = losses.batch_mean(
+            losses.js_divergence(t_logits, s_logits, gl.js_temperature), AXIS)
+      else:  # The official code's loss is 1 - JS: minimising it maximises JS.
+        disagreement = 1.0 - jax.lax.pmean(losses.lra_reference_js_loss(
+            s_logits, t_logits, gl.js_temperature), AXIS)
+      prior = losses.prior_loss(t_logits, t_feats.penultimate, prior_weights,
+                                gl.entropy_log_base or None, AXIS)
+      loss = -gl.adversarial * disagreement + prior
+      return loss, (new_stats, disagreement)
+
+    (loss, (new_stats, js)), grads = jax.value_and_grad(loss_fn, has_aux=True)(gen.params)
+    updates, opt_state = g_opt.update(grads, gen.opt_state, gen.params)
+    gen = ModelState(optax.apply_updates(gen.params, updates), new_stats, opt_state)
+    return gen, {"generator_loss": loss, "js_divergence": js}
+
+  def student_step(gen, teacher_vars, carry, key):
+    student, memory, _, _ = carry
+    k_z, k_m = jax.random.split(key)
+    x, _ = generate(gen.params, gen.batch_stats, local_normal(k_z, config.latent_dim))
+    x = jax.lax.stop_gradient(x)
+    acq = objectives.KDBatch(x, teacher_logits(teacher_vars, x))
+    common = dict(kd_loss=kd_loss, axis_name=AXIS)
+    retention_valid = jnp.zeros((), jnp.bool_)
+    if method.student_update == "acquire":
+      out = objectives.acquire(student.params, student.batch_stats, student_apply, acq,
+                               **common)
+    else:
+      x_m, t_m, retention_valid = memory_lib.sample(memory, k_m)
+      ret = objectives.KDBatch(x_m.astype(jnp.float32), t_m.astype(jnp.float32))
+      weight = retention_valid.astype(jnp.float32)
+      if method.student_update == "joint":
+        out = objectives.joint(student.params, student.batch_stats, student_apply, acq,
+                               ret, retention_weight=weight, **common)
+      else:
+        out = objectives.meta(
+            student.params, student.batch_stats, student_apply, acq, ret,
+            alpha=config.meta.alpha, inner_step=config.meta.inner_step,
+            weight_decay=config.meta.weight_decay,
+            first_order=method.student_update == "meta_first_order",
+            retention_weight=weight, with_alignment=config.meta.with_alignment,
+            **common)
+    updates, opt_state = s_opt.update(out.grads, student.opt_state, student.params)
+    student = ModelState(optax.apply_updates(student.params, updates), out.batch_stats,
+                         opt_state)
+    d = out.diagnostics
+    nan = jnp.full((), jnp.nan, jnp.float32)
+    metrics = {"student_loss": out.loss, "loss_acq": d.loss_acq,
+               "loss_ret": jnp.where(retention_valid, d.loss_ret, nan),
+               "loss_ret_adapted": jnp.where(retention_valid, d.loss_ret_adapted, nan),
+               "grad_cosine": jnp.where(retention_valid, d.grad_cosine, nan),
+               "grad_dot": jnp.where(retention_valid, d.grad_dot, nan)}
+    return (student, memory, x, acq.teacher_logits), metrics
+
+  def iteration(state: TrainState, teacher_vars):
+    with layers.batch_stats_axis(AXIS):
+      key = jax.random.fold_in(state.rng, state.step)
+      k_gen, k_student = jax.random.split(key)
+      gen, gen_metrics = _loop(
+          functools.partial(generator_step, state.student, teacher_vars),
+          state.generator, jax.random.split(k_gen, config.generator_steps), unroll)
+      # Placeholders for the last generated batch (per device, hence "varying").
+      x0, t0 = jax.lax.pcast(
+          (jnp.zeros((local_batch, *setup.input_shape), jnp.float32),
+           jnp.zeros((local_batch, setup.num_classes), jnp.float32)), (AXIS,),
+          to="varying")
+      (student, memory, last_x, last_t), stu_metrics = _loop(
+          functools.partial(student_step, gen, teacher_vars),
+          (state.student, state.memory, x0, t0),
+          jax.random.split(k_student, config.student_steps), unroll)
+      if memory is not None:
+        # Official schedule: the end of epochs 0, P, 2P, ... writes m samples of the
+        # last generated batch: global rows 0, k, 2k, ... (k = B / m). Every device
+        # holds exactly m / D of them, in global order, whatever the device count.
+        epoch = state.step // push_every_iterations
+        push = (((state.step + 1) % push_every_iterations == 0)
+                & (epoch % config.memory.push_every_epochs == 0))
+        stride = global_batch // config.memory.samples_per_slot
+        memory = jax.lax.cond(
+            push, lambda m: memory_lib.push(m, last_x[::stride], last_t[::stride]),
+            lambda m: m, memory)
+    metrics = {k: jnp.mean(v) for k, v in gen_metrics.items()}
+    metrics.update({k: jnp.nanmean(v) if k not in ("student_loss", "loss_acq")
+                    else jnp.mean(v) for k, v in stu_metrics.items()})
+    metrics["retention_steps"] = jnp.sum(~jnp.isnan(stu_metrics["grad_cosine"]))
+    new_state = TrainState(state.step + 1, state.rng, gen, student, memory)
+    return new_state, metrics
+
+  specs = state_specs(state)
+  sharded = parallel.shard(iteration, mesh, in_specs=(specs, P()), out_specs=(specs, P()))
+  return jax.jit(sharded, donate_argnums=0)
+
+
+def make_eval_step(module):
+  """Jitted ``(variables, images, labels, mask) -> correct`` (eval-mode BatchNorm)."""
+
+  @jax.jit
+  def eval_step(variables, images, labels, mask):
+    logits = module.apply(variables, images, train=False)
+    return evaluation.count_correct(logits, labels, mask)
+
+  return eval_step
+
+
+def accuracy(eval_step, variables, split, dataset_id, meta, batch_size, mesh) -> float:
+  """Exact accuracy (%) on a whole split, batches sharded over the mesh."""
+  correct = 0
+  sharding = parallel.batch_sharded(mesh)
+  for batch in data.eval_batches(split, dataset_id, batch_size=batch_size,
+                                 image_shape=meta.input_shape,
+                                 normalization=(meta.mean, meta.std)):
+    images, labels, mask = jax.device_put(tuple(batch), sharding)
+    correct += int(eval_step(variables, images, labels, mask))
+  return 100.0 * correct / len(split.labels)
+
+
+# ---------------------------------------------------------------------------
+# The host loop: evaluation, checkpoints, metrics, summary.
+# ---------------------------------------------------------------------------
+
+SUMMARY_FILE = "summary.json"
+METRICS_FILE = "metrics.jsonl"
+CHECKPOINT_DIR = "checkpoints"
+
+
+class NonFiniteLossError(FloatingPointError):
+  """A loss became NaN or Inf; the last good checkpoint is left as it was."""
+
+
+def _write_json_atomic(path: pathlib.Path, obj) -> None:
+  tmp = path.with_name(path.name + ".tmp")
+  tmp.write_text(json.dumps(obj, indent=1, allow_nan=False))
+  os.replace(tmp, path)
+
+
+def _json_float(x) -> float | None:
+  x = float(x)
+  return x if math.isfinite(x) else None
+
+
+def summary(config, history: dict[str, Any]) -> dict[str, Any]:
+  """The ``summary.json`` contract (see ``docs/contracts.md``)."""
+  out = {"method": config.method, "dataset": config.dataset, "seed": config.seed,
+         "teacher_accuracy": history["teacher_accuracy"]}
+  if history["test_accuracy"]:
+    out.update(evaluation.summarize(history["test_accuracy"]))
+  else:
+    out.update(test_accuracy=[], acc_max=None, learning_evolution={},
+               cumulative_mean_accuracy=[])
+  alignment = history["alignment"]
+  if any(a is not None for a in alignment):
+    out["alignment"] = alignment
+  out["student_steps_per_second"] = history["student_steps_per_second"]
+  out["epochs_completed"] = len(history["test_accuracy"])
+  out["config"] = config.to_dict()
+  return out
+
+
+def _tensorboard_writer(workdir: pathlib.Path, enabled: bool, log):
+  """A ``(step, scalars) -> None`` writer, or ``None`` without TensorFlow."""
+  if not enabled:
+    return None
+  if not all(importlib.util.find_spec(m) for m in ("tensorflow", "tensorboard")):
+    log("TensorBoard event files disabled: tensorflow and tensorboard are not both "
+        "installed; metrics.jsonl has the same numbers")
+    return None
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  writer = tf.summary.create_file_writer(str(workdir / "tensorboard"))
+
+  def write(step, scalars):
+    with writer.as_default():
+      for name, value in scalars.items():
+        if value is not None:
+          tf.summary.scalar(name, value, step=step)
+    writer.flush()
+
+  return write
+
+
+def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
+        log: Callable[[str], None] = print, mesh=None) -> dict[str, Any]:
+  """Trains (or resumes) the run in ``workdir`` and returns its summary.
+
+  Raises:
+    ValueError, FileNotFoundError: bad config or missing teacher/dataset, before any
+      compilation.
+    NonFiniteLossError: a loss became NaN/Inf; the latest checkpoint is the last good one.
+  """
+  workdir = pathlib.Path(workdir).absolute()
+  setup = build(config, log, mesh)
+  mesh = setup.mesh
+  dataset_id = setup.teacher_meta.dataset
+  test_split = data.load_split(dataset_id, "test", data_dir=config.data_dir or None)
+  workdir.mkdir(parents=True, exist_ok=True)
+
+  state = init_state(setup)
+  specs = state_specs(state)
+  state = parallel.put(state, mesh, specs)
+  teacher_vars = jax.device_put(setup.teacher_variables, parallel.replicated(mesh))
+  eval_student = make_eval_step(setup.student)
+
+  manager = ocp.CheckpointManager(
+      workdir / CHECKPOINT_DIR,
+      options=ocp.CheckpointManagerOptions(max_to_keep=config.checkpoints_to_keep,
+                                           create=True))
+  history = {"teacher_accuracy": None, "test_accuracy": [], "alignment": [],
+             "student_steps_per_second": None}
+  latest = manager.latest_step()
+  if latest is not None:
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+    restored = manager.restore(latest, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract), history=ocp.args.JsonRestore()))
+    state, history = restored.state, restored.history
+    log(f"resumed from {workdir / CHECKPOINT_DIR} after epoch {latest}")
+  start_epoch = len(history["test_accuracy"])
+  _truncate_metrics(workdir / METRICS_FILE, start_epoch)
+
+  if history["teacher_accuracy"] is None:
+    eval_teacher = make_eval_step(setup.teacher)
+    history["teacher_accuracy"] = accuracy(
+        eval_teacher, teacher_vars, test_split, dataset_id, setup.teacher_meta,
+        config.eval_batch_size, mesh)
+    log(f"teacher {setup.teacher_meta.arch}: {history['teacher_accuracy']:.2f}% on the "
+        f"{dataset_id} test set")
+
+  iteration = make_iteration(setup, state)
+  tensorboard = _tensorboard_writer(workdir, config.tensorboard, log)
+  steps_per_iteration = config.student_steps
+  train_time, timed_iterations = 0.0, 0
+  run_start = time.time()
+  with open(workdir / METRICS_FILE, "a") as metrics_file:
+    for epoch in range(start_epoch, config.num_epochs):
+      cosines = []
+      for i in range(config.iterations_per_epoch):
+        t0 = time.time()
+        state, metrics = iteration(state, teacher_vars)
+        metrics = jax.device_get(metrics)  # Blocks: one small transfer per iteration.
+        if epoch > start_epoch or i > 0:  # The first call compiles.
+          train_time += time.time() - t0
+          timed_iterations += 1
+        bad = [k for k, v in metrics.items()
+               if k in ("generator_loss", "student_loss", "loss_acq")
+               and not np.isfinite(v)]
+        if bad:
+          raise NonFiniteLossError(
+              f"{', '.join(bad)} became {[float(metrics[k]) for k in bad]} at epoch "
+              f"{epoch + 1}, iteration {i + 1}; the run stopped without saving, and the "
+              f"last good checkpoint ({manager.latest_step()}) in "
+              f"{workdir / CHECKPOINT_DIR} is intact. Lower the learning rates or "
+              "meta.alpha, or use compute_dtype=float32.")
+        record = {"epoch": epoch + 1, "iteration": i + 1,
+                  **{k: _json_float(v) for k, v in metrics.items()}}
+        metrics_file.write(json.dumps(record) + "\n")
+        if int(metrics["retention_steps"]) > 0 and math.isfinite(metrics["grad_cosine"]):
+          cosines.append(float(metrics["grad_cosine"]))
+      metrics_file.flush()
+      variables = {"params": state.student.params,
+                   "batch_stats": state.student.batch_stats}
+      acc = accuracy(eval_student, variables, test_split, dataset_id,
+                     setup.teacher_meta, config.eval_batch_size, mesh)
+      history["test_accuracy"].append(acc)
+      history["alignment"].append(float(np.mean(cosines)) if cosines else None)
+      if timed_iterations:
+        history["student_steps_per_second"] = (
+            timed_iterations * steps_per_iteration / train_time)
+      manager.save(epoch + 1, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), history=ocp.args.JsonSave(history)))
+      manager.wait_until_finished()
+      _write_json_atomic(workdir / SUMMARY_FILE, summary(config, history))
+      if tensorboard:
+        tensorboard(epoch + 1, {"test_accuracy": acc,
+                                "alignment": history["alignment"][-1],
+                                **{k: _json_float(v) for k, v in metrics.items()}})
+      done = epoch + 1 - start_epoch
+      eta = (time.time() - run_start) / done * (config.num_epochs - epoch - 1)
+      log(f"epoch {epoch + 1}/{config.num_epochs}: student {acc:.2f}% "
+          f"(max {max(history['test_accuracy']):.2f}%, teacher "
+          f"{history['teacher_accuracy']:.2f}%), student loss "
+          f"{float(metrics['student_loss']):.4f}, ETA {eta / 60:.1f} min")
+  manager.close()
+  result = summary(config, history)
+  _write_json_atomic(workdir / SUMMARY_FILE, result)
+  return result
+
+
+def _truncate_metrics(path: pathlib.Path, completed_epochs: int) -> None:
+  """Drops metric lines of epochs after the checkpoint (a resumed run redoes them)."""
+  if not path.exists():
+    return
+  kept = [line for line in path.read_text().splitlines()
+          if line and json.loads(line)["epoch"] <= completed_epochs]
+  tmp = path.with_name(path.name + ".tmp")
+  tmp.write_text("".join(line + "\n" for line in kept))
+  os.replace(tmp, path)
