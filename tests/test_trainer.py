@@ -157,7 +157,7 @@ def test_four_devices_match_one_device(teacher_dir, tmp_path):
     ({"method": "nope"}, "unknown method 'nope'; valid methods: dfkd, mb_dfkd, lra_mb"),
     ({"meta.alpha": 0.0}, r"config.meta.alpha=0.0 must be > 0"),
     ({"meta.alpha": -1.0}, r"config.meta.alpha=-1.0 must be > 0"),
-    ({"batch_size": 30}, r"config.batch_size=30 must be divisible by the number of "
+    ({"batch_size": 30, "method": "dfkd"}, r"config.batch_size=30 must be divisible by the number of "
                          r"devices \(4\)"),
     ({"student_update": "joint", "method": "dfkd"}, "needs retention samples"),
     ({"compute_dtype": "float8"}, "compute_dtype='float8'"),
