@@ -13,9 +13,9 @@ Ours-1 config); memory of 10 batches of 64 samples, written every 5 epochs.
 from dfkd_jax import trainer
 
 
-def get_config(method: str | None = None):
+def get_config(arg: str | None = None):
   config = trainer.default_config()
-  config.method = method or "lra_mb"
+  config.method = trainer.method_from_arg(arg)
   config.dataset = "cifar10"
   config.teacher_dir = "teachers/cifar10_resnet34"
   config.student = "resnet18"

@@ -4,15 +4,15 @@ r"""Quickstart: distil a digits CNN on scikit-learn's bundled 8x8 digits (no dow
   python -m dfkd_jax.train --config=configs/digits.py:mb_dfkd --workdir=runs/digits_mb
 
 Trains the teacher first (configs/teacher/digits.py, into runs/teachers/digits) if
-there is none. The argument after ':' is the method (default lra_mb).
+there is none. The argument after ':' is the method, ``NAME`` or ``method=NAME`` (default lra_mb).
 """
 
 from dfkd_jax import trainer
 
 
-def get_config(method: str | None = None):
+def get_config(arg: str | None = None):
   config = trainer.default_config()
-  config.method = method or "lra_mb"
+  config.method = trainer.method_from_arg(arg)
   config.dataset = "digits"
   config.teacher_dir = "runs/teachers/digits"
   config.teacher_config = "configs/teacher/digits.py"

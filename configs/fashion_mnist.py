@@ -13,9 +13,9 @@ A reduced epoch budget (LeNets learn fast); the rest as in the paper.
 from dfkd_jax import trainer
 
 
-def get_config(method: str | None = None):
+def get_config(arg: str | None = None):
   config = trainer.default_config()
-  config.method = method or "lra_mb"
+  config.method = trainer.method_from_arg(arg)
   config.dataset = "fashion_mnist"
   config.teacher_dir = "teachers/fashion_mnist_lenet5"
   config.student = "lenet5_half"

@@ -7,9 +7,9 @@ r"""SVHN, ResNet-34 teacher -> ResNet-18 student, the paper's settings (200 epoc
 from dfkd_jax import trainer
 
 
-def get_config(method: str | None = None):
+def get_config(arg: str | None = None):
   config = trainer.default_config()
-  config.method = method or "lra_mb"
+  config.method = trainer.method_from_arg(arg)
   config.dataset = "svhn_cropped"
   config.teacher_dir = "teachers/svhn_resnet34"
   config.student = "resnet18"

@@ -9,9 +9,9 @@ DIR holds the extracted official archive ``tiny-imagenet-200/``.
 from dfkd_jax import trainer
 
 
-def get_config(method: str | None = None):
+def get_config(arg: str | None = None):
   config = trainer.default_config()
-  config.method = method or "lra_mb"
+  config.method = trainer.method_from_arg(arg)
   config.dataset = "tiny_imagenet"
   config.teacher_dir = "teachers/tiny_imagenet_resnet34"
   config.student = "resnet18_64"

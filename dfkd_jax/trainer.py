@@ -198,6 +198,24 @@ def _load_or_train_teacher(config, log) -> tuple[Any, Any, teacher_lib.TeacherMe
   return teacher_lib.load_teacher(teacher_dir)
 
 
+def method_from_arg(arg: str | None, default: str = "lra_mb") -> str:
+  """The method named by a config argument: ``""``, ``NAME`` or ``method=NAME``.
+
+  ``--config=configs/cifar10.py:method=mb_dfkd`` and ``...:mb_dfkd`` are the same run;
+  the name itself is checked by :func:`validate`, which lists the valid ones.
+  """
+  if not arg:
+    return default
+  key, sep, value = arg.partition("=")
+  if not sep:
+    return arg
+  if key != "method" or not value:
+    raise ValueError(f"config argument {arg!r}: expected NAME or method=NAME (e.g. "
+                     f"configs/cifar10.py:method=lra_mb); set other fields with "
+                     f"--config.FIELD=VALUE")
+  return value
+
+
 def load_config_file(path: str) -> ml_collections.ConfigDict:
   """``get_config()`` of the config file ``path`` (``path:arg`` passes ``arg``)."""
   path, _, arg = str(path).partition(":")

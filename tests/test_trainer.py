@@ -195,3 +195,15 @@ def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(teacher_dir, tmp_p
                        log=lambda s: None)
   assert len(result["test_accuracy"]) == 2
   assert result["test_accuracy"][0] == before["test_accuracy"][0]
+
+
+@pytest.mark.parametrize("arg, method", [("", "lra_mb"), ("mb_dfkd", "mb_dfkd"),
+                                         ("method=dfkd", "dfkd")])
+def test_config_argument_names_the_method(arg, method):
+  path = "configs/digits.py" + (f":{arg}" if arg else "")
+  assert trainer.load_config_file(path).method == method
+
+
+def test_config_argument_other_than_the_method_is_a_clear_error():
+  with pytest.raises(ValueError, match="method=NAME"):
+    trainer.load_config_file("configs/digits.py:seed=3")
