@@ -20,6 +20,7 @@ def get_config(arg: str | None = None):
   config.generator = "dafl_generator"
   config.generator_options.spectral_norm = True
   config.latent_dim = 64
+  config.generator_loss.bn_moments = 1.0
   config.batch_size = 256
   config.num_epochs = 15
   config.iterations_per_epoch = 10

@@ -89,7 +89,11 @@ def default_config() -> ml_collections.ConfigDict:
       one_hot=1.0,               # eq. 11 weights (official code: oh=1, a=0.1, ie=5).
       activation=0.1,
       entropy=5.0,
-      entropy_log_base=0.0))     # 0 = natural log (eq. 14); 10 = the official code.
+      entropy_log_base=0.0,      # 0 = natural log (eq. 14); 10 = the official code.
+      # Weight of BatchNorm-moment matching (DeepInversion/DFQ/CMI form: unsquared L2
+      # distances, MAD eq. 9 without the squares), added to eq. 15. Not in LRA (0 = the
+      # paper); needs a teacher with BatchNorm.
+      bn_moments=0.0))
   c.meta = ml_collections.ConfigDict(dict(
       alpha=0.9,                 # Inner step size (official code: lr_S_in = 0.9).
       inner_step="sgd_weight_decay",  # "sgd" (eq. 6) | "sgd_weight_decay" (official).
@@ -159,6 +163,10 @@ def validate(config: ml_collections.ConfigDict, mesh) -> methods.Method:
     if config.batch_size % config.memory.samples_per_slot:
       raise ValueError(f"config.memory.samples_per_slot={config.memory.samples_per_slot}"
                        f" must divide config.batch_size={config.batch_size}")
+  for name in ("adversarial", "one_hot", "activation", "entropy", "bn_moments"):
+    if not config.generator_loss[name] >= 0:
+      raise ValueError(f"config.generator_loss.{name}={config.generator_loss[name]!r} must "
+                       "be >= 0 (it weighs a term of the generator's loss; 0 drops it)")
   if config.step_loop not in ("auto", "scan", "unroll"):
     raise ValueError(f"config.step_loop={config.step_loop!r}; valid: auto, scan, unroll")
   if config.compute_dtype not in COMPUTE_DTYPES:
@@ -239,6 +247,10 @@ def build(config: ml_collections.ConfigDict, log: Callable[[str], None] = print,
   if data.get_dataset(meta.dataset).spec.name != dataset.spec.name:
     raise ValueError(f"config.dataset={config.dataset!r} but the teacher at "
                      f"{config.teacher_dir} was trained on {meta.dataset!r}")
+  if config.generator_loss.bn_moments and not teacher_variables.get("batch_stats"):
+    raise ValueError(f"config.generator_loss.bn_moments={config.generator_loss.bn_moments}"
+                     f" needs a teacher with BatchNorm, but the {meta.arch} teacher at "
+                     f"{config.teacher_dir} has none; set it to 0")
   input_shape = tuple(meta.input_shape)
   student = models.get(config.student, num_classes=meta.num_classes,
                        input_shape=input_shape)
@@ -407,6 +419,9 @@ def make_iteration(setup: Setup, state: TrainState):
       prior = losses.prior_loss(t_logits, t_feats.penultimate, prior_weights,
                                 gl.entropy_log_base or None, AXIS)
       loss = -gl.adversarial * disagreement + prior
+      if gl.bn_moments:
+        loss = loss + gl.bn_moments * losses.bn_moment_loss(t_feats.bn_moments,
+                                                            squared=False)
       return loss, (new_stats, disagreement)
 
     (loss, (new_stats, js)), grads = jax.value_and_grad(loss_fn, has_aux=True)(gen.params)

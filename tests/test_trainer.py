@@ -9,9 +9,11 @@ import sys
 import time
 import types
 
+import jax
 import numpy as np
 import pytest
 
+from dfkd_jax import parallel
 from dfkd_jax import train_teacher
 from dfkd_jax import trainer
 
@@ -161,6 +163,7 @@ def test_four_devices_match_one_device(teacher_dir, tmp_path):
                          r"devices \(4\)"),
     ({"student_update": "joint", "method": "dfkd"}, "needs retention samples"),
     ({"compute_dtype": "float8"}, "compute_dtype='float8'"),
+    ({"generator_loss.bn_moments": -1.0}, r"generator_loss.bn_moments=-1.0 must be >= 0"),
 ])
 def test_bad_config_values_are_clear_errors(teacher_dir, overrides, message):
   config = tiny_config(teacher_dir, **overrides)
@@ -207,3 +210,31 @@ def test_config_argument_names_the_method(arg, method):
 def test_config_argument_other_than_the_method_is_a_clear_error():
   with pytest.raises(ValueError, match="method=NAME"):
     trainer.load_config_file("configs/digits.py:seed=3")
+
+
+def test_bn_moment_matching_adds_a_positive_term_to_the_generator_loss(teacher_dir):
+  losses = {}
+  for weight in (0.0, 1.0):
+    config = tiny_config(teacher_dir, "dfkd", **{"generator_loss.bn_moments": weight})
+    setup = trainer.build(config, log=lambda s: None)
+    state = trainer.init_state(setup)
+    state = parallel.put(state, setup.mesh, trainer.state_specs(state))
+    _, metrics = trainer.make_iteration(setup, state)(state, setup.teacher_variables)
+    losses[weight] = float(metrics["generator_loss"])
+  # Same state and z: the only difference is the (positive) moment-matching term.
+  assert losses[1.0] > losses[0.0] + 1e-3
+
+
+def test_bfloat16_compute_keeps_float32_parameters(teacher_dir):
+  config = tiny_config(teacher_dir, "lra_mb", compute_dtype="bfloat16")
+  setup = trainer.build(config, log=lambda s: None)
+  state = trainer.init_state(setup)
+  state = parallel.put(state, setup.mesh, trainer.state_specs(state))
+  before = [np.asarray(p) for p in jax.tree.leaves(state.student.params)]
+  state, metrics = trainer.make_iteration(setup, state)(state, setup.teacher_variables)
+  leaves = jax.tree.leaves((state.student.params, state.generator.params))
+  assert {str(leaf.dtype) for leaf in leaves} == {"float32"}
+  for key in ("generator_loss", "student_loss", "loss_acq"):
+    assert np.isfinite(metrics[key]), key
+  after = jax.tree.leaves(state.student.params)
+  assert any(not np.array_equal(b, np.asarray(a)) for b, a in zip(before, after))
