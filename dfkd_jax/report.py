@@ -424,6 +424,14 @@ def _plot_curves(by_method: Mapping[str, Sequence[Run]], curve_of, title: str,
   return True
 
 
+def _shown(path: pathlib.Path) -> str:
+  """``path`` relative to the working directory when it lies below it."""
+  try:
+    return str(path.relative_to(pathlib.Path.cwd().resolve()))
+  except ValueError:
+    return str(path)
+
+
 def write_report(workdirs: Iterable[str | os.PathLike],
                  out_dir: str | os.PathLike) -> dict[str, Any]:
   """Loads the runs under ``workdirs`` and writes the tables and figures to ``out_dir``.
@@ -474,7 +482,7 @@ def write_report(workdirs: Iterable[str | os.PathLike],
       else:
         md += [f"No run logs {name} (no {title.lower()} figure).", ""]
     md += ["Runs:", ""]
-    md += [f"- `{r.method}` seed {r.seed}: {r.num_epochs} epochs, `{r.path}`"
+    md += [f"- `{r.method}` seed {r.seed}: {r.num_epochs} epochs, `{_shown(r.path)}`"
            for rs in by_method.values() for r in rs]
     md.append("")
 

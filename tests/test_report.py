@@ -250,3 +250,21 @@ def test_runs_of_a_method_with_different_percentiles_are_an_error(tmp_path):
   write(tmp_path / "runs", "b", b)
   with pytest.raises(ValueError, match="different learning_evolution percentiles"):
     report.write_report([tmp_path / "runs"], tmp_path / "out")
+
+
+def test_reads_what_the_trainer_writes(tmp_path):
+  """The trainer's own summary() output (the contract) goes through the report."""
+  from dfkd_jax import trainer  # pylint: disable=g-import-not-at-top
+  for seed, acc in enumerate(([50.0, 70.0, 60.0], [55.0, 65.0, 75.0])):
+    config = trainer.default_config()
+    config.method, config.seed = "mb_dfkd", seed
+    history = {"teacher_accuracy": 98.0, "test_accuracy": acc,
+               "alignment": [None, 0.25, -0.5], "student_steps_per_second": 3.0}
+    write(tmp_path / "runs", f"s{seed}", trainer.summary(config, history))
+  report.write_report([tmp_path / "runs"], tmp_path / "out")
+  rows = markdown_rows((tmp_path / "out" / report.TABLE_MARKDOWN).read_text())
+  # 0th percentile = whole run: means 60 and 65 -> 62.50 ± 3.54; Acc_max 70 and 75.
+  assert rows["mb_dfkd"][3] == f"62.50 ± {sample_std([60.0, 65.0]):.2f}"
+  assert rows["mb_dfkd"][13] == f"72.50 ± {sample_std([70.0, 75.0]):.2f}"
+  assert (tmp_path / "out" / "digits_alignment.png").read_bytes().startswith(
+      PNG_SIGNATURE)
