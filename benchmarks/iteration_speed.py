@@ -24,7 +24,9 @@ then student steps, one program with donated state, sharded over all devices of
 * ``flops_per_iteration`` from XLA's cost analysis and the achieved FLOP/s, against a
   dense matmul timed in the same process (the machine's practical limit). XLA counts a
   ``lax.scan`` body once, so when the timed program scans (accelerators) the FLOPs
-  come from the same iteration lowered with the steps unrolled.
+  come from the same iteration lowered with the steps unrolled. With several devices,
+  FLOPs and XLA memory are those of one device's program (the ``shard_map`` body) and
+  the matmul runs on one device, so the fraction is per device.
 
 ``meta_overhead`` gives ``t(lra_mb) / t(mb_dfkd)`` (and ``lra_pre / pre_dfkd`` when both
 are measured): the cost of the exact second-order meta update over the joint update on
@@ -381,6 +383,7 @@ def run_suite(method_names: Sequence[str], pair_names: Sequence[str],
       "timing": f"median of {repeats} calls after one warm-up call; the methods of one "
                 "(pair, batch size) timed in interleaved rounds",
       "matmul": matmul,
+      "flops_and_xla_memory": "per device (one device's program); examples/s global",
       "results": results,
       "meta_overhead": meta_overhead(results),
   }
