@@ -1,0 +1,519 @@
+r"""Tables and figures of DFKD runs from their ``summary.json`` files (LRA Table 1, Fig. 4).
+
+  python -m dfkd_jax.report runs/mnist --out docs/results/mnist
+
+reads every ``summary.json`` under the given run directories (a directory holding one
+is a run; any other directory is searched recursively) and writes to ``--out``:
+
+* ``table1.md`` / ``table1.csv``: LRA Table 1's layout, one row per method: the mean
+  ``mu[S_Acc]`` and variance ``sigma^2[S_Acc]`` of the test accuracy over the epochs
+  above the 0/20/40/60/80th epoch percentile (:mod:`dfkd_jax.evaluation`) and
+  ``Acc_max``. When several runs (seeds) share a method, each cell is the mean ± the
+  sample standard deviation (``ddof=1``) of the runs' values; a single run shows its
+  value alone.
+* PNG figures in the style of LRA Fig. 4: ``<dataset>_test_accuracy.png`` (test accuracy
+  per epoch) and ``<dataset>_cumulative_mean_accuracy.png`` (its running mean), one line
+  per method (the mean over seeds, shaded ± one standard deviation), and
+  ``<dataset>_alignment.png``, the per-epoch cosine between the acquisition and retention
+  gradients (Section 3.4) of the methods that log it.
+
+Runs of different datasets get separate tables and figures. Curves of runs of one method
+with different lengths (e.g. a run still in progress) are averaged over the epochs they
+all have; the table states every run's epoch count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import math
+import os
+import pathlib
+import sys
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+SUMMARY_FILE = "summary.json"
+TABLE_MARKDOWN = "table1.md"
+TABLE_CSV = "table1.csv"
+#: Row order of the table and legend order of the figures (LRA Table 1 order, then the
+#: rest of the presets); methods not listed follow in alphabetical order.
+METHOD_ORDER = ("dafl", "dfad", "zskt", "dfq", "dfkd", "mb_dfkd", "pre_dfkd", "mad",
+                "lra_mb", "lra_pre", "lra_ema")
+_REQUIRED = ("method", "dataset", "seed", "test_accuracy", "acc_max",
+             "learning_evolution", "cumulative_mean_accuracy")
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """One run's ``summary.json``, validated.
+
+  Attributes:
+    path: the ``summary.json`` file.
+    method: method name (any string; the report does not restrict it).
+    dataset: dataset the student was evaluated on.
+    seed: the run's seed.
+    test_accuracy: ``[E]`` per-epoch test accuracy (%).
+    cumulative_mean_accuracy: ``[E]`` running mean of ``test_accuracy``.
+    learning_evolution: ``{percentile: (mean, var)}``, percentiles as ints.
+    acc_max: best test accuracy (%).
+    alignment: ``[E]`` per-epoch gradient cosine (NaN where not logged), or ``None``.
+    teacher_accuracy: the teacher's test accuracy (%), or ``None``.
+    student_steps_per_second: training throughput, or ``None``.
+  """
+
+  path: pathlib.Path
+  method: str
+  dataset: str
+  seed: int
+  test_accuracy: np.ndarray
+  cumulative_mean_accuracy: np.ndarray
+  learning_evolution: dict[int, tuple[float, float]]
+  acc_max: float
+  alignment: np.ndarray | None
+  teacher_accuracy: float | None
+  student_steps_per_second: float | None
+
+  @property
+  def num_epochs(self) -> int:
+    return int(self.test_accuracy.size)
+
+
+# ---------------------------------------------------------------------------
+# Loading.
+# ---------------------------------------------------------------------------
+
+
+def find_summaries(workdirs: Iterable[str | os.PathLike]) -> list[pathlib.Path]:
+  """The ``summary.json`` files of ``workdirs``, in a stable order, without duplicates.
+
+  A directory that holds ``summary.json`` is one run; any other directory is searched
+  recursively; a path to a ``summary.json`` file is taken as it is.
+
+  Raises:
+    FileNotFoundError: a path does not exist or holds no ``summary.json``.
+  """
+  found: dict[pathlib.Path, None] = {}
+  for workdir in workdirs:
+    path = pathlib.Path(workdir)
+    if path.is_file() and path.name == SUMMARY_FILE:
+      paths = [path]
+    elif path.is_dir():
+      paths = ([path / SUMMARY_FILE] if (path / SUMMARY_FILE).is_file()
+               else sorted(path.rglob(SUMMARY_FILE)))
+    elif path.exists():
+      raise FileNotFoundError(f"{path} is neither a run directory nor a {SUMMARY_FILE} "
+                              "file")
+    else:
+      raise FileNotFoundError(f"run directory {path} does not exist")
+    if not paths:
+      raise FileNotFoundError(f"no {SUMMARY_FILE} in {path} or below it; pass the "
+                              "--workdir of finished `python -m dfkd_jax.train` runs")
+    for p in paths:
+      found.setdefault(p.resolve(), None)
+  return list(found)
+
+
+def _number(value, what: str, path, allow_none: bool = False) -> float | None:
+  if value is None and allow_none:
+    return None
+  if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(
+      value):
+    raise ValueError(f"{path}: {what} must be a finite number, got {value!r}")
+  return float(value)
+
+
+def _curve(value, what: str, path, allow_none: bool = False) -> np.ndarray:
+  if not isinstance(value, list):
+    raise ValueError(f"{path}: {what} must be a list (one value per epoch), got "
+                     f"{type(value).__name__}")
+  return np.array([np.nan if v is None and allow_none else _number(v, f"{what}[{i}]", path)
+                   for i, v in enumerate(value)], dtype=np.float64)
+
+
+def parse_summary(data: Any, path: str | os.PathLike) -> Run:
+  """Validates one decoded ``summary.json`` (the trainer's contract) into a :class:`Run`.
+
+  Raises:
+    ValueError: a missing or malformed field, naming ``path`` and the field.
+  """
+  if not isinstance(data, dict):
+    raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
+  missing = [k for k in _REQUIRED if k not in data]
+  if missing:
+    raise ValueError(f"{path}: missing field(s) {missing}; is it a summary.json written "
+                     "by `python -m dfkd_jax.train`?")
+  for key in ("method", "dataset"):
+    if not isinstance(data[key], str) or not data[key]:
+      raise ValueError(f"{path}: {key} must be a non-empty string, got {data[key]!r}")
+  if isinstance(data["seed"], bool) or not isinstance(data["seed"], int):
+    raise ValueError(f"{path}: seed must be an integer, got {data['seed']!r}")
+  acc = _curve(data["test_accuracy"], "test_accuracy", path)
+  if acc.size == 0:
+    raise ValueError(f"{path}: test_accuracy is empty (no epoch finished yet)")
+  cumulative = _curve(data["cumulative_mean_accuracy"], "cumulative_mean_accuracy", path)
+  if cumulative.size != acc.size:
+    raise ValueError(f"{path}: cumulative_mean_accuracy has {cumulative.size} values but "
+                     f"test_accuracy has {acc.size}")
+  evolution = data["learning_evolution"]
+  if not isinstance(evolution, dict) or not evolution:
+    raise ValueError(f"{path}: learning_evolution must be a non-empty object "
+                     "{percentile: {mean, var}}")
+  parsed = {}
+  for key, cell in evolution.items():
+    if not str(key).isdigit() or not isinstance(cell, dict) or not {"mean", "var"} <= set(
+        cell):
+      raise ValueError(f"{path}: learning_evolution[{key!r}] must be an integer "
+                       f"percentile mapped to {{'mean', 'var'}}, got {cell!r}")
+    parsed[int(key)] = (_number(cell["mean"], f"learning_evolution[{key!r}].mean", path),
+                        _number(cell["var"], f"learning_evolution[{key!r}].var", path))
+  alignment = None
+  if data.get("alignment") is not None:
+    alignment = _curve(data["alignment"], "alignment", path, allow_none=True)
+    if alignment.size != acc.size:
+      raise ValueError(f"{path}: alignment has {alignment.size} values but test_accuracy "
+                       f"has {acc.size}")
+  return Run(path=pathlib.Path(path), method=data["method"], dataset=data["dataset"],
+             seed=data["seed"], test_accuracy=acc, cumulative_mean_accuracy=cumulative,
+             learning_evolution=dict(sorted(parsed.items())),
+             acc_max=_number(data["acc_max"], "acc_max", path), alignment=alignment,
+             teacher_accuracy=_number(data.get("teacher_accuracy"), "teacher_accuracy",
+                                      path, allow_none=True),
+             student_steps_per_second=_number(data.get("student_steps_per_second"),
+                                              "student_steps_per_second", path,
+                                              allow_none=True))
+
+
+def load_summary(path: str | os.PathLike) -> Run:
+  """Reads and validates one ``summary.json``.
+
+  Raises:
+    FileNotFoundError: no such file.
+    ValueError: not JSON, or not the trainer's contract; the message names the path.
+  """
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"{path} not found")
+  try:
+    data = json.loads(path.read_text())
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise ValueError(f"{path} is not valid JSON: {e}") from e
+  return parse_summary(data, path)
+
+
+def load_runs(workdirs: Iterable[str | os.PathLike]) -> list[Run]:
+  """Every run under ``workdirs`` (see :func:`find_summaries`).
+
+  Raises:
+    FileNotFoundError, ValueError: as :func:`find_summaries` and :func:`load_summary`;
+      also two runs of the same dataset, method and seed (naming both paths).
+  """
+  runs = [load_summary(p) for p in find_summaries(workdirs)]
+  seen: dict[tuple[str, str, int], pathlib.Path] = {}
+  for run in runs:
+    key = (run.dataset, run.method, run.seed)
+    if key in seen:
+      raise ValueError(f"two runs of method {run.method!r} on {run.dataset!r} with seed "
+                       f"{run.seed}: {seen[key]} and {run.path}; pass only one of them")
+    seen[key] = run.path
+  return runs
+
+
+# ---------------------------------------------------------------------------
+# Grouping and aggregation (pure).
+# ---------------------------------------------------------------------------
+
+
+def method_sort_key(method: str) -> tuple[int, str]:
+  """Position of ``method`` in :data:`METHOD_ORDER`; unknown names after, by name."""
+  if method in METHOD_ORDER:
+    return (METHOD_ORDER.index(method), "")
+  return (len(METHOD_ORDER), method)
+
+
+def group_runs(runs: Sequence[Run]) -> dict[str, dict[str, list[Run]]]:
+  """``{dataset: {method: [runs by seed]}}``, methods in table order."""
+  out: dict[str, dict[str, list[Run]]] = {}
+  for run in runs:
+    out.setdefault(run.dataset, {}).setdefault(run.method, []).append(run)
+  return {dataset: {m: sorted(by_method[m], key=lambda r: r.seed)
+                    for m in sorted(by_method, key=method_sort_key)}
+          for dataset, by_method in sorted(out.items())}
+
+
+@dataclasses.dataclass(frozen=True)
+class Stat:
+  """Mean and sample standard deviation over runs (``std`` is None for one run)."""
+
+  mean: float
+  std: float | None
+  n: int
+
+
+def mean_std(values: Sequence[float]) -> Stat:
+  """Mean and sample standard deviation (``ddof=1``) of ``values`` (non-empty)."""
+  v = np.asarray(values, dtype=np.float64)
+  if v.size == 0:
+    raise ValueError("mean_std of no values")
+  return Stat(float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else None, int(v.size))
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+  """One row of Table 1: a method's statistics over its runs."""
+
+  method: str
+  seeds: tuple[int, ...]
+  epochs: tuple[int, ...]
+  evolution: dict[int, tuple[Stat, Stat]]   # percentile -> (mean, var) statistics.
+  acc_max: Stat
+  teacher_accuracy: Stat | None
+  student_steps_per_second: Stat | None
+
+
+def _optional_stat(values) -> Stat | None:
+  values = [v for v in values if v is not None]
+  return mean_std(values) if values else None
+
+
+def table_row(method: str, runs: Sequence[Run]) -> Row:
+  """Aggregates one method's runs (mean ± std over seeds).
+
+  Raises:
+    ValueError: the runs do not share the same learning-evolution percentiles.
+  """
+  percentiles = list(runs[0].learning_evolution)
+  for run in runs[1:]:
+    if list(run.learning_evolution) != percentiles:
+      raise ValueError(f"runs of {method!r} have different learning_evolution "
+                       f"percentiles: {runs[0].path} has {percentiles}, {run.path} has "
+                       f"{list(run.learning_evolution)}")
+  evolution = {p: (mean_std([r.learning_evolution[p][0] for r in runs]),
+                   mean_std([r.learning_evolution[p][1] for r in runs]))
+               for p in percentiles}
+  return Row(method=method, seeds=tuple(r.seed for r in runs),
+             epochs=tuple(r.num_epochs for r in runs), evolution=evolution,
+             acc_max=mean_std([r.acc_max for r in runs]),
+             teacher_accuracy=_optional_stat(r.teacher_accuracy for r in runs),
+             student_steps_per_second=_optional_stat(
+                 r.student_steps_per_second for r in runs))
+
+
+def table_rows(by_method: Mapping[str, Sequence[Run]]) -> list[Row]:
+  """Table 1 of one dataset.
+
+  Raises:
+    ValueError: methods with different learning-evolution percentiles.
+  """
+  rows = [table_row(m, runs) for m, runs in by_method.items()]
+  for row in rows[1:]:
+    if list(row.evolution) != list(rows[0].evolution):
+      raise ValueError(f"methods {rows[0].method!r} and {row.method!r} have different "
+                       f"learning_evolution percentiles ({list(rows[0].evolution)} vs "
+                       f"{list(row.evolution)})")
+  return rows
+
+
+def curve_stats(curves: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+  """Per-epoch mean and sample std (0 for one curve) over the common epochs.
+
+  NaN entries (epochs without a value) are ignored; an epoch no curve has is NaN.
+  """
+  length = min(c.size for c in curves)
+  stacked = np.stack([c[:length] for c in curves])
+  valid = (~np.isnan(stacked)).sum(axis=0)
+  with np.errstate(invalid="ignore", divide="ignore"):
+    total = np.nansum(stacked, axis=0)
+    mean = np.where(valid > 0, total / np.maximum(valid, 1), np.nan)
+    sq = np.nansum((stacked - mean) ** 2, axis=0)
+    std = np.where(valid > 1, np.sqrt(sq / np.maximum(valid - 1, 1)), 0.0)
+  return mean, np.where(valid > 0, std, np.nan)
+
+
+# ---------------------------------------------------------------------------
+# Writing.
+# ---------------------------------------------------------------------------
+
+
+def format_stat(stat: Stat | None, digits: int = 2) -> str:
+  """``"m ± s"`` (or ``"m"`` for one run, ``"-"`` for none)."""
+  if stat is None:
+    return "-"
+  if stat.std is None:
+    return f"{stat.mean:.{digits}f}"
+  return f"{stat.mean:.{digits}f} ± {stat.std:.{digits}f}"
+
+
+def _epochs_text(epochs: Sequence[int]) -> str:
+  lo, hi = min(epochs), max(epochs)
+  return str(lo) if lo == hi else f"{lo}-{hi}"
+
+
+def markdown_table(rows: Sequence[Row]) -> str:
+  """Table 1 as a Markdown table (mean ± std over seeds in each cell)."""
+  percentiles = list(rows[0].evolution)
+  header = ["Method", "Seeds", "Epochs"]
+  for p in percentiles:
+    header += [f"μ[S_Acc] >{p}th", f"σ²[S_Acc] >{p}th"]
+  header += ["Acc_max", "Student steps/s"]
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  for row in rows:
+    cells = [row.method, ",".join(map(str, row.seeds)), _epochs_text(row.epochs)]
+    for p in percentiles:
+      cells += [format_stat(row.evolution[p][0]), format_stat(row.evolution[p][1])]
+    cells += [format_stat(row.acc_max), format_stat(row.student_steps_per_second, 1)]
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def csv_records(dataset: str, rows: Sequence[Row]) -> list[dict[str, Any]]:
+  """One flat record per row: ``<column>_mean`` / ``<column>_std`` (std empty for n=1)."""
+  records = []
+  for row in rows:
+    rec: dict[str, Any] = {"dataset": dataset, "method": row.method,
+                           "runs": len(row.seeds),
+                           "seeds": " ".join(map(str, row.seeds)),
+                           "epochs": " ".join(map(str, row.epochs))}
+
+    def put(name, stat):
+      rec[f"{name}_mean"] = "" if stat is None else stat.mean
+      rec[f"{name}_std"] = "" if stat is None or stat.std is None else stat.std
+
+    for p, (m, v) in row.evolution.items():
+      put(f"mean_above_p{p}", m)
+      put(f"var_above_p{p}", v)
+    put("acc_max", row.acc_max)
+    put("teacher_accuracy", row.teacher_accuracy)
+    put("student_steps_per_second", row.student_steps_per_second)
+    records.append(rec)
+  return records
+
+
+def _plot_curves(by_method: Mapping[str, Sequence[Run]], curve_of, title: str,
+                 ylabel: str, path: pathlib.Path) -> bool:
+  """One line per method (mean over runs), shaded ± one std; False if nothing to plot."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  colors = {m: f"C{i % 10}" for i, m in enumerate(by_method)}  # Same colour per method.
+  series = {}
+  for method, runs in by_method.items():
+    curves = [c for c in (curve_of(r) for r in runs) if c is not None]
+    if curves and not all(np.all(np.isnan(c)) for c in curves):
+      series[method] = curve_stats(curves)
+  if not series:
+    return False
+  fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+  for method, (mean, std) in series.items():
+    epochs = np.arange(1, mean.size + 1)
+    ax.plot(epochs, mean, label=method, color=colors[method], linewidth=1.5)
+    ax.fill_between(epochs, mean - std, mean + std, color=colors[method], alpha=0.2,
+                    linewidth=0)
+  ax.set_xlabel("epoch")
+  ax.set_ylabel(ylabel)
+  ax.set_title(title)
+  ax.grid(alpha=0.3)
+  ax.legend(loc="best", fontsize="small")
+  fig.tight_layout()
+  fig.savefig(path, format="png")
+  plt.close(fig)
+  return True
+
+
+def _shown(path: pathlib.Path) -> str:
+  """``path`` relative to the working directory when it lies below it."""
+  try:
+    return str(path.relative_to(pathlib.Path.cwd().resolve()))
+  except ValueError:
+    return str(path)
+
+
+def write_report(workdirs: Iterable[str | os.PathLike],
+                 out_dir: str | os.PathLike) -> dict[str, Any]:
+  """Loads the runs under ``workdirs`` and writes the tables and figures to ``out_dir``.
+
+  Returns:
+    ``{"runs": [...], "files": [written paths]}``.
+
+  Raises:
+    FileNotFoundError, ValueError: as :func:`load_runs`, before anything is written.
+  """
+  runs = load_runs(workdirs)
+  grouped = group_runs(runs)
+  tables = {dataset: table_rows(by_method) for dataset, by_method in grouped.items()}
+  out = pathlib.Path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  written = []
+
+  md = ["# Results (LRA Table 1 layout)", "",
+        "Each cell is the mean ± the sample standard deviation over the runs (seeds) of "
+        "a method; μ[S_Acc] >nth / σ²[S_Acc] >nth are the mean / variance (%, %²) of "
+        "the per-epoch test accuracy over the epochs above the nth epoch percentile; "
+        "Acc_max is the best epoch's accuracy.", ""]
+  records = []
+  for dataset, rows in tables.items():
+    by_method = grouped[dataset]
+    md += [f"## {dataset}", ""]
+    teacher = _optional_stat(r.teacher_accuracy for rs in by_method.values() for r in rs)
+    if teacher is not None:
+      md += [f"Teacher test accuracy: {format_stat(teacher)}%.", ""]
+    md += [markdown_table(rows)]
+    uneven = [row.method for row in rows if len(set(row.epochs)) > 1]
+    if uneven:
+      md += [f"Runs of {', '.join(uneven)} have different epoch counts; their curves "
+             "are averaged over the epochs all runs have.", ""]
+    records += csv_records(dataset, rows)
+    figures = [
+        ("test_accuracy", lambda r: r.test_accuracy, "Test accuracy", "accuracy (%)"),
+        ("cumulative_mean_accuracy", lambda r: r.cumulative_mean_accuracy,
+         "Cumulative mean accuracy", "cumulative mean accuracy (%)"),
+        ("alignment", lambda r: r.alignment, "Gradient alignment cos(∇L_acq, ∇L_ret)",
+         "cosine"),
+    ]
+    for name, curve_of, title, ylabel in figures:
+      path = out / f"{dataset}_{name}.png"
+      if _plot_curves(by_method, curve_of, f"{title} ({dataset})", ylabel, path):
+        written.append(path)
+        md += [f"![{title}]({path.name})", ""]
+      else:
+        md += [f"No run logs {name} (no {title.lower()} figure).", ""]
+    md += ["Runs:", ""]
+    md += [f"- `{r.method}` seed {r.seed}: {r.num_epochs} epochs, `{_shown(r.path)}`"
+           for rs in by_method.values() for r in rs]
+    md.append("")
+
+  md_path = out / TABLE_MARKDOWN
+  md_path.write_text("\n".join(md))
+  csv_path = out / TABLE_CSV
+  fields = list(dict.fromkeys(k for rec in records for k in rec))
+  with open(csv_path, "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=fields, restval="")
+    writer.writeheader()
+    writer.writerows(records)
+  return {"runs": [str(r.path) for r in runs], "files": [md_path, csv_path, *written]}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(
+      prog="python -m dfkd_jax.report",
+      description="Table 1 (Markdown, CSV) and Figure 4-style PNGs from summary.json "
+                  "files of DFKD runs.")
+  parser.add_argument("workdirs", nargs="+", metavar="WORKDIR",
+                      help="run directories (or folders of them) holding summary.json")
+  parser.add_argument("--out", required=True, help="output directory")
+  args = parser.parse_args(argv)
+  try:
+    result = write_report(args.workdirs, args.out)
+  except (FileNotFoundError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  print(f"{len(result['runs'])} runs -> " + ", ".join(str(p) for p in result["files"]))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,110 @@
+"""The benchmark harness in its smoke mode (tiny digits config): JSON fields and sanity.
+
+No timing is asserted here: speed targets are reported by the benchmarks, not tested.
+"""
+
+import json
+import math
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from benchmarks import iteration_speed
+from benchmarks import tables
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+  """One smoke run of the joint and the meta method (the meta-overhead pair)."""
+  out = tmp_path_factory.mktemp("bench") / "smoke.json"
+  proc = subprocess.run(
+      [sys.executable, "-m", "benchmarks.iteration_speed", "--smoke",
+       "--methods=mb_dfkd,lra_mb", f"--out={out}"],
+      cwd=REPO, capture_output=True, text=True, timeout=1200)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  printed = json.loads(proc.stdout)
+  assert json.loads(out.read_text()) == printed
+  return printed
+
+
+def test_smoke_run_reports_every_case_with_sane_numbers(smoke):
+  assert smoke["backend"] == "cpu" and smoke["device_count"] >= 1
+  assert "random init" in smoke["teacher_weights"]
+  for key in ("load_average_1_5_15min_before", "load_average_1_5_15min_after"):
+    assert len(smoke[key]) == 3 and all(v >= 0 for v in smoke[key])
+  assert smoke["matmul"]["size"] == 256 and smoke["matmul"]["flops_per_second"] > 0
+  results = smoke["results"]
+  assert [(r["method"], r["pair"], r["batch_size"]) for r in results] == [
+      ("mb_dfkd", "digits", 32), ("lra_mb", "digits", 32)]
+  for r in results:
+    assert r["generator_steps"] == 1 and r["student_steps"] == 1
+    assert r["input_shape"] == [8, 8, 1] and r["step_loop"] == "unroll"
+    assert r["compile_seconds"] > 0
+    times = r["seconds_per_iteration_all"]
+    assert len(times) == 2 and all(t > 0 for t in times)
+    assert min(times) <= r["seconds_per_iteration"] <= max(times)
+    assert math.isclose(r["examples_per_second"],
+                        32 * 2 / r["seconds_per_iteration"], rel_tol=1e-9)
+    assert math.isclose(r["student_steps_per_second"], 1 / r["seconds_per_iteration"],
+                        rel_tol=1e-9)
+    assert r["flops_per_iteration"] > 0
+    assert math.isclose(r["achieved_flops_per_second"],
+                        r["flops_per_iteration"] / r["seconds_per_iteration"],
+                        rel_tol=1e-9)
+    assert r["fraction_of_matmul_flops"] > 0
+    assert r["peak_memory"]["bytes"] > 0 and "RSS" in r["peak_memory"]["source"]
+    memory = r["memory_analysis"]
+    assert memory["argument_size_in_bytes"] > 0 and memory["temp_size_in_bytes"] > 0
+  # The meta update does strictly more arithmetic than the joint update.
+  assert results[1]["flops_per_iteration"] > results[0]["flops_per_iteration"]
+
+
+def test_smoke_run_reports_the_meta_overhead(smoke):
+  (overhead,) = smoke["meta_overhead"]
+  joint, meta = smoke["results"]
+  assert (overhead["method"], overhead["baseline"]) == ("lra_mb", "mb_dfkd")
+  assert math.isclose(overhead["ratio"],
+                      meta["seconds_per_iteration"] / joint["seconds_per_iteration"])
+  assert overhead["target"] == 1.8
+  assert overhead["within_target"] == (overhead["ratio"] <= 1.8)
+
+
+def test_meta_overhead_pairs_each_meta_method_with_its_joint_baseline():
+  rows = [{"pair": "p", "batch_size": b, "method": m, "seconds_per_iteration": t}
+          for b, m, t in [(64, "mb_dfkd", 2.0), (64, "lra_mb", 3.0), (64, "dfkd", 1.0),
+                          (128, "lra_mb", 5.0), (64, "pre_dfkd", 4.0),
+                          (64, "lra_pre", 10.0)]]
+  out = {(o["method"], o["batch_size"]): o for o in
+         iteration_speed.meta_overhead(rows)}
+  assert set(out) == {("lra_mb", 64), ("lra_pre", 64)}  # No mb_dfkd at batch 128.
+  assert out[("lra_mb", 64)]["ratio"] == 1.5 and out[("lra_mb", 64)]["within_target"]
+  assert out[("lra_pre", 64)]["ratio"] == 2.5
+  assert not out[("lra_pre", 64)]["within_target"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--methods=nope"], "unknown method 'nope'"),
+    (["--pairs=vgg"], "unknown pair 'vgg'"),
+    (["--batch_sizes=0"], "batch size 0 must be a positive multiple"),
+])
+def test_bad_arguments_are_clear_errors_before_compiling(args, message, capsys):
+  assert iteration_speed.main(args + ["--matmul_size=8"]) == 1
+  assert message in capsys.readouterr().err
+
+
+def test_markdown_tables_of_the_smoke_result(smoke, tmp_path, capsys):
+  path = tmp_path / "smoke.json"
+  path.write_text(json.dumps(smoke))
+  assert tables.main([str(path)]) == 0
+  text = capsys.readouterr().out
+  rows = [l for l in text.splitlines() if l.startswith("| digits_cnn -> digits_cnn_half")]
+  assert len(rows) == 3  # Two methods and one overhead row.
+  joint = smoke["results"][0]
+  assert f"| {joint['seconds_per_iteration']:.3f} |" in rows[0]
+  ratio = smoke["meta_overhead"][0]["ratio"]
+  assert f"lra_mb / mb_dfkd = {ratio:.2f}" in rows[2]
+  assert "Load average" in text

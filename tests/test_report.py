@@ -1,0 +1,270 @@
+"""Tests of the results report on synthetic summary.json files with known values."""
+
+import csv
+import json
+import math
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from dfkd_jax import report
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PERCENTILES = ("0", "20", "40", "60", "80")
+
+
+def summary(method, seed, acc, evolution, acc_max, dataset="mnist", alignment=None,
+            teacher=99.0, steps=10.0):
+  """A summary.json dict whose table values are given directly (not computed)."""
+  out = {"method": method, "dataset": dataset, "seed": seed, "teacher_accuracy": teacher,
+         "test_accuracy": list(acc), "acc_max": acc_max,
+         "learning_evolution": {p: {"mean": m, "var": v}
+                                for p, (m, v) in zip(PERCENTILES, evolution)},
+         "cumulative_mean_accuracy": [sum(acc[:i + 1]) / (i + 1) for i in range(len(acc))],
+         "student_steps_per_second": steps, "config": {"method": method}}
+  if alignment is not None:
+    out["alignment"] = alignment
+  return out
+
+
+def write(root, name, data):
+  path = pathlib.Path(root) / name
+  path.mkdir(parents=True, exist_ok=True)
+  (path / report.SUMMARY_FILE).write_text(
+      data if isinstance(data, str) else json.dumps(data))
+  return path
+
+
+# lra_mb: three seeds with chosen per-percentile values; dfkd: one seed.
+LRA_EVOLUTION = {0: [(80.0, 4.0), (70.0, 3.0), (75.0, 2.0), (78.0, 1.0), (79.0, 0.5)],
+                 1: [(82.0, 6.0), (72.0, 3.0), (76.0, 2.0), (79.0, 1.0), (80.0, 0.5)],
+                 2: [(84.0, 8.0), (74.0, 3.0), (77.0, 2.0), (80.0, 1.0), (81.0, 0.5)]}
+LRA_ACC_MAX = {0: 90.0, 1: 91.0, 2: 95.0}
+LRA_CURVES = {0: [50.0, 60.0, 70.0], 1: [52.0, 64.0, 70.0], 2: [54.0, 62.0, 76.0]}
+
+
+@pytest.fixture
+def runs_dir(tmp_path):
+  root = tmp_path / "runs"
+  for seed in range(3):
+    write(root, f"lra_mb_s{seed}",
+          summary("lra_mb", seed, LRA_CURVES[seed], LRA_EVOLUTION[seed],
+                  LRA_ACC_MAX[seed], alignment=[None, 0.1 * (seed + 1), 0.2],
+                  steps=10.0 + seed))
+  write(root / "baselines", "dfkd_s0",
+        summary("dfkd", 0, [40.0, 45.0, 50.0], [(45.0, 16.5), (47.5, 6.25), (47.5, 6.25),
+                                                 (50.0, 0.0), (50.0, 0.0)], 50.0))
+  write(root, "custom_s7",
+        summary("my_new_method", 7, [30.0, 31.0, 32.0], [(31.0, 0.5)] * 5, 32.0))
+  write(root, "mb_dfkd_s0",
+        summary("mb_dfkd", 0, [45.0, 55.0, 65.0], [(55.0, 66.0)] * 5, 65.0))
+  return root
+
+
+def sample_std(values):
+  m = sum(values) / len(values)
+  return math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
+
+
+def markdown_rows(text):
+  """{method: [cells]} of the Markdown table rows."""
+  rows = {}
+  for line in text.splitlines():
+    if line.startswith("| ") and not line.startswith("| Method"):
+      cells = [c.strip() for c in line.strip("|").split("|")]
+      rows[cells[0]] = cells
+  return rows
+
+
+def test_table_cells_are_mean_and_sample_std_over_seeds(runs_dir, tmp_path):
+  result = report.write_report([runs_dir], tmp_path / "out")
+  text = (tmp_path / "out" / report.TABLE_MARKDOWN).read_text()
+  rows = markdown_rows(text)
+  cells = rows["lra_mb"]
+  assert cells[1:3] == ["0,1,2", "3"]
+  for i, p in enumerate(PERCENTILES):
+    means = [LRA_EVOLUTION[s][i][0] for s in range(3)]
+    varis = [LRA_EVOLUTION[s][i][1] for s in range(3)]
+    mean_cell, var_cell = cells[3 + 2 * i], cells[4 + 2 * i]
+    assert mean_cell == f"{sum(means) / 3:.2f} ± {sample_std(means):.2f}", p
+    assert var_cell == f"{sum(varis) / 3:.2f} ± {sample_std(varis):.2f}", p
+  # Hand-computed: mean(80, 82, 84) = 82, std = 2; Acc_max mean(90, 91, 95) = 92,
+  # std = sqrt((4 + 1 + 9) / 2) = sqrt(7).
+  assert cells[3] == "82.00 ± 2.00"
+  assert cells[4] == "6.00 ± 2.00"
+  assert cells[13] == f"92.00 ± {math.sqrt(7):.2f}"
+  assert cells[14] == "11.0 ± 1.0"
+  # One run: its own values, without a spread.
+  assert rows["dfkd"][3:5] == ["45.00", "16.50"]
+  assert rows["dfkd"][13] == "50.00"
+  assert len(result["runs"]) == 6
+
+
+def test_csv_has_the_numbers_and_empty_std_for_one_run(runs_dir, tmp_path):
+  report.write_report([runs_dir], tmp_path / "out")
+  with open(tmp_path / "out" / report.TABLE_CSV) as f:
+    records = {r["method"]: r for r in csv.DictReader(f)}
+  lra = records["lra_mb"]
+  assert lra["runs"] == "3" and lra["seeds"] == "0 1 2" and lra["dataset"] == "mnist"
+  np.testing.assert_allclose(float(lra["mean_above_p20_mean"]), 72.0)
+  np.testing.assert_allclose(float(lra["mean_above_p20_std"]), 2.0)
+  np.testing.assert_allclose(float(lra["var_above_p80_mean"]), 0.5)
+  np.testing.assert_allclose(float(lra["var_above_p80_std"]), 0.0)
+  np.testing.assert_allclose(float(lra["acc_max_std"]), math.sqrt(7))
+  assert records["dfkd"]["acc_max_std"] == ""
+  np.testing.assert_allclose(float(records["dfkd"]["acc_max_mean"]), 50.0)
+
+
+def test_rows_follow_the_paper_order_with_unknown_methods_last(runs_dir, tmp_path):
+  report.write_report([runs_dir], tmp_path / "out")
+  rows = markdown_rows((tmp_path / "out" / report.TABLE_MARKDOWN).read_text())
+  assert list(rows) == ["dfkd", "mb_dfkd", "lra_mb", "my_new_method"]
+
+
+def test_figures_are_written_as_non_empty_pngs(runs_dir, tmp_path):
+  result = report.write_report([runs_dir], tmp_path / "out")
+  names = ("mnist_test_accuracy.png", "mnist_cumulative_mean_accuracy.png",
+           "mnist_alignment.png")
+  for name in names:
+    path = tmp_path / "out" / name
+    assert path in result["files"]
+    content = path.read_bytes()
+    assert content.startswith(PNG_SIGNATURE) and len(content) > 5000, name
+  text = (tmp_path / "out" / report.TABLE_MARKDOWN).read_text()
+  for name in names:
+    assert f"]({name})" in text
+
+
+def test_no_alignment_figure_when_no_run_logs_it(tmp_path):
+  write(tmp_path / "runs", "a", summary("dfkd", 0, [1.0, 2.0], [(1.5, 0.25)] * 5, 2.0))
+  result = report.write_report([tmp_path / "runs"], tmp_path / "out")
+  assert not (tmp_path / "out" / "mnist_alignment.png").exists()
+  assert (tmp_path / "out" / "mnist_test_accuracy.png") in result["files"]
+  assert "No run logs alignment" in (tmp_path / "out" / report.TABLE_MARKDOWN).read_text()
+
+
+def test_curve_stats_ignore_missing_epochs_and_cut_to_the_common_length():
+  mean, std = report.curve_stats([np.array([1.0, np.nan, 3.0, 9.0]),
+                                  np.array([3.0, 4.0, 5.0])])
+  np.testing.assert_allclose(mean, [2.0, 4.0, 4.0])
+  np.testing.assert_allclose(std, [math.sqrt(2), 0.0, math.sqrt(2)])
+  mean, std = report.curve_stats([np.array([np.nan, 1.0])])
+  assert np.isnan(mean[0]) and np.isnan(std[0])
+  np.testing.assert_allclose(mean[1:], [1.0])
+
+
+def test_datasets_get_separate_tables_and_figures(tmp_path):
+  write(tmp_path / "runs", "m", summary("dfkd", 0, [1.0, 2.0], [(1.5, 0.25)] * 5, 2.0))
+  write(tmp_path / "runs", "c", summary("dfkd", 0, [3.0, 4.0], [(3.5, 0.25)] * 5, 4.0,
+                                        dataset="cifar10"))
+  report.write_report([tmp_path / "runs"], tmp_path / "out")
+  text = (tmp_path / "out" / report.TABLE_MARKDOWN).read_text()
+  assert "## cifar10" in text and "## mnist" in text
+  assert (tmp_path / "out" / "cifar10_test_accuracy.png").is_file()
+  assert (tmp_path / "out" / "mnist_test_accuracy.png").is_file()
+  with open(tmp_path / "out" / report.TABLE_CSV) as f:
+    assert sorted(r["dataset"] for r in csv.DictReader(f)) == ["cifar10", "mnist"]
+
+
+def test_cli_end_to_end(runs_dir, tmp_path):
+  out = tmp_path / "cli_out"
+  proc = subprocess.run(
+      [sys.executable, "-m", "dfkd_jax.report", str(runs_dir / "lra_mb_s0"),
+       str(runs_dir / "lra_mb_s1"), str(runs_dir / "baselines"), "--out", str(out)],
+      cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr
+  assert "3 runs" in proc.stdout
+  rows = markdown_rows((out / report.TABLE_MARKDOWN).read_text())
+  assert list(rows) == ["dfkd", "lra_mb"]
+  assert rows["lra_mb"][3] == f"81.00 ± {sample_std([80.0, 82.0]):.2f}"
+  assert (out / "mnist_cumulative_mean_accuracy.png").read_bytes().startswith(
+      PNG_SIGNATURE)
+
+
+def test_cli_bad_input_is_an_error_naming_the_path(tmp_path):
+  bad = write(tmp_path, "bad", "{not json")
+  proc = subprocess.run(
+      [sys.executable, "-m", "dfkd_jax.report", str(bad), "--out", str(tmp_path / "o")],
+      cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 1
+  assert f"{bad / report.SUMMARY_FILE}" in proc.stderr and "not valid JSON" in proc.stderr
+  assert not (tmp_path / "o").exists()
+
+
+def _without(key):
+  data = summary("dfkd", 0, [1.0], [(1.0, 0.0)] * 5, 1.0)
+  del data[key]
+  return data
+
+
+@pytest.mark.parametrize("content, message", [
+    ("[1, 2]", "expected a JSON object"),
+    (_without("learning_evolution"), r"missing field\(s\) \['learning_evolution'\]"),
+    (_without("method"), r"missing field\(s\) \['method'\]"),
+    (dict(summary("dfkd", 0, [1.0, 2.0], [(1.0, 0.0)] * 5, 1.0), test_accuracy=[1.0, "x"]),
+     r"test_accuracy\[1\] must be a finite number, got 'x'"),
+    (summary("dfkd", 0, [], [(1.0, 0.0)] * 5, 1.0), "test_accuracy is empty"),
+    (summary("dfkd", 0, [1.0], [(1.0, 0.0)] * 5, None), "acc_max must be a finite"),
+    (summary("dfkd", 0, [1.0, 2.0], [(1.0, 0.0)] * 5, 2.0, alignment=[0.1]),
+     "alignment has 1 values but test_accuracy has 2"),
+    (summary("dfkd", "0", [1.0], [(1.0, 0.0)] * 5, 1.0), "seed must be an integer"),
+    (dict(summary("dfkd", 0, [1.0], [(1.0, 0.0)] * 5, 1.0),
+          learning_evolution={"0": {"mean": 1.0}}), r"learning_evolution\['0'\]"),
+])
+def test_invalid_summary_is_a_clear_error_naming_the_path(tmp_path, content, message):
+  path = write(tmp_path, "run", content if isinstance(content, str) else json.dumps(
+      content)) / report.SUMMARY_FILE
+  with pytest.raises(ValueError, match=message) as info:
+    report.write_report([path.parent], tmp_path / "out")
+  assert str(path.resolve()) in str(info.value)
+  assert not (tmp_path / "out").exists()
+
+
+def test_missing_and_empty_directories_are_clear_errors(tmp_path):
+  with pytest.raises(FileNotFoundError, match="run directory .*nowhere does not exist"):
+    report.load_runs([tmp_path / "nowhere"])
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(FileNotFoundError, match=r"no summary.json in .*empty"):
+    report.load_runs([tmp_path / "empty"])
+
+
+def test_two_runs_with_the_same_method_and_seed_are_an_error(tmp_path):
+  data = summary("lra_mb", 3, [1.0], [(1.0, 0.0)] * 5, 1.0)
+  write(tmp_path, "a", data)
+  write(tmp_path, "b", data)
+  with pytest.raises(ValueError, match=r"seed 3: .*a/summary.json and .*b/summary.json"):
+    report.load_runs([tmp_path / "a", tmp_path / "b"])
+  # The same run passed twice (directory and its parent) is read once.
+  assert len(report.load_runs([tmp_path / "a", tmp_path / "a" / "summary.json"])) == 1
+
+
+def test_runs_of_a_method_with_different_percentiles_are_an_error(tmp_path):
+  a = summary("dfkd", 0, [1.0], [(1.0, 0.0)] * 5, 1.0)
+  b = summary("dfkd", 1, [1.0], [(1.0, 0.0)] * 5, 1.0)
+  del b["learning_evolution"]["80"]
+  write(tmp_path / "runs", "a", a)
+  write(tmp_path / "runs", "b", b)
+  with pytest.raises(ValueError, match="different learning_evolution percentiles"):
+    report.write_report([tmp_path / "runs"], tmp_path / "out")
+
+
+def test_reads_what_the_trainer_writes(tmp_path):
+  """The trainer's own summary() output (the contract) goes through the report."""
+  from dfkd_jax import trainer  # pylint: disable=g-import-not-at-top
+  for seed, acc in enumerate(([50.0, 70.0, 60.0], [55.0, 65.0, 75.0])):
+    config = trainer.default_config()
+    config.method, config.seed = "mb_dfkd", seed
+    history = {"teacher_accuracy": 98.0, "test_accuracy": acc,
+               "alignment": [None, 0.25, -0.5], "student_steps_per_second": 3.0}
+    write(tmp_path / "runs", f"s{seed}", trainer.summary(config, history))
+  report.write_report([tmp_path / "runs"], tmp_path / "out")
+  rows = markdown_rows((tmp_path / "out" / report.TABLE_MARKDOWN).read_text())
+  # 0th percentile = whole run: means 60 and 65 -> 62.50 ± 3.54; Acc_max 70 and 75.
+  assert rows["mb_dfkd"][3] == f"62.50 ± {sample_std([60.0, 65.0]):.2f}"
+  assert rows["mb_dfkd"][13] == f"72.50 ± {sample_std([70.0, 75.0]):.2f}"
+  assert (tmp_path / "out" / "digits_alignment.png").read_bytes().startswith(
+      PNG_SIGNATURE)
