@@ -71,10 +71,10 @@ def _image_shape(name: str, image_shape: Sequence[int], divisor: int,
 
 def _dafl_generator(num_classes: int, latent_dim: int = 1000,
                     image_shape: Sequence[int] = (32, 32, 3),
-                    spectral_norm: bool = True) -> nn.Module:
+                    spectral_norm: bool = True, base_width: int = 64) -> nn.Module:
   del num_classes
   return DAFLGenerator(latent_dim, _image_shape("dafl_generator", image_shape, 4),
-                       base_width=64, bn_epsilon=0.8, spectral_norm=spectral_norm,
+                       base_width=base_width, bn_epsilon=0.8, spectral_norm=spectral_norm,
                        lra_init=True)
 
 
@@ -125,7 +125,7 @@ _REGISTRY: dict[str, _Entry] = {
     "digits_cnn_half": _Entry(lambda num_classes: DigitsCNN(num_classes, (16, 16, 32)),
                               "classifier", (8, 8, 1)),
     "dafl_generator": _Entry(_dafl_generator, "generator",
-                             options=_GENERATOR_OPTIONS + ("spectral_norm",)),
+                             options=_GENERATOR_OPTIONS + ("spectral_norm", "base_width")),
     "dfad_generator": _Entry(_dfad_generator, "generator",
                              options=_GENERATOR_OPTIONS + ("base_width",)),
     "mad_generator": _Entry(_mad_generator, "generator", options=_GENERATOR_OPTIONS),
