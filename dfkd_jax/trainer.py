@@ -669,7 +669,9 @@ def _run(config, workdir: pathlib.Path, log, mesh, primary: bool,
         f"{start / per_epoch:g} with config.iterations_per_epoch={per_epoch}, but it "
         f"records {len(history['test_accuracy'])} evaluated epochs; resume with the "
         "config.iterations_per_epoch it was made with")
-  if latest is not None:
+  if latest is not None and start_epoch >= config.num_epochs:
+    log(f"{checkpoint_dir} holds the finished run ({start_epoch} epochs)")
+  elif latest is not None:
     log(f"resumed from {checkpoint_dir}: epoch {start_epoch + 1}, iteration "
         f"{start % per_epoch + 1} of {per_epoch}")
   # Alignment (grad cosine) values of the epoch in progress, saved with mid-epoch
