@@ -19,7 +19,6 @@ turns a preemption notice into a stop that every process agrees on.
 from __future__ import annotations
 
 import os
-import pathlib
 import signal
 import threading
 from typing import Callable, Mapping
@@ -31,19 +30,17 @@ from jax.experimental import multihost_utils
 # EX_TEMPFAIL ("try again later"); launchers rerun the same command to resume.
 PREEMPTED_EXIT_CODE = 75
 
-_GOOGLE_PCI_VENDOR = "0x1ae0"  # TPU chips on a Cloud TPU VM (as JAX detects them).
 _SLURM_VARS = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID",
                "SLURM_LOCALID")
 
 
 def _on_cloud_tpu_vm() -> bool:
-  for vendor in pathlib.Path("/sys/bus/pci/devices").glob("*/vendor"):
-    try:
-      if vendor.read_text().strip() == _GOOGLE_PCI_VENDOR:
-        return True
-    except OSError:
-      continue
-  return False
+  """Whether this host has TPU chips (JAX's own PCI check; gVNIC shares the vendor id)."""
+  try:
+    from jax._src import hardware_utils  # pylint: disable=g-import-not-at-top
+    return hardware_utils.num_available_tpu_chips_and_device_id()[0] > 0
+  except (ImportError, AttributeError, OSError):
+    return False
 
 
 def _slurm_tasks(environ: Mapping[str, str]) -> int:
@@ -56,7 +53,7 @@ def _slurm_tasks(environ: Mapping[str, str]) -> int:
 
 def detect(coordinator_address: str | None = None, num_processes: int | None = None,
            process_id: int | None = None, environ: Mapping[str, str] | None = None,
-           on_cloud_tpu_vm: Callable[[], bool] = _on_cloud_tpu_vm) -> str | None:
+           on_cloud_tpu_vm: Callable[[], bool] | None = None) -> str | None:
   """Why this run is multi-process (a short reason), or ``None`` for a single process.
 
   Raises:
@@ -80,7 +77,7 @@ def detect(coordinator_address: str | None = None, num_processes: int | None = N
     return "JAX_COORDINATOR_ADDRESS"
   if _slurm_tasks(environ) > 1:
     return "SLURM"
-  if on_cloud_tpu_vm():
+  if (on_cloud_tpu_vm or _on_cloud_tpu_vm)():
     return "Cloud TPU"
   return None
 

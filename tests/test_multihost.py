@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import pytest
 
@@ -250,3 +251,11 @@ def test_detect_multi_process(kwargs, environ, tpu, expected):
 def test_bad_distributed_flags_are_clear_errors(kwargs, message):
   with pytest.raises(ValueError, match=message):
     distributed.detect(**kwargs, environ={}, on_cloud_tpu_vm=lambda: False)
+
+
+def test_single_process_run_starts_no_distributed_runtime(monkeypatch):
+  for name in ["JAX_COORDINATOR_ADDRESS", *distributed._SLURM_VARS]:  # pylint: disable=protected-access
+    monkeypatch.delenv(name, raising=False)
+  monkeypatch.setattr(distributed, "_on_cloud_tpu_vm", lambda: False)
+  assert not distributed.initialize(log=lambda s: None)
+  assert not jax.distributed.is_initialized()
