@@ -49,7 +49,7 @@ if ! [[ "$max_attempts" =~ ^[1-9][0-9]*$ ]]; then
 fi
 log_file="${LOG_FILE:-tpu_pod_${TPU_NAME}.log}"
 repo="$(cd "$(dirname "$0")/.." && pwd)"
-archive="/tmp/dfkd_jax_${TPU_NAME}.tar.gz"
+archive="${TMPDIR:-/tmp}/dfkd_jax_${TPU_NAME}.tar.gz"
 
 gcloud_tpu=(gcloud compute tpus tpu-vm)
 where=(--zone="$ZONE")
@@ -123,14 +123,21 @@ for ((attempt = 1; attempt <= max_attempts; attempt++)); do
   # preempted run saves a checkpoint and exits 75, a rerun resumes from it.
   if ((dry_run)); then
     on_all_workers "$train_command"
-  else
-    on_all_workers "$train_command" 2>&1 | tee -a "$log_file" || status=$?
+    echo "# dry run: nothing was run"
+    exit 0
   fi
-  if ((dry_run)); then echo "# dry run: nothing was run"; exit 0; fi
+  attempt_log="$(mktemp)"
+  on_all_workers "$train_command" 2>&1 | tee -a "$log_file" "$attempt_log" || status=$?
+  preempted=0
+  # gcloud's exit status over several workers need not be the workers' 75.
+  if ((status == 75)) || grep -q "preemption notice (SIGTERM)" "$attempt_log"; then
+    preempted=1
+  fi
+  rm -f "$attempt_log"
   if ((status == 0)); then echo "done: $WORKDIR/summary.json"; exit 0; fi
   state="$(tpu_state)"
-  if [[ "$state" == READY && "$status" != 75 ]]; then
-    # Not a preemption (75) and the slice is fine: a real error; rerunning won't help.
+  if [[ "$state" == READY ]] && ((preempted == 0)); then
+    # Not preempted and the slice is fine: a real error; rerunning would not help.
     echo "error: the run failed (exit $status) on a READY slice; see $log_file" >&2
     exit "$status"
   fi
