@@ -11,10 +11,14 @@
   the method (:mod:`dfkd_jax.methods`, :mod:`dfkd_jax.objectives`); it is ONE jitted call
   with donated state, run per device inside ``jax.shard_map`` (:mod:`dfkd_jax.parallel`);
 * an epoch = ``iterations_per_epoch`` iterations, then the student's accuracy on the real
-  test set, a checkpoint, ``metrics.jsonl`` and ``summary.json``.
+  test set, a checkpoint, ``metrics.jsonl`` and ``summary.json``;
+* a SIGTERM (preemption) saves a checkpoint at the next iteration boundary and raises
+  :class:`Preempted`; checkpoints are numbered by iterations done.
 
-Rerunning the same command resumes from the latest checkpoint; the result is the same as
-an uninterrupted run (all randomness derives from the seed and the iteration counter).
+Rerunning the same command resumes from the latest checkpoint, at its exact iteration;
+the result is the same as an uninterrupted run (all randomness derives from the seed and
+the iteration counter). Multi-process runs: see :func:`run` and
+:mod:`dfkd_jax.distributed`.
 """
 
 from __future__ import annotations
