@@ -366,15 +366,27 @@ def eval_batches(split: ArraySplit, dataset_id: str, *, batch_size: int,
   To evaluate a teacher, pass its ``image_shape=meta.input_shape`` and
   ``normalization=(meta.mean, meta.std)``.
   """
+  for start in range(0, len(split.labels), batch_size):
+    yield eval_rows(split, dataset_id, np.arange(start, start + batch_size),
+                    image_shape=image_shape, normalization=normalization)
+
+
+def eval_rows(split: ArraySplit, dataset_id: str, indices: np.ndarray, *,
+              image_shape: Sequence[int],
+              normalization: Normalization | None = None) -> Batch:
+  """Examples ``indices`` of the split, preprocessed; indices past its end are padding.
+
+  Padding rows repeat the first example with ``mask == 0``. :func:`eval_batches` is
+  ``eval_rows`` of consecutive ranges; a process of a multi-process run makes only the
+  rows of its own devices (:func:`dfkd_jax.parallel.global_batch`).
+  """
   dataset = get_dataset(dataset_id)
   n = len(split.labels)
-  for start in range(0, n, batch_size):
-    idx = np.arange(start, start + batch_size)
-    mask = (idx < n).astype(np.float32)
-    idx = np.where(idx < n, idx, 0)
-    images = preprocess(split.images[idx], dataset, pixel_max=split.pixel_max,
-                        image_shape=image_shape, normalization=normalization)
-    yield Batch(images, split.labels[idx], mask)
+  mask = (indices < n).astype(np.float32)
+  idx = np.where(indices < n, indices, 0)
+  images = preprocess(split.images[idx], dataset, pixel_max=split.pixel_max,
+                      image_shape=image_shape, normalization=normalization)
+  return Batch(images, split.labels[idx], mask)
 
 
 def check_teacher_fits(meta, dataset_id: str) -> None:

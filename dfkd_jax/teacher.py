@@ -252,7 +252,15 @@ def load_teacher(directory: str | os.PathLike
   if not variables_path.is_dir():
     raise FileNotFoundError(f"{variables_path} not found: incomplete teacher checkpoint")
   with ocp.StandardCheckpointer() as checkpointer:
-    restored = checkpointer.restore(variables_path)
+    target = None
+    if jax.process_count() > 1:
+      # Without a target orbax refuses a checkpoint saved by another process count;
+      # every process reads the whole (small) teacher onto its first local device.
+      local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+      target = jax.tree.map(
+          lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=local),
+          checkpointer.metadata(variables_path).item_metadata.tree)
+    restored = checkpointer.restore(variables_path, target)
   variables = {"params": restored.get("params", {}) or {},
                "batch_stats": restored.get("batch_stats", {}) or {}}
   _check_variables(_abstract_variables(module, meta), variables, meta.arch)

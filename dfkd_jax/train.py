@@ -7,6 +7,16 @@ Usage::
       --config.num_epochs=3 --config.seed=1
 
 Running the same command again resumes from the latest checkpoint in ``--workdir``.
+
+Multi-host (TPU pod slices, SLURM clusters; see launch/README.md): run the same
+command on every host. ``jax.distributed`` starts by itself on Cloud TPU and in SLURM
+job steps with several tasks, or from the flags::
+
+  python -m dfkd_jax.train ... --coordinator_address=10.0.0.1:8476 \\
+      --num_processes=2 --process_id=0     # and --process_id=1 on the other host
+
+A SIGTERM (preemption) saves a checkpoint at the next iteration boundary and exits with
+status 75; rerunning the same command resumes.
 """
 
 from __future__ import annotations
@@ -18,11 +28,20 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from dfkd_jax import distributed
 from dfkd_jax import trainer
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, e.g. configs/cifar10.py[:method].", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints and summaries go.")
+_COORDINATOR_ADDRESS = flags.DEFINE_string(
+    "coordinator_address", None,
+    "host:port of process 0, for a multi-process run (auto-detected on Cloud TPU and "
+    "SLURM).")
+_NUM_PROCESSES = flags.DEFINE_integer(
+    "num_processes", None, "Processes of a multi-process run (1 = force one process).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None,
+                                   "This process's id in [0, num_processes).")
 
 
 def main(argv: Sequence[str]) -> None:
@@ -32,10 +51,16 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError("--config and --workdir are required")
   logging.set_verbosity(logging.WARNING)  # Orbax logs every checkpoint step at INFO.
   try:
+    distributed.initialize(_COORDINATOR_ADDRESS.value, _NUM_PROCESSES.value,
+                           _PROCESS_ID.value)
     result = trainer.run(_CONFIG.value, _WORKDIR.value)
+  except trainer.Preempted:  # run() logged where it saved.
+    raise SystemExit(distributed.PREEMPTED_EXIT_CODE) from None
   except (ValueError, FileNotFoundError, FileExistsError,
           trainer.NonFiniteLossError) as e:
     raise SystemExit(f"error: {e}") from None
+  if not distributed.is_primary():
+    return
   print(f"done: acc_max {result['acc_max']:.2f}%, summary in "
         f"{_WORKDIR.value}/{trainer.SUMMARY_FILE}")
 

@@ -11,14 +11,19 @@
   the method (:mod:`dfkd_jax.methods`, :mod:`dfkd_jax.objectives`); it is ONE jitted call
   with donated state, run per device inside ``jax.shard_map`` (:mod:`dfkd_jax.parallel`);
 * an epoch = ``iterations_per_epoch`` iterations, then the student's accuracy on the real
-  test set, a checkpoint, ``metrics.jsonl`` and ``summary.json``.
+  test set, a checkpoint, ``metrics.jsonl`` and ``summary.json``;
+* a SIGTERM (preemption) saves a checkpoint at the next iteration boundary and raises
+  :class:`Preempted`; checkpoints are numbered by iterations done.
 
-Rerunning the same command resumes from the latest checkpoint; the result is the same as
-an uninterrupted run (all randomness derives from the seed and the iteration counter).
+Rerunning the same command resumes from the latest checkpoint, at its exact iteration;
+the result is the same as an uninterrupted run (all randomness derives from the seed and
+the iteration counter). Multi-process runs: see :func:`run` and
+:mod:`dfkd_jax.distributed`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import importlib.util
@@ -38,6 +43,7 @@ import optax
 import orbax.checkpoint as ocp
 
 from dfkd_jax import data
+from dfkd_jax import distributed
 from dfkd_jax import evaluation
 from dfkd_jax import losses
 from dfkd_jax import methods
@@ -199,6 +205,12 @@ def _load_or_train_teacher(config, log) -> tuple[Any, Any, teacher_lib.TeacherMe
           f"{teacher_lib.META_FILE}); train one with `python -m dfkd_jax.train_teacher "
           f"--config=configs/teacher/<dataset>.py --workdir={teacher_dir}` or import one "
           "with `python -m dfkd_jax.convert`")
+    if jax.process_count() > 1:
+      raise FileNotFoundError(
+          f"no teacher at config.teacher_dir={str(teacher_dir)!r}; a multi-process run "
+          f"does not train one (every process would): run `python -m "
+          f"dfkd_jax.train_teacher --config={config.teacher_config} "
+          f"--workdir={teacher_dir}` once, in a single process, first")
     from dfkd_jax import train_teacher  # pylint: disable=g-import-not-at-top
     teacher_config = load_config_file(config.teacher_config)
     log(f"no teacher at {teacher_dir}: training one with {config.teacher_config}")
@@ -518,13 +530,19 @@ def make_eval_step(module):
 
 
 def accuracy(eval_step, variables, split, dataset_id, meta, batch_size, mesh) -> float:
-  """Exact accuracy (%) on a whole split, batches sharded over the mesh."""
+  """Exact accuracy (%) on a whole split, batches sharded over the mesh.
+
+  Every process holds the split but preprocesses and feeds only the rows of its own
+  devices; the count of correct predictions is reduced over the whole mesh, so each
+  process gets the accuracy one process would.
+  """
   correct = 0
-  sharding = parallel.batch_sharded(mesh)
-  for batch in data.eval_batches(split, dataset_id, batch_size=batch_size,
-                                 image_shape=meta.input_shape,
-                                 normalization=(meta.mean, meta.std)):
-    images, labels, mask = jax.device_put(tuple(batch), sharding)
+  for start in range(0, len(split.labels), batch_size):
+    def make_rows(rows, start=start):
+      return tuple(data.eval_rows(split, dataset_id, start + rows,
+                                  image_shape=meta.input_shape,
+                                  normalization=(meta.mean, meta.std)))
+    images, labels, mask = parallel.global_batch(make_rows, batch_size, mesh)
     correct += int(eval_step(variables, images, labels, mask))
   return 100.0 * correct / len(split.labels)
 
@@ -540,6 +558,18 @@ CHECKPOINT_DIR = "checkpoints"
 
 class NonFiniteLossError(FloatingPointError):
   """A loss became NaN or Inf; the last good checkpoint is left as it was."""
+
+
+class Preempted(Exception):
+  """A preemption notice (SIGTERM) stopped the run after it saved a checkpoint.
+
+  Rerunning the same command resumes from that checkpoint.
+  """
+
+  def __init__(self, step: int, checkpoint_dir: pathlib.Path):
+    super().__init__(f"preempted: saved iteration {step} to {checkpoint_dir}; rerun the "
+                     "same command to resume")
+    self.step = step
 
 
 def _write_json_atomic(path: pathlib.Path, obj) -> None:
@@ -596,26 +626,50 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
         log: Callable[[str], None] = print, mesh=None) -> dict[str, Any]:
   """Trains (or resumes) the run in ``workdir`` and returns its summary.
 
+  Checkpoints are numbered by iterations done (``state.step``): one at the end of every
+  epoch, and one at the iteration boundary after a preemption notice (SIGTERM). The
+  JSON ``history`` saved with each holds the completed epochs' accuracies and the
+  current epoch's alignment values so far, so a resumed run continues from the exact
+  iteration and ends equal to an uninterrupted one.
+
+  Multi-process (after :func:`dfkd_jax.distributed.initialize`): every process calls
+  ``run`` with the same arguments; all take part in the iterations, the evaluation and
+  the checkpoints (``workdir`` must be one directory shared by all hosts); only process
+  0 logs and writes ``summary.json``, ``metrics.jsonl`` and TensorBoard files.
+
   Raises:
     ValueError, FileNotFoundError: bad config or missing teacher/dataset, before any
       compilation.
     NonFiniteLossError: a loss became NaN/Inf; the latest checkpoint is the last good one.
+    Preempted: SIGTERM; the checkpoint of the current iteration is saved.
   """
   workdir = pathlib.Path(workdir).absolute()
+  primary = distributed.is_primary()
+  if not primary:
+    log = lambda message: None  # pylint: disable=unnecessary-lambda-assignment
+  with distributed.PreemptionWatch() as preemption:
+    return _run(config, workdir, log, mesh, primary, preemption)
+
+
+def _run(config, workdir: pathlib.Path, log, mesh, primary: bool,
+         preemption: distributed.PreemptionWatch) -> dict[str, Any]:
+  """The host loop of :func:`run`."""
   setup = build(config, log, mesh)
   mesh = setup.mesh
   dataset_id = setup.teacher_meta.dataset
   test_split = data.load_split(dataset_id, "test", data_dir=config.data_dir or None)
   workdir.mkdir(parents=True, exist_ok=True)
+  checkpoint_dir = workdir / CHECKPOINT_DIR
+  per_epoch = config.iterations_per_epoch
 
   state = init_state(setup)
   specs = state_specs(state)
   state = parallel.put(state, mesh, specs)
-  teacher_vars = jax.device_put(setup.teacher_variables, parallel.replicated(mesh))
+  teacher_vars = parallel.replicate(setup.teacher_variables, mesh)
   eval_student = make_eval_step(setup.student)
 
   manager = ocp.CheckpointManager(
-      workdir / CHECKPOINT_DIR,
+      checkpoint_dir,
       options=ocp.CheckpointManagerOptions(max_to_keep=config.checkpoints_to_keep,
                                            create=True))
   history = {"teacher_accuracy": None, "test_accuracy": [], "alignment": [],
@@ -626,9 +680,24 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
     restored = manager.restore(latest, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract), history=ocp.args.JsonRestore()))
     state, history = restored.state, restored.history
-    log(f"resumed from {workdir / CHECKPOINT_DIR} after epoch {latest}")
-  start_epoch = len(history["test_accuracy"])
-  _truncate_metrics(workdir / METRICS_FILE, start_epoch)
+  start = int(jax.device_get(state.step))
+  start_epoch = start // per_epoch
+  if len(history["test_accuracy"]) != start_epoch:
+    raise ValueError(
+        f"the checkpoint in {checkpoint_dir} is at iteration {start} = epoch "
+        f"{start / per_epoch:g} with config.iterations_per_epoch={per_epoch}, but it "
+        f"records {len(history['test_accuracy'])} evaluated epochs; resume with the "
+        "config.iterations_per_epoch it was made with")
+  if latest is not None and start_epoch >= config.num_epochs:
+    log(f"{checkpoint_dir} holds the finished run ({start_epoch} epochs)")
+  elif latest is not None:
+    log(f"resumed from {checkpoint_dir}: epoch {start_epoch + 1}, iteration "
+        f"{start % per_epoch + 1} of {per_epoch}")
+  # Alignment (grad cosine) values of the epoch in progress, saved with mid-epoch
+  # checkpoints so that a resumed epoch's mean is the uninterrupted one.
+  cosines = list(history.pop("epoch_cosines", []))
+  if primary:
+    _truncate_metrics(workdir / METRICS_FILE, start, per_epoch)
 
   if history["teacher_accuracy"] is None:
     eval_teacher = make_eval_step(setup.teacher)
@@ -638,72 +707,101 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
     log(f"teacher {setup.teacher_meta.arch}: {history['teacher_accuracy']:.2f}% on the "
         f"{dataset_id} test set")
 
+  def save(step):
+    manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        history=ocp.args.JsonSave({**history, "epoch_cosines": cosines})))
+    manager.wait_until_finished()
+
   iteration = make_iteration(setup, state)
-  tensorboard = _tensorboard_writer(workdir, config.tensorboard, log)
+  tensorboard = _tensorboard_writer(workdir, config.tensorboard, log) if primary else None
   steps_per_iteration = config.student_steps
+  total = config.num_epochs * per_epoch
   train_time, timed_iterations = 0.0, 0
   run_start = time.time()
-  with open(workdir / METRICS_FILE, "a") as metrics_file:
-    for epoch in range(start_epoch, config.num_epochs):
-      cosines = []
-      for i in range(config.iterations_per_epoch):
-        t0 = time.time()
-        state, metrics = iteration(state, teacher_vars)
-        metrics = jax.device_get(metrics)  # Blocks: one small transfer per iteration.
-        if epoch > start_epoch or i > 0:  # The first call compiles.
-          train_time += time.time() - t0
-          timed_iterations += 1
-        bad = [k for k, v in metrics.items()
-               if k in ("generator_loss", "student_loss", "loss_acq")
-               and not np.isfinite(v)]
-        if bad:
-          raise NonFiniteLossError(
-              f"{', '.join(bad)} became {[float(metrics[k]) for k in bad]} at epoch "
-              f"{epoch + 1}, iteration {i + 1}; the run stopped without saving, and the "
-              f"last good checkpoint ({manager.latest_step()}) in "
-              f"{workdir / CHECKPOINT_DIR} is intact. Lower the learning rates or "
-              "meta.alpha, or use compute_dtype=float32.")
+  with contextlib.ExitStack() as stack:
+    metrics_file = (stack.enter_context(open(workdir / METRICS_FILE, "a")) if primary
+                    else None)
+    for step in range(start, total):
+      epoch, i = divmod(step, per_epoch)
+      t0 = time.time()
+      state, metrics = iteration(state, teacher_vars)
+      metrics = jax.device_get(metrics)  # Blocks: one small transfer per iteration.
+      if step > start:  # The first call compiles.
+        train_time += time.time() - t0
+        timed_iterations += 1
+      bad = [k for k, v in metrics.items()
+             if k in ("generator_loss", "student_loss", "loss_acq")
+             and not np.isfinite(v)]
+      if bad:
+        raise NonFiniteLossError(
+            f"{', '.join(bad)} became {[float(metrics[k]) for k in bad]} at epoch "
+            f"{epoch + 1}, iteration {i + 1}; the run stopped without saving, and the "
+            f"last good checkpoint ({manager.latest_step()}) in "
+            f"{checkpoint_dir} is intact. Lower the learning rates or "
+            "meta.alpha, or use compute_dtype=float32.")
+      if metrics_file:
         record = {"epoch": epoch + 1, "iteration": i + 1,
                   **{k: _json_float(v) for k, v in metrics.items()}}
         metrics_file.write(json.dumps(record) + "\n")
-        if int(metrics["retention_steps"]) > 0 and math.isfinite(metrics["grad_cosine"]):
-          cosines.append(float(metrics["grad_cosine"]))
-      metrics_file.flush()
-      variables = {"params": state.student.params,
-                   "batch_stats": state.student.batch_stats}
-      acc = accuracy(eval_student, variables, test_split, dataset_id,
-                     setup.teacher_meta, config.eval_batch_size, mesh)
-      history["test_accuracy"].append(acc)
-      history["alignment"].append(float(np.mean(cosines)) if cosines else None)
-      if timed_iterations:
-        history["student_steps_per_second"] = (
-            timed_iterations * steps_per_iteration / train_time)
-      manager.save(epoch + 1, args=ocp.args.Composite(
-          state=ocp.args.StandardSave(state), history=ocp.args.JsonSave(history)))
-      manager.wait_until_finished()
-      _write_json_atomic(workdir / SUMMARY_FILE, summary(config, history))
-      if tensorboard:
-        tensorboard(epoch + 1, {"test_accuracy": acc,
-                                "alignment": history["alignment"][-1],
-                                **{k: _json_float(v) for k, v in metrics.items()}})
-      done = epoch + 1 - start_epoch
-      eta = (time.time() - run_start) / done * (config.num_epochs - epoch - 1)
-      log(f"epoch {epoch + 1}/{config.num_epochs}: student {acc:.2f}% "
-          f"(max {max(history['test_accuracy']):.2f}%, teacher "
-          f"{history['teacher_accuracy']:.2f}%), student loss "
-          f"{float(metrics['student_loss']):.4f}, ETA {eta / 60:.1f} min")
+      if int(metrics["retention_steps"]) > 0 and math.isfinite(metrics["grad_cosine"]):
+        cosines.append(float(metrics["grad_cosine"]))
+      if metrics_file:  # Every line up to a checkpoint is on disk before it.
+        metrics_file.flush()
+      saved = False
+      if i + 1 == per_epoch:
+        saved = True
+        variables = {"params": state.student.params,
+                     "batch_stats": state.student.batch_stats}
+        acc = accuracy(eval_student, variables, test_split, dataset_id,
+                       setup.teacher_meta, config.eval_batch_size, mesh)
+        history["test_accuracy"].append(acc)
+        history["alignment"].append(float(np.mean(cosines)) if cosines else None)
+        cosines = []
+        if timed_iterations:
+          history["student_steps_per_second"] = (
+              timed_iterations * steps_per_iteration / train_time)
+        save(step + 1)
+        if primary:
+          _write_json_atomic(workdir / SUMMARY_FILE, summary(config, history))
+        if tensorboard:
+          tensorboard(epoch + 1, {"test_accuracy": acc,
+                                  "alignment": history["alignment"][-1],
+                                  **{k: _json_float(v) for k, v in metrics.items()}})
+        done = step + 1 - start
+        eta = (time.time() - run_start) / done * (total - step - 1)
+        log(f"epoch {epoch + 1}/{config.num_epochs}: student {acc:.2f}% "
+            f"(max {max(history['test_accuracy']):.2f}%, teacher "
+            f"{history['teacher_accuracy']:.2f}%), student loss "
+            f"{float(metrics['student_loss']):.4f}, ETA {eta / 60:.1f} min")
+      # Every process asks at every iteration (the sync protocol needs it).
+      if preemption.reached(step + 1) and step + 1 < total:
+        if not saved:
+          save(step + 1)
+        manager.close()
+        log(f"preemption notice (SIGTERM): stopped at epoch {epoch + 1}, iteration "
+            f"{i + 1} of {per_epoch}, checkpoint saved in {checkpoint_dir}; rerun the "
+            "same command to resume")
+        raise Preempted(step + 1, checkpoint_dir)
   manager.close()
   result = summary(config, history)
-  _write_json_atomic(workdir / SUMMARY_FILE, result)
+  if primary:
+    _write_json_atomic(workdir / SUMMARY_FILE, result)
   return result
 
 
-def _truncate_metrics(path: pathlib.Path, completed_epochs: int) -> None:
-  """Drops metric lines of epochs after the checkpoint (a resumed run redoes them)."""
+def _truncate_metrics(path: pathlib.Path, completed_iterations: int,
+                      iterations_per_epoch: int) -> None:
+  """Drops metric lines after the checkpoint's iteration (a resumed run redoes them)."""
   if not path.exists():
     return
+
+  def iteration(line):
+    record = json.loads(line)
+    return (record["epoch"] - 1) * iterations_per_epoch + record["iteration"]
+
   kept = [line for line in path.read_text().splitlines()
-          if line and json.loads(line)["epoch"] <= completed_epochs]
+          if line and iteration(line) <= completed_iterations]
   tmp = path.with_name(path.name + ".tmp")
   tmp.write_text("".join(line + "\n" for line in kept))
   os.replace(tmp, path)

@@ -95,7 +95,8 @@ def test_method_runs_end_to_end_and_writes_the_summary(teacher_dir, tmp_path, me
     assert -1 <= on_disk["alignment"][1] <= 1
   if method == "lra_mb":  # L_ret(theta') exists only for the meta update.
     assert np.isfinite(metrics[-1]["loss_ret_adapted"])
-  assert (tmp_path / trainer.CHECKPOINT_DIR / "2").is_dir()
+  # Checkpoints are numbered by iterations done: 2 epochs x 2 iterations.
+  assert (tmp_path / trainer.CHECKPOINT_DIR / "4").is_dir()
 
 
 def test_resume_after_sigkill_equals_an_uninterrupted_run(teacher_dir, tmp_path):
@@ -107,7 +108,7 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(teacher_dir, tmp_path)
   proc = subprocess.Popen(cli_args(config, workdir), cwd=REPO, env=env,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   deadline = time.time() + 300
-  first = workdir / trainer.CHECKPOINT_DIR / "1"
+  first = workdir / trainer.CHECKPOINT_DIR / "2"  # Epoch 1 = iterations 1-2.
   while not first.is_dir() and proc.poll() is None and time.time() < deadline:
     time.sleep(0.2)
   proc.send_signal(signal.SIGKILL)

@@ -1,0 +1,144 @@
+"""Multi-process start-up and preemption: TPU pod slices, multi-node GPU clusters.
+
+JAX's own distributed runtime does the work; this module decides when to start it and
+turns a preemption notice into a stop that every process agrees on.
+
+* :func:`initialize` starts ``jax.distributed`` when the run is multi-process: explicit
+  ``coordinator_address / num_processes / process_id``, ``JAX_COORDINATOR_ADDRESS`` in
+  the environment, a SLURM job step with more than one task, or a Cloud TPU VM (JAX's
+  cluster plugins then find the coordinator, the process count and this process's id).
+  A plain single-process run starts nothing.
+* :class:`PreemptionWatch` tells the training loop when to checkpoint and exit after a
+  SIGTERM (TPU maintenance, SLURM preemption or requeue, ``scancel``). With
+  ``jax.distributed`` running, its preemption sync manager owns SIGTERM (it installs
+  its own handler) and :func:`jax.experimental.multihost_utils.reached_preemption_sync_point`
+  picks the same iteration on every process, even when only one process was signalled;
+  in a single process a Python handler sets a flag.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from typing import Callable, Mapping
+
+import jax
+from jax.experimental import multihost_utils
+
+# Exit status of a run stopped by a preemption notice after saving its checkpoint:
+# EX_TEMPFAIL ("try again later"); launchers rerun the same command to resume.
+PREEMPTED_EXIT_CODE = 75
+
+_SLURM_VARS = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID",
+               "SLURM_LOCALID")
+
+
+def _on_cloud_tpu_vm() -> bool:
+  """Whether this host has TPU chips (JAX's own PCI check; gVNIC shares the vendor id)."""
+  try:
+    from jax._src import hardware_utils  # pylint: disable=g-import-not-at-top
+    return hardware_utils.num_available_tpu_chips_and_device_id()[0] > 0
+  except (ImportError, AttributeError, OSError):
+    return False
+
+
+def _slurm_tasks(environ: Mapping[str, str]) -> int:
+  """Tasks of this SLURM job step (0 outside a step that JAX's SLURM plugin can read)."""
+  if not all(v in environ for v in _SLURM_VARS):
+    return 0
+  # SLURM_NTASKS is the allocation's; an `srun -n K` step inside it runs K tasks.
+  return int(environ.get("SLURM_STEP_NUM_TASKS") or environ["SLURM_NTASKS"])
+
+
+def detect(coordinator_address: str | None = None, num_processes: int | None = None,
+           process_id: int | None = None, environ: Mapping[str, str] | None = None,
+           on_cloud_tpu_vm: Callable[[], bool] | None = None) -> str | None:
+  """Why this run is multi-process (a short reason), or ``None`` for a single process.
+
+  Raises:
+    ValueError: explicit values that cannot describe a run, naming them and the fix.
+  """
+  environ = os.environ if environ is None else environ
+  explicit = (coordinator_address, num_processes, process_id)
+  if num_processes is not None and num_processes < 1:
+    raise ValueError(f"--num_processes={num_processes} must be >= 1")
+  if process_id is not None and (process_id < 0 or (
+      num_processes is not None and process_id >= num_processes)):
+    raise ValueError(f"--process_id={process_id} must be in [0, --num_processes="
+                     f"{num_processes}); processes are numbered 0, 1, ..., N-1")
+  if num_processes == 1 and coordinator_address is None:
+    return None  # --num_processes=1 forces a single process (e.g. on one TPU VM).
+  if any(v is not None for v in explicit):
+    if num_processes is None and process_id is not None:
+      raise ValueError(f"--process_id={process_id} needs --num_processes too")
+    return "flags"
+  if environ.get("JAX_COORDINATOR_ADDRESS"):
+    return "JAX_COORDINATOR_ADDRESS"
+  if _slurm_tasks(environ) > 1:
+    return "SLURM"
+  if (on_cloud_tpu_vm or _on_cloud_tpu_vm)():
+    return "Cloud TPU"
+  return None
+
+
+def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
+               process_id: int | None = None,
+               log: Callable[[str], None] = print) -> bool:
+  """Starts ``jax.distributed`` if this run is multi-process (see :func:`detect`).
+
+  Must run before anything touches a JAX backend. Returns whether it started (or had
+  already been started) the distributed runtime.
+  """
+  if jax.distributed.is_initialized():
+    return True
+  reason = detect(coordinator_address, num_processes, process_id)
+  if reason is None:
+    return False
+  if reason == "SLURM" and num_processes is None:
+    num_processes = _slurm_tasks(os.environ)
+  # Unset values are filled in by JAX's cluster plugins (SLURM, Cloud TPU, ...).
+  jax.distributed.initialize(coordinator_address, num_processes, process_id)
+  log(f"jax.distributed ({reason}): process {jax.process_index()} of "
+      f"{jax.process_count()}, {jax.local_device_count()} local of "
+      f"{jax.device_count()} devices")
+  return True
+
+
+def is_primary() -> bool:
+  """Whether this process writes summaries and logs (process 0)."""
+  return jax.process_index() == 0
+
+
+class PreemptionWatch:
+  """Context manager: ``reached(step)`` is True once all processes should stop.
+
+  Call ``reached`` after every iteration with the iteration counter (increasing by one,
+  the same on all processes); when it returns True, save a checkpoint and exit.
+  """
+
+  def __init__(self):
+    self._signalled = False
+    self._previous = None
+    self.distributed = False
+
+  def _handler(self, signum, frame):  # pylint: disable=unused-argument
+    self._signalled = True
+
+  def __enter__(self) -> "PreemptionWatch":
+    self.distributed = jax.distributed.is_initialized()
+    # jax.distributed's preemption notifier already traps SIGTERM; replacing its
+    # handler would hide the notice from the other processes.
+    if not self.distributed and threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handler)
+    return self
+
+  def __exit__(self, *exc) -> None:
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+      self._previous = None
+
+  def reached(self, step: int) -> bool:
+    if self.distributed:
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self._signalled
