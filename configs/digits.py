@@ -19,14 +19,20 @@ def get_config(arg: str | None = None):
   config.student = "digits_cnn_half"
   config.generator = "dafl_generator"
   config.generator_options.spectral_norm = True
+  config.generator_options.base_width = 32   # Half of DAFL's ngf: 8x8 images.
   config.latent_dim = 64
+  # Not in LRA: BatchNorm-moment matching (DeepInversion/DFQ) added to eq. 15. The
+  # digits teacher has BatchNorm; without this prior the student stalls near 75%.
   config.generator_loss.bn_moments = 1.0
-  config.batch_size = 256
-  config.num_epochs = 15
+  config.batch_size = 128
+  config.num_epochs = 12
   config.iterations_per_epoch = 10
   config.student_steps = 10
   config.generator_optimizer.learning_rate = 1e-3
   config.student_optimizer.learning_rate = 0.1
+  # The paper's alpha = 0.9 (official lr_S_in) never met an exact meta-gradient (the
+  # official code drops it); with ours it costs ~8 points here, 0.1 does not.
+  config.meta.alpha = 0.1
   config.memory.num_slots = 10
   config.memory.samples_per_slot = 32
   config.memory.push_every_epochs = 1
