@@ -3,11 +3,14 @@
 ``run(config, workdir)`` distils a frozen teacher into a student:
 
 * state: generator and student (params, BatchNorm stats, optimiser state), the replay
-  memory, the RNG key and the iteration counter -- one pytree, checkpointed every epoch;
+  source's state (memory buffer, VAE or EMA generator, :mod:`dfkd_jax.replay.sources`),
+  the RNG key and the iteration counter -- one pytree, checkpointed every epoch;
   the teacher is frozen, loaded from a teacher checkpoint, and is neither differentiated
   nor saved with the student;
-* one iteration = ``generator_steps`` generator updates (eq. 15) then ``student_steps``
-  student updates (``lax.scan``), each on fresh samples ``G(z)``, with the update rule of
+* one iteration = ``generator_steps`` generator updates (the method's loss kind,
+  :mod:`dfkd_jax.generator_objectives`), the replay source's after-generator hook (the
+  EMA update), then ``student_steps`` student updates (``lax.scan``), each on fresh
+  samples ``G(z)`` and a retention batch from the replay source, with the update rule of
   the method (:mod:`dfkd_jax.methods`, :mod:`dfkd_jax.objectives`); it is ONE jitted call
   with donated state, run per device inside ``jax.shard_map`` (:mod:`dfkd_jax.parallel`);
 * an epoch = ``iterations_per_epoch`` iterations, then the student's accuracy on the real
@@ -299,6 +302,21 @@ def load_config_file(path: str) -> ml_collections.ConfigDict:
   return module.get_config(arg) if arg else module.get_config()
 
 
+def _generator_options(config, log) -> dict[str, Any]:
+  """``config.generator_options`` the generator takes; the others are named and dropped.
+
+  The defaults are the LRA generator's (``spectral_norm``); command-line flags cannot
+  delete a field, so options another generator does not have are ignored, with a note.
+  """
+  accepted = set(models.options(config.generator)) - {"latent_dim", "image_shape"}
+  given = dict(config.generator_options)
+  ignored = sorted(set(given) - accepted)
+  if ignored:
+    log(f"config.generator_options {ignored} do not apply to {config.generator!r} "
+        f"(its options: {', '.join(sorted(accepted)) or 'none'}); ignored")
+  return {k: v for k, v in given.items() if k in accepted}
+
+
 def build(config: ml_collections.ConfigDict, log: Callable[[str], None] = print,
           mesh=None) -> Setup:
   """Validates the config, loads the teacher and builds the models (no compilation)."""
@@ -315,7 +333,7 @@ def build(config: ml_collections.ConfigDict, log: Callable[[str], None] = print,
                        input_shape=input_shape)
   generator = models.get(config.generator, num_classes=meta.num_classes,
                          latent_dim=config.latent_dim, image_shape=input_shape,
-                         **dict(config.generator_options))
+                         **_generator_options(config, log))
   vae = None
   if method.replay == "generative":
     vae = models.get("vae", latent_dim=config.latent_dim, image_shape=input_shape)
@@ -376,7 +394,11 @@ def init_state(setup: Setup) -> TrainState:
   k_gen, k_student = jax.random.split(jax.random.PRNGKey(config.seed))
   z = jnp.zeros((2, config.latent_dim), jnp.float32)
   x = jnp.zeros((2, *setup.input_shape), jnp.float32)
-  gen_vars = jax.jit(functools.partial(setup.generator.init, train=False))(k_gen, z)
+  gen_inputs = (z,)
+  if config.conditional_generator:  # Creates the class embedding table e.
+    gen_inputs = (z, jnp.zeros((2,), jnp.int32))
+  gen_vars = jax.jit(functools.partial(setup.generator.init, train=False))(k_gen,
+                                                                            *gen_inputs)
   stu_vars = jax.jit(functools.partial(setup.student.init, train=False))(k_student, x)
 
   def model_state(variables, optimizer):
