@@ -100,7 +100,9 @@ def test_method_runs_end_to_end_and_writes_the_summary(teacher_dir, tmp_path, me
 
 # The methods added after dfkd/mb_dfkd/lra_mb: one epoch of two iterations of one
 # student step each (compilation dominates; one step per iteration keeps it small).
-NEW_METHODS = ["dafl", "dfad", "zskt", "dfq", "pre_dfkd", "lra_pre", "mad", "lra_ema"]
+# mad and lra_ema run end to end in the resume and gradient tests below (one compile
+# each saved).
+NEW_METHODS = ["dafl", "dfad", "zskt", "dfq", "pre_dfkd", "lra_pre"]
 # mad runs with MAD's class-conditional generator and every optional term on.
 MAD_CONDITIONAL = {"generator": "mad_generator",
                    "conditional_generator": True,
@@ -110,8 +112,14 @@ MAD_CONDITIONAL = {"generator": "mad_generator",
 
 @pytest.mark.parametrize("method", NEW_METHODS)
 def test_new_method_runs_one_epoch_and_writes_the_summary(teacher_dir, tmp_path, method):
-  overrides = {"mad": MAD_CONDITIONAL,  # lra_pre: refinement is tested with pre_dfkd.
-               "lra_pre": {"vae.latent_refinement": False}}.get(method, {})
+  _check_one_epoch_run(teacher_dir, tmp_path, method)
+
+
+def _check_one_epoch_run(teacher_dir, tmp_path, method, **overrides):
+  """Runs ``method`` for one epoch (two iterations of one student step); checks it."""
+  # lra_pre skips the latent refinement (pre_dfkd runs it) to keep the suite fast.
+  if method == "lra_pre":
+    overrides = {"vae.latent_refinement": False, **overrides}
   config = tiny_config(teacher_dir, method, num_epochs=1, student_steps=1, **overrides)
   result = trainer.run(config, tmp_path, log=lambda s: None)
   on_disk = json.loads((tmp_path / trainer.SUMMARY_FILE).read_text())
@@ -142,36 +150,47 @@ def test_resume_with_the_ema_generator_equals_an_uninterrupted_run(teacher_dir, 
   """The checkpoint holds the EMA generator: a run stopped after epoch 1 and resumed
   reproduces every number of an uninterrupted one. (The kill itself is tested with the
   memory buffer below; all replay states go through the same checkpoint code.)"""
-  config = tiny_config(teacher_dir, "mad", num_epochs=2, student_steps=1)
-  reference = trainer.run(config, tmp_path / "reference", log=lambda s: None)
-  trainer.run(tiny_config(teacher_dir, "mad", num_epochs=1, student_steps=1),
-              tmp_path / "resumed", log=lambda s: None)
+  # The first epoch is also mad's end-to-end test, with MAD's conditional generator.
+  _check_one_epoch_run(teacher_dir, tmp_path / "resumed", "mad", **MAD_CONDITIONAL)
+  config = tiny_config(teacher_dir, "mad", num_epochs=2, student_steps=1,
+                       **MAD_CONDITIONAL)
   resumed = trainer.run(config, tmp_path / "resumed", log=lambda s: None)
+  reference = trainer.run(config, tmp_path / "reference", log=lambda s: None)
   assert resumed["test_accuracy"] == reference["test_accuracy"]
   ms, ref = read_metrics(tmp_path / "resumed"), read_metrics(tmp_path / "reference")
   assert ms == ref and len(ms) == 4
   assert all(m["retention_steps"] == 1 and np.isfinite(m["loss_ret"]) for m in ms)
 
 
-def test_lra_ema_student_gradient_is_the_meta_gradient_on_ema_batches(teacher_dir):
-  """One lra_ema iteration = objectives.meta on G(z) and G~(z') built here by hand, and
-  G~ = a G_0 + (1 - a) G_1 after the generator step (MAD eq. 5)."""
+def test_lra_ema_student_gradient_is_the_meta_gradient_on_ema_batches(teacher_dir,
+                                                                      tmp_path):
+  """lra_ema end to end for one iteration; its checkpointed state = objectives.meta on
+  G(z) and G~(z') built here by hand, and G~ = a G_0 + (1 - a) G_1 (MAD eq. 5)."""
   import jax  # pylint: disable=g-import-not-at-top
-  from dfkd_jax import losses, objectives, parallel  # pylint: disable=g-import-not-at-top
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  from dfkd_jax import losses, objectives  # pylint: disable=g-import-not-at-top
   lr = 0.05
-  config = tiny_config(teacher_dir, "lra_ema", student_steps=1,
+  config = tiny_config(teacher_dir, "lra_ema", student_steps=1, num_epochs=1,
+                       iterations_per_epoch=1,
                        **{"student_optimizer.momentum": 0.0,
                           "student_optimizer.weight_decay": 0.0,
                           "student_optimizer.schedule": "constant",
                           "student_optimizer.learning_rate": lr, "ema.samples": 16})
+  result = trainer.run(config, tmp_path, log=lambda s: None)
+  assert json.loads((tmp_path / trainer.SUMMARY_FILE).read_text()) == json.loads(
+      json.dumps(result))
+  assert result["method"] == "lra_ema" and len(result["test_accuracy"]) == 1
+  metrics = read_metrics(tmp_path)
+  assert metrics[0]["retention_steps"] == 1 and np.isfinite(metrics[0]["loss_ret_adapted"])
+
   setup = trainer.build(config, log=lambda s: None)
-  state = trainer.init_state(setup)
-  start = jax.device_get((state.student, state.generator.params))  # NumPy copies.
-  state = parallel.put(state, setup.mesh, trainer.state_specs(state))
+  start = trainer.init_state(setup)
+  student0, gen0 = jax.device_get((start.student, start.generator.params))
+  with ocp.CheckpointManager(tmp_path / trainer.CHECKPOINT_DIR) as manager:
+    new = manager.restore(1, args=ocp.args.Composite(state=ocp.args.StandardRestore(
+        jax.tree.map(ocp.utils.to_shape_dtype_struct, start)))).state
   teacher_vars = setup.teacher_variables
-  new, _ = trainer.make_iteration(setup, state)(state, teacher_vars)
-  gen, ema_state = jax.device_get((new.generator, new.replay))
-  student0, gen0 = start
+  gen, ema_state = new.generator, new.replay
 
   a = config.ema.decay
   jax.tree.map(lambda e, g0, g1: np.testing.assert_allclose(

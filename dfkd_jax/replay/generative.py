@@ -20,6 +20,10 @@ samples are replayed to the student. As in the official code (kuluhan/PRE-DFKD,
   decoder runs in eval mode (BatchNorm running statistics), for the VAE's own training
   mix in training mode, as in the official code.
 
+The replayed batch feeds the trainer's joint (eq. 5: separate means of the fresh and
+replayed losses, ``pre_dfkd``) or meta (eq. 6, ``lra_pre``) update; the official
+PRE-DFKD code instead takes one L1 mean over the concatenation of both batches.
+
 Differences from the official code, kept small on purpose: the running BatchNorm
 statistics of the VAE are updated only by the training forward (PyTorch also updates
 them in the train-mode refinement and sampling forwards), and the very first VAE step
