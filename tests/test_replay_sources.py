@@ -60,17 +60,25 @@ def _teacher():
   return lambda x: x.reshape(x.shape[0], -1) @ w
 
 
-def test_vae_loss_is_pre_dfkd_formula():
+@pytest.fixture(scope="module")
+def vae_and_state():
+  """A fresh 8x8 VAE (its Adam state does not depend on the learning rate)."""
   vae = models.get("vae", latent_dim=LATENT, image_shape=IMAGE)
-  state = generative.init(vae, jax.random.PRNGKey(0), IMAGE, 1e-3)
+  init = jax.jit(functools.partial(generative.init, vae, image_shape=IMAGE,
+                                   learning_rate=1e-3))
+  return vae, init(jax.random.PRNGKey(0))
+
+
+def test_vae_loss_is_pre_dfkd_formula(vae_and_state):
+  vae, state = vae_and_state
   x = jnp.asarray(np.random.default_rng(0).normal(size=(6, *IMAGE)), jnp.float32)
   teacher = _teacher()
   key = jax.random.PRNGKey(1)
-  loss, (_, terms) = generative.vae_loss(state.params, state.batch_stats, vae, x,
-                                         teacher(x), teacher, key, kl_weight=0.5)
-  (rec, mean, logvar), _ = vae.apply({"params": state.params,
-                                      "batch_stats": state.batch_stats}, x, key,
-                                     train=True, mutable=["batch_stats"])
+  loss, (_, terms) = jax.jit(lambda s: generative.vae_loss(
+      s.params, s.batch_stats, vae, x, teacher(x), teacher, key, kl_weight=0.5))(state)
+  (rec, mean, logvar), _ = jax.jit(lambda s: vae.apply(
+      {"params": s.params, "batch_stats": s.batch_stats}, x, key, train=True,
+      mutable=["batch_stats"]))(state)
   rec, mean, logvar = map(np.asarray, (rec, mean, logvar))
   recon = np.mean(np.abs(rec - np.asarray(x)))
   logit = np.mean(np.abs(np.asarray(teacher(rec)) - np.asarray(teacher(x))))
@@ -80,10 +88,9 @@ def test_vae_loss_is_pre_dfkd_formula():
   np.testing.assert_allclose(loss, recon + logit + 0.5 * kl, rtol=1e-5)
 
 
-def test_vae_reconstruction_loss_decreases_on_a_fixed_batch():
-  vae = models.get("vae", latent_dim=LATENT, image_shape=IMAGE)
+def test_vae_reconstruction_loss_decreases_on_a_fixed_batch(vae_and_state):
+  vae, state = vae_and_state
   lr = 1e-2
-  state = generative.init(vae, jax.random.PRNGKey(0), IMAGE, lr)
   # Four smooth prototypes, standardised (the decoder ends in an affine-free BatchNorm).
   grid = np.linspace(-1, 1, 8)
   protos = np.stack([np.add.outer(grid, grid), np.subtract.outer(grid, grid),
@@ -101,16 +108,15 @@ def test_vae_reconstruction_loss_decreases_on_a_fixed_batch():
   assert np.mean(losses[-5:]) < 0.75 * losses[0], [round(l, 3) for l in losses]
 
 
-def test_latent_refinement_is_one_fresh_adam_step():
+def test_latent_refinement_is_one_fresh_adam_step(vae_and_state):
   """Adam's first step from a fresh state: z - lr * g / (|g| + eps) (eps = 1e-8)."""
-  vae = models.get("vae", latent_dim=LATENT, image_shape=IMAGE)
-  state = generative.init(vae, jax.random.PRNGKey(0), IMAGE, 1e-3)
+  vae, state = vae_and_state
   teacher = _teacher()
   z = jax.random.normal(jax.random.PRNGKey(2), (6, LATENT))
   decode = lambda codes: generative.decode(state, vae, codes, train=False)
   lr = 0.05
-  got = generative.refine_latents(z, decode, teacher, lr, one_hot=1.0, entropy=5.0,
-                                  entropy_log_base=10.0)
+  got = jax.jit(lambda z: generative.refine_latents(
+      z, decode, teacher, lr, one_hot=1.0, entropy=5.0, entropy_log_base=10.0))(z)
 
   def loss(z):
     logits = teacher(decode(z))
@@ -120,7 +126,8 @@ def test_latent_refinement_is_one_fresh_adam_step():
     return (jnp.mean(-jnp.max(log_p, -1)) + 5.0 * jnp.sum(p_bar * jnp.log10(p_bar))
             + jnp.mean((var - 1) ** 2) + jnp.mean(jnp.mean(z, 0) ** 2))
 
-  g = jax.grad(loss)(z)
+  g = jax.jit(jax.grad(loss))(z)
   np.testing.assert_allclose(got, z - lr * g / (jnp.abs(g) + 1e-8), rtol=1e-4, atol=1e-6)
   # The refinement lowers its loss (a small step along the sign of -g).
+  loss = jax.jit(loss)
   assert float(loss(got)) < float(loss(z))
