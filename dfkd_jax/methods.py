@@ -5,19 +5,22 @@ the student's KD loss and the generator's loss. Select one with
 ``--config=configs/cifar10.py:method=NAME``; ``config.student_update`` may override the
 update of a preset (e.g. ``meta_first_order``).
 
-| method   | student update | replay      | student loss | generator loss (kind)        |
-|----------|----------------|-------------|--------------|------------------------------|
-| dafl     | acquire        | none        | KL           | one-hot + activation + entropy, no adversarial term (dafl) |
-| dfad     | acquire        | none        | MAE          | -MAE (dfad)                  |
-| zskt     | acquire        | none        | KL           | -KL (zskt)                   |
-| dfq      | acquire        | none        | KL           | -KL + BN moments + one-hot + entropy (dfq) |
-| dfkd     | acquire        | none        | MAE          | -JS + LRA priors, eq. 15 (lra) |
-| mb_dfkd  | joint          | memory      | MAE          | -JS + LRA priors (lra)       |
-| pre_dfkd | joint          | generative  | MAE          | -JS + LRA priors (lra)       |
-| lra_mb   | meta           | memory      | MAE          | -JS + LRA priors (lra)       |
-| lra_pre  | meta           | generative  | MAE          | -JS + LRA priors (lra)       |
-| mad      | joint          | ema         | KL           | -KL + BN moments (+ class NLL, norm reg. if conditional) (mad) |
-| lra_ema  | meta           | ema         | MAE          | -JS + LRA priors (lra)       |
+| method   | update  | replay     | student loss | generator loss (kind)             |
+|----------|---------|------------|--------------|-----------------------------------|
+| dafl     | acquire | none       | KL           | OH + activation + entropy (dafl)  |
+| dfad     | acquire | none       | MAE          | -MAE (dfad)                       |
+| zskt     | acquire | none       | KL           | -KL (zskt)                        |
+| dfq      | acquire | none       | KL           | -KL + BN + OH + entropy (dfq)     |
+| dfkd     | acquire | none       | MAE          | -JS + LRA priors, eq. 15 (lra)    |
+| mb_dfkd  | joint   | memory     | MAE          | -JS + LRA priors (lra)            |
+| pre_dfkd | joint   | generative | MAE          | -JS + LRA priors (lra)            |
+| lra_mb   | meta    | memory     | MAE          | -JS + LRA priors (lra)            |
+| lra_pre  | meta    | generative | MAE          | -JS + LRA priors (lra)            |
+| mad      | joint   | ema        | KL           | -KL + BN (+ NLL, norm reg.) (mad) |
+| lra_ema  | meta    | ema        | MAE          | -JS + LRA priors (lra)            |
+
+OH = one-hot, BN = BatchNorm-moment matching (when the teacher has BatchNorm), NLL and
+norm reg. = MAD's class-conditional terms (with ``config.conditional_generator``).
 
 ``dfkd`` is the paper's DFKD* (no replay), ``mb_dfkd`` MB-DFKD (Binici et al., WACV
 2022), ``pre_dfkd`` PRE-DFKD (Binici et al., AAAI 2022, VAE replay), ``lra_mb`` and
