@@ -23,7 +23,7 @@ def get_config(arg: str | None = None):
   config.latent_dim = 64
   # Not in LRA: BatchNorm-moment matching (DeepInversion/DFQ) added to eq. 15. The
   # digits teacher has BatchNorm; without this prior the student stalls near 75%.
-  config.generator_loss.bn_moments = 1.0
+  config.generator_loss.bn_prior = 1.0
   config.batch_size = 128
   config.num_epochs = 12
   config.iterations_per_epoch = 10

@@ -5,14 +5,31 @@ the student's KD loss and the generator's loss. Select one with
 ``--config=configs/cifar10.py:method=NAME``; ``config.student_update`` may override the
 update of a preset (e.g. ``meta_first_order``).
 
-| method   | student update | replay | student loss | generator loss          |
-|----------|----------------|--------|--------------|-------------------------|
-| dfkd     | acquire        | none   | MAE          | -JS + LRA priors (eq. 15)|
-| mb_dfkd  | joint          | memory | MAE          | -JS + LRA priors        |
-| lra_mb   | meta           | memory | MAE          | -JS + LRA priors        |
+| method   | update  | replay     | student loss | generator loss (kind)             |
+|----------|---------|------------|--------------|-----------------------------------|
+| dafl     | acquire | none       | KL           | OH + activation + entropy (dafl)  |
+| dfad     | acquire | none       | MAE          | -MAE (dfad)                       |
+| zskt     | acquire | none       | KL           | -KL (zskt)                        |
+| dfq      | acquire | none       | KL           | -KL + BN + OH + entropy (dfq)     |
+| dfkd     | acquire | none       | MAE          | -JS + LRA priors, eq. 15 (lra)    |
+| mb_dfkd  | joint   | memory     | MAE          | -JS + LRA priors (lra)            |
+| pre_dfkd | joint   | generative | MAE          | -JS + LRA priors (lra)            |
+| lra_mb   | meta    | memory     | MAE          | -JS + LRA priors (lra)            |
+| lra_pre  | meta    | generative | MAE          | -JS + LRA priors (lra)            |
+| mad      | joint   | ema        | KL           | -KL + BN (+ NLL, norm reg.) (mad) |
+| lra_ema  | meta    | ema        | MAE          | -JS + LRA priors (lra)            |
+
+OH = one-hot, BN = BatchNorm-moment matching (when the teacher has BatchNorm), NLL and
+norm reg. = MAD's class-conditional terms (with ``config.conditional_generator``).
 
 ``dfkd`` is the paper's DFKD* (no replay), ``mb_dfkd`` MB-DFKD (Binici et al., WACV
-2022) and ``lra_mb`` the paper's Ours-1 (Memory Bank).
+2022), ``pre_dfkd`` PRE-DFKD (Binici et al., AAAI 2022, VAE replay), ``lra_mb`` and
+``lra_pre`` the paper's Ours-1 (memory bank) and Ours-2 (generative replay), ``mad`` MAD
+(Do et al., NeurIPS 2022: EMA generator), and ``lra_ema`` the meta update with MAD's EMA
+generator as the retention source (no published code has it). ``dafl``, ``dfad``,
+``zskt`` and ``dfq`` are the classic baselines (DAFL, DFAD, ZSKT, DFQ). Replay sources
+are in :mod:`dfkd_jax.replay.sources`, generator losses in
+:mod:`dfkd_jax.generator_objectives`.
 """
 
 from __future__ import annotations
@@ -20,9 +37,9 @@ from __future__ import annotations
 import dataclasses
 
 STUDENT_UPDATES = ("acquire", "joint", "meta", "meta_first_order")
-REPLAYS = ("none", "memory")
+REPLAYS = ("none", "memory", "generative", "ema")
 STUDENT_LOSSES = ("mae", "kl")
-GENERATOR_LOSSES = ("lra",)
+GENERATOR_LOSSES = ("lra", "dafl", "dfad", "zskt", "dfq", "mad")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,9 +49,12 @@ class Method:
   Attributes:
     student_update: ``acquire`` (eq. 3), ``joint`` (eq. 5), ``meta`` (eq. 6, exact) or
       ``meta_first_order``.
-    replay: where retention samples come from: ``none`` or ``memory``.
-    student_loss: the KD loss of the student steps: ``mae`` (LRA eq. 2) or ``kl``.
-    generator_loss: ``lra``: ``-JS + L_P`` (LRA eq. 15).
+    replay: where retention samples come from: ``none``, ``memory`` (buffer),
+      ``generative`` (VAE decoder) or ``ema`` (EMA generator).
+    student_loss: the KD loss of the student steps: ``mae`` (LRA eq. 2) or ``kl`` (MAD
+      eq. 3).
+    generator_loss: the kind of :mod:`dfkd_jax.generator_objectives` (``lra`` = ``-JS +
+      L_P``, LRA eq. 15).
     description: one line for listings.
   """
 
@@ -46,12 +66,28 @@ class Method:
 
 
 METHODS: dict[str, Method] = {
+    "dafl": Method("acquire", "none", "kl", "dafl",
+                   "DAFL: priors only (one-hot, activation, entropy), no adversarial term"),
+    "dfad": Method("acquire", "none", "mae", "dfad",
+                   "DFAD: adversarial MAE"),
+    "zskt": Method("acquire", "none", "kl", "zskt",
+                   "ZSKT: adversarial KL"),
+    "dfq": Method("acquire", "none", "kl", "dfq",
+                  "DFQ: adversarial KL + BN moments + one-hot + entropy"),
     "dfkd": Method("acquire", "none", "mae", "lra",
                    "DFKD*: adversarial DFKD without replay (LRA Table 1)"),
     "mb_dfkd": Method("joint", "memory", "mae", "lra",
                       "MB-DFKD: joint acquisition + memory-buffer retention (eq. 5)"),
+    "pre_dfkd": Method("joint", "generative", "mae", "lra",
+                       "PRE-DFKD: joint acquisition + VAE generative replay (eq. 5)"),
     "lra_mb": Method("meta", "memory", "mae", "lra",
                      "LRA Ours-1: exact meta update with a memory buffer (eq. 6)"),
+    "lra_pre": Method("meta", "generative", "mae", "lra",
+                      "LRA Ours-2: exact meta update with VAE generative replay (eq. 6)"),
+    "mad": Method("joint", "ema", "kl", "mad",
+                  "MAD: KL on G(z) and on the EMA generator's G~(z') (MAD eq. 4)"),
+    "lra_ema": Method("meta", "ema", "mae", "lra",
+                      "meta update (eq. 6) with MAD's EMA generator as retention source"),
 }
 
 

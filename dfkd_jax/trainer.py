@@ -3,11 +3,14 @@
 ``run(config, workdir)`` distils a frozen teacher into a student:
 
 * state: generator and student (params, BatchNorm stats, optimiser state), the replay
-  memory, the RNG key and the iteration counter -- one pytree, checkpointed every epoch;
+  source's state (memory buffer, VAE or EMA generator, :mod:`dfkd_jax.replay.sources`),
+  the RNG key and the iteration counter -- one pytree, checkpointed every epoch;
   the teacher is frozen, loaded from a teacher checkpoint, and is neither differentiated
   nor saved with the student;
-* one iteration = ``generator_steps`` generator updates (eq. 15) then ``student_steps``
-  student updates (``lax.scan``), each on fresh samples ``G(z)``, with the update rule of
+* one iteration = ``generator_steps`` generator updates (the method's loss kind,
+  :mod:`dfkd_jax.generator_objectives`), the replay source's after-generator hook (the
+  EMA update), then ``student_steps`` student updates (``lax.scan``), each on fresh
+  samples ``G(z)`` and a retention batch from the replay source, with the update rule of
   the method (:mod:`dfkd_jax.methods`, :mod:`dfkd_jax.objectives`); it is ONE jitted call
   with donated state, run per device inside ``jax.shard_map`` (:mod:`dfkd_jax.parallel`);
 * an epoch = ``iterations_per_epoch`` iterations, then the student's accuracy on the real
@@ -45,6 +48,7 @@ import orbax.checkpoint as ocp
 from dfkd_jax import data
 from dfkd_jax import distributed
 from dfkd_jax import evaluation
+from dfkd_jax import generator_objectives
 from dfkd_jax import losses
 from dfkd_jax import methods
 from dfkd_jax import models
@@ -52,7 +56,10 @@ from dfkd_jax import objectives
 from dfkd_jax import parallel
 from dfkd_jax import teacher as teacher_lib
 from dfkd_jax.models import layers
+from dfkd_jax.replay import ema as ema_lib
+from dfkd_jax.replay import generative
 from dfkd_jax.replay import memory as memory_lib
+from dfkd_jax.replay import sources as replay_sources
 
 AXIS = parallel.DATA_AXIS
 INNER_STEPS = tuple(s.value for s in objectives.InnerStep)
@@ -96,10 +103,24 @@ def default_config() -> ml_collections.ConfigDict:
       activation=0.1,
       entropy=5.0,
       entropy_log_base=0.0,      # 0 = natural log (eq. 14); 10 = the official code.
-      # Weight of BatchNorm-moment matching (DeepInversion/DFQ/CMI form: unsquared L2
-      # distances, MAD eq. 9 without the squares), added to eq. 15. Not in LRA (0 = the
-      # paper); needs a teacher with BatchNorm.
-      bn_moments=0.0))
+      # lra and dafl: weight of BatchNorm-moment matching (DeepInversion's unsquared
+      # form) added to the priors of eq. 11. Not in LRA (0 = the paper); needs a
+      # teacher with BatchNorm. The digits quickstart uses it.
+      bn_prior=0.0,
+      # dfq and mad (dfkd_jax.generator_objectives); BN moments only if T has BatchNorm.
+      bn_moments=1.0,            # MAD lambda_5 (eq. 9); DFQ's BN weight.
+      class_nll=0.1,             # MAD lambda_3 (eq. 7), conditional generator only.
+      embedding_norm=0.1,        # MAD lambda_4 (eq. 8), conditional generator only.
+      embedding_gamma=1.1,       # MAD gamma (eq. 8).
+      teacher_logit_bound=0.0,   # MAD zeta_1 (eq. 11): max(|T(x)| - delta, 0).
+      logit_bound=20.0,          # MAD delta (eqs. 10-11).
+      output_bound=0.0,          # MAD zeta_2 (eq. 11): max(|u| - nu, 0), mad_generator.
+      output_bound_value=20.0))  # MAD nu (eq. 11).
+  # Class-conditional generator G(z + e_y) of MAD Sec. 3.2 (needs mad_generator).
+  c.conditional_generator = False
+  c.student_logit_bound = 0.0    # MAD zeta_0 (eq. 10), bound generator_loss.logit_bound.
+  # Weight w of the retention term: eq. 5 / eq. 6 (w = 1), MAD's lambda_1 / lambda_0.
+  c.retention_weight = 1.0
   c.meta = ml_collections.ConfigDict(dict(
       alpha=0.9,                 # Inner step size (official code: lr_S_in = 0.9).
       inner_step="sgd_weight_decay",  # "sgd" (eq. 6) | "sgd_weight_decay" (official).
@@ -110,6 +131,16 @@ def default_config() -> ml_collections.ConfigDict:
       samples_per_slot=64,       # Samples per batch (paper: 64 drawn from x_hat).
       push_every_epochs=5,       # Official: at the end of every 5th epoch (0, 5, 10, ..).
       dtype="float32"))
+  c.vae = ml_collections.ConfigDict(dict(  # Generative replay (PRE-DFKD).
+      samples=0,                 # Replayed samples per student step; 0 = batch_size // 8.
+      train_steps=4,             # VAE updates on the first student steps of an iteration.
+      learning_rate=2.5e-5,      # PRE-DFKD: the generator's learning rate / 40.
+      kl_weight=1e-5,
+      latent_refinement=True,    # PRE-DFKD's one Adam step on z before decoding.
+      refine_learning_rate=1e-3))  # PRE-DFKD: the generator's learning rate.
+  c.ema = ml_collections.ConfigDict(dict(  # EMA generator (MAD).
+      decay=0.95,                # alpha of MAD eq. 5.
+      samples=0))                # G~(z') samples per student step; 0 = batch_size.
   c.compute_dtype = "float32"    # "bfloat16" on accelerators; parameters stay float32.
   # How the g generator and s student steps are looped inside the one jitted iteration:
   # "scan" (lax.scan), "unroll" (a Python loop traced into one program) or "auto" =
@@ -135,6 +166,7 @@ class Setup(NamedTuple):
   input_shape: tuple[int, int, int]
   num_classes: int
   mesh: Any
+  vae: Any = None                  # The VAE of generative replay (flax module) or None.
 
 
 def _positive(config, *names):
@@ -169,10 +201,43 @@ def validate(config: ml_collections.ConfigDict, mesh) -> methods.Method:
     if config.batch_size % config.memory.samples_per_slot:
       raise ValueError(f"config.memory.samples_per_slot={config.memory.samples_per_slot}"
                        f" must divide config.batch_size={config.batch_size}")
-  for name in ("adversarial", "one_hot", "activation", "entropy", "bn_moments"):
+  for name in ("adversarial", "one_hot", "activation", "entropy", "bn_moments",
+               "bn_prior", "class_nll", "embedding_norm"):
     if not config.generator_loss[name] >= 0:
       raise ValueError(f"config.generator_loss.{name}={config.generator_loss[name]!r} must "
                        "be >= 0 (it weighs a term of the generator's loss; 0 drops it)")
+  if method.replay == "generative":
+    _positive(config, "vae.learning_rate", "vae.refine_learning_rate")
+    samples = vae_samples(config)
+    if samples < 1:
+      raise ValueError(f"config.vae.samples={config.vae.samples}: batch_size // 8 = 0; "
+                       "set config.vae.samples > 0")
+    parallel.check_divisible(samples, "config.vae.samples (replayed samples per step)",
+                             mesh)
+    if (config.batch_size // mesh.devices.size) % 2:
+      raise ValueError(f"config.batch_size={config.batch_size} must be an even multiple of "
+                       f"the device count ({mesh.devices.size}): the VAE trains on half "
+                       "of each device's fresh batch")
+    if config.vae.train_steps < 0:
+      raise ValueError(f"config.vae.train_steps={config.vae.train_steps} must be >= 0")
+  if method.replay == "ema":
+    if not 0.0 <= config.ema.decay <= 1.0:
+      raise ValueError(f"config.ema.decay={config.ema.decay} must be in [0, 1] (MAD: 0.95)")
+    parallel.check_divisible(ema_samples(config), "config.ema.samples (G~ samples per "
+                             "step)", mesh)
+  if method.generator_loss not in generator_objectives.KINDS:
+    raise ValueError(f"method {config.method!r}: unknown generator loss "
+                     f"{method.generator_loss!r}; valid: "
+                     f"{', '.join(generator_objectives.KINDS)}")
+  if config.conditional_generator and config.generator != "mad_generator":
+    raise ValueError(f"config.conditional_generator=True needs a class-conditional "
+                     f"generator, but config.generator={config.generator!r}; use "
+                     "mad_generator (G(z + e_y), MAD Sec. 3.2)")
+  if config.generator_loss.output_bound and config.generator != "mad_generator":
+    raise ValueError(f"config.generator_loss.output_bound="
+                     f"{config.generator_loss.output_bound} bounds the pre-sigmoid output "
+                     f"of mad_generator, but config.generator={config.generator!r}; set "
+                     "it to 0 or use mad_generator")
   if config.step_loop not in ("auto", "scan", "unroll"):
     raise ValueError(f"config.step_loop={config.step_loop!r}; valid: auto, scan, unroll")
   if config.compute_dtype not in COMPUTE_DTYPES:
@@ -191,6 +256,16 @@ def validate(config: ml_collections.ConfigDict, mesh) -> methods.Method:
     if name not in models.names():
       raise ValueError(f"unknown model {name!r}; valid: {', '.join(models.names())}")
   return method
+
+
+def vae_samples(config) -> int:
+  """Global VAE replay samples per student step (``config.vae.samples`` or B // 8)."""
+  return config.vae.samples or config.batch_size // 8
+
+
+def ema_samples(config) -> int:
+  """Global EMA-generator samples per student step (``config.ema.samples`` or B)."""
+  return config.ema.samples or config.batch_size
 
 
 def _load_or_train_teacher(config, log) -> tuple[Any, Any, teacher_lib.TeacherMeta]:
@@ -248,6 +323,21 @@ def load_config_file(path: str) -> ml_collections.ConfigDict:
   return module.get_config(arg) if arg else module.get_config()
 
 
+def _generator_options(config, log) -> dict[str, Any]:
+  """``config.generator_options`` the generator takes; the others are named and dropped.
+
+  The defaults are the LRA generator's (``spectral_norm``); command-line flags cannot
+  delete a field, so options another generator does not have are ignored, with a note.
+  """
+  accepted = set(models.options(config.generator)) - {"latent_dim", "image_shape"}
+  given = dict(config.generator_options)
+  ignored = sorted(set(given) - accepted)
+  if ignored:
+    log(f"config.generator_options {ignored} do not apply to {config.generator!r} "
+        f"(its options: {', '.join(sorted(accepted)) or 'none'}); ignored")
+  return {k: v for k, v in given.items() if k in accepted}
+
+
 def build(config: ml_collections.ConfigDict, log: Callable[[str], None] = print,
           mesh=None) -> Setup:
   """Validates the config, loads the teacher and builds the models (no compilation)."""
@@ -259,8 +349,8 @@ def build(config: ml_collections.ConfigDict, log: Callable[[str], None] = print,
   if data.get_dataset(meta.dataset).spec.name != dataset.spec.name:
     raise ValueError(f"config.dataset={config.dataset!r} but the teacher at "
                      f"{config.teacher_dir} was trained on {meta.dataset!r}")
-  if config.generator_loss.bn_moments and not teacher_variables.get("batch_stats"):
-    raise ValueError(f"config.generator_loss.bn_moments={config.generator_loss.bn_moments}"
+  if config.generator_loss.bn_prior and not teacher_variables.get("batch_stats"):
+    raise ValueError(f"config.generator_loss.bn_prior={config.generator_loss.bn_prior}"
                      f" needs a teacher with BatchNorm, but the {meta.arch} teacher at "
                      f"{config.teacher_dir} has none; set it to 0")
   input_shape = tuple(meta.input_shape)
@@ -268,9 +358,19 @@ def build(config: ml_collections.ConfigDict, log: Callable[[str], None] = print,
                        input_shape=input_shape)
   generator = models.get(config.generator, num_classes=meta.num_classes,
                          latent_dim=config.latent_dim, image_shape=input_shape,
-                         **dict(config.generator_options))
+                         **_generator_options(config, log))
+  vae = None
+  if method.replay == "generative":
+    vae = models.get("vae", latent_dim=config.latent_dim, image_shape=input_shape)
+  if generator_objectives.uses_batchnorm_moments(method.generator_loss):
+    _, features = jax.eval_shape(
+        lambda v, x: teacher.apply(v, x, train=False, features=True), teacher_variables,
+        jax.ShapeDtypeStruct((2, *input_shape), jnp.float32))
+    if not features.bn_moments:
+      log(f"teacher {meta.arch} has no BatchNorm: the {method.generator_loss!r} generator "
+          "loss runs without its BatchNorm-moment term")
   return Setup(config, method, teacher, teacher_variables, meta, student, generator,
-               input_shape, meta.num_classes, mesh)
+               input_shape, meta.num_classes, mesh, vae)
 
 
 # ---------------------------------------------------------------------------
@@ -289,7 +389,9 @@ class TrainState(NamedTuple):
   rng: jax.Array                  # Raw uint32 key of the run.
   generator: ModelState
   student: ModelState
-  memory: memory_lib.MemoryState | None
+  # The replay source's state (dfkd_jax.replay.sources): the memory buffer, the VAE or
+  # the EMA generator; None without replay.
+  replay: (memory_lib.MemoryState | generative.VAEState | ema_lib.EMAState | None)
 
 
 def student_optimizer(config) -> optax.GradientTransformation:
@@ -317,29 +419,43 @@ def init_state(setup: Setup) -> TrainState:
   k_gen, k_student = jax.random.split(jax.random.PRNGKey(config.seed))
   z = jnp.zeros((2, config.latent_dim), jnp.float32)
   x = jnp.zeros((2, *setup.input_shape), jnp.float32)
-  gen_vars = jax.jit(functools.partial(setup.generator.init, train=False))(k_gen, z)
+  gen_inputs = (z,)
+  if config.conditional_generator:  # Creates the class embedding table e.
+    gen_inputs = (z, jnp.zeros((2,), jnp.int32))
+  gen_vars = jax.jit(functools.partial(setup.generator.init, train=False))(k_gen,
+                                                                            *gen_inputs)
   stu_vars = jax.jit(functools.partial(setup.student.init, train=False))(k_student, x)
 
   def model_state(variables, optimizer):
     params = variables["params"]
     return ModelState(params, variables.get("batch_stats", {}), optimizer.init(params))
 
-  memory = None
+  generator = model_state(gen_vars, generator_optimizer(config))
+  replay = None
   if setup.method.replay == "memory":
-    memory = memory_lib.init(config.memory.num_slots, config.memory.samples_per_slot,
+    replay = memory_lib.init(config.memory.num_slots, config.memory.samples_per_slot,
                              setup.input_shape, setup.num_classes,
                              dtype=jnp.dtype(config.memory.dtype))
+  elif setup.method.replay == "generative":
+    k_vae = jax.random.fold_in(jax.random.PRNGKey(config.seed), 2)
+    replay = jax.jit(functools.partial(
+        generative.init, setup.vae, image_shape=setup.input_shape,
+        learning_rate=config.vae.learning_rate))(k_vae)
+  elif setup.method.replay == "ema":
+    replay = ema_lib.init(generator.params, generator.batch_stats)
   return TrainState(jnp.zeros((), jnp.int32),
                     jax.random.PRNGKey(config.seed + 1),
-                    model_state(gen_vars, generator_optimizer(config)),
-                    model_state(stu_vars, student_optimizer(config)), memory)
+                    generator, model_state(stu_vars, student_optimizer(config)), replay)
 
 
 def state_specs(state: TrainState) -> TrainState:
-  """PartitionSpecs: everything replicated but the memory's sample axis."""
+  """PartitionSpecs: everything replicated but the memory buffer's sample axis.
+
+  The VAE and the EMA generator are replicated like the generator.
+  """
   specs = jax.tree.map(lambda _: P(), state)
-  if state.memory is not None:
-    specs = specs._replace(memory=memory_lib.MemoryState(
+  if isinstance(state.replay, memory_lib.MemoryState):
+    specs = specs._replace(replay=memory_lib.MemoryState(
         x=P(None, AXIS), teacher_logits=P(None, AXIS), num_pushed=P()))
   return specs
 
@@ -366,15 +482,44 @@ def _classifier_apply(module, compute_dtype) -> objectives.ApplyFn:
   return apply_fn
 
 
-def _loop(step, carry, keys, unroll: bool):
-  """``lax.scan(step, carry, keys)``, or the same loop unrolled into the program."""
+def _loop(step, carry, xs, unroll: bool):
+  """``lax.scan(step, carry, xs)``, or the same loop unrolled into the program."""
   if not unroll:
-    return jax.lax.scan(step, carry, keys)
+    return jax.lax.scan(step, carry, xs)
   outputs = []
-  for i in range(keys.shape[0]):
-    carry, out = step(carry, keys[i])
+  for i in range(jax.tree.leaves(xs)[0].shape[0]):
+    carry, out = step(carry, jax.tree.map(lambda a, i=i: a[i], xs))
     outputs.append(out)
-  return carry, jax.tree.map(lambda *xs: jnp.stack(xs), *outputs)
+  return carry, jax.tree.map(lambda *ys: jnp.stack(ys), *outputs)
+
+
+def generator_loss_weights(config) -> generator_objectives.GeneratorLossWeights:
+  """``config.generator_loss`` as :class:`~generator_objectives.GeneratorLossWeights`."""
+  gl = config.generator_loss
+  return generator_objectives.GeneratorLossWeights(
+      adversarial=gl.adversarial, js_temperature=gl.js_temperature, js_form=gl.js_form,
+      one_hot=gl.one_hot, activation=gl.activation, entropy=gl.entropy,
+      entropy_log_base=gl.entropy_log_base or None, bn_moments=gl.bn_moments,
+      bn_prior=gl.bn_prior,
+      class_nll=gl.class_nll, embedding_norm=gl.embedding_norm,
+      embedding_gamma=gl.embedding_gamma, teacher_logit_bound=gl.teacher_logit_bound,
+      logit_bound=gl.logit_bound, output_bound=gl.output_bound,
+      output_bound_value=gl.output_bound_value)
+
+
+def student_kd_loss(config, method: methods.Method) -> objectives.KDLoss:
+  """The per-example student loss of the method, plus MAD's logit bound if enabled."""
+  base = {"mae": losses.mae, "kl": losses.kl_divergence}[method.student_loss]
+  zeta, delta = config.student_logit_bound, config.generator_loss.logit_bound
+  if not zeta:
+    return base
+  return lambda s, t: base(s, t) + zeta * losses.bound_penalty(s, delta)
+
+
+# Generators whose output is an image in (0, 1) (sigmoid); the trainer normalises it
+# with the teacher's mean/std. The others end in an affine-free BatchNorm that already
+# puts their output in the teacher's normalised input space.
+UNIT_RANGE_GENERATORS = ("mad_generator",)
 
 
 def make_iteration(setup: Setup, state: TrainState):
@@ -387,23 +532,53 @@ def make_iteration(setup: Setup, state: TrainState):
   student_apply = _classifier_apply(setup.student, compute_dtype)
   g_opt, s_opt = generator_optimizer(config), student_optimizer(config)
   gl = config.generator_loss
-  prior_weights = losses.PriorWeights(gl.one_hot, gl.activation, gl.entropy)
-  kd_loss = {"mae": losses.mae, "kl": losses.kl_divergence}[method.student_loss]
-  push_every_iterations = config.iterations_per_epoch
+  weights = generator_loss_weights(config)
+  gen_loss = generator_objectives.get(method.generator_loss)
+  kd_loss = student_kd_loss(config, method)
+  conditional = bool(config.conditional_generator)
+  with_output_logits = bool(gl.output_bound) and config.generator == "mad_generator"
+  if config.generator in UNIT_RANGE_GENERATORS:
+    shape = (1, 1, 1, setup.input_shape[-1])
+    in_mean = jnp.asarray(setup.teacher_meta.mean, jnp.float32).reshape(shape)
+    in_std = jnp.asarray(setup.teacher_meta.std, jnp.float32).reshape(shape)
   unroll = (config.step_loop == "unroll" or
             (config.step_loop == "auto" and mesh.devices.flat[0].platform == "cpu"))
 
-  def local_normal(key, width):
-    """This device's rows of one global ``[global_batch, width]`` normal draw."""
-    z = jax.random.normal(key, (global_batch, width), jnp.float32)
-    return jax.lax.dynamic_slice_in_dim(z, jax.lax.axis_index(AXIS) * local_batch,
-                                        local_batch)
+  def local_rows(a, n):
+    """This device's rows of a global ``[n, ...]`` array (the same on every device)."""
+    return jax.lax.dynamic_slice_in_dim(a, jax.lax.axis_index(AXIS) * (n // num_devices),
+                                        n // num_devices)
 
-  def generate(params, batch_stats, z):
-    x, updates = setup.generator.apply(
+  def local_normal(key, n, width):
+    """This device's rows of one global ``[n, width]`` normal draw."""
+    return local_rows(jax.random.normal(key, (n, width), jnp.float32), n)
+
+  def draw(key, n):
+    """Generator inputs for ``n`` global samples: ``(z,)`` or ``(z, y)``."""
+    k_z, k_y = jax.random.split(key)
+    z = local_normal(k_z, n, config.latent_dim)
+    if not conditional:
+      return (z,)
+    return z, local_rows(jax.random.randint(k_y, (n,), 0, setup.num_classes), n)
+
+  def generate_full(params, batch_stats, z, y=None):
+    """``(x, pre-sigmoid output or None, new batch_stats)``, training mode."""
+    kwargs = {}
+    if conditional:
+      kwargs["y"] = y
+    if with_output_logits:
+      kwargs["return_logits"] = True
+    out, updates = setup.generator.apply(
         {"params": _cast(params, compute_dtype), "batch_stats": batch_stats},
-        z.astype(compute_dtype), train=True, mutable=["batch_stats"])
-    return x.astype(jnp.float32), updates["batch_stats"]
+        z.astype(compute_dtype), train=True, mutable=["batch_stats"], **kwargs)
+    x, u = out if with_output_logits else (out, None)
+    x = x.astype(jnp.float32)
+    if config.generator in UNIT_RANGE_GENERATORS:
+      x = (x - in_mean) / in_std
+    return x, u, updates["batch_stats"]
+
+  def generate(params, batch_stats, *inputs):
+    return generate_full(params, batch_stats, *inputs)[0]
 
   def teacher_logits(teacher_vars, x, features=False):
     out = setup.teacher.apply(_cast(teacher_vars, compute_dtype), x.astype(compute_dtype),
@@ -413,49 +588,71 @@ def make_iteration(setup: Setup, state: TrainState):
       return logits.astype(jnp.float32), feats
     return out.astype(jnp.float32)
 
+  def replay_source(teacher_vars):
+    ctx = replay_sources.Context(
+        teacher=functools.partial(teacher_logits, teacher_vars), draw=draw,
+        generate=generate, normal=local_normal, global_batch=global_batch,
+        axis_name=AXIS)
+    if method.replay == "memory":
+      return replay_sources.memory_source(
+          ctx, samples_per_slot=config.memory.samples_per_slot,
+          push_every_epochs=config.memory.push_every_epochs,
+          iterations_per_epoch=config.iterations_per_epoch)
+    if method.replay == "generative":
+      vae_config = ml_collections.ConfigDict(dict(config.vae))
+      vae_config.samples = vae_samples(config)
+      vae_config.latent_dim = config.latent_dim
+      return replay_sources.vae_source(
+          ctx, setup.vae, vae_config,
+          (gl.one_hot, gl.entropy, gl.entropy_log_base or None))
+    if method.replay == "ema":
+      return replay_sources.ema_source(ctx, samples=ema_samples(config),
+                                       decay=config.ema.decay)
+    return None
+
   def generator_step(student, teacher_vars, gen, key):
-    z = local_normal(key, config.latent_dim)
+    inputs = draw(key, global_batch)
 
     def loss_fn(params):
-      x, new_stats = generate(params, gen.batch_stats, z)
+      x, u, new_stats = generate_full(params, gen.batch_stats, *inputs)
       t_logits, t_feats = teacher_logits(teacher_vars, x, features=True)
       # The student sees x in training mode (batch statistics), as in the peers' code;
       # its running statistics are not updated by the generator step.
       s_logits, _ = student_apply(student.params, student.batch_stats, x)
-      if gl.js_form == "exact":
-        disagreement = losses.batch_mean(
-            losses.js_divergence(t_logits, s_logits, gl.js_temperature), AXIS)
-      else:  # The official code's loss is 1 - JS: minimising it maximises JS.
-        disagreement = 1.0 - jax.lax.pmean(losses.lra_reference_js_loss(
-            s_logits, t_logits, gl.js_temperature), AXIS)
-      prior = losses.prior_loss(t_logits, t_feats.penultimate, prior_weights,
-                                gl.entropy_log_base or None, AXIS)
-      loss = -gl.adversarial * disagreement + prior
-      if gl.bn_moments:
-        loss = loss + gl.bn_moments * losses.bn_moment_loss(t_feats.bn_moments,
-                                                            squared=False)
-      return loss, (new_stats, disagreement)
+      labels = embeddings = None
+      if conditional:
+        labels = inputs[1]
+        embeddings = params["class_embedding"]["embedding"][labels]
+      batch = generator_objectives.GeneratorBatch(t_logits, s_logits, t_feats, labels,
+                                                  embeddings, u)
+      loss, terms = gen_loss(batch, weights, AXIS)
+      return loss, (new_stats, terms)
 
-    (loss, (new_stats, js)), grads = jax.value_and_grad(loss_fn, has_aux=True)(gen.params)
+    (loss, (new_stats, terms)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        gen.params)
     updates, opt_state = g_opt.update(grads, gen.opt_state, gen.params)
     gen = ModelState(optax.apply_updates(gen.params, updates), new_stats, opt_state)
-    return gen, {"generator_loss": loss, "js_divergence": js}
+    metrics = {"generator_loss": loss, "disagreement": terms.pop("disagreement")}
+    metrics.update({f"generator_{k}": v for k, v in terms.items()})
+    return gen, metrics
 
-  def student_step(gen, teacher_vars, carry, key):
-    student, memory, _, _ = carry
-    k_z, k_m = jax.random.split(key)
-    x, _ = generate(gen.params, gen.batch_stats, local_normal(k_z, config.latent_dim))
-    x = jax.lax.stop_gradient(x)
+  def student_step(gen, teacher_vars, source, carry, xs):
+    key, index = xs
+    student, replay, _, _ = carry
+    k_z, k_r, k_u = jax.random.split(key, 3)
+    x = jax.lax.stop_gradient(generate(gen.params, gen.batch_stats,
+                                       *draw(k_z, global_batch)))
     acq = objectives.KDBatch(x, teacher_logits(teacher_vars, x))
     common = dict(kd_loss=kd_loss, axis_name=AXIS)
     retention_valid = jnp.zeros((), jnp.bool_)
+    replay_metrics = {}
     if method.student_update == "acquire":
       out = objectives.acquire(student.params, student.batch_stats, student_apply, acq,
                                **common)
     else:
-      x_m, t_m, retention_valid = memory_lib.sample(memory, k_m)
-      ret = objectives.KDBatch(x_m.astype(jnp.float32), t_m.astype(jnp.float32))
-      weight = retention_valid.astype(jnp.float32)
+      # The student update sees a KDBatch and a weight, whatever the replay source.
+      ret, retention_valid = source.retention(replay, k_r)
+      weight = retention_valid.astype(jnp.float32) * config.retention_weight
       if method.student_update == "joint":
         out = objectives.joint(student.params, student.batch_stats, student_apply, acq,
                                ret, retention_weight=weight, **common)
@@ -470,47 +667,48 @@ def make_iteration(setup: Setup, state: TrainState):
     updates, opt_state = s_opt.update(out.grads, student.opt_state, student.params)
     student = ModelState(optax.apply_updates(student.params, updates), out.batch_stats,
                          opt_state)
+    if source is not None:
+      replay, replay_metrics = source.after_student_step(replay, index, k_u, acq)
     d = out.diagnostics
     nan = jnp.full((), jnp.nan, jnp.float32)
     metrics = {"student_loss": out.loss, "loss_acq": d.loss_acq,
                "loss_ret": jnp.where(retention_valid, d.loss_ret, nan),
                "loss_ret_adapted": jnp.where(retention_valid, d.loss_ret_adapted, nan),
                "grad_cosine": jnp.where(retention_valid, d.grad_cosine, nan),
-               "grad_dot": jnp.where(retention_valid, d.grad_dot, nan)}
-    return (student, memory, x, acq.teacher_logits), metrics
+               "grad_dot": jnp.where(retention_valid, d.grad_dot, nan),
+               **replay_metrics}
+    return (student, replay, acq.x, acq.teacher_logits), metrics
 
   def iteration(state: TrainState, teacher_vars):
+    source = replay_source(teacher_vars)
     with layers.batch_stats_axis(AXIS):
       key = jax.random.fold_in(state.rng, state.step)
       k_gen, k_student = jax.random.split(key)
       gen, gen_metrics = _loop(
           functools.partial(generator_step, state.student, teacher_vars),
           state.generator, jax.random.split(k_gen, config.generator_steps), unroll)
+      replay = state.replay
+      if source is not None:
+        replay = source.after_generator(replay, gen)
       # Placeholders for the last generated batch (per device, hence "varying").
       x0, t0 = jax.lax.pcast(
           (jnp.zeros((local_batch, *setup.input_shape), jnp.float32),
            jnp.zeros((local_batch, setup.num_classes), jnp.float32)), (AXIS,),
           to="varying")
-      (student, memory, last_x, last_t), stu_metrics = _loop(
-          functools.partial(student_step, gen, teacher_vars),
-          (state.student, state.memory, x0, t0),
-          jax.random.split(k_student, config.student_steps), unroll)
-      if memory is not None:
-        # Official schedule: the end of epochs 0, P, 2P, ... writes m samples of the
-        # last generated batch: global rows 0, k, 2k, ... (k = B / m). Every device
-        # holds exactly m / D of them, in global order, whatever the device count.
-        epoch = state.step // push_every_iterations
-        push = (((state.step + 1) % push_every_iterations == 0)
-                & (epoch % config.memory.push_every_epochs == 0))
-        stride = global_batch // config.memory.samples_per_slot
-        memory = jax.lax.cond(
-            push, lambda m: memory_lib.push(m, last_x[::stride], last_t[::stride]),
-            lambda m: m, memory)
+      # Step indices: NumPy, so that an unrolled loop sees Python-level constants.
+      steps = (jax.random.split(k_student, config.student_steps),
+               np.arange(config.student_steps, dtype=np.int32))
+      (student, replay, last_x, last_t), stu_metrics = _loop(
+          functools.partial(student_step, gen, teacher_vars, source),
+          (state.student, replay, x0, t0), steps, unroll)
+      if source is not None:
+        replay = source.end_of_iteration(replay, state.step,
+                                         objectives.KDBatch(last_x, last_t))
     metrics = {k: jnp.mean(v) for k, v in gen_metrics.items()}
     metrics.update({k: jnp.nanmean(v) if k not in ("student_loss", "loss_acq")
                     else jnp.mean(v) for k, v in stu_metrics.items()})
     metrics["retention_steps"] = jnp.sum(~jnp.isnan(stu_metrics["grad_cosine"]))
-    new_state = TrainState(state.step + 1, state.rng, gen, student, memory)
+    new_state = TrainState(state.step + 1, state.rng, gen, student, replay)
     return new_state, metrics
 
   specs = state_specs(state)

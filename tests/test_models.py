@@ -92,6 +92,7 @@ def test_classifier_shapes(name):
     ("dafl_generator", dict(latent_dim=100, image_shape=(64, 64, 3)), (64, 64, 3)),
     ("dfad_generator", dict(latent_dim=100, image_shape=(32, 32, 1)), (32, 32, 1)),
     ("dfad_generator", dict(latent_dim=256, image_shape=(32, 32, 3)), (32, 32, 3)),
+    ("mad_generator", dict(latent_dim=16, image_shape=(8, 8, 1)), (8, 8, 1)),
     ("mad_generator", dict(latent_dim=64, image_shape=(32, 32, 3)), (32, 32, 3)),
     ("mad_generator", dict(latent_dim=64, image_shape=(64, 64, 3)), (64, 64, 3)),
     ("mad_generator", dict(latent_dim=64, image_shape=(256, 256, 3)), (256, 256, 3)),
@@ -242,7 +243,7 @@ def test_registry_errors():
     models.get("resnet18", input_shape=(64, 64, 3))
   with pytest.raises(ValueError, match="divisible by 4"):
     models.get("dafl_generator", image_shape=(30, 30, 3))
-  with pytest.raises(ValueError, match="32, 64, 256"):
+  with pytest.raises(ValueError, match="8, 32, 64, 256"):
     models.get("mad_generator", image_shape=(128, 128, 3))
   with pytest.raises(ValueError, match="latent_dim"):
     models.get("dfad_generator", nz=100)

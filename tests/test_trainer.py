@@ -1,5 +1,6 @@
 """End-to-end tests of the distillation trainer on a tiny digits config."""
 
+import functools
 import json
 import os
 import pathlib
@@ -13,6 +14,7 @@ import jax
 import numpy as np
 import pytest
 
+from dfkd_jax import methods
 from dfkd_jax import parallel
 from dfkd_jax import train_teacher
 from dfkd_jax import trainer
@@ -99,6 +101,133 @@ def test_method_runs_end_to_end_and_writes_the_summary(teacher_dir, tmp_path, me
   assert (tmp_path / trainer.CHECKPOINT_DIR / "4").is_dir()
 
 
+# The methods added after dfkd/mb_dfkd/lra_mb: one epoch of two iterations of one
+# student step each (compilation dominates; one step per iteration keeps it small).
+# mad and lra_ema run end to end in the resume and gradient tests below (one compile
+# each saved).
+NEW_METHODS = ["dafl", "dfad", "zskt", "dfq", "pre_dfkd", "lra_pre"]
+# mad runs with MAD's class-conditional generator and every optional term on.
+MAD_CONDITIONAL = {"generator": "mad_generator",
+                   "conditional_generator": True,
+                   "generator_loss.teacher_logit_bound": 0.1,
+                   "generator_loss.output_bound": 0.1, "student_logit_bound": 0.1}
+
+
+@pytest.mark.parametrize("method", NEW_METHODS)
+def test_new_method_runs_one_epoch_and_writes_the_summary(teacher_dir, tmp_path, method):
+  _check_one_epoch_run(teacher_dir, tmp_path, method)
+
+
+def _check_one_epoch_run(teacher_dir, tmp_path, method, **overrides):
+  """Runs ``method`` for one epoch (two iterations of one student step); checks it."""
+  # lra_pre skips the latent refinement (pre_dfkd runs it) to keep the suite fast.
+  if method == "lra_pre":
+    overrides = {"vae.latent_refinement": False, **overrides}
+  config = tiny_config(teacher_dir, method, num_epochs=1, student_steps=1, **overrides)
+  result = trainer.run(config, tmp_path, log=lambda s: None)
+  on_disk = json.loads((tmp_path / trainer.SUMMARY_FILE).read_text())
+  assert on_disk == json.loads(json.dumps(result))
+  assert on_disk["method"] == method and on_disk["epochs_completed"] == 1
+  assert len(on_disk["test_accuracy"]) == 1 and 0 <= on_disk["acc_max"] <= 100
+  metrics = read_metrics(tmp_path)
+  assert len(metrics) == 2
+  assert all(np.isfinite(m["student_loss"]) and np.isfinite(m["generator_loss"])
+             and np.isfinite(m["disagreement"]) for m in metrics)
+  replay = methods.get(method).replay
+  replayed = [m["retention_steps"] for m in metrics]
+  # No replay: never; EMA generator: from the first step (G~ = G at the start); VAE:
+  # once it has been trained (after the first student step).
+  assert replayed == {"none": [0, 0], "ema": [1, 1], "generative": [0, 1]}[replay]
+  if replay == "generative":
+    assert all(np.isfinite(m["vae_loss"]) for m in metrics)
+  if method in ("dfq", "mad"):  # The digits teacher has BatchNorm.
+    assert all(m["generator_bn_moments"] > 0 for m in metrics)
+  if method == "mad":
+    for term in ("class_nll", "embedding_norm", "teacher_logit_bound", "output_bound"):
+      assert np.isfinite(metrics[0][f"generator_{term}"]), term
+  if method in ("lra_pre", "lra_ema"):
+    assert np.isfinite(metrics[-1]["loss_ret_adapted"])
+
+
+def test_resume_with_the_ema_generator_equals_an_uninterrupted_run(teacher_dir, tmp_path):
+  """The checkpoint holds the EMA generator: a run stopped after epoch 1 and resumed
+  reproduces every number of an uninterrupted one. (The kill itself is tested with the
+  memory buffer below; all replay states go through the same checkpoint code.)"""
+  # The first epoch is also mad's end-to-end test, with MAD's conditional generator.
+  _check_one_epoch_run(teacher_dir, tmp_path / "resumed", "mad", **MAD_CONDITIONAL)
+  config = tiny_config(teacher_dir, "mad", num_epochs=2, student_steps=1,
+                       **MAD_CONDITIONAL)
+  resumed = trainer.run(config, tmp_path / "resumed", log=lambda s: None)
+  reference = trainer.run(config, tmp_path / "reference", log=lambda s: None)
+  assert resumed["test_accuracy"] == reference["test_accuracy"]
+  ms, ref = read_metrics(tmp_path / "resumed"), read_metrics(tmp_path / "reference")
+  assert ms == ref and len(ms) == 4
+  assert all(m["retention_steps"] == 1 and np.isfinite(m["loss_ret"]) for m in ms)
+
+
+def test_lra_ema_student_gradient_is_the_meta_gradient_on_ema_batches(teacher_dir,
+                                                                      tmp_path):
+  """lra_ema end to end for one iteration; its checkpointed state = objectives.meta on
+  G(z) and G~(z') built here by hand, and G~ = a G_0 + (1 - a) G_1 (MAD eq. 5)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  from dfkd_jax import losses, objectives  # pylint: disable=g-import-not-at-top
+  lr = 0.05
+  config = tiny_config(teacher_dir, "lra_ema", student_steps=1, num_epochs=1,
+                       iterations_per_epoch=1,
+                       **{"student_optimizer.momentum": 0.0,
+                          "student_optimizer.weight_decay": 0.0,
+                          "student_optimizer.schedule": "constant",
+                          "student_optimizer.learning_rate": lr, "ema.samples": 16})
+  result = trainer.run(config, tmp_path, log=lambda s: None)
+  assert json.loads((tmp_path / trainer.SUMMARY_FILE).read_text()) == json.loads(
+      json.dumps(result))
+  assert result["method"] == "lra_ema" and len(result["test_accuracy"]) == 1
+  metrics = read_metrics(tmp_path)
+  assert metrics[0]["retention_steps"] == 1 and np.isfinite(metrics[0]["loss_ret_adapted"])
+
+  setup = trainer.build(config, log=lambda s: None)
+  start = trainer.init_state(setup)
+  student0, gen0 = jax.device_get((start.student, start.generator.params))
+  with ocp.CheckpointManager(tmp_path / trainer.CHECKPOINT_DIR) as manager:
+    new = manager.restore(1, args=ocp.args.Composite(state=ocp.args.StandardRestore(
+        jax.tree.map(ocp.utils.to_shape_dtype_struct, start)))).state
+  teacher_vars = setup.teacher_variables
+  gen, ema_state = new.generator, new.replay
+
+  a = config.ema.decay
+  jax.tree.map(lambda e, g0, g1: np.testing.assert_allclose(
+      e, a * g0 + (1 - a) * g1, rtol=1e-6, atol=1e-7), ema_state.params, gen0, gen.params)
+
+  # The trainer's keys: fold_in(rng, step) -> (generator, student) -> per step -> (z, z').
+  key = jax.random.fold_in(jax.random.PRNGKey(config.seed + 1), 0)
+  step_key = jax.random.split(jax.random.split(key)[1], 1)[0]
+  k_z, k_r, _ = jax.random.split(step_key, 3)
+
+  def sample(params, batch_stats, k, n):
+    z = jax.random.normal(jax.random.split(k)[0], (n, config.latent_dim))
+    x, _ = setup.generator.apply({"params": params, "batch_stats": batch_stats}, z,
+                                 train=True, mutable=["batch_stats"])
+    return objectives.KDBatch(x, setup.teacher.apply(teacher_vars, x, train=False))
+
+  acq = sample(gen.params, gen.batch_stats, k_z, config.batch_size)
+  ret = sample(ema_state.params, ema_state.batch_stats, k_r, 16)
+  meta = functools.partial(
+      objectives.meta, student0.params, student0.batch_stats,
+      objectives.flax_apply_fn(setup.student), alpha=config.meta.alpha,
+      inner_step=config.meta.inner_step, weight_decay=config.meta.weight_decay,
+      kd_loss=losses.mae, with_alignment=False)
+  out = meta(acq, ret)
+  expected = jax.tree.map(lambda p, g: p - lr * g, student0.params, out.grads)
+  jax.tree.map(lambda got, want: np.testing.assert_allclose(got, want, rtol=1e-5,
+                                                            atol=1e-6),
+               jax.device_get(new.student.params), expected)
+  # The retention batch matters: G(z') in place of G~(z') gives another gradient.
+  wrong = meta(acq, sample(gen.params, gen.batch_stats, k_r, 16)).grads
+  assert max(float(np.max(np.abs(w - g))) for w, g in
+             zip(jax.tree.leaves(wrong), jax.tree.leaves(out.grads))) > 1e-6
+
+
 def test_resume_after_sigkill_equals_an_uninterrupted_run(teacher_dir, tmp_path):
   config = tiny_config(teacher_dir, "lra_mb", num_epochs=3)
   reference = trainer.run(config, tmp_path / "reference", log=lambda s: None)
@@ -143,7 +272,7 @@ def test_four_devices_match_one_device(teacher_dir, tmp_path):
   # The first iteration is the same computation up to float32 summation order; later
   # iterations drift apart as the adversarial game amplifies rounding (measured: 1e-7
   # after one iteration, ~1e-3 after four), so they are compared loosely.
-  keys = ("generator_loss", "js_divergence", "student_loss", "loss_acq")
+  keys = ("generator_loss", "disagreement", "student_loss", "loss_acq")
   for key in keys:
     np.testing.assert_allclose(runs[4][0][key], runs[1][0][key], rtol=2e-5, err_msg=key)
   keys += ("loss_ret", "loss_ret_adapted")
@@ -157,14 +286,20 @@ def test_four_devices_match_one_device(teacher_dir, tmp_path):
 
 
 @pytest.mark.parametrize("overrides, message", [
-    ({"method": "nope"}, "unknown method 'nope'; valid methods: dfkd, mb_dfkd, lra_mb"),
+    ({"method": "nope"}, "unknown method 'nope'; valid methods: dafl, dfad, zskt, dfq, "
+                         "dfkd, mb_dfkd, pre_dfkd, lra_mb, lra_pre, mad, lra_ema"),
+    ({"method": "mad", "conditional_generator": True}, "conditional_generator=True needs"),
+    ({"method": "mad", "generator_loss.output_bound": 0.1}, "output_bound=0.1 bounds"),
+    ({"method": "mad", "ema.decay": 1.5}, r"config.ema.decay=1.5 must be in \[0, 1\]"),
+    ({"method": "pre_dfkd", "batch_size": 36}, "even multiple"),
+    ({"method": "lra_ema", "ema.samples": 6}, r"config.ema.samples .*=6 must be divisible"),
     ({"meta.alpha": 0.0}, r"config.meta.alpha=0.0 must be > 0"),
     ({"meta.alpha": -1.0}, r"config.meta.alpha=-1.0 must be > 0"),
     ({"batch_size": 30, "method": "dfkd"}, r"config.batch_size=30 must be divisible by the number of "
                          r"devices \(4\)"),
     ({"student_update": "joint", "method": "dfkd"}, "needs retention samples"),
     ({"compute_dtype": "float8"}, "compute_dtype='float8'"),
-    ({"generator_loss.bn_moments": -1.0}, r"generator_loss.bn_moments=-1.0 must be >= 0"),
+    ({"generator_loss.bn_prior": -1.0}, r"generator_loss.bn_prior=-1.0 must be >= 0"),
 ])
 def test_bad_config_values_are_clear_errors(teacher_dir, overrides, message):
   config = tiny_config(teacher_dir, **overrides)
@@ -213,10 +348,10 @@ def test_config_argument_other_than_the_method_is_a_clear_error():
     trainer.load_config_file("configs/digits.py:seed=3")
 
 
-def test_bn_moment_matching_adds_a_positive_term_to_the_generator_loss(teacher_dir):
+def test_bn_prior_adds_a_positive_term_to_the_generator_loss(teacher_dir):
   losses = {}
   for weight in (0.0, 1.0):
-    config = tiny_config(teacher_dir, "dfkd", **{"generator_loss.bn_moments": weight})
+    config = tiny_config(teacher_dir, "dfkd", **{"generator_loss.bn_prior": weight})
     setup = trainer.build(config, log=lambda s: None)
     state = trainer.init_state(setup)
     state = parallel.put(state, setup.mesh, trainer.state_specs(state))

@@ -29,7 +29,7 @@ from dfkd_jax.models.wrn import WideResNet
 
 __all__ = ["BatchNorm", "ClassifierFeatures", "DAFLGenerator", "DigitsCNN", "LeNet5",
            "MADGenerator", "ResNet", "VAE", "WideResNet", "get", "input_shape",
-           "is_classifier", "names"]
+           "is_classifier", "names", "options"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,6 +142,11 @@ def _entry(name: str) -> _Entry:
   if name not in _REGISTRY:
     raise ValueError(f"Unknown model {name!r}; valid names: {', '.join(names())}")
   return _REGISTRY[name]
+
+
+def options(name: str) -> tuple[str, ...]:
+  """The keyword options :func:`get` accepts for ``name`` besides ``num_classes``."""
+  return _entry(name).options
 
 
 def is_classifier(name: str) -> bool:
