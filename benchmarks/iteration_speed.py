@@ -6,7 +6,7 @@ r"""Speed of one DFKD training iteration: time, compile time, memory, FLOP/s (JS
   python -m benchmarks.iteration_speed --smoke # tiny digits config (what CI runs)
 
 Run from the repository root. For every method, model pair and batch size it builds the
-trainer's own jitted iteration (:func:`dfkd_jax.trainer.make_iteration`: generator steps
+trainer's own jitted iteration (:func:`dfkd_jax.iteration.make_iteration`: generator steps
 then student steps, one program with donated state, sharded over all devices of
 ``jax.devices()``) and reports:
 
@@ -56,11 +56,12 @@ import jax
 import jax.numpy as jnp
 
 from dfkd_jax import data
+from dfkd_jax import experiment
+from dfkd_jax import iteration
 from dfkd_jax import methods
 from dfkd_jax import models
 from dfkd_jax import parallel
 from dfkd_jax import teacher as teacher_lib
-from dfkd_jax import trainer
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 META_TARGET = 1.8
@@ -118,7 +119,7 @@ def make_config(pair: Pair, method: str, batch_size: int, teacher_dir: pathlib.P
                 student_steps: int | None, latent_dim: int | None,
                 compute_dtype: str, step_loop: str):
   """The pair's config file with ``method``, the batch size and the benchmark settings."""
-  config = trainer.load_config_file(f"{REPO / pair.config_file}:{method}")
+  config = experiment.load_config_file(f"{REPO / pair.config_file}:{method}")
   config.teacher_dir = str(teacher_dir)
   config.teacher_config = ""
   config.student = pair.student
@@ -222,17 +223,17 @@ class Case:
 
 def compile_case(method: str, pair_name: str, config) -> Case:
   """Builds, places and compiles the trainer's iteration for ``config``."""
-  setup = trainer.build(config, log=lambda s: None)
-  state = trainer.init_state(setup)
-  state = parallel.put(state, setup.mesh, trainer.state_specs(state))
+  setup = experiment.build(config, log=lambda s: None)
+  state = iteration.init_state(setup)
+  state = parallel.put(state, setup.mesh, iteration.state_specs(state))
   teacher_vars = jax.device_put(setup.teacher_variables, parallel.replicated(setup.mesh))
-  iteration = trainer.make_iteration(setup, state)
+  step = iteration.make_iteration(setup, state)
   t0 = time.perf_counter()
-  compiled = iteration.lower(state, teacher_vars).compile()
+  compiled = step.lower(state, teacher_vars).compile()
   compile_seconds = time.perf_counter() - t0
   if uses_scan(config, setup.mesh):
     unrolled = setup._replace(config=_with(config, step_loop="unroll"))
-    flops = _flops(trainer.make_iteration(unrolled, state).lower(
+    flops = _flops(iteration.make_iteration(unrolled, state).lower(
         state, teacher_vars).cost_analysis())
     source = "XLA cost analysis of the iteration lowered with unrolled steps"
   else:
@@ -379,7 +380,7 @@ def run_suite(method_names: Sequence[str], pair_names: Sequence[str],
       "teacher_weights": "random init: the speed of an iteration does not depend on "
                          "the weights' values",
       "iteration": "generator_steps generator updates + student_steps student updates, "
-                   "one jitted call with donated state (dfkd_jax.trainer.make_iteration)",
+                   "one jitted call with donated state (dfkd_jax.iteration.make_iteration)",
       "timing": f"median of {repeats} calls after one warm-up call; the methods of one "
                 "(pair, batch size) timed in interleaved rounds",
       "matmul": matmul,
@@ -414,7 +415,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                       help="default: the config's (10)")
   parser.add_argument("--latent_dim", type=int, default=None,
                       help="default: the config's")
-  parser.add_argument("--compute_dtype", default="", choices=["", *trainer.COMPUTE_DTYPES],
+  parser.add_argument("--compute_dtype", default="", choices=["", *experiment.COMPUTE_DTYPES],
                       help="default: the config's (float32)")
   parser.add_argument("--step_loop", default="auto", choices=["auto", "scan", "unroll"])
   parser.add_argument("--matmul_size", type=int, default=None,

@@ -10,12 +10,12 @@ student SGD 0.1 (momentum 0.9, wd 5e-4, cosine), generator Adam 0.02 (the offici
 Ours-1 config); memory of 10 batches of 64 samples, written every 5 epochs.
 """
 
-from dfkd_jax import trainer
+from dfkd_jax import experiment
 
 
 def get_config(arg: str | None = None):
-  config = trainer.default_config()
-  config.method = trainer.method_from_arg(arg)
+  config = experiment.default_config()
+  config.method = experiment.method_from_arg(arg)
   config.dataset = "cifar10"
   config.teacher_dir = "teachers/cifar10_resnet34"
   config.student = "resnet18"

@@ -10,12 +10,12 @@ r"""Fashion-MNIST, LeNet-5 teacher -> LeNet-5-half student, 32x32 inputs.
 A reduced epoch budget (LeNets learn fast); the rest as in the paper.
 """
 
-from dfkd_jax import trainer
+from dfkd_jax import experiment
 
 
 def get_config(arg: str | None = None):
-  config = trainer.default_config()
-  config.method = trainer.method_from_arg(arg)
+  config = experiment.default_config()
+  config.method = experiment.method_from_arg(arg)
   config.dataset = "fashion_mnist"
   config.teacher_dir = "teachers/fashion_mnist_lenet5"
   config.student = "lenet5_half"

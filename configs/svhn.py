@@ -4,12 +4,12 @@ r"""SVHN, ResNet-34 teacher -> ResNet-18 student, the paper's settings (200 epoc
       --config.teacher_dir=teachers/svhn_resnet34
 """
 
-from dfkd_jax import trainer
+from dfkd_jax import experiment
 
 
 def get_config(arg: str | None = None):
-  config = trainer.default_config()
-  config.method = trainer.method_from_arg(arg)
+  config = experiment.default_config()
+  config.method = experiment.method_from_arg(arg)
   config.dataset = "svhn_cropped"
   config.teacher_dir = "teachers/svhn_resnet34"
   config.student = "resnet18"

@@ -6,12 +6,12 @@ r"""Tiny-ImageNet (64x64), ResNet-34 teacher -> ResNet-18 student, 500 epochs.
 DIR holds the extracted official archive ``tiny-imagenet-200/``.
 """
 
-from dfkd_jax import trainer
+from dfkd_jax import experiment
 
 
 def get_config(arg: str | None = None):
-  config = trainer.default_config()
-  config.method = trainer.method_from_arg(arg)
+  config = experiment.default_config()
+  config.method = experiment.method_from_arg(arg)
   config.dataset = "tiny_imagenet"
   config.teacher_dir = "teachers/tiny_imagenet_resnet34"
   config.student = "resnet18_64"

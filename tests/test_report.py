@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 
+from dfkd_jax import experiment
 from dfkd_jax import report
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -256,7 +257,7 @@ def test_reads_what_the_trainer_writes(tmp_path):
   """The trainer's own summary() output (the contract) goes through the report."""
   from dfkd_jax import trainer  # pylint: disable=g-import-not-at-top
   for seed, acc in enumerate(([50.0, 70.0, 60.0], [55.0, 65.0, 75.0])):
-    config = trainer.default_config()
+    config = experiment.default_config()
     config.method, config.seed = "mb_dfkd", seed
     history = {"teacher_accuracy": 98.0, "test_accuracy": acc,
                "alignment": [None, 0.25, -0.5], "student_steps_per_second": 3.0}

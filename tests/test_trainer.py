@@ -14,6 +14,8 @@ import jax
 import numpy as np
 import pytest
 
+from dfkd_jax import experiment
+from dfkd_jax import iteration
 from dfkd_jax import methods
 from dfkd_jax import parallel
 from dfkd_jax import train_teacher
@@ -27,14 +29,14 @@ TEACHER_EPOCHS = 3
 def teacher_dir(tmp_path_factory) -> pathlib.Path:
   """A digits teacher trained by our own code (a few seconds)."""
   path = tmp_path_factory.mktemp("teacher") / "digits"
-  config = trainer.load_config_file(str(REPO / "configs/teacher/digits.py"))
+  config = experiment.load_config_file(str(REPO / "configs/teacher/digits.py"))
   config.num_epochs = TEACHER_EPOCHS
   train_teacher.train_and_save(config, path, log=lambda s: None)
   return path
 
 
 def tiny_config(teacher_dir, method="lra_mb", **overrides):
-  config = trainer.load_config_file(f"{REPO / 'configs/digits.py'}:{method}")
+  config = experiment.load_config_file(f"{REPO / 'configs/digits.py'}:{method}")
   config.teacher_dir = str(teacher_dir)
   config.teacher_config = ""
   config.latent_dim = 16
@@ -186,8 +188,8 @@ def test_lra_ema_student_gradient_is_the_meta_gradient_on_ema_batches(teacher_di
   metrics = read_metrics(tmp_path)
   assert metrics[0]["retention_steps"] == 1 and np.isfinite(metrics[0]["loss_ret_adapted"])
 
-  setup = trainer.build(config, log=lambda s: None)
-  start = trainer.init_state(setup)
+  setup = experiment.build(config, log=lambda s: None)
+  start = iteration.init_state(setup)
   student0, gen0 = jax.device_get((start.student, start.generator.params))
   with ocp.CheckpointManager(tmp_path / trainer.CHECKPOINT_DIR) as manager:
     new = manager.restore(1, args=ocp.args.Composite(state=ocp.args.StandardRestore(
@@ -305,7 +307,7 @@ def test_bad_config_values_are_clear_errors(teacher_dir, overrides, message):
   config = tiny_config(teacher_dir, **overrides)
   four_devices = types.SimpleNamespace(devices=np.empty(4))
   with pytest.raises(ValueError, match=message):
-    trainer.validate(config, four_devices)
+    experiment.validate(config, four_devices)
 
 
 def test_missing_teacher_is_a_clear_error_before_compiling(tmp_path):
@@ -340,22 +342,22 @@ def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(teacher_dir, tmp_p
                                          ("method=dfkd", "dfkd")])
 def test_config_argument_names_the_method(arg, method):
   path = "configs/digits.py" + (f":{arg}" if arg else "")
-  assert trainer.load_config_file(path).method == method
+  assert experiment.load_config_file(path).method == method
 
 
 def test_config_argument_other_than_the_method_is_a_clear_error():
   with pytest.raises(ValueError, match="method=NAME"):
-    trainer.load_config_file("configs/digits.py:seed=3")
+    experiment.load_config_file("configs/digits.py:seed=3")
 
 
 def test_bn_prior_adds_a_positive_term_to_the_generator_loss(teacher_dir):
   losses = {}
   for weight in (0.0, 1.0):
     config = tiny_config(teacher_dir, "dfkd", **{"generator_loss.bn_prior": weight})
-    setup = trainer.build(config, log=lambda s: None)
-    state = trainer.init_state(setup)
-    state = parallel.put(state, setup.mesh, trainer.state_specs(state))
-    _, metrics = trainer.make_iteration(setup, state)(state, setup.teacher_variables)
+    setup = experiment.build(config, log=lambda s: None)
+    state = iteration.init_state(setup)
+    state = parallel.put(state, setup.mesh, iteration.state_specs(state))
+    _, metrics = iteration.make_iteration(setup, state)(state, setup.teacher_variables)
     losses[weight] = float(metrics["generator_loss"])
   # Same state and z: the only difference is the (positive) moment-matching term.
   assert losses[1.0] > losses[0.0] + 1e-3
@@ -363,11 +365,11 @@ def test_bn_prior_adds_a_positive_term_to_the_generator_loss(teacher_dir):
 
 def test_bfloat16_compute_keeps_float32_parameters(teacher_dir):
   config = tiny_config(teacher_dir, "lra_mb", compute_dtype="bfloat16")
-  setup = trainer.build(config, log=lambda s: None)
-  state = trainer.init_state(setup)
-  state = parallel.put(state, setup.mesh, trainer.state_specs(state))
+  setup = experiment.build(config, log=lambda s: None)
+  state = iteration.init_state(setup)
+  state = parallel.put(state, setup.mesh, iteration.state_specs(state))
   before = [np.asarray(p) for p in jax.tree.leaves(state.student.params)]
-  state, metrics = trainer.make_iteration(setup, state)(state, setup.teacher_variables)
+  state, metrics = iteration.make_iteration(setup, state)(state, setup.teacher_variables)
   leaves = jax.tree.leaves((state.student.params, state.generator.params))
   assert {str(leaf.dtype) for leaf in leaves} == {"float32"}
   for key in ("generator_loss", "student_loss", "loss_acq"):
