@@ -149,6 +149,7 @@ def validate(config: ml_collections.ConfigDict, mesh) -> methods.Method:
   """Checks config values before anything is built; errors name the value and the fix."""
   method = methods.resolve(config.method, config.student_update)
   _positive(config, "batch_size", "num_epochs", "iterations_per_epoch",
+            "generator_loss.js_temperature",
             "generator_steps", "student_steps", "latent_dim", "eval_batch_size",
             "student_optimizer.learning_rate", "generator_optimizer.learning_rate")
   if method.student_update in ("meta", "meta_first_order"):

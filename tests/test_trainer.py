@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from dfkd_jax import experiment
+from dfkd_jax import generator_objectives
 from dfkd_jax import iteration
 from dfkd_jax import methods
 from dfkd_jax import parallel
@@ -302,6 +303,9 @@ def test_four_devices_match_one_device(teacher_dir, tmp_path):
     ({"student_update": "joint", "method": "dfkd"}, "needs retention samples"),
     ({"compute_dtype": "float8"}, "compute_dtype='float8'"),
     ({"generator_loss.bn_prior": -1.0}, r"generator_loss.bn_prior=-1.0 must be >= 0"),
+    ({"generator_loss.adversarial": float("nan")},
+     r"generator_loss.adversarial=nan must be >= 0"),
+    ({"generator_loss.js_temperature": 0.0}, r"generator_loss.js_temperature=0.0 must be > 0"),
 ])
 def test_bad_config_values_are_clear_errors(teacher_dir, overrides, message):
   config = tiny_config(teacher_dir, **overrides)
@@ -319,16 +323,21 @@ def test_missing_teacher_is_a_clear_error_before_compiling(tmp_path):
   assert not (tmp_path / "run").exists()
 
 
-def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(teacher_dir, tmp_path):
+def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(teacher_dir, tmp_path,
+                                                             monkeypatch):
   config = tiny_config(teacher_dir, "mb_dfkd", num_epochs=1)
   trainer.run(config, tmp_path, log=lambda s: None)
   saved = sorted(p.name for p in (tmp_path / trainer.CHECKPOINT_DIR).iterdir())
   before = json.loads((tmp_path / trainer.SUMMARY_FILE).read_text())
 
+  # Fault injection: the generator's loss (LRA eq. 15) turns NaN in the second run.
+  lra = generator_objectives.get("lra")
+  monkeypatch.setitem(generator_objectives._KINDS, "lra",  # pylint: disable=protected-access
+                      lambda *args: jax.tree.map(lambda v: v * np.nan, lra(*args)))
   broken = tiny_config(teacher_dir, "mb_dfkd", num_epochs=2)
-  broken.generator_loss.adversarial = float("nan")
   with pytest.raises(trainer.NonFiniteLossError, match="generator_loss .* epoch 2"):
     trainer.run(broken, tmp_path, log=lambda s: None)
+  monkeypatch.undo()
   assert sorted(p.name for p in (tmp_path / trainer.CHECKPOINT_DIR).iterdir()) == saved
   assert json.loads((tmp_path / trainer.SUMMARY_FILE).read_text()) == before
   # The good checkpoint still resumes and finishes.
