@@ -153,21 +153,21 @@ def _prior_sum(terms, w):
   return total
 
 
-def _bn_prior_terms(batch, w) -> Terms:
-  """The optional BatchNorm prior of ``lra``/``dafl`` (``w.bn_prior > 0``)."""
-  if not w.bn_prior:
-    return {}
-  if not batch.teacher_features.bn_moments:
-    raise ValueError("bn_prior > 0 needs a teacher with BatchNorm layers; set it to 0")
-  return {"bn_prior": losses.bn_moment_loss(batch.teacher_features.bn_moments,
-                                            squared=False)}
-
-
 def _bn_terms(batch, squared) -> Terms:
   moments = batch.teacher_features.bn_moments
   if not moments:  # BatchNorm-free teacher: no moments to match.
     return {}
   return {"bn_moments": losses.bn_moment_loss(moments, squared=squared)}
+
+
+def _bn_prior_terms(batch, w) -> Terms:
+  """The optional BatchNorm prior of ``lra``/``dafl`` (``w.bn_prior > 0``)."""
+  if not w.bn_prior:
+    return {}
+  terms = _bn_terms(batch, squared=False)
+  if not terms:
+    raise ValueError("bn_prior > 0 needs a teacher with BatchNorm layers; set it to 0")
+  return {"bn_prior": terms["bn_moments"]}
 
 
 def lra(batch: GeneratorBatch, w: GeneratorLossWeights,
