@@ -234,6 +234,61 @@ def test_upsample_bilinear_aligned_corners():
   np.testing.assert_allclose(y[0, 0, :, 0], [0.0, 0.4, 0.8, 1.2, 1.6, 2.0], atol=1e-6)
 
 
+@pytest.mark.parametrize("shape", [(2, 4, 4, 3), (1, 5, 7, 2), (3, 1, 2, 4)])
+def test_upsample_conv3x3_is_conv_of_upsampled_input(shape):
+  """The sub-pixel form equals conv3x3(upsample_nearest(x)), values and gradients."""
+  import flax.linen as nn
+  with jax.enable_x64(True):
+    x = jax.random.normal(jax.random.key(0), shape, jnp.float64)
+    fast = layers.UpsampleConv3x3(5, bias_init=nn.initializers.normal(1.0))
+    variables = fast.init(jax.random.key(1), x)
+    slow = nn.Conv(5, (3, 3), padding=((1, 1), (1, 1)))
+
+    def loss(module, prepare, variables, x):
+      y = module.apply(variables, prepare(x))
+      return jnp.sum(jnp.sin(y) * jnp.arange(y.size).reshape(y.shape) / y.size), y
+
+    (l_fast, y_fast), g_fast = jax.value_and_grad(loss, argnums=(2, 3), has_aux=True)(
+        fast, lambda x: x, variables, x)
+    (l_slow, y_slow), g_slow = jax.value_and_grad(loss, argnums=(2, 3), has_aux=True)(
+        slow, layers.upsample_nearest, variables, x)
+    assert y_fast.shape == (shape[0], 2 * shape[1], 2 * shape[2], 5)
+    np.testing.assert_allclose(y_fast, y_slow, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(l_fast, l_slow, rtol=1e-12)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12),
+                 g_fast, g_slow)
+
+
+def test_dfad_generator_matches_pytorch():
+  """DFAD's GeneratorA in PyTorch (train mode) on our parameters gives our images."""
+  torch = pytest.importorskip("torch")
+  F = torch.nn.functional
+  module = models.get("dfad_generator", latent_dim=16, image_shape=(8, 8, 1),
+                      base_width=4)
+  z = np.random.default_rng(0).normal(size=(6, 16)).astype(np.float32)
+  variables = _numpy_init(module, jnp.asarray(z))
+  images, _ = module.apply(variables, jnp.asarray(z), mutable=["batch_stats"])
+  p = jax.tree.map(lambda a: torch.tensor(np.asarray(a)), variables["params"])
+
+  def conv(h, name):  # flax [kh, kw, in, out] -> torch [out, in, kh, kw]
+    weight = p[name]["kernel"].permute(3, 2, 0, 1)
+    return F.conv2d(h, weight, p[name]["bias"], padding=1)
+
+  def bn(h, name, eps):
+    scale = p[name]["scale"] if name in p else None
+    bias = p[name]["bias"] if name in p else None
+    return F.batch_norm(h, None, None, scale, bias, training=True, eps=eps)
+
+  h = F.linear(torch.tensor(z), p["l1"]["kernel"].T, p["l1"]["bias"]).view(6, 8, 2, 2)
+  h = F.interpolate(bn(h, "bn0", 1e-5), scale_factor=2)
+  h = F.leaky_relu(bn(conv(h, "conv1"), "bn1", 1e-5), 0.2)
+  h = F.interpolate(h, scale_factor=2)
+  h = F.leaky_relu(bn(conv(h, "conv2"), "bn2", 1e-5), 0.2)
+  h = bn(torch.tanh(conv(h, "conv3")), "bn3", 1e-5)
+  np.testing.assert_allclose(np.asarray(images), h.permute(0, 2, 3, 1).numpy(),
+                             rtol=1e-4, atol=1e-4)
+
+
 def test_registry_errors():
   with pytest.raises(ValueError, match="resnet34"):
     models.get("resnet50")

@@ -52,11 +52,23 @@ class DAFLGenerator(nn.Module):
   spectral_norm: bool = True
   lra_init: bool = True
 
-  def _conv(self, features: int, in_features: int, name: str) -> nn.Module:
+  def _conv(self, features: int, in_features: int, name: str,
+            upsample: bool = False) -> nn.Module:
+    """A 3x3 convolution, after nearest x2 upsampling when ``upsample``.
+
+    The upsampling convolution is :class:`layers.UpsampleConv3x3` (the same parameters
+    and function as ``conv3x3(upsample_nearest(x))``, about 2x fewer FLOPs).
+    """
     if self.lra_init:
-      conv = nn.Conv(features, (3, 3), padding=((1, 1), (1, 1)),
-                     kernel_init=layers.uniform_init(0.08),
-                     bias_init=nn.initializers.zeros, name=name)
+      kernel_init, bias_init = layers.uniform_init(0.08), nn.initializers.zeros
+    else:
+      kernel_init = layers.torch_default_kernel_init
+      bias_init = layers.torch_default_bias_init(9 * in_features)
+    if upsample:
+      conv = layers.UpsampleConv3x3(features, kernel_init, bias_init, name=name)
+    elif self.lra_init:
+      conv = nn.Conv(features, (3, 3), padding=((1, 1), (1, 1)), kernel_init=kernel_init,
+                     bias_init=bias_init, name=name)
     else:
       conv = layers.torch_conv(features, 3, in_features, padding=1, name=name)
     if self.spectral_norm:
@@ -92,12 +104,10 @@ class DAFLGenerator(nn.Module):
     h = dense(z.reshape(z.shape[0], -1)).reshape(z.shape[0], wide, h0, w0)
     h = jnp.transpose(h, (0, 2, 3, 1))
     h, _ = layers.BatchNorm(name="bn0")(h, train)
-    h = layers.upsample_nearest(h)
-    h = self._apply_conv(self._conv(wide, wide, "conv1"), h, train)
+    h = self._apply_conv(self._conv(wide, wide, "conv1", upsample=True), h, train)
     h, _ = layers.BatchNorm(self.bn_epsilon, name="bn1")(h, train)
     h = nn.leaky_relu(h, 0.2)
-    h = layers.upsample_nearest(h)
-    h = self._apply_conv(self._conv(narrow, wide, "conv2"), h, train)
+    h = self._apply_conv(self._conv(narrow, wide, "conv2", upsample=True), h, train)
     h, _ = layers.BatchNorm(self.bn_epsilon, name="bn2")(h, train)
     h = nn.leaky_relu(h, 0.2)
     h = self._apply_conv(self._conv(channels, narrow, "conv3"), h, train)
