@@ -40,6 +40,62 @@ from dfkd_jax import teacher as teacher_lib
 
 State = dict[str, Any]  # {"params", "batch_stats", "opt_state"}.
 
+# Teachers (and students) of the 32x32 colour datasets, ``configs/teacher/NAME.py:MODEL``.
+COLOUR_MODELS = ("resnet34", "resnet18", "wrn40_2", "wrn16_2", "wrn40_1", "wrn16_1")
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """Every field of a teacher config, set to the peers' CIFAR recipe.
+
+  SGD (lr 0.1, momentum 0.9, coupled weight decay 5e-4), batch 128, 200 epochs, cosine
+  decay per step, standard augmentation. The files in ``configs/teacher/`` start from
+  this and set the dataset, the model and what their recipe changes.
+  """
+  config = ml_collections.ConfigDict()
+  config.dataset = ""
+  config.data_dir = ""  # Empty: $TFDS_DATA_DIR or ~/tensorflow_datasets.
+  config.model = ""
+  config.num_epochs = 200
+  config.batch_size = 128
+  config.eval_batch_size = 1000
+  config.optimizer = "sgd"  # "sgd" | "adam".
+  config.learning_rate = 0.1
+  config.momentum = 0.9
+  config.nesterov = False
+  config.weight_decay = 5e-4
+  config.lr_schedule = "cosine"  # "cosine" | "step" | "constant".
+  config.lr_decay_epochs = (80, 120)  # Used by lr_schedule="step" only.
+  config.lr_decay_factor = 0.1
+  config.augment = True
+  config.seed = 0
+  config.overwrite = False  # Replace an existing teacher in the workdir.
+  return config
+
+
+def adam_config(config: ml_collections.ConfigDict,
+                learning_rate: float) -> ml_collections.ConfigDict:
+  """Switches ``config`` to DAFL's LeNet recipe: Adam, no weight decay, no augmentation."""
+  config.optimizer = "adam"
+  config.learning_rate = learning_rate
+  config.momentum = 0.0
+  config.weight_decay = 0.0
+  config.lr_decay_epochs = ()
+  config.augment = False
+  return config
+
+
+def model_from_arg(arg: str | None, config_file: str, default: str = "resnet34") -> str:
+  """The architecture named after the config file's colon, or ``default``.
+
+  Raises:
+    ValueError: ``arg`` is not one of :data:`COLOUR_MODELS`.
+  """
+  model = arg or default
+  if model not in COLOUR_MODELS:
+    raise ValueError(f"unknown model {model!r} for {config_file}; valid: "
+                     f"{', '.join(COLOUR_MODELS)}")
+  return model
+
 
 def make_optimizer(config: ml_collections.ConfigDict,
                    steps_per_epoch: int) -> optax.GradientTransformation:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from dfkd_jax import data
+from dfkd_jax import models
 from dfkd_jax import teacher as teacher_lib
 from dfkd_jax import train_teacher
 
@@ -17,14 +18,32 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIGS = REPO_ROOT / "configs" / "teacher"
 
 
-def _digits_config(**overrides):
+def _config_module(name: str):
   import importlib.util  # pylint: disable=g-import-not-at-top
-  spec = importlib.util.spec_from_file_location("digits_config", CONFIGS / "digits.py")
+  spec = importlib.util.spec_from_file_location(f"{name}_config", CONFIGS / f"{name}.py")
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  config = module.get_config()
+  return module
+
+
+def _digits_config(**overrides):
+  config = _config_module("digits").get_config()
   config.update(overrides)
   return config
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.py")), ids=lambda p: p.stem)
+def test_teacher_configs_are_complete_and_valid(path):
+  module = _config_module(path.stem)
+  config = module.get_config()
+  assert list(config.to_dict()) == list(train_teacher.default_config().to_dict())
+  assert config.dataset.split(":")[0] in data.SPECS
+  assert models.is_classifier(config.model)
+  assert config.optimizer in ("sgd", "adam") and config.learning_rate > 0
+  if "model" in module.get_config.__code__.co_varnames:  # configs/teacher/X.py:MODEL
+    assert module.get_config("wrn40_2").model == "wrn40_2"
+    with pytest.raises(ValueError, match=rf"'resnet50' for {path.name}; valid: resnet34"):
+      module.get_config("resnet50")
 
 
 @pytest.fixture(scope="module")

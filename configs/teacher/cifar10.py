@@ -12,33 +12,12 @@ DAFL's step schedule (x0.1 at epochs 80 and 120) is
 ``--config.lr_schedule=step --config.lr_decay_epochs="(80, 120)"``.
 """
 
-import ml_collections
-
-_MODELS = ("resnet34", "resnet18", "wrn40_2", "wrn16_2", "wrn40_1", "wrn16_1")
+from dfkd_jax import train_teacher
 
 
-def get_config(model: str | None = None) -> ml_collections.ConfigDict:
+def get_config(model: str | None = None):
   """Returns the CIFAR-10 teacher config; ``model`` picks the architecture."""
-  model = model or "resnet34"
-  if model not in _MODELS:
-    raise ValueError(f"unknown model {model!r} for cifar10.py; valid: "
-                     f"{', '.join(_MODELS)}")
-  config = ml_collections.ConfigDict()
+  config = train_teacher.default_config()
   config.dataset = "cifar10"
-  config.data_dir = ""  # Empty: $TFDS_DATA_DIR or ~/tensorflow_datasets.
-  config.model = model
-  config.num_epochs = 200
-  config.batch_size = 128
-  config.eval_batch_size = 1000
-  config.optimizer = "sgd"
-  config.learning_rate = 0.1
-  config.momentum = 0.9
-  config.nesterov = False
-  config.weight_decay = 5e-4
-  config.lr_schedule = "cosine"
-  config.lr_decay_epochs = (80, 120)  # Used by lr_schedule="step" only.
-  config.lr_decay_factor = 0.1
-  config.augment = True
-  config.seed = 0
-  config.overwrite = False
+  config.model = train_teacher.model_from_arg(model, "cifar10.py")
   return config

@@ -6,27 +6,16 @@ r"""Digits teacher: ``digits_cnn`` on scikit-learn's bundled 8x8 digits (no down
 Reaches ~98% test accuracy in well under a minute on a CPU.
 """
 
-import ml_collections
+from dfkd_jax import train_teacher
 
 
-def get_config() -> ml_collections.ConfigDict:
+def get_config():
   """Returns the digits teacher config."""
-  config = ml_collections.ConfigDict()
+  config = train_teacher.adam_config(train_teacher.default_config(), 3e-3)
   config.dataset = "digits"
   config.data_dir = ""  # Unused: digits ships with scikit-learn.
   config.model = "digits_cnn"
   config.num_epochs = 15
   config.batch_size = 64
   config.eval_batch_size = 512
-  config.optimizer = "adam"
-  config.learning_rate = 3e-3
-  config.momentum = 0.0
-  config.nesterov = False
-  config.weight_decay = 0.0
-  config.lr_schedule = "cosine"
-  config.lr_decay_epochs = ()
-  config.lr_decay_factor = 0.1
-  config.augment = False
-  config.seed = 0
-  config.overwrite = False
   return config

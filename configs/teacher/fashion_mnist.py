@@ -10,27 +10,14 @@ Adam (lr 1e-3, cosine-decayed over 20 epochs), batch 256, 28x28 images resized t
 instead.
 """
 
-import ml_collections
+from dfkd_jax import train_teacher
 
 
-def get_config() -> ml_collections.ConfigDict:
+def get_config():
   """Returns the Fashion-MNIST LeNet-5 teacher config."""
-  config = ml_collections.ConfigDict()
+  config = train_teacher.adam_config(train_teacher.default_config(), 1e-3)
   config.dataset = "fashion_mnist"
-  config.data_dir = ""  # Empty: $TFDS_DATA_DIR or ~/tensorflow_datasets.
   config.model = "lenet5"
   config.num_epochs = 20
   config.batch_size = 256
-  config.eval_batch_size = 1000
-  config.optimizer = "adam"
-  config.learning_rate = 1e-3
-  config.momentum = 0.0
-  config.nesterov = False
-  config.weight_decay = 0.0
-  config.lr_schedule = "cosine"
-  config.lr_decay_epochs = ()
-  config.lr_decay_factor = 0.1
-  config.augment = False
-  config.seed = 0
-  config.overwrite = False
   return config

@@ -9,27 +9,14 @@ DAFL: Adam (lr 1e-3), batch 256, images resized to 32x32 (bilinear), no augmenta
 epochs. ``--config.dataset=mnist:pad`` zero-pads 28x28 to 32x32 instead of resizing.
 """
 
-import ml_collections
+from dfkd_jax import train_teacher
 
 
-def get_config() -> ml_collections.ConfigDict:
+def get_config():
   """Returns the MNIST LeNet-5 teacher config."""
-  config = ml_collections.ConfigDict()
+  config = train_teacher.adam_config(train_teacher.default_config(), 1e-3)
   config.dataset = "mnist"
-  config.data_dir = ""  # Empty: $TFDS_DATA_DIR or ~/tensorflow_datasets.
   config.model = "lenet5"
   config.num_epochs = 20
   config.batch_size = 256
-  config.eval_batch_size = 1000
-  config.optimizer = "adam"
-  config.learning_rate = 1e-3
-  config.momentum = 0.0
-  config.nesterov = False
-  config.weight_decay = 0.0
-  config.lr_schedule = "cosine"
-  config.lr_decay_epochs = ()
-  config.lr_decay_factor = 0.1
-  config.augment = False
-  config.seed = 0
-  config.overwrite = False
   return config
