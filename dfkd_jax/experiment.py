@@ -92,7 +92,9 @@ def default_config() -> ml_collections.ConfigDict:
       alpha=0.9,                 # Inner step size (official code: lr_S_in = 0.9).
       inner_step="sgd_weight_decay",  # "sgd" (eq. 6) | "sgd_weight_decay" (official).
       weight_decay=5e-4,
-      with_alignment=True))      # Log cos(grad L_acq, grad L_ret) (Section 3.4).
+      # Log cos(grad L_acq, grad L_ret) (Section 3.4) on the last student step of each
+      # iteration: one more forward/backward on the replayed batch per iteration.
+      with_alignment=True))
   c.memory = ml_collections.ConfigDict(dict(
       num_slots=10,              # Batches kept (official: 10).
       samples_per_slot=64,       # Samples per batch (paper: 64 drawn from x_hat).

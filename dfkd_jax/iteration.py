@@ -209,6 +209,9 @@ def make_iteration(setup: experiment.Setup, state: TrainState):
     in_std = jnp.asarray(setup.teacher_meta.std, jnp.float32).reshape(shape)
   unroll = (config.step_loop == "unroll" or
             (config.step_loop == "auto" and mesh.devices.flat[0].platform == "cpu"))
+  # cos(grad L_acq, grad L_ret) (Sec. 3.4) of the meta update, on the last student step.
+  align_last_step = (method.student_update in ("meta", "meta_first_order")
+                     and bool(config.meta.with_alignment))
 
   def local_rows(a, n):
     """This device's rows of a global ``[n, ...]`` array (the same on every device)."""
@@ -302,7 +305,7 @@ def make_iteration(setup: experiment.Setup, state: TrainState):
     metrics.update({f"generator_{k}": v for k, v in terms.items()})
     return gen, metrics
 
-  def student_step(gen, teacher_vars, source, carry, xs):
+  def student_step(gen, teacher_vars, source, carry, xs, *, align: bool):
     key, index = xs
     student, replay, _, _ = carry
     k_z, k_r, k_u = jax.random.split(key, 3)
@@ -328,8 +331,7 @@ def make_iteration(setup: experiment.Setup, state: TrainState):
             alpha=config.meta.alpha, inner_step=config.meta.inner_step,
             weight_decay=config.meta.weight_decay,
             first_order=method.student_update == "meta_first_order",
-            retention_weight=weight, with_alignment=config.meta.with_alignment,
-            **common)
+            retention_weight=weight, with_alignment=align, **common)
     updates, opt_state = s_opt.update(out.grads, student.opt_state, student.params)
     student = ModelState(optax.apply_updates(student.params, updates), out.batch_stats,
                          opt_state)
@@ -342,6 +344,7 @@ def make_iteration(setup: experiment.Setup, state: TrainState):
                "loss_ret_adapted": jnp.where(retention_valid, d.loss_ret_adapted, nan),
                "grad_cosine": jnp.where(retention_valid, d.grad_cosine, nan),
                "grad_dot": jnp.where(retention_valid, d.grad_dot, nan),
+               "retention_valid": retention_valid.astype(jnp.float32),
                **replay_metrics}
     return (student, replay, acq.x, acq.teacher_logits), metrics
 
@@ -364,16 +367,32 @@ def make_iteration(setup: experiment.Setup, state: TrainState):
       # Step indices: NumPy, so that an unrolled loop sees Python-level constants.
       steps = (jax.random.split(k_student, config.student_steps),
                np.arange(config.student_steps, dtype=np.int32))
-      (student, replay, last_x, last_t), stu_metrics = _loop(
-          functools.partial(student_step, gen, teacher_vars, source),
-          (state.student, replay, x0, t0), steps, unroll)
+      step = functools.partial(student_step, gen, teacher_vars, source)
+      carry = (state.student, replay, x0, t0)
+      if align_last_step:
+        # The meta update's alignment costs one more forward/backward on the replayed
+        # batch, so only the last student step of the iteration pays it.
+        first = None
+        if config.student_steps > 1:
+          carry, first = _loop(functools.partial(step, align=False), carry,
+                               jax.tree.map(lambda a: a[:-1], steps), unroll)
+        carry, last = step(carry, jax.tree.map(lambda a: a[-1], steps), align=True)
+        stu_metrics = jax.tree.map(lambda b: b[None], last)
+        if first is not None:
+          stu_metrics = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), first,
+                                     stu_metrics)
+      else:
+        carry, stu_metrics = _loop(functools.partial(step, align=False), carry, steps,
+                                   unroll)
+      student, replay, last_x, last_t = carry
       if source is not None:
         replay = source.end_of_iteration(replay, state.step,
                                          objectives.KDBatch(last_x, last_t))
+    retention_valid = stu_metrics.pop("retention_valid")
     metrics = {k: jnp.mean(v) for k, v in gen_metrics.items()}
     metrics.update({k: jnp.nanmean(v) if k not in ("student_loss", "loss_acq")
                     else jnp.mean(v) for k, v in stu_metrics.items()})
-    metrics["retention_steps"] = jnp.sum(~jnp.isnan(stu_metrics["grad_cosine"]))
+    metrics["retention_steps"] = jnp.sum(retention_valid)
     new_state = TrainState(state.step + 1, state.rng, gen, student, replay)
     return new_state, metrics
 

@@ -168,6 +168,27 @@ def test_resume_with_the_ema_generator_equals_an_uninterrupted_run(teacher_dir, 
   assert all(m["retention_steps"] == 1 and np.isfinite(m["loss_ret"]) for m in ms)
 
 
+def test_meta_alignment_is_logged_once_per_iteration_and_changes_nothing(teacher_dir,
+                                                                       tmp_path):
+  """The meta update's cos(grad L_acq, grad L_ret) costs a retention gradient, so only
+  the last student step computes it; switching it off leaves training bit-identical."""
+  results = {}
+  for align in (True, False):
+    config = tiny_config(teacher_dir, "lra_ema", student_steps=3, num_epochs=1,
+                         iterations_per_epoch=2, **{"meta.with_alignment": align})
+    results[align] = trainer.run(config, tmp_path / str(align), log=lambda s: None)
+  on, off = read_metrics(tmp_path / "True"), read_metrics(tmp_path / "False")
+  assert results[True]["test_accuracy"] == results[False]["test_accuracy"]
+  for m_on, m_off in zip(on, off, strict=True):
+    assert m_on["retention_steps"] == m_off["retention_steps"] == 3
+    assert m_on["student_loss"] == m_off["student_loss"]
+    assert m_on["loss_ret_adapted"] == m_off["loss_ret_adapted"]
+    assert -1 <= m_on["grad_cosine"] <= 1 and np.isfinite(m_on["loss_ret"])
+    assert m_off["grad_cosine"] is None and m_off["loss_ret"] is None
+  assert results[True]["alignment"][0] is not None
+  assert results[False].get("alignment") in (None, [None])
+
+
 def test_lra_ema_student_gradient_is_the_meta_gradient_on_ema_batches(teacher_dir,
                                                                       tmp_path):
   """lra_ema end to end for one iteration; its checkpointed state = objectives.meta on
