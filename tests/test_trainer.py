@@ -267,8 +267,12 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(teacher_dir, tmp_path)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   assert first.is_dir(), "the first epoch's checkpoint never appeared"
-  done = json.loads((workdir / trainer.SUMMARY_FILE).read_text())["epochs_completed"]
-  assert done < 3, "the run finished before it was killed; the test proves nothing"
+  # The summary follows the checkpoint, so the kill may land before it: count the
+  # checkpoints instead.
+  saved = [int(p.name) for p in (workdir / trainer.CHECKPOINT_DIR).iterdir()
+           if p.name.isdigit()]
+  assert max(saved) < config.num_epochs * config.iterations_per_epoch, (
+      "the run finished before it was killed; the test proves nothing")
 
   resumed = subprocess.run(cli_args(config, workdir), cwd=REPO, env=env,
                            capture_output=True, text=True, timeout=600)
@@ -293,13 +297,18 @@ def test_four_devices_match_one_device(teacher_dir, tmp_path):
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs[devices] = read_metrics(workdir)
-  # The first iteration is the same computation up to float32 summation order; later
-  # iterations drift apart as the adversarial game amplifies rounding (measured: 1e-7
-  # after one iteration, ~1e-3 after four), so they are compared loosely.
-  keys = ("generator_loss", "disagreement", "student_loss", "loss_acq")
-  for key in keys:
+  # The first iteration is the same computation up to float32 summation order. Its
+  # generator step agrees to 2e-6; its student losses average ten chained steps whose
+  # MAE gradients (signs of S - T) turn rounding into small jumps (measured 4.6e-5 with
+  # the sub-pixel generator; a gradient scaled by the device count would be off by
+  # O(1)). Later iterations drift apart as the adversarial game amplifies rounding
+  # (~1e-3 after four), so they are compared loosely.
+  for key in ("generator_loss", "disagreement"):
     np.testing.assert_allclose(runs[4][0][key], runs[1][0][key], rtol=2e-5, err_msg=key)
-  keys += ("loss_ret", "loss_ret_adapted")
+  for key in ("student_loss", "loss_acq"):
+    np.testing.assert_allclose(runs[4][0][key], runs[1][0][key], rtol=1e-4, err_msg=key)
+  keys = ("generator_loss", "disagreement", "student_loss", "loss_acq", "loss_ret",
+          "loss_ret_adapted")
   for one, four in zip(runs[1], runs[4], strict=True):
     for key in keys:
       if one[key] is None:
