@@ -392,6 +392,16 @@ def csv_records(dataset: str, rows: Sequence[Row]) -> list[dict[str, Any]]:
   return records
 
 
+def line_styles(methods: Sequence[str]) -> dict[str, tuple[str, str]]:
+  """A distinct ``(colour, line style)`` per method, the same in every figure.
+
+  Matplotlib's cycle has 10 colours; the 11th method on (all of Table 1 has 11) reuses
+  them dashed, then dotted, then dash-dotted.
+  """
+  return {m: (f"C{i % 10}", ("-", "--", ":", "-.")[i // 10 % 4])
+          for i, m in enumerate(methods)}
+
+
 def _plot_curves(by_method: Mapping[str, Sequence[Run]], curve_of, title: str,
                  ylabel: str, path: pathlib.Path) -> bool:
   """One line per method (mean over runs), shaded ± one std; False if nothing to plot."""
@@ -399,7 +409,7 @@ def _plot_curves(by_method: Mapping[str, Sequence[Run]], curve_of, title: str,
   matplotlib.use("Agg")
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
 
-  colors = {m: f"C{i % 10}" for i, m in enumerate(by_method)}  # Same colour per method.
+  styles = line_styles(list(by_method))
   series = {}
   for method, runs in by_method.items():
     curves = [c for c in (curve_of(r) for r in runs) if c is not None]
@@ -410,8 +420,9 @@ def _plot_curves(by_method: Mapping[str, Sequence[Run]], curve_of, title: str,
   fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
   for method, (mean, std) in series.items():
     epochs = np.arange(1, mean.size + 1)
-    ax.plot(epochs, mean, label=method, color=colors[method], linewidth=1.5)
-    ax.fill_between(epochs, mean - std, mean + std, color=colors[method], alpha=0.2,
+    color, linestyle = styles[method]
+    ax.plot(epochs, mean, label=method, color=color, linestyle=linestyle, linewidth=1.5)
+    ax.fill_between(epochs, mean - std, mean + std, color=color, alpha=0.2,
                     linewidth=0)
   ax.set_xlabel("epoch")
   ax.set_ylabel(ylabel)

@@ -140,6 +140,13 @@ def test_figures_are_written_as_non_empty_pngs(runs_dir, tmp_path):
     assert f"]({name})" in text
 
 
+def test_every_method_of_table_1_gets_its_own_line_style():
+  names = [f"method{i}" for i in range(11)]
+  styles = report.line_styles(names)
+  assert len(set(styles.values())) == len(names) == len(styles)
+  assert report.line_styles(names[:3]) == {n: styles[n] for n in names[:3]}
+
+
 def test_no_alignment_figure_when_no_run_logs_it(tmp_path):
   write(tmp_path / "runs", "a", summary("dfkd", 0, [1.0, 2.0], [(1.5, 0.25)] * 5, 2.0))
   result = report.write_report([tmp_path / "runs"], tmp_path / "out")
