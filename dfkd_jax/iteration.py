@@ -150,7 +150,7 @@ def _classifier_apply(module, compute_dtype) -> objectives.ApplyFn:
 
 def _loop(step, carry, xs, unroll: bool):
   """``lax.scan(step, carry, xs)``, or the same loop unrolled into the program."""
-  if not unroll:
+  if not unroll or jax.tree.leaves(xs)[0].shape[0] == 0:  # Zero steps: nothing to unroll.
     return jax.lax.scan(step, carry, xs)
   outputs = []
   for i in range(jax.tree.leaves(xs)[0].shape[0]):
@@ -369,21 +369,15 @@ def make_iteration(setup: experiment.Setup, state: TrainState):
                np.arange(config.student_steps, dtype=np.int32))
       step = functools.partial(student_step, gen, teacher_vars, source)
       carry = (state.student, replay, x0, t0)
+      # The meta update's alignment costs one more forward/backward on the replayed
+      # batch, so only the last student step of the iteration pays it.
+      plain = config.student_steps - int(align_last_step)
+      carry, stu_metrics = _loop(functools.partial(step, align=False), carry,
+                                 jax.tree.map(lambda a: a[:plain], steps), unroll)
       if align_last_step:
-        # The meta update's alignment costs one more forward/backward on the replayed
-        # batch, so only the last student step of the iteration pays it.
-        first = None
-        if config.student_steps > 1:
-          carry, first = _loop(functools.partial(step, align=False), carry,
-                               jax.tree.map(lambda a: a[:-1], steps), unroll)
         carry, last = step(carry, jax.tree.map(lambda a: a[-1], steps), align=True)
-        stu_metrics = jax.tree.map(lambda b: b[None], last)
-        if first is not None:
-          stu_metrics = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), first,
-                                     stu_metrics)
-      else:
-        carry, stu_metrics = _loop(functools.partial(step, align=False), carry, steps,
-                                   unroll)
+        stu_metrics = jax.tree.map(lambda a, b: jnp.concatenate([a, b[None]]),
+                                   stu_metrics, last)
       student, replay, last_x, last_t = carry
       if source is not None:
         replay = source.end_of_iteration(replay, state.step,

@@ -66,11 +66,9 @@ class DAFLGenerator(nn.Module):
       bias_init = layers.torch_default_bias_init(9 * in_features)
     if upsample:
       conv = layers.UpsampleConv3x3(features, kernel_init, bias_init, name=name)
-    elif self.lra_init:
+    else:
       conv = nn.Conv(features, (3, 3), padding=((1, 1), (1, 1)), kernel_init=kernel_init,
                      bias_init=bias_init, name=name)
-    else:
-      conv = layers.torch_conv(features, 3, in_features, padding=1, name=name)
     if self.spectral_norm:
       return nn.SpectralNorm(conv, collection_name="batch_stats", name=f"{name}_sn")
     return conv
