@@ -42,6 +42,7 @@ State = dict[str, Any]  # {"params", "batch_stats", "opt_state"}.
 
 # Teachers (and students) of the 32x32 colour datasets, ``configs/teacher/NAME.py:MODEL``.
 COLOUR_MODELS = ("resnet34", "resnet18", "wrn40_2", "wrn16_2", "wrn40_1", "wrn16_1")
+GREY_MODELS = ("lenet5", "lenet5_bn")  # 32x32x1 teachers (MNIST, Fashion-MNIST).
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -84,16 +85,17 @@ def adam_config(config: ml_collections.ConfigDict,
   return config
 
 
-def model_from_arg(arg: str | None, config_file: str, default: str = "resnet34") -> str:
+def model_from_arg(arg: str | None, config_file: str, default: str = "resnet34",
+                   valid: tuple[str, ...] = COLOUR_MODELS) -> str:
   """The architecture named after the config file's colon, or ``default``.
 
   Raises:
-    ValueError: ``arg`` is not one of :data:`COLOUR_MODELS`.
+    ValueError: ``arg`` is not one of ``valid``.
   """
   model = arg or default
-  if model not in COLOUR_MODELS:
+  if model not in valid:
     raise ValueError(f"unknown model {model!r} for {config_file}; valid: "
-                     f"{', '.join(COLOUR_MODELS)}")
+                     f"{', '.join(valid)}")
   return model
 
 

@@ -48,6 +48,7 @@ def _numpy_init(module, *args, seed: int = 0):
     ("resnet18", 100, 11_220_132), ("resnet34", 100, 21_328_292),
     ("wrn16_1", 10, 175_066), ("wrn16_2", 10, 691_674), ("wrn40_1", 10, 563_930),
     ("wrn40_2", 10, 2_243_546), ("lenet5", 10, 61_706), ("lenet5_half", 10, 15_738),
+    ("lenet5_bn", 10, 61_706 + 2 * (6 + 16 + 120)),
 ])
 def test_classifier_parameter_counts(name, num_classes, expected):
   module = models.get(name, num_classes=num_classes)
@@ -215,6 +216,30 @@ def test_lenet_has_no_bn_moments():
   logits, feats = module.apply(variables, x, features=True)
   assert feats.bn_moments == () and feats.penultimate.shape == (1, 84)
   assert logits.shape == (1, 10)
+
+
+def test_lenet_bn_is_lenet_with_a_batchnorm_per_convolution():
+  plain, with_bn = models.get("lenet5"), models.get("lenet5_bn")
+  x = jnp.asarray(np.random.default_rng(2).normal(size=(4, 32, 32, 1)), jnp.float32)
+  variables = _numpy_init(with_bn, x)
+  params = {k: v for k, v in variables["params"].items() if not k.startswith("bn")}
+  # Running statistics (mean 0, var 1) and a unit affine map: eval-mode BN is ~identity.
+  identity_bn = jax.tree_util.tree_map_with_path(
+      lambda path, v: (jnp.ones_like(v) if jax.tree_util.keystr(path).endswith(
+          ("'var']", "'scale']")) else jnp.zeros_like(v)), variables)
+  identity_bn["params"].update(params)
+  np.testing.assert_allclose(with_bn.apply(identity_bn, x),
+                             plain.apply({"params": params}, x), rtol=1e-4, atol=1e-4)
+  assert not np.allclose(with_bn.apply(variables, x), plain.apply({"params": params}, x),
+                         rtol=1e-2, atol=1e-2)
+  _, feats = with_bn.apply(variables, x, train=True, features=True,
+                           mutable=["batch_stats"])[0]
+  assert [m.batch_mean.shape[0] for m in feats.bn_moments] == [6, 16, 120]
+  conv1 = variables["params"]["conv1"]
+  pre_bn = jax.lax.conv_general_dilated(x, conv1["kernel"], (1, 1), "VALID",
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  np.testing.assert_allclose(feats.bn_moments[0].batch_mean,
+                             (pre_bn + conv1["bias"]).mean(axis=(0, 1, 2)), atol=1e-5)
 
 
 def test_resnet_bn_layer_count():

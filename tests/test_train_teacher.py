@@ -41,8 +41,11 @@ def test_teacher_configs_are_complete_and_valid(path):
   assert models.is_classifier(config.model)
   assert config.optimizer in ("sgd", "adam") and config.learning_rate > 0
   if "model" in module.get_config.__code__.co_varnames:  # configs/teacher/X.py:MODEL
-    assert module.get_config("wrn40_2").model == "wrn40_2"
-    with pytest.raises(ValueError, match=rf"'resnet50' for {path.name}; valid: resnet34"):
+    family = (train_teacher.GREY_MODELS if config.model in train_teacher.GREY_MODELS
+              else train_teacher.COLOUR_MODELS)
+    assert config.model == family[0]
+    assert module.get_config(family[-1]).model == family[-1]
+    with pytest.raises(ValueError, match=rf"'resnet50' for {path.name}; valid: {family[0]}"):
       module.get_config("resnet50")
 
 

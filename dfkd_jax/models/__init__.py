@@ -120,6 +120,8 @@ _REGISTRY: dict[str, _Entry] = {
                      (32, 32, 1)),
     "lenet5_half": _Entry(lambda num_classes: LeNet5(num_classes, 2), "classifier",
                           (32, 32, 1)),
+    "lenet5_bn": _Entry(lambda num_classes: LeNet5(num_classes, 1, batch_norm=True),
+                        "classifier", (32, 32, 1)),
     "digits_cnn": _Entry(lambda num_classes: DigitsCNN(num_classes, (32, 32, 64)),
                          "classifier", (8, 8, 1)),
     "digits_cnn_half": _Entry(lambda num_classes: DigitsCNN(num_classes, (16, 16, 32)),
