@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dfkd_jax.losses import BNMoments
+from dfkd_jax.models import conv
 
 Array = jax.Array
 Initializer = Callable[..., Array]
@@ -100,8 +101,11 @@ def torch_linear(features: int, fan_in: int, name: str | None = None,
 
 def torch_conv(features: int, kernel_size: int, in_features: int, *, stride: int = 1,
                padding: int = 0, use_bias: bool = True, name: str | None = None,
-               kernel_init: Initializer = torch_default_kernel_init) -> nn.Conv:
-  """``nn.Conv`` with explicit symmetric padding, as ``torch.nn.Conv2d``.
+               kernel_init: Initializer = torch_default_kernel_init) -> conv.Conv2d:
+  """A convolution with explicit symmetric padding, as ``torch.nn.Conv2d``.
+
+  Its parameters are ``nn.Conv``'s; on CPU its gradients avoid a slow XLA path of
+  second-order programs (:mod:`dfkd_jax.models.conv`).
 
   Args:
     features: output channels.
@@ -116,11 +120,10 @@ def torch_conv(features: int, kernel_size: int, in_features: int, *, stride: int
   Returns:
     The convolution (input ``[N, H, W, in_features]``).
   """
-  return nn.Conv(features, (kernel_size, kernel_size), strides=(stride, stride),
-                 padding=((padding, padding), (padding, padding)), use_bias=use_bias,
-                 kernel_init=kernel_init,
-                 bias_init=torch_default_bias_init(kernel_size * kernel_size *
-                                                   in_features), name=name)
+  return conv.Conv2d(features, kernel_size, stride=stride, padding=padding,
+                     use_bias=use_bias, kernel_init=kernel_init,
+                     bias_init=torch_default_bias_init(kernel_size * kernel_size *
+                                                       in_features), name=name)
 
 
 _BATCH_STATS_AXIS: contextvars.ContextVar[str | None] = contextvars.ContextVar(
