@@ -116,6 +116,24 @@ def conv2d(x: Array, kernel: Array, stride: int = 1, padding: int = 0) -> Array:
   return _forward(x, kernel, stride, padding)
 
 
+def _like(cotangent: Array, primal: Array) -> Array:
+  """Sums ``cotangent`` over the mesh axes it varies on and ``primal`` does not.
+
+  Inside ``shard_map`` a replicated kernel meets a batch-sharded input; its cotangent
+  is then the sum over devices, the transpose of the implicit broadcast that JAX's own
+  rules would insert.
+  """
+  extra = tuple(sorted(_varying_axes(cotangent) - _varying_axes(primal)))
+  return lax.psum(cotangent, extra) if extra else cotangent
+
+
+def _varying_axes(x: Array) -> frozenset[str]:
+  """The manual mesh axes ``x`` varies over (empty outside ``shard_map``)."""
+  aval = jax.typeof(x)
+  manual = getattr(aval, "manual_axis_type", None)  # jax 0.10; older: ``aval.vma``.
+  return manual.varying if manual is not None else getattr(aval, "vma", frozenset())
+
+
 def _conv2d_fwd(x, kernel, stride, padding):
   return _forward(x, kernel, stride, padding), (x, kernel)
 
@@ -123,7 +141,8 @@ def _conv2d_fwd(x, kernel, stride, padding):
 def _conv2d_bwd(stride, padding, residuals, dy):
   x, kernel = residuals
   dx = _input_gradient(dy, kernel, stride, padding, x.shape)
-  return dx, matmul_kernel_gradient(x, dy, kernel.shape[0], stride, padding)
+  dw = matmul_kernel_gradient(x, dy, kernel.shape[0], stride, padding)
+  return _like(dx, x), _like(dw, kernel)
 
 
 conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
@@ -131,10 +150,22 @@ conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def _input_gradient(dy, kernel, stride, padding, x_shape):
-  """The adjoint of ``x -> conv2d(x, kernel)`` applied to ``dy`` (XLA's transposed conv)."""
-  transpose = jax.linear_transpose(lambda x: _forward(x, kernel, stride, padding),
-                                   jax.ShapeDtypeStruct(x_shape, dy.dtype))
-  return transpose(dy)[0]
+  """The adjoint of ``x -> conv2d(x, kernel)`` applied to ``dy``: a transposed convolution.
+
+  ``dy`` dilated by the stride, correlated with the spatially flipped kernel (input and
+  output channels swapped), padded so that the result has the input's size. Written out
+  rather than via ``jax.linear_transpose`` so that it keeps ``dy``'s sharding type
+  inside ``shard_map``.
+  """
+  k = kernel.shape[0]
+  h_out, w_out = dy.shape[1:3]
+  low = k - 1 - padding
+  high_h = x_shape[1] - 1 - (h_out - 1) * stride + padding
+  high_w = x_shape[2] - 1 - (w_out - 1) * stride + padding
+  flipped = jnp.swapaxes(kernel[::-1, ::-1], 2, 3)
+  return lax.conv_general_dilated(dy, flipped, (1, 1), ((low, high_h), (low, high_w)),
+                                  lhs_dilation=(stride, stride),
+                                  dimension_numbers=_DIMENSIONS)
 
 
 def _input_gradient_fwd(dy, kernel, stride, padding, x_shape):
@@ -144,8 +175,9 @@ def _input_gradient_fwd(dy, kernel, stride, padding, x_shape):
 def _input_gradient_bwd(stride, padding, x_shape, residuals, u):
   # <u, conv^T(dy)> = <conv(u), dy>: d/d dy = conv2d(u, kernel), d/d kernel = dW(u, dy).
   dy, kernel = residuals
-  return (conv2d(u, kernel, stride, padding),
-          matmul_kernel_gradient(u, dy, kernel.shape[0], stride, padding))
+  d_dy = conv2d(u, kernel, stride, padding)
+  d_kernel = matmul_kernel_gradient(u, dy, kernel.shape[0], stride, padding)
+  return _like(d_dy, dy), _like(d_kernel, kernel)
 
 
 _input_gradient.defvjp(_input_gradient_fwd, _input_gradient_bwd)
