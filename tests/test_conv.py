@@ -9,12 +9,12 @@ import pytest
 from dfkd_jax.models import conv
 
 
-
 @pytest.fixture(autouse=True)
 def _float64():
   """float64 for these tests only (a global switch would change other test files)."""
   with jax.enable_x64(True):
     yield
+
 
 CASES = [  # (kernel_size, stride, padding, input size)
     (3, 1, 1, 6), (3, 2, 1, 7), (1, 2, 0, 6), (5, 1, 0, 9), (3, 1, 0, 5),

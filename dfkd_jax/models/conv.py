@@ -11,11 +11,12 @@ convolutions took half of the meta-gradient's time, at ~1 GFLOP/s.
 :func:`conv2d` computes the same function with a custom VJP that never produces that
 form. The kernel gradient is ``k * k`` matrix products of strided slices of the padded
 input with ``dy`` (``dW[i, j] = x_pad[:, i::s, j::s, :]^T dy``), whose derivatives are
-slices, pads and products; the input gradient is XLA's transposed convolution, itself
-given a custom VJP that maps back to :func:`conv2d` and the matrix-product kernel
-gradient. Values and gradients of every order equal ``lax.conv_general_dilated``'s
-(tested in float64). Forward-mode differentiation (``jax.jvp``) is not defined for a
-custom VJP; :func:`kernel_gradient` ``("xla")`` switches back to XLA's own rules.
+slices, pads and products; the input gradient is written out as a convolution of the
+dilated, padded ``dy`` with the flipped, transposed kernel, itself given a custom VJP
+that maps back to :func:`conv2d` and the matrix-product kernel gradient. Values and
+gradients of every order equal ``lax.conv_general_dilated``'s (tested in float64).
+Forward-mode differentiation (``jax.jvp``) is not defined for a custom VJP;
+:func:`kernel_gradient` ``("xla")`` switches back to XLA's own rules.
 
 By default (``"auto"``) the custom rules are used on the CPU backend only; GPU and TPU
 convolution libraries handle every form of the second-order program themselves.
