@@ -1,5 +1,8 @@
 """conv2d's custom gradients equal XLA's to every order used (float64)."""
 
+import collections
+import re
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -110,15 +113,24 @@ def test_module_matches_flax_conv_and_modes():
       pass
 
 
-def test_meta_gradient_computes_kernel_gradients_as_matrix_products():
-  """With the custom rules, no convolution of the meta-gradient is a kernel gradient."""
+def _convolution_layouts(fn, *args) -> collections.Counter:
+  """``dim_labels`` of every convolution in the lowered (unoptimised) HLO of ``fn``."""
+  text = jax.jit(fn).lower(*args).as_text(dialect="hlo")
+  return collections.Counter(re.findall(r" convolution\(.*dim_labels=([^,\s]+)", text))
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_meta_gradient_has_only_forward_layout_convolutions(stride):
+  """With the custom rules every convolution of the meta-gradient, including those the
+  outer differentiation adds to the first backward pass, is a plain NHWC x HWIO one:
+  no kernel-gradient (``f01b_i01o->01bf``) or transposed-kernel (``01oi``) forms."""
   x, w1 = _arrays(3, 8)
   w2 = jnp.full((3, 3, 4, 4), 0.1)
   target = jnp.zeros((2, 4))
-  counts = {}
+  layouts = {}
   for name, impl in (("xla", conv._forward), ("matmul", conv.conv2d)):
-    _, meta = _objectives(impl, 1, 1)
-    text = jax.jit(jax.grad(meta)).lower([w1, w2], x, x, target).as_text()
-    counts[name] = text.count("stablehlo.convolution")
-  # Forward and input-gradient convolutions remain; XLA's kernel gradients are gone.
-  assert 0 < counts["matmul"] < counts["xla"], counts
+    _, meta = _objectives(impl, stride, 1)
+    layouts[name] = _convolution_layouts(jax.grad(meta), [w1, w2], x, x, target)
+  forward = "b01f_01io->b01f"
+  assert set(layouts["matmul"]) == {forward}, layouts
+  assert set(layouts["xla"]) - {forward}, layouts  # XLA's rules do use the other forms.

@@ -136,7 +136,9 @@ def _varying_axes(x: Array) -> frozenset[str]:
 
 
 def _conv2d_fwd(x, kernel, stride, padding):
-  return _forward(x, kernel, stride, padding), (x, kernel)
+  # conv2d, not _forward: under a second differentiation the outer level differentiates
+  # this primal computation too, and must meet the custom rules again, not XLA's.
+  return conv2d(x, kernel, stride, padding), (x, kernel)
 
 
 def _conv2d_bwd(stride, padding, residuals, dy):
