@@ -7,6 +7,16 @@ r"""MNIST, LeNet-5 teacher -> LeNet-5-half student (DAFL's MNIST setting), 32x32
   python -m dfkd_jax.train --config=configs/mnist.py:lra_mb --workdir=runs/mnist \
       --config.teacher_dir=teachers/mnist_lenet5 --config.data_dir=DATA_DIR
 
+With a LeNet-5 teacher that has BatchNorm, the BatchNorm-moment prior (not in LRA) makes
+the generated samples digit-like and the student several points better
+(docs/results.md):
+
+  python -m dfkd_jax.train_teacher --config=configs/teacher/mnist.py:lenet5_bn \
+      --workdir=teachers/mnist_lenet5_bn --config.data_dir=DATA_DIR --config.num_epochs=6
+  python -m dfkd_jax.train --config=configs/mnist.py:lra_mb --workdir=runs/mnist_bn \
+      --config.teacher_dir=teachers/mnist_lenet5_bn --config.generator_loss.bn_prior=1 \
+      --config.data_dir=DATA_DIR
+
 A reduced epoch budget (LeNets learn fast); the student learning rate of DFAD's MNIST
 run (0.01; LRA's 0.1 stalls here) with the meta step alpha equal to it (the inner step
 of eq. 6 stands for the student's next SGD step; alpha = 0.1 with this learning rate
