@@ -1,4 +1,5 @@
-"""The launch scripts: syntax, shellcheck, required variables and --dry-run commands."""
+"""The launch scripts and the CI entry point: syntax, shellcheck, required variables,
+--dry-run commands."""
 
 import os
 import pathlib
@@ -11,7 +12,7 @@ import time
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-SCRIPTS = ("launch/tpu_pod.sh", "launch/slurm.sbatch")
+SCRIPTS = ("launch/tpu_pod.sh", "launch/slurm.sbatch", ".ci/run")
 TPU_ENV = {"TPU_NAME": "dfkd-v4", "ZONE": "us-central2-b", "ACCELERATOR_TYPE": "v4-32",
            "RUNTIME_VERSION": "tpu-ubuntu2204-base", "CONFIG": "configs/cifar10.py:lra_mb",
            "WORKDIR": "/mnt/shared/runs/c10"}
@@ -106,6 +107,40 @@ def test_slurm_script_outside_slurm_is_a_clear_error():
 def test_slurm_directives_ask_for_sigterm_and_requeue():
   text = (REPO / "launch/slurm.sbatch").read_text()
   assert "#SBATCH --requeue" in text and "#SBATCH --signal=TERM@" in text
+
+
+def readme_test_command():
+  text = (REPO / "README.md").read_text()
+  commands = [l for l in text.splitlines() if l.startswith("pip install -e \".[test]\"")]
+  assert len(commands) == 1, commands
+  return commands[0]
+
+
+@pytest.mark.parametrize("pytest_status", [0, 1])
+def test_ci_runs_the_readme_test_command_and_removes_its_environment(tmp_path,
+                                                                     pytest_status):
+  """`.ci/run` with a stand-in python3 (a mock, named as such: the real one would install
+  3.4 GB and run the whole suite): the README's command runs verbatim in the new
+  environment, the exit status is pytest's, and nothing is left in TMPDIR, pass or fail."""
+  assert readme_test_command() in (REPO / ".ci/run").read_text().splitlines()
+  scratch = tmp_path / "tmp"
+  scratch.mkdir()
+  calls = tmp_path / "calls"
+  activate = (f'pip() {{ echo "pip $*" >> "{calls}"; }}\n'
+              f'python() {{ echo "python $*" >> "{calls}"; return {pytest_status}; }}\n')
+  bin_dir = fake_bin(tmp_path, "python3", f"""[ "$1 $2" = "-m venv" ] || exit 9
+mkdir -p "$3/bin"
+printf '%s' '{activate}' > "$3/bin/activate"
+""")
+  proc = subprocess.run(["bash", str(REPO / ".ci/run")], cwd=tmp_path,
+                        env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}",
+                             "TMPDIR": str(scratch)},
+                        capture_output=True, text=True, timeout=60)
+  assert proc.returncode == pytest_status, proc.stderr
+  lines = calls.read_text().splitlines()
+  assert lines[0].startswith("python3 -m venv " + str(scratch))
+  assert lines[1:] == ['pip install -e .[test]', "python -m pytest -q"]
+  assert list(scratch.iterdir()) == []
 
 
 def fake_bin(tmp_path, name, body):
