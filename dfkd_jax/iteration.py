@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import PartitionSpec as P
+from jax.sharding import NamedSharding, PartitionSpec as P
 import ml_collections
 import numpy as np
 import optax
@@ -392,4 +392,11 @@ def make_iteration(setup: experiment.Setup, state: TrainState):
 
   specs = state_specs(state)
   sharded = parallel.shard(iteration, mesh, in_specs=(specs, P()), out_specs=(specs, P()))
-  return jax.jit(sharded, donate_argnums=0)
+  # The output state keeps the input's shardings exactly: on a one-device mesh XLA
+  # would otherwise return the memory buffer as P() instead of P(None, 'data'), an
+  # equivalent sharding that is a different jit cache key, so the second call would
+  # compile the whole iteration again.
+  shardings = jax.tree.map(lambda spec: NamedSharding(mesh, spec), specs,
+                           is_leaf=lambda x: isinstance(x, P))
+  return jax.jit(sharded, donate_argnums=0,
+                 out_shardings=(shardings, parallel.replicated(mesh)))
