@@ -19,6 +19,8 @@ turns a preemption notice into a stop that every process agrees on.
 from __future__ import annotations
 
 import os
+import pathlib
+import re
 import signal
 import threading
 from typing import Callable, Mapping
@@ -29,6 +31,8 @@ from jax.experimental import multihost_utils
 # Exit status of a run stopped by a preemption notice after saving its checkpoint:
 # EX_TEMPFAIL ("try again later"); launchers rerun the same command to resume.
 PREEMPTED_EXIT_CODE = 75
+
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 _SLURM_VARS = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID",
                "SLURM_LOCALID")
@@ -142,3 +146,27 @@ class PreemptionWatch:
     if self.distributed:
       return multihost_utils.reached_preemption_sync_point(step)
     return self._signalled
+
+
+def filesystem_path(path: str | os.PathLike, what: str) -> pathlib.Path:
+  """``path`` as a ``pathlib.Path``; a URL (``gs://``, ``s3://``, ...) is a clear error.
+
+  Run directories and teachers are written with local file operations (atomic renames,
+  appends), so a bucket must be mounted as a filesystem; a multi-host run needs one that
+  every host mounts. Without this check ``pathlib`` would turn ``gs://b/run`` into a
+  local folder ``gs:/b/run`` and the run's outputs would silently stay on one host.
+
+  Args:
+    path: the directory given by the user.
+    what: how the user gave it (a flag or config field), for the message.
+
+  Raises:
+    ValueError: ``path`` is a URL.
+  """
+  text = os.fspath(path)
+  if _URL.match(text):
+    raise ValueError(
+        f"{what}={text!r} is a URL; dfkd_jax writes checkpoints, summaries and teachers "
+        "with local file operations. Give a filesystem path: for a cloud bucket, mount "
+        "it (e.g. gcsfuse) on every host and pass the mount point")
+  return pathlib.Path(text)

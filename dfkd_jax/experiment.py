@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from dfkd_jax import data
+from dfkd_jax import distributed
 from dfkd_jax import generator_objectives
 from dfkd_jax import methods
 from dfkd_jax import models
@@ -239,10 +240,11 @@ def ema_samples(config) -> int:
 
 
 def _load_or_train_teacher(config, log) -> tuple[Any, Any, teacher_lib.TeacherMeta]:
-  teacher_dir = pathlib.Path(config.teacher_dir or "").expanduser()
   if not config.teacher_dir:
     raise ValueError("config.teacher_dir is empty; point it at a teacher made by "
                      "`python -m dfkd_jax.train_teacher` or `python -m dfkd_jax.convert`")
+  teacher_dir = distributed.filesystem_path(config.teacher_dir,
+                                            "config.teacher_dir").expanduser()
   if not (teacher_dir / teacher_lib.META_FILE).is_file():
     if not config.teacher_config:
       raise FileNotFoundError(

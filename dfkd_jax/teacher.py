@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from dfkd_jax import distributed
 from dfkd_jax import models
 
 FORMAT_VERSION = 1
@@ -165,7 +166,7 @@ def save_teacher(directory: str | os.PathLike, variables: Variables, meta: Teach
     FileExistsError: ``directory`` exists and ``overwrite`` is false.
     ValueError: unknown architecture, or variables not matching it.
   """
-  directory = pathlib.Path(directory).absolute()
+  directory = distributed.filesystem_path(directory, "teacher directory").absolute()
   if directory.exists() and not overwrite:
     raise FileExistsError(f"Teacher directory {directory} already exists; pass "
                           "overwrite=True to replace it")
@@ -211,7 +212,7 @@ def load_meta(directory: str | os.PathLike) -> TeacherMeta:
     FileNotFoundError: no such directory or no ``teacher.json`` in it.
     ValueError: malformed metadata.
   """
-  directory = pathlib.Path(directory)
+  directory = distributed.filesystem_path(directory, "teacher directory")
   if not directory.is_dir():
     raise FileNotFoundError(f"Teacher directory {directory} does not exist")
   meta_path = directory / META_FILE

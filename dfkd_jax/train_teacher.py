@@ -35,6 +35,7 @@ import numpy as np
 import optax
 
 from dfkd_jax import data
+from dfkd_jax import distributed
 from dfkd_jax import models
 from dfkd_jax import teacher as teacher_lib
 
@@ -204,7 +205,7 @@ def train_and_save(config: ml_collections.ConfigDict, workdir: str | os.PathLike
     FileNotFoundError: dataset not prepared (the message says how).
     FileExistsError: ``workdir`` already holds a teacher and ``overwrite`` is false.
   """
-  workdir = pathlib.Path(workdir).absolute()
+  workdir = distributed.filesystem_path(workdir, "workdir").absolute()
   _check_workdir(workdir, config.overwrite)
   dataset = data.get_dataset(config.dataset)
   spec = dataset.spec

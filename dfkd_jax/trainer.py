@@ -162,7 +162,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
     NonFiniteLossError: a loss became NaN/Inf; the latest checkpoint is the last good one.
     Preempted: SIGTERM; the checkpoint of the current iteration is saved.
   """
-  workdir = pathlib.Path(workdir).absolute()
+  workdir = distributed.filesystem_path(workdir, "workdir").absolute()
   primary = distributed.is_primary()
   if not primary:
     log = lambda message: None  # pylint: disable=unnecessary-lambda-assignment
