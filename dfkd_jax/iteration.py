@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import PartitionSpec as P
 import ml_collections
 import numpy as np
 import optax
@@ -396,7 +396,6 @@ def make_iteration(setup: experiment.Setup, state: TrainState):
   # would otherwise return the memory buffer as P() instead of P(None, 'data'), an
   # equivalent sharding that is a different jit cache key, so the second call would
   # compile the whole iteration again.
-  shardings = jax.tree.map(lambda spec: NamedSharding(mesh, spec), specs,
-                           is_leaf=lambda x: isinstance(x, P))
   return jax.jit(sharded, donate_argnums=0,
-                 out_shardings=(shardings, parallel.replicated(mesh)))
+                 out_shardings=(parallel.shardings(mesh, specs),
+                                parallel.replicated(mesh)))

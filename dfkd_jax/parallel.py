@@ -57,6 +57,12 @@ def shard(fn: Callable[..., Any], mesh: Mesh, in_specs, out_specs) -> Callable[.
                    check_vma=True)
 
 
+def shardings(mesh: Mesh, specs):
+  """The ``NamedSharding`` pytree of the ``PartitionSpec`` pytree ``specs``."""
+  return jax.tree.map(lambda spec: NamedSharding(mesh, spec), specs,
+                      is_leaf=lambda x: isinstance(x, P))
+
+
 def put(tree, mesh: Mesh, specs):
   """``device_put`` of ``tree`` with the ``PartitionSpec`` pytree ``specs``.
 
@@ -65,11 +71,9 @@ def put(tree, mesh: Mesh, specs):
   mesh spanning other processes makes a malformed global array (jax 0.10.2: orbax then
   fails with "input arrays must have one shard each").
   """
-  shardings = jax.tree.map(lambda spec: NamedSharding(mesh, spec), specs,
-                           is_leaf=lambda x: isinstance(x, P))
   if jax.process_count() > 1:
     tree = jax.device_get(tree)
-  return jax.device_put(tree, shardings)
+  return jax.device_put(tree, shardings(mesh, specs))
 
 
 def replicate(tree, mesh: Mesh):

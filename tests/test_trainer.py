@@ -454,7 +454,7 @@ def test_scanned_steps_equal_unrolled_steps(teacher_dir, method, monkeypatch):
   parameters' changes to ~1e-3. A real difference (another key, a skipped hook) moves
   them by the order of the change itself.
   """
-  monkeypatch.setattr(iteration.losses, "mae", losses.kl_divergence)
+  monkeypatch.setattr(losses, "mae", losses.kl_divergence)
   results = {}
   for loop in ("scan", "unroll"):
     config = tiny_config(teacher_dir, method, step_loop=loop, student_steps=3,
