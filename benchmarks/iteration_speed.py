@@ -137,12 +137,6 @@ def make_config(pair: Pair, method: str, batch_size: int, teacher_dir: pathlib.P
   return config
 
 
-def uses_scan(config, mesh) -> bool:
-  """Whether the trainer loops the steps with ``lax.scan`` (see ``config.step_loop``)."""
-  return config.step_loop == "scan" or (
-      config.step_loop == "auto" and mesh.devices.flat[0].platform != "cpu")
-
-
 def _flops(cost) -> float | None:
   if isinstance(cost, (list, tuple)):  # Older JAX: one dict per program.
     cost = cost[0] if cost else None
@@ -225,14 +219,14 @@ def compile_case(method: str, pair_name: str, config) -> Case:
   """Builds, places and compiles the trainer's iteration for ``config``."""
   setup = experiment.build(config, log=lambda s: None)
   state = iteration.init_state(setup)
-  state = parallel.put(state, setup.mesh, iteration.state_specs(state))
+  state = parallel.put(state, setup.mesh, iteration.state_specs(state, setup.replay))
   teacher_vars = jax.device_put(setup.teacher_variables, parallel.replicated(setup.mesh))
   step = iteration.make_iteration(setup, state)
   t0 = time.perf_counter()
   compiled = step.lower(state, teacher_vars).compile()
   compile_seconds = time.perf_counter() - t0
-  if uses_scan(config, setup.mesh):
-    unrolled = setup._replace(config=_with(config, step_loop="unroll"))
+  if not setup.unroll:
+    unrolled = dataclasses.replace(setup, unroll=True)
     flops = _flops(iteration.make_iteration(unrolled, state).lower(
         state, teacher_vars).cost_analysis())
     source = "XLA cost analysis of the iteration lowered with unrolled steps"
@@ -241,13 +235,6 @@ def compile_case(method: str, pair_name: str, config) -> Case:
     source = "XLA cost analysis of the compiled (unrolled) iteration"
   return Case(method, pair_name, config, setup, compiled, state, teacher_vars,
               compile_seconds, flops, source, _memory_analysis(compiled))
-
-
-def _with(config, **fields):
-  config = config.copy_and_resolve_references()
-  for k, v in fields.items():
-    config[k] = v
-  return config
 
 
 def time_cases(cases: Sequence[Case], repeats: int) -> None:
@@ -269,7 +256,7 @@ def case_record(case: Case, matmul: dict[str, Any]) -> dict[str, Any]:
       "input_shape": list(case.setup.input_shape), "batch_size": c.batch_size,
       "generator_steps": c.generator_steps, "student_steps": c.student_steps,
       "latent_dim": c.latent_dim, "compute_dtype": c.compute_dtype,
-      "step_loop": "scan" if uses_scan(c, case.setup.mesh) else "unroll",
+      "step_loop": "unroll" if case.setup.unroll else "scan",
       "compile_seconds": case.compile_seconds,
       "seconds_per_iteration": seconds,
       "seconds_per_iteration_min": min(case.times),

@@ -38,13 +38,25 @@ _SLURM_VARS = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PRO
                "SLURM_LOCALID")
 
 
-def _on_cloud_tpu_vm() -> bool:
-  """Whether this host has TPU chips (JAX's own PCI check; gVNIC shares the vendor id)."""
-  try:
-    from jax._src import hardware_utils  # pylint: disable=g-import-not-at-top
-    return hardware_utils.num_available_tpu_chips_and_device_id()[0] > 0
-  except (ImportError, AttributeError, OSError):
-    return False
+# PCI ids of Cloud TPU chips: Google's vendor id and the chips' device ids (v3, v4,
+# v5p, v5e, v6e, TPU7x and PLC, the ids JAX's TPU start-up looks for). The gVNIC network
+# card shares the vendor id, so the vendor alone does not say "TPU".
+_GOOGLE_PCI_VENDOR = "0x1ae0"
+_TPU_PCI_DEVICES = frozenset({"0x0027", "0x0056", "0x005e", "0x0062", "0x0063",
+                              "0x006f", "0x0076"})
+
+
+def _on_cloud_tpu_vm(pci_devices: str | os.PathLike = "/sys/bus/pci/devices") -> bool:
+  """Whether this host has TPU chips attached through PCI."""
+  for device in pathlib.Path(pci_devices).glob("*"):
+    try:
+      vendor = (device / "vendor").read_text().strip()
+      device_id = (device / "device").read_text().strip()
+    except OSError:
+      continue
+    if vendor == _GOOGLE_PCI_VENDOR and device_id in _TPU_PCI_DEVICES:
+      return True
+  return False
 
 
 def _slurm_tasks(environ: Mapping[str, str]) -> int:

@@ -27,11 +27,15 @@ computation, so the definition follows the text of LRA Sec. 4.1.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import chex
+import jax
 import jax.numpy as jnp
 import numpy as np
+
+from dfkd_jax import data
+from dfkd_jax import parallel
 
 Array = chex.Array
 
@@ -152,6 +156,46 @@ def acc_max(test_accuracy: Sequence[float] | Array) -> float:
     ``max_e acc_e``.
   """
   return float(np.max(_as_accuracies(test_accuracy)))
+
+
+def make_eval_step(module) -> Callable[..., Array]:
+  """Jitted ``(variables, images, labels, mask) -> correct`` (eval-mode BatchNorm)."""
+
+  @jax.jit
+  def eval_step(variables, images, labels, mask):
+    logits = module.apply(variables, images, train=False)
+    return count_correct(logits, labels, mask)
+
+  return eval_step
+
+
+def accuracy(eval_step, variables, split: data.ArraySplit, dataset_id: str, *,
+             image_shape: Sequence[int], normalization, batch_size: int, mesh) -> float:
+  """Exact accuracy (%) on a whole split, batches sharded over the mesh.
+
+  Used by both trainers (the student every epoch, teachers after training). Every
+  process holds the split but preprocesses and feeds only the rows of its own devices;
+  the count of correct predictions is reduced over the whole mesh, so each process gets
+  the accuracy one process would. The padded last batch is masked out.
+
+  Args:
+    eval_step: :func:`make_eval_step` of the classifier.
+    variables: its ``{"params", "batch_stats"}``.
+    split: the split's arrays (:func:`dfkd_jax.data.load_split`).
+    dataset_id: the dataset (and preprocessing variant) id.
+    image_shape: the classifier's input ``(H, W, C)``.
+    normalization: ``(mean, std)`` per channel, or ``None`` for the dataset's.
+    batch_size: global evaluation batch (divisible by the mesh size).
+    mesh: the ``('data',)`` mesh.
+  """
+  correct = 0
+  for start in range(0, len(split.labels), batch_size):
+    def make_rows(rows, start=start):
+      return tuple(data.eval_rows(split, dataset_id, start + rows,
+                                  image_shape=image_shape, normalization=normalization))
+    images, labels, mask = parallel.global_batch(make_rows, batch_size, mesh)
+    correct += int(eval_step(variables, images, labels, mask))
+  return 100.0 * correct / len(split.labels)
 
 
 def summarize(

@@ -1,37 +1,47 @@
-"""A distillation run's configuration and setup, resolved before anything compiles.
+"""A distillation run's configuration, resolved once into plain values.
 
 :func:`default_config` holds every field with the papers' defaults (configs in
-``configs/`` start from it), :func:`load_config_file` reads ``configs/NAME.py[:method]``,
-:func:`validate` checks values (errors name the value and the fix) and :func:`build`
-loads the frozen teacher (training it first if the config says how) and builds the
-models into a :class:`Setup`. :mod:`dfkd_jax.iteration` compiles the training iteration
-from a :class:`Setup`; :mod:`dfkd_jax.trainer` runs it.
+``configs/`` start from it), :func:`load_config_file` reads ``configs/NAME.py[:arg]``
+(:func:`parse_arg` is the one parser of ``:arg``), :func:`validate` checks values
+(errors name the value and the fix) and :func:`build` loads the frozen teacher and
+resolves everything else into a :class:`Setup` of typed values: the models, the optax
+optimisers, the generator-loss weights, the student update, the replay source and the
+step loop. Nothing below this module reads the config: :mod:`dfkd_jax.iteration`
+compiles the training iteration from a :class:`Setup`, :mod:`dfkd_jax.trainer` runs it.
+A missing teacher is trained by the entry point (:mod:`dfkd_jax.train`), not here.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
 import pathlib
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import ml_collections
+import optax
 
+from dfkd_jax import config_checks as checks
 from dfkd_jax import data
 from dfkd_jax import distributed
 from dfkd_jax import generator_objectives
+from dfkd_jax import losses
 from dfkd_jax import methods
 from dfkd_jax import models
 from dfkd_jax import objectives
+from dfkd_jax import optimizers
 from dfkd_jax import parallel
 from dfkd_jax import teacher as teacher_lib
+from dfkd_jax.replay import sources as replay_sources
 
 
 AXIS = parallel.DATA_AXIS
 INNER_STEPS = tuple(s.value for s in objectives.InnerStep)
 COMPUTE_DTYPES = ("float32", "bfloat16")
+STEP_LOOPS = ("auto", "scan", "unroll")
 
 
 # ---------------------------------------------------------------------------
@@ -123,164 +133,178 @@ def default_config() -> ml_collections.ConfigDict:
   return c
 
 
-class Setup(NamedTuple):
-  """Everything fixed for a run, resolved from the config before any compilation."""
+@dataclasses.dataclass(frozen=True)
+class Setup:
+  """Everything fixed for a run, resolved from the config before any compilation.
+
+  The training iteration (:mod:`dfkd_jax.iteration`) reads only these values; the
+  config is kept for the run's records (``summary.json``) and for the host loop's own
+  fields (epochs, evaluation, checkpoints).
+  """
 
   config: ml_collections.ConfigDict
   method: methods.Method
-  teacher: Any                     # flax module
+  mesh: Any
+  # The frozen teacher and the two trained networks (flax modules).
+  teacher: Any
   teacher_variables: Any
   teacher_meta: teacher_lib.TeacherMeta
   student: Any
   generator: Any
   input_shape: tuple[int, int, int]
   num_classes: int
-  mesh: Any
-  vae: Any = None                  # The VAE of generative replay (flax module) or None.
+  # Traits of the generator (the model registry's).
+  generator_output_range: str          # "normalized" | "unit" (sigmoid image).
+  conditional_generator: bool          # G(z + e_y), MAD Sec. 3.2.
+  generator_output_logits: bool        # Also return the pre-sigmoid output (MAD nu).
+  # Sizes of one iteration.
+  batch_size: int                      # Global batch of every step.
+  latent_dim: int
+  generator_steps: int
+  student_steps: int
+  iterations_per_epoch: int
+  seed: int
+  # The updates.
+  student_optimizer: optax.GradientTransformation
+  generator_optimizer: optax.GradientTransformation
+  generator_loss_weights: generator_objectives.GeneratorLossWeights
+  student_update: objectives.StudentUpdate
+  kd_loss: objectives.KDLoss           # Per-example student loss (+ MAD's logit bound).
+  retention_weight: float
+  meta_alignment: bool                 # Log cos(grad L_acq, grad L_ret) (meta updates).
+  replay: replay_sources.Replay
+  compute_dtype: Any                   # jnp dtype of activations.
+  unroll: bool                         # Unrolled steps (CPU) or lax.scan.
 
 
-def _positive(config, *names):
-  for name in names:
-    value = config
-    for part in name.split("."):
-      value = value[part]
-    if not value > 0:
-      raise ValueError(f"config.{name}={value!r} must be > 0")
+# Every numeric and boolean field whatever the method; each replay kind checks its own
+# section (dfkd_jax.replay.sources), the meta updates check `meta`.
+FIELD_RULES: tuple[tuple[str, checks.Rule], ...] = (
+    ("batch_size", checks.POSITIVE_INT),
+    ("num_epochs", checks.POSITIVE_INT),
+    ("iterations_per_epoch", checks.POSITIVE_INT),
+    ("generator_steps", checks.POSITIVE_INT),
+    ("student_steps", checks.POSITIVE_INT),
+    ("latent_dim", checks.POSITIVE_INT),
+    ("eval_batch_size", checks.POSITIVE_INT),
+    ("seed", checks.NON_NEGATIVE_INT),
+    # orbax's max_to_keep=0 keeps nothing: every checkpoint would be deleted.
+    ("checkpoints_to_keep", checks.POSITIVE_INT),
+    ("student_optimizer.learning_rate", checks.POSITIVE),
+    ("student_optimizer.momentum", checks.UNIT_INTERVAL),
+    ("student_optimizer.weight_decay", checks.NON_NEGATIVE),
+    ("student_optimizer.schedule", checks.one_of(optimizers.STUDENT_SCHEDULES)),
+    ("generator_optimizer.learning_rate", checks.POSITIVE),
+    ("generator_optimizer.b1", checks.UNIT_INTERVAL),
+    ("generator_optimizer.b2", checks.UNIT_INTERVAL),
+    ("generator_loss.js_temperature", checks.POSITIVE),
+    ("generator_loss.js_form", checks.one_of(generator_objectives.JS_FORMS)),
+    ("generator_loss.entropy_log_base", checks.NON_NEGATIVE),
+    ("generator_loss.embedding_gamma", checks.NON_NEGATIVE),
+    ("generator_loss.logit_bound", checks.NON_NEGATIVE),
+    ("generator_loss.output_bound_value", checks.NON_NEGATIVE),
+    *((f"generator_loss.{name}", checks.NON_NEGATIVE)
+      for name in ("adversarial", "one_hot", "activation", "entropy", "bn_moments",
+                   "bn_prior", "class_nll", "embedding_norm", "teacher_logit_bound",
+                   "output_bound")),
+    ("conditional_generator", checks.BOOL),
+    ("student_logit_bound", checks.NON_NEGATIVE),
+    ("retention_weight", checks.NON_NEGATIVE),
+    ("compute_dtype", checks.one_of(COMPUTE_DTYPES)),
+    ("step_loop", checks.one_of(STEP_LOOPS)),
+    ("tensorboard", checks.BOOL),
+)
+META_RULES: tuple[tuple[str, checks.Rule], ...] = (
+    ("meta.alpha", checks.POSITIVE),
+    ("meta.inner_step", checks.one_of(INNER_STEPS)),
+    ("meta.weight_decay", checks.NON_NEGATIVE),
+    ("meta.with_alignment", checks.BOOL),
+)
 
 
 def validate(config: ml_collections.ConfigDict, mesh) -> methods.Method:
   """Checks config values before anything is built; errors name the value and the fix."""
   method = methods.resolve(config.method, config.student_update)
-  _positive(config, "batch_size", "num_epochs", "iterations_per_epoch",
-            "generator_loss.js_temperature",
-            "generator_steps", "student_steps", "latent_dim", "eval_batch_size",
-            "student_optimizer.learning_rate", "generator_optimizer.learning_rate")
-  if method.student_update in ("meta", "meta_first_order"):
-    _positive(config, "meta.alpha")
-    if config.meta.inner_step not in INNER_STEPS:
-      raise ValueError(f"config.meta.inner_step={config.meta.inner_step!r}; valid: "
-                       f"{', '.join(INNER_STEPS)}")
-  if method.replay == "memory":
-    _positive(config, "memory.num_slots", "memory.samples_per_slot",
-              "memory.push_every_epochs")
-    if config.memory.samples_per_slot > config.batch_size:
-      raise ValueError(f"config.memory.samples_per_slot={config.memory.samples_per_slot}"
-                       f" must be <= config.batch_size={config.batch_size} (slots are "
-                       "filled from one generated batch)")
-    parallel.check_divisible(config.memory.samples_per_slot,
-                             "config.memory.samples_per_slot", mesh)
-    if config.batch_size % config.memory.samples_per_slot:
-      raise ValueError(f"config.memory.samples_per_slot={config.memory.samples_per_slot}"
-                       f" must divide config.batch_size={config.batch_size}")
-  for name in ("adversarial", "one_hot", "activation", "entropy", "bn_moments",
-               "bn_prior", "class_nll", "embedding_norm"):
-    if not config.generator_loss[name] >= 0:
-      raise ValueError(f"config.generator_loss.{name}={config.generator_loss[name]!r} must "
-                       "be >= 0 (it weighs a term of the generator's loss; 0 drops it)")
-  if method.replay == "generative":
-    _positive(config, "vae.learning_rate", "vae.refine_learning_rate")
-    samples = vae_samples(config)
-    if samples < 1:
-      raise ValueError(f"config.vae.samples={config.vae.samples}: batch_size // 8 = 0; "
-                       "set config.vae.samples > 0")
-    parallel.check_divisible(samples, "config.vae.samples (replayed samples per step)",
-                             mesh)
-    if (config.batch_size // mesh.devices.size) % 2:
-      raise ValueError(f"config.batch_size={config.batch_size} must be an even multiple of "
-                       f"the device count ({mesh.devices.size}): the VAE trains on half "
-                       "of each device's fresh batch")
-    if config.vae.train_steps < 0:
-      raise ValueError(f"config.vae.train_steps={config.vae.train_steps} must be >= 0")
-  if method.replay == "ema":
-    if not 0.0 <= config.ema.decay <= 1.0:
-      raise ValueError(f"config.ema.decay={config.ema.decay} must be in [0, 1] (MAD: 0.95)")
-    parallel.check_divisible(ema_samples(config), "config.ema.samples (G~ samples per "
-                             "step)", mesh)
+  checks.check(config, FIELD_RULES)
+  if method.student_update.startswith("meta"):
+    checks.check(config, META_RULES)
+  replay_sources.get(method.replay).validate(config, mesh)
   if method.generator_loss not in generator_objectives.KINDS:
     raise ValueError(f"method {config.method!r}: unknown generator loss "
                      f"{method.generator_loss!r}; valid: "
                      f"{', '.join(generator_objectives.KINDS)}")
-  if config.conditional_generator and config.generator != "mad_generator":
+  for name in (config.student, config.generator):
+    if name not in models.names():
+      raise ValueError(f"unknown model {name!r}; valid: {', '.join(models.names())}")
+  if config.conditional_generator and not models.can_be_conditional(config.generator):
     raise ValueError(f"config.conditional_generator=True needs a class-conditional "
                      f"generator, but config.generator={config.generator!r}; use "
                      "mad_generator (G(z + e_y), MAD Sec. 3.2)")
-  if config.generator_loss.output_bound and config.generator != "mad_generator":
+  if (config.generator_loss.output_bound
+      and models.output_range(config.generator) != "unit"):
     raise ValueError(f"config.generator_loss.output_bound="
                      f"{config.generator_loss.output_bound} bounds the pre-sigmoid output "
                      f"of mad_generator, but config.generator={config.generator!r}; set "
                      "it to 0 or use mad_generator")
-  if config.step_loop not in ("auto", "scan", "unroll"):
-    raise ValueError(f"config.step_loop={config.step_loop!r}; valid: auto, scan, unroll")
-  if config.compute_dtype not in COMPUTE_DTYPES:
-    raise ValueError(f"config.compute_dtype={config.compute_dtype!r}; valid: "
-                     f"{', '.join(COMPUTE_DTYPES)}")
-  if config.generator_loss.js_form not in ("exact", "lra_reference"):
-    raise ValueError(f"config.generator_loss.js_form={config.generator_loss.js_form!r}; "
-                     "valid: exact, lra_reference")
-  if config.student_optimizer.schedule not in ("cosine", "constant"):
-    raise ValueError(f"config.student_optimizer.schedule="
-                     f"{config.student_optimizer.schedule!r}; valid: cosine, constant")
   parallel.check_divisible(config.batch_size, "config.batch_size", mesh)
   parallel.check_divisible(config.eval_batch_size, "config.eval_batch_size", mesh)
   data.get_dataset(config.dataset)
-  for name in (config.student, config.generator):
-    if name not in models.names():
-      raise ValueError(f"unknown model {name!r}; valid: {', '.join(models.names())}")
   return method
 
 
-def vae_samples(config) -> int:
-  """Global VAE replay samples per student step (``config.vae.samples`` or B // 8)."""
-  return config.vae.samples or config.batch_size // 8
-
-
-def ema_samples(config) -> int:
-  """Global EMA-generator samples per student step (``config.ema.samples`` or B)."""
-  return config.ema.samples or config.batch_size
-
-
-def _load_or_train_teacher(config, log) -> tuple[Any, Any, teacher_lib.TeacherMeta]:
+def teacher_dir(config) -> pathlib.Path:
+  """The absolute teacher directory of ``config`` (relative paths: to the current one)."""
   if not config.teacher_dir:
     raise ValueError("config.teacher_dir is empty; point it at a teacher made by "
                      "`python -m dfkd_jax.train_teacher` or `python -m dfkd_jax.convert`")
-  teacher_dir = distributed.filesystem_path(config.teacher_dir,
-                                            "config.teacher_dir").expanduser()
-  if not (teacher_dir / teacher_lib.META_FILE).is_file():
-    if not config.teacher_config:
-      raise FileNotFoundError(
-          f"no teacher at config.teacher_dir={str(teacher_dir)!r} (no "
-          f"{teacher_lib.META_FILE}); train one with `python -m dfkd_jax.train_teacher "
-          f"--config=configs/teacher/<dataset>.py --workdir={teacher_dir}` or import one "
-          "with `python -m dfkd_jax.convert`")
-    if jax.process_count() > 1:
-      raise FileNotFoundError(
-          f"no teacher at config.teacher_dir={str(teacher_dir)!r}; a multi-process run "
-          f"does not train one (every process would): run `python -m "
-          f"dfkd_jax.train_teacher --config={config.teacher_config} "
-          f"--workdir={teacher_dir}` once, in a single process, first")
-    from dfkd_jax import train_teacher  # pylint: disable=g-import-not-at-top
-    teacher_config = load_config_file(config.teacher_config)
-    log(f"no teacher at {teacher_dir}: training one with {config.teacher_config}")
-    train_teacher.train_and_save(teacher_config, teacher_dir, log=log)
-  return teacher_lib.load_teacher(teacher_dir)
+  path = distributed.filesystem_path(config.teacher_dir, "config.teacher_dir")
+  return path.expanduser().absolute()
+
+
+def has_teacher(config) -> bool:
+  """Whether ``config.teacher_dir`` holds a teacher checkpoint."""
+  return (teacher_dir(config) / teacher_lib.META_FILE).is_file()
+
+
+def _load_teacher(config) -> tuple[Any, Any, teacher_lib.TeacherMeta]:
+  path = teacher_dir(config)
+  if not has_teacher(config):
+    how = (f"`python -m dfkd_jax.train` trains it from config.teacher_config="
+           f"{config.teacher_config!r} on first use, or train it with "
+           if config.teacher_config else "train one with ")
+    raise FileNotFoundError(
+        f"no teacher at config.teacher_dir={str(path)!r} (no {teacher_lib.META_FILE}); "
+        f"{how}`python -m dfkd_jax.train_teacher --config=configs/teacher/<dataset>.py "
+        f"--workdir={path}` or import one with `python -m dfkd_jax.convert`")
+  return teacher_lib.load_teacher(path)
+
+
+def parse_arg(arg: str | None, *, key: str, default: str,
+              valid: Sequence[str] | None = None, config_file: str = "") -> str:
+  """The value named by a config file's argument: ``""``, ``NAME`` or ``KEY=NAME``.
+
+  ``--config=configs/cifar10.py:method=mb_dfkd`` and ``...:mb_dfkd`` are the same run;
+  distillation configs name a method (checked by :func:`validate`), teacher configs a
+  model (checked against ``valid``).
+
+  Raises:
+    ValueError: a ``KEY=...`` with another key, or a name not in ``valid``.
+  """
+  name, sep, value = (arg or "").partition("=")
+  if sep and (name != key or not value):
+    raise ValueError(f"config argument {arg!r}: expected NAME or {key}=NAME (e.g. "
+                     f"{config_file or 'configs/cifar10.py'}:{key}={default}); set other "
+                     "fields with --config.FIELD=VALUE")
+  value = (value if sep else arg) or default
+  if valid is not None and value not in valid:
+    raise ValueError(f"unknown {key} {value!r} for {config_file or 'this config'}; "
+                     f"valid: {', '.join(valid)}")
+  return value
 
 
 def method_from_arg(arg: str | None, default: str = "lra_mb") -> str:
-  """The method named by a config argument: ``""``, ``NAME`` or ``method=NAME``.
-
-  ``--config=configs/cifar10.py:method=mb_dfkd`` and ``...:mb_dfkd`` are the same run;
-  the name itself is checked by :func:`validate`, which lists the valid ones.
-  """
-  if not arg:
-    return default
-  key, sep, value = arg.partition("=")
-  if not sep:
-    return arg
-  if key != "method" or not value:
-    raise ValueError(f"config argument {arg!r}: expected NAME or method=NAME (e.g. "
-                     f"configs/cifar10.py:method=lra_mb); set other fields with "
-                     f"--config.FIELD=VALUE")
-  return value
+  """The method of a distillation config's argument (see :func:`parse_arg`)."""
+  return parse_arg(arg, key="method", default=default)
 
 
 def load_config_file(path: str) -> ml_collections.ConfigDict:
@@ -310,12 +334,39 @@ def _generator_options(config, log) -> dict[str, Any]:
   return {k: v for k, v in given.items() if k in accepted}
 
 
+def _kd_loss(student_loss: str, zeta: float, delta: float) -> objectives.KDLoss:
+  """The per-example student loss, plus MAD's logit bound ``zeta * max(|s| - delta, 0)``."""
+  base = {"mae": losses.mae, "kl": losses.kl_divergence}[student_loss]
+  if not zeta:
+    return base
+  return lambda s, t: base(s, t) + zeta * losses.bound_penalty(s, delta)
+
+
+def _generator_loss_weights(config) -> generator_objectives.GeneratorLossWeights:
+  """``config.generator_loss`` (natural log as ``entropy_log_base=None``)."""
+  weights = {name: config.generator_loss[name]
+             for name in generator_objectives.GeneratorLossWeights._fields}
+  weights["entropy_log_base"] = weights["entropy_log_base"] or None
+  return generator_objectives.GeneratorLossWeights(**weights)
+
+
+def _unroll(step_loop: str, mesh) -> bool:
+  """Unrolled steps for ``unroll``, and for ``auto`` on CPU (see ``config.step_loop``)."""
+  return step_loop == "unroll" or (step_loop == "auto"
+                                   and mesh.devices.flat[0].platform == "cpu")
+
+
 def build(config: ml_collections.ConfigDict, log: Callable[[str], None] = print,
           mesh=None) -> Setup:
-  """Validates the config, loads the teacher and builds the models (no compilation)."""
+  """Validates the config, loads the teacher, resolves the rest (no compilation).
+
+  Raises:
+    ValueError, FileNotFoundError: a bad value, or no teacher at ``config.teacher_dir``
+      (the entry point trains one first when ``config.teacher_config`` says how).
+  """
   mesh = mesh or parallel.make_mesh()
   method = validate(config, mesh)
-  teacher, teacher_variables, meta = _load_or_train_teacher(config, log)
+  teacher, teacher_variables, meta = _load_teacher(config)
   dataset = data.get_dataset(config.dataset)
   data.check_teacher_fits(meta, dataset.id)
   if data.get_dataset(meta.dataset).spec.name != dataset.spec.name:
@@ -331,9 +382,6 @@ def build(config: ml_collections.ConfigDict, log: Callable[[str], None] = print,
   generator = models.get(config.generator, num_classes=meta.num_classes,
                          latent_dim=config.latent_dim, image_shape=input_shape,
                          **_generator_options(config, log))
-  vae = None
-  if method.replay == "generative":
-    vae = models.get("vae", latent_dim=config.latent_dim, image_shape=input_shape)
   if generator_objectives.uses_batchnorm_moments(method.generator_loss):
     _, features = jax.eval_shape(
         lambda v, x: teacher.apply(v, x, train=False, features=True), teacher_variables,
@@ -341,5 +389,35 @@ def build(config: ml_collections.ConfigDict, log: Callable[[str], None] = print,
     if not features.bn_moments:
       log(f"teacher {meta.arch} has no BatchNorm: the {method.generator_loss!r} generator "
           "loss runs without its BatchNorm-moment term")
-  return Setup(config, method, teacher, teacher_variables, meta, student, generator,
-               input_shape, meta.num_classes, mesh, vae)
+  s_opt, g_opt, m = config.student_optimizer, config.generator_optimizer, config.meta
+  meta_options = objectives.MetaOptions(m.alpha, objectives.InnerStep(m.inner_step),
+                                        m.weight_decay)
+  output_range = models.output_range(config.generator)
+  return Setup(
+      config=config, method=method, mesh=mesh, teacher=teacher,
+      teacher_variables=teacher_variables, teacher_meta=meta, student=student,
+      generator=generator, input_shape=input_shape, num_classes=meta.num_classes,
+      generator_output_range=output_range,
+      conditional_generator=bool(config.conditional_generator),
+      generator_output_logits=(bool(config.generator_loss.output_bound)
+                               and output_range == "unit"),
+      batch_size=config.batch_size, latent_dim=config.latent_dim,
+      generator_steps=config.generator_steps, student_steps=config.student_steps,
+      iterations_per_epoch=config.iterations_per_epoch, seed=config.seed,
+      student_optimizer=optimizers.student(
+          learning_rate=s_opt.learning_rate, momentum=s_opt.momentum,
+          weight_decay=s_opt.weight_decay, schedule=s_opt.schedule,
+          num_epochs=config.num_epochs,
+          steps_per_epoch=config.iterations_per_epoch * config.student_steps),
+      generator_optimizer=optimizers.generator(
+          learning_rate=g_opt.learning_rate, b1=g_opt.b1, b2=g_opt.b2),
+      generator_loss_weights=_generator_loss_weights(config),
+      student_update=objectives.get(method.student_update, meta_options),
+      kd_loss=_kd_loss(method.student_loss, config.student_logit_bound,
+                       config.generator_loss.logit_bound),
+      retention_weight=config.retention_weight,
+      meta_alignment=(method.student_update.startswith("meta")
+                      and bool(m.with_alignment)),
+      replay=replay_sources.get(method.replay).from_config(config, input_shape),
+      compute_dtype=jnp.dtype(config.compute_dtype),
+      unroll=_unroll(config.step_loop, mesh))

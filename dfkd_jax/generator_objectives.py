@@ -46,6 +46,7 @@ from dfkd_jax.models.layers import ClassifierFeatures
 
 Array = chex.Array
 KINDS = ("lra", "dafl", "dfad", "zskt", "dfq", "mad")
+JS_FORMS = ("exact", "lra_reference")  # GeneratorLossWeights.js_form.
 
 
 class GeneratorBatch(NamedTuple):
@@ -71,7 +72,10 @@ class GeneratorBatch(NamedTuple):
 
 
 class GeneratorLossWeights(NamedTuple):
-  """Coefficients of the generator losses (defaults: the official LRA code / MAD).
+  """Coefficients of the generator losses.
+
+  No defaults here: ``config.generator_loss`` (:func:`dfkd_jax.experiment.default_config`)
+  holds the one default of every field, the official LRA code's and MAD's values.
 
   Attributes:
     adversarial: ``a``, weight of the maximised disagreement (MAD's ``lambda_2``).
@@ -94,22 +98,22 @@ class GeneratorLossWeights(NamedTuple):
     output_bound_value: ``nu`` of MAD eq. 11.
   """
 
-  adversarial: float = 1.0
-  js_temperature: float = 1.0
-  js_form: str = "exact"
-  one_hot: float = 1.0
-  activation: float = 0.1
-  entropy: float = 5.0
-  entropy_log_base: float | None = None
-  bn_moments: float = 1.0
-  bn_prior: float = 0.0
-  class_nll: float = 0.0
-  embedding_norm: float = 0.0
-  embedding_gamma: float = 1.1
-  teacher_logit_bound: float = 0.0
-  logit_bound: float = 20.0
-  output_bound: float = 0.0
-  output_bound_value: float = 20.0
+  adversarial: float
+  js_temperature: float
+  js_form: str
+  one_hot: float
+  activation: float
+  entropy: float
+  entropy_log_base: float | None
+  bn_moments: float
+  bn_prior: float
+  class_nll: float
+  embedding_norm: float
+  embedding_gamma: float
+  teacher_logit_bound: float
+  logit_bound: float
+  output_bound: float
+  output_bound_value: float
 
 
 Terms = dict[str, Array]

@@ -36,7 +36,9 @@ from __future__ import annotations
 
 import dataclasses
 
-STUDENT_UPDATES = ("acquire", "joint", "meta", "meta_first_order")
+from dfkd_jax import objectives
+
+STUDENT_UPDATES = objectives.UPDATES
 REPLAYS = ("none", "memory", "generative", "ema")
 STUDENT_LOSSES = ("mae", "kl")
 GENERATOR_LOSSES = ("lra", "dafl", "dfad", "zskt", "dfq", "mad")

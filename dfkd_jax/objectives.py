@@ -266,3 +266,62 @@ def meta(params: Params, batch_stats: BatchStats, apply_fn: ApplyFn,
     loss_ret = dot = cosine = nan
   return ObjectiveOutput(loss, grads, new_stats,
                          Diagnostics(loss_acq, loss_ret, loss_ret_adapted, dot, cosine))
+
+
+# ---------------------------------------------------------------------------
+# The registry of student updates, one signature.
+# ---------------------------------------------------------------------------
+
+
+class MetaOptions(NamedTuple):
+  """The inner step of the meta update (eq. 6): ``alpha``, its form and weight decay."""
+
+  alpha: float
+  inner_step: InnerStep = InnerStep.SGD
+  weight_decay: float = 0.0
+
+
+# ``(params, batch_stats, apply_fn, acq, ret, *, retention_weight, with_alignment,
+# kd_loss, axis_name) -> ObjectiveOutput``; ``ret`` is ``None`` for ``acquire``.
+StudentUpdate = Callable[..., ObjectiveOutput]
+
+UPDATES = ("acquire", "joint", "meta", "meta_first_order")
+
+
+def needs_retention(name: str) -> bool:
+  """Whether the update ``name`` takes a retention batch (all but ``acquire``)."""
+  return name != "acquire"
+
+
+def get(name: str, meta_options: MetaOptions | None = None) -> StudentUpdate:
+  """The student update ``name`` with the signature of :data:`StudentUpdate`.
+
+  Args:
+    name: ``acquire`` (eq. 3), ``joint`` (eq. 5), ``meta`` (eq. 6, exact) or
+      ``meta_first_order``.
+    meta_options: the inner step of the meta updates (required for them).
+
+  Raises:
+    ValueError: an unknown name, or a meta update without ``meta_options``.
+  """
+  if name not in UPDATES:
+    raise ValueError(f"unknown student update {name!r}; valid: {', '.join(UPDATES)}")
+  if name.startswith("meta") and meta_options is None:
+    raise ValueError(f"the {name!r} update needs MetaOptions (alpha, inner step)")
+
+  def update(params, batch_stats, apply_fn, acq, ret, *, retention_weight,
+             with_alignment, kd_loss, axis_name):
+    common = dict(kd_loss=kd_loss, axis_name=axis_name)
+    if name == "acquire":
+      return acquire(params, batch_stats, apply_fn, acq, **common)
+    if name == "joint":
+      return joint(params, batch_stats, apply_fn, acq, ret,
+                   retention_weight=retention_weight, **common)
+    return meta(params, batch_stats, apply_fn, acq, ret, alpha=meta_options.alpha,
+                inner_step=meta_options.inner_step,
+                weight_decay=meta_options.weight_decay,
+                first_order=name == "meta_first_order",
+                retention_weight=retention_weight, with_alignment=with_alignment,
+                **common)
+
+  return update

@@ -27,8 +27,6 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
-import json
-import math
 import os
 import pathlib
 import sys
@@ -36,15 +34,15 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-SUMMARY_FILE = "summary.json"
+from dfkd_jax import summary as summary_lib
+
+SUMMARY_FILE = summary_lib.SUMMARY_FILE
 TABLE_MARKDOWN = "table1.md"
 TABLE_CSV = "table1.csv"
 #: Row order of the table and legend order of the figures (LRA Table 1 order, then the
 #: rest of the presets); methods not listed follow in alphabetical order.
 METHOD_ORDER = ("dafl", "dfad", "zskt", "dfq", "dfkd", "mb_dfkd", "pre_dfkd", "mad",
                 "lra_mb", "lra_pre", "lra_ema")
-_REQUIRED = ("method", "dataset", "seed", "test_accuracy", "acc_max",
-             "learning_evolution", "cumulative_mean_accuracy")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,74 +115,13 @@ def find_summaries(workdirs: Iterable[str | os.PathLike]) -> list[pathlib.Path]:
   return list(found)
 
 
-def _number(value, what: str, path, allow_none: bool = False) -> float | None:
-  if value is None and allow_none:
-    return None
-  if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(
-      value):
-    raise ValueError(f"{path}: {what} must be a finite number, got {value!r}")
-  return float(value)
-
-
-def _curve(value, what: str, path, allow_none: bool = False) -> np.ndarray:
-  if not isinstance(value, list):
-    raise ValueError(f"{path}: {what} must be a list (one value per epoch), got "
-                     f"{type(value).__name__}")
-  return np.array([np.nan if v is None and allow_none else _number(v, f"{what}[{i}]", path)
-                   for i, v in enumerate(value)], dtype=np.float64)
-
-
 def parse_summary(data: Any, path: str | os.PathLike) -> Run:
-  """Validates one decoded ``summary.json`` (the trainer's contract) into a :class:`Run`.
+  """Validates one decoded ``summary.json`` (:class:`~dfkd_jax.summary.Summary`) as a run.
 
   Raises:
-    ValueError: a missing or malformed field, naming ``path`` and the field.
+    ValueError: a missing or malformed field, or no finished epoch, naming ``path``.
   """
-  if not isinstance(data, dict):
-    raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
-  missing = [k for k in _REQUIRED if k not in data]
-  if missing:
-    raise ValueError(f"{path}: missing field(s) {missing}; is it a summary.json written "
-                     "by `python -m dfkd_jax.train`?")
-  for key in ("method", "dataset"):
-    if not isinstance(data[key], str) or not data[key]:
-      raise ValueError(f"{path}: {key} must be a non-empty string, got {data[key]!r}")
-  if isinstance(data["seed"], bool) or not isinstance(data["seed"], int):
-    raise ValueError(f"{path}: seed must be an integer, got {data['seed']!r}")
-  acc = _curve(data["test_accuracy"], "test_accuracy", path)
-  if acc.size == 0:
-    raise ValueError(f"{path}: test_accuracy is empty (no epoch finished yet)")
-  cumulative = _curve(data["cumulative_mean_accuracy"], "cumulative_mean_accuracy", path)
-  if cumulative.size != acc.size:
-    raise ValueError(f"{path}: cumulative_mean_accuracy has {cumulative.size} values but "
-                     f"test_accuracy has {acc.size}")
-  evolution = data["learning_evolution"]
-  if not isinstance(evolution, dict) or not evolution:
-    raise ValueError(f"{path}: learning_evolution must be a non-empty object "
-                     "{percentile: {mean, var}}")
-  parsed = {}
-  for key, cell in evolution.items():
-    if not str(key).isdigit() or not isinstance(cell, dict) or not {"mean", "var"} <= set(
-        cell):
-      raise ValueError(f"{path}: learning_evolution[{key!r}] must be an integer "
-                       f"percentile mapped to {{'mean', 'var'}}, got {cell!r}")
-    parsed[int(key)] = (_number(cell["mean"], f"learning_evolution[{key!r}].mean", path),
-                        _number(cell["var"], f"learning_evolution[{key!r}].var", path))
-  alignment = None
-  if data.get("alignment") is not None:
-    alignment = _curve(data["alignment"], "alignment", path, allow_none=True)
-    if alignment.size != acc.size:
-      raise ValueError(f"{path}: alignment has {alignment.size} values but test_accuracy "
-                       f"has {acc.size}")
-  return Run(path=pathlib.Path(path), method=data["method"], dataset=data["dataset"],
-             seed=data["seed"], test_accuracy=acc, cumulative_mean_accuracy=cumulative,
-             learning_evolution=dict(sorted(parsed.items())),
-             acc_max=_number(data["acc_max"], "acc_max", path), alignment=alignment,
-             teacher_accuracy=_number(data.get("teacher_accuracy"), "teacher_accuracy",
-                                      path, allow_none=True),
-             student_steps_per_second=_number(data.get("student_steps_per_second"),
-                                              "student_steps_per_second", path,
-                                              allow_none=True))
+  return _run(summary_lib.Summary.from_json(data, path), path)
 
 
 def load_summary(path: str | os.PathLike) -> Run:
@@ -194,14 +131,23 @@ def load_summary(path: str | os.PathLike) -> Run:
     FileNotFoundError: no such file.
     ValueError: not JSON, or not the trainer's contract; the message names the path.
   """
-  path = pathlib.Path(path)
-  if not path.is_file():
-    raise FileNotFoundError(f"{path} not found")
-  try:
-    data = json.loads(path.read_text())
-  except (json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise ValueError(f"{path} is not valid JSON: {e}") from e
-  return parse_summary(data, path)
+  return _run(summary_lib.Summary.load(path), path)
+
+
+def _run(summary: summary_lib.Summary, path) -> Run:
+  if not summary.test_accuracy:
+    raise ValueError(f"{path}: test_accuracy is empty (no epoch finished yet)")
+  alignment = summary.alignment
+  return Run(path=pathlib.Path(path), method=summary.method, dataset=summary.dataset,
+             seed=summary.seed,
+             test_accuracy=np.asarray(summary.test_accuracy, np.float64),
+             cumulative_mean_accuracy=np.asarray(summary.cumulative_mean_accuracy,
+                                                 np.float64),
+             learning_evolution=summary.learning_evolution, acc_max=summary.acc_max,
+             alignment=None if alignment is None else np.array(
+                 [np.nan if a is None else a for a in alignment], np.float64),
+             teacher_accuracy=summary.teacher_accuracy,
+             student_steps_per_second=summary.student_steps_per_second)
 
 
 def load_runs(workdirs: Iterable[str | os.PathLike]) -> list[Run]:

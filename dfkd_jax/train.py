@@ -8,6 +8,11 @@ Usage::
 
 Running the same command again resumes from the latest checkpoint in ``--workdir``.
 
+First use: if ``config.teacher_dir`` holds no teacher and ``config.teacher_config``
+names a teacher config (the digits quickstart does), the teacher is trained first into
+``config.teacher_dir`` (relative paths are relative to the current directory, not to
+``--workdir``; the log names the absolute path).
+
 Multi-host (TPU pod slices, SLURM clusters; see launch/README.md): run the same
 command on every host. ``jax.distributed`` starts by itself on Cloud TPU and in SLURM
 job steps with several tasks, or from the flags::
@@ -26,9 +31,13 @@ from typing import Sequence
 from absl import app
 from absl import flags
 from absl import logging
+import jax
 from ml_collections import config_flags
 
 from dfkd_jax import distributed
+from dfkd_jax import experiment
+from dfkd_jax import parallel
+from dfkd_jax import train_teacher
 from dfkd_jax import trainer
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -44,6 +53,28 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None,
                                    "This process's id in [0, num_processes).")
 
 
+def train_teacher_on_first_use(config, log=print) -> None:
+  """Trains the teacher of ``config.teacher_config`` if ``config.teacher_dir`` has none.
+
+  Raises:
+    FileNotFoundError: a multi-process run without its teacher (every process would
+      train one): train it once, in one process, first.
+  """
+  if not config.teacher_config or experiment.has_teacher(config):
+    return
+  teacher_dir = experiment.teacher_dir(config)
+  if jax.process_count() > 1:
+    raise FileNotFoundError(
+        f"no teacher at config.teacher_dir={str(teacher_dir)!r}; a multi-process run "
+        f"does not train one (every process would): run `python -m "
+        f"dfkd_jax.train_teacher --config={config.teacher_config} "
+        f"--workdir={teacher_dir}` once, in a single process, first")
+  log(f"no teacher at {teacher_dir}: training one with {config.teacher_config} "
+      "(first use; later runs reuse it)")
+  train_teacher.train_and_save(experiment.load_config_file(config.teacher_config),
+                               teacher_dir, log=log)
+
+
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -53,6 +84,9 @@ def main(argv: Sequence[str]) -> None:
   try:
     distributed.initialize(_COORDINATOR_ADDRESS.value, _NUM_PROCESSES.value,
                            _PROCESS_ID.value)
+    # Bad values fail before a first-use teacher trains for minutes.
+    experiment.validate(_CONFIG.value, parallel.make_mesh())
+    train_teacher_on_first_use(_CONFIG.value)
     result = trainer.run(_CONFIG.value, _WORKDIR.value)
   except trainer.Preempted:  # run() logged where it saved.
     raise SystemExit(distributed.PREEMPTED_EXIT_CODE) from None

@@ -31,12 +31,15 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 from ml_collections import config_flags
-import numpy as np
 import optax
 
 from dfkd_jax import data
 from dfkd_jax import distributed
+from dfkd_jax import evaluation
+from dfkd_jax import experiment
 from dfkd_jax import models
+from dfkd_jax import optimizers
+from dfkd_jax import parallel
 from dfkd_jax import teacher as teacher_lib
 
 State = dict[str, Any]  # {"params", "batch_stats", "opt_state"}.
@@ -88,50 +91,30 @@ def adam_config(config: ml_collections.ConfigDict,
 
 def model_from_arg(arg: str | None, config_file: str, default: str = "resnet34",
                    valid: tuple[str, ...] = COLOUR_MODELS) -> str:
-  """The architecture named after the config file's colon, or ``default``.
+  """The architecture named after the config file's colon (``NAME`` or ``model=NAME``).
 
   Raises:
     ValueError: ``arg`` is not one of ``valid``.
   """
-  model = arg or default
-  if model not in valid:
-    raise ValueError(f"unknown model {model!r} for {config_file}; valid: "
-                     f"{', '.join(valid)}")
-  return model
+  return experiment.parse_arg(arg, key="model", default=default, valid=valid,
+                              config_file=config_file)
 
 
 def make_optimizer(config: ml_collections.ConfigDict,
                    steps_per_epoch: int) -> optax.GradientTransformation:
-  """The optimizer and learning-rate schedule of ``config``.
+  """The optimizer and learning-rate schedule of ``config`` (:func:`optimizers.classifier`).
 
   Fields: ``optimizer`` (``sgd`` | ``adam``), ``learning_rate``, ``momentum``,
   ``nesterov``, ``weight_decay`` (added to the gradient, as PyTorch's SGD/Adam do),
   ``lr_schedule`` (``constant`` | ``cosine`` | ``step``), ``lr_decay_epochs`` and
   ``lr_decay_factor`` (step schedule), ``num_epochs``.
   """
-  total_steps = config.num_epochs * steps_per_epoch
-  if config.lr_schedule == "constant":
-    schedule = optax.constant_schedule(config.learning_rate)
-  elif config.lr_schedule == "cosine":
-    schedule = optax.cosine_decay_schedule(config.learning_rate, max(total_steps, 1))
-  elif config.lr_schedule == "step":
-    schedule = optax.piecewise_constant_schedule(
-        config.learning_rate,
-        {int(epoch) * steps_per_epoch: config.lr_decay_factor
-         for epoch in config.lr_decay_epochs})
-  else:
-    raise ValueError(f"unknown lr_schedule {config.lr_schedule!r}; valid: constant, "
-                     "cosine, step")
-  if config.optimizer == "sgd":
-    base = optax.sgd(schedule, momentum=config.momentum or None,
-                     nesterov=config.nesterov)
-  elif config.optimizer == "adam":
-    base = optax.adam(schedule)
-  else:
-    raise ValueError(f"unknown optimizer {config.optimizer!r}; valid: sgd, adam")
-  if config.weight_decay:
-    return optax.chain(optax.add_decayed_weights(config.weight_decay), base)
-  return base
+  return optimizers.classifier(
+      optimizer=config.optimizer, learning_rate=config.learning_rate,
+      momentum=config.momentum, nesterov=config.nesterov,
+      weight_decay=config.weight_decay, schedule=config.lr_schedule,
+      num_epochs=config.num_epochs, steps_per_epoch=steps_per_epoch,
+      decay_epochs=config.lr_decay_epochs, decay_factor=config.lr_decay_factor)
 
 
 def make_train_step(module: flax.linen.Module, optimizer: optax.GradientTransformation
@@ -153,29 +136,6 @@ def make_train_step(module: flax.linen.Module, optimizer: optax.GradientTransfor
     return {"params": params, "batch_stats": batch_stats, "opt_state": opt_state}, loss
 
   return train_step
-
-
-def make_eval_step(module: flax.linen.Module
-                   ) -> Callable[[Any, jax.Array, jax.Array, jax.Array], jax.Array]:
-  """A jitted ``(variables, images, labels, mask) -> number correct`` step."""
-
-  @jax.jit
-  def eval_step(variables, images, labels, mask):
-    logits = module.apply(variables, images, train=False)
-    return jnp.sum((jnp.argmax(logits, -1) == labels) * mask)
-
-  return eval_step
-
-
-def evaluate(eval_step, variables, split: data.ArraySplit, dataset_id: str, *,
-             batch_size: int, image_shape: Sequence[int], sharding) -> float:
-  """Exact test accuracy in percent (the padded last batch is masked out)."""
-  correct = 0.0
-  for batch in data.eval_batches(split, dataset_id, batch_size=batch_size,
-                                 image_shape=image_shape):
-    images, labels, mask = jax.device_put(tuple(batch), sharding)
-    correct += float(eval_step(variables, images, labels, mask))
-  return 100.0 * correct / len(split.labels)
 
 
 def _check_workdir(workdir: pathlib.Path, overwrite: bool) -> None:
@@ -225,14 +185,9 @@ def train_and_save(config: ml_collections.ConfigDict, workdir: str | os.PathLike
       f"examples loaded in {time.time() - start:.1f}s; model {config.model} "
       f"input {input_shape}")
 
-  mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("data",))
-  batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  for size, field in ((config.batch_size, "batch_size"),
-                      (config.eval_batch_size, "eval_batch_size")):
-    if size % jax.device_count():
-      raise ValueError(f"config.{field}={size} must be divisible by the "
-                       f"{jax.device_count()} devices")
+  mesh = parallel.make_mesh()
+  parallel.check_divisible(config.batch_size, "config.batch_size", mesh)
+  parallel.check_divisible(config.eval_batch_size, "config.eval_batch_size", mesh)
 
   steps_per_epoch = len(train_split.labels) // config.batch_size
   optimizer = make_optimizer(config, steps_per_epoch)
@@ -242,9 +197,9 @@ def train_and_save(config: ml_collections.ConfigDict, workdir: str | os.PathLike
   state = {"params": variables["params"],
            "batch_stats": variables.get("batch_stats", {}),
            "opt_state": optimizer.init(variables["params"])}
-  state = jax.device_put(state, replicated)
+  state = parallel.replicate(state, mesh)
   train_step = make_train_step(module, optimizer)
-  eval_step = make_eval_step(module)
+  eval_step = evaluation.make_eval_step(module)
 
   accuracy = 0.0
   for epoch in range(config.num_epochs):
@@ -254,13 +209,14 @@ def train_and_save(config: ml_collections.ConfigDict, workdir: str | os.PathLike
                                     batch_size=config.batch_size, seed=config.seed,
                                     epoch=epoch, image_shape=input_shape,
                                     augment=config.augment):
-      images, labels = jax.device_put((batch.images, batch.labels), batch_sharding)
+      images, labels = parallel.global_batch(
+          lambda rows, b=batch: (b.images[rows], b.labels[rows]), config.batch_size, mesh)
       state, loss = train_step(state, images, labels)
       losses.append(loss)
     variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
-    accuracy = evaluate(eval_step, variables, test_split, dataset.id,
-                        batch_size=config.eval_batch_size, image_shape=input_shape,
-                        sharding=batch_sharding)
+    accuracy = evaluation.accuracy(eval_step, variables, test_split, dataset.id,
+                                   image_shape=input_shape, normalization=None,
+                                   batch_size=config.eval_batch_size, mesh=mesh)
     log(f"epoch {epoch + 1}/{config.num_epochs}: train loss "
         f"{float(jnp.mean(jnp.stack(losses))):.4f}, test accuracy {accuracy:.2f}% "
         f"({time.time() - epoch_start:.1f}s)")

@@ -16,6 +16,7 @@ the iteration counter). Multi-process runs: see :func:`run` and
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.util
 import json
 import math
@@ -35,44 +36,13 @@ from dfkd_jax import evaluation
 from dfkd_jax import experiment
 from dfkd_jax import iteration as iteration_lib
 from dfkd_jax import parallel
+from dfkd_jax import summary as summary_lib
 
-
-def make_eval_step(module):
-  """Jitted ``(variables, images, labels, mask) -> correct`` (eval-mode BatchNorm)."""
-
-  @jax.jit
-  def eval_step(variables, images, labels, mask):
-    logits = module.apply(variables, images, train=False)
-    return evaluation.count_correct(logits, labels, mask)
-
-  return eval_step
-
-
-def accuracy(eval_step, variables, split, dataset_id, meta, batch_size, mesh) -> float:
-  """Exact accuracy (%) on a whole split, batches sharded over the mesh.
-
-  Every process holds the split but preprocesses and feeds only the rows of its own
-  devices; the count of correct predictions is reduced over the whole mesh, so each
-  process gets the accuracy one process would.
-  """
-  correct = 0
-  for start in range(0, len(split.labels), batch_size):
-    def make_rows(rows, start=start):
-      return tuple(data.eval_rows(split, dataset_id, start + rows,
-                                  image_shape=meta.input_shape,
-                                  normalization=(meta.mean, meta.std)))
-    images, labels, mask = parallel.global_batch(make_rows, batch_size, mesh)
-    correct += int(eval_step(variables, images, labels, mask))
-  return 100.0 * correct / len(split.labels)
-
-
-# ---------------------------------------------------------------------------
-# The host loop: evaluation, checkpoints, metrics, summary.
-# ---------------------------------------------------------------------------
-
-SUMMARY_FILE = "summary.json"
+SUMMARY_FILE = summary_lib.SUMMARY_FILE
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_DIR = "checkpoints"
+# Losses whose non-finite value stops the run.
+WATCHED_LOSSES = ("generator_loss", "student_loss", "loss_acq")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -91,10 +61,48 @@ class Preempted(Exception):
     self.step = step
 
 
-def _write_json_atomic(path: pathlib.Path, obj) -> None:
-  tmp = path.with_name(path.name + ".tmp")
-  tmp.write_text(json.dumps(obj, indent=1, allow_nan=False))
-  os.replace(tmp, path)
+@dataclasses.dataclass
+class History:
+  """The host-side record of a run, saved (as JSON) with every checkpoint.
+
+  Attributes:
+    teacher_accuracy: the teacher's test accuracy (%), measured once.
+    test_accuracy: the student's test accuracy (%) after each completed epoch.
+    alignment: per completed epoch, the mean gradient cosine of its retention steps.
+    student_steps_per_second: throughput so far (compilation excluded).
+    epoch_cosines: the gradient cosines of the epoch in progress, so that a run resumed
+      mid-epoch ends with the uninterrupted run's epoch mean.
+  """
+
+  teacher_accuracy: float | None = None
+  test_accuracy: list[float] = dataclasses.field(default_factory=list)
+  alignment: list[float | None] = dataclasses.field(default_factory=list)
+  student_steps_per_second: float | None = None
+  epoch_cosines: list[float] = dataclasses.field(default_factory=list)
+
+  def to_json(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_json(cls, d: dict[str, Any]) -> "History":
+    return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
+
+  def end_epoch(self, accuracy: float) -> None:
+    """Records a finished epoch: its accuracy and its cosines' mean."""
+    self.test_accuracy.append(accuracy)
+    self.alignment.append(float(np.mean(self.epoch_cosines)) if self.epoch_cosines
+                          else None)
+    self.epoch_cosines = []
+
+
+def summary(config, history: History) -> summary_lib.Summary:
+  """The run's :class:`~dfkd_jax.summary.Summary` (see ``docs/contracts.md``)."""
+  return summary_lib.Summary.of_run(
+      method=config.method, dataset=config.dataset, seed=config.seed,
+      teacher_accuracy=history.teacher_accuracy, test_accuracy=history.test_accuracy,
+      alignment=history.alignment,
+      student_steps_per_second=history.student_steps_per_second,
+      config=config.to_dict())
 
 
 def _json_float(x) -> float | None:
@@ -102,22 +110,9 @@ def _json_float(x) -> float | None:
   return x if math.isfinite(x) else None
 
 
-def summary(config, history: dict[str, Any]) -> dict[str, Any]:
-  """The ``summary.json`` contract (see ``docs/contracts.md``)."""
-  out = {"method": config.method, "dataset": config.dataset, "seed": config.seed,
-         "teacher_accuracy": history["teacher_accuracy"]}
-  if history["test_accuracy"]:
-    out.update(evaluation.summarize(history["test_accuracy"]))
-  else:
-    out.update(test_accuracy=[], acc_max=None, learning_evolution={},
-               cumulative_mean_accuracy=[])
-  alignment = history["alignment"]
-  if any(a is not None for a in alignment):
-    out["alignment"] = alignment
-  out["student_steps_per_second"] = history["student_steps_per_second"]
-  out["epochs_completed"] = len(history["test_accuracy"])
-  out["config"] = config.to_dict()
-  return out
+# ---------------------------------------------------------------------------
+# Outputs: metrics.jsonl, summary.json, TensorBoard, log lines.
+# ---------------------------------------------------------------------------
 
 
 def _tensorboard_writer(workdir: pathlib.Path, enabled: bool, log):
@@ -141,13 +136,85 @@ def _tensorboard_writer(workdir: pathlib.Path, enabled: bool, log):
   return write
 
 
+class Outputs:
+  """What a run writes besides checkpoints; only process 0 writes (others: no-ops).
+
+  ``metrics.jsonl`` gets one line per iteration, flushed before any checkpoint that
+  covers it; on resume the lines after the checkpoint's iteration are dropped (the run
+  redoes them). ``summary.json`` is rewritten after every epoch.
+  """
+
+  def __init__(self, workdir: pathlib.Path, config, log, primary: bool,
+               completed_iterations: int):
+    self.workdir, self.config, self.log, self.primary = workdir, config, log, primary
+    self._metrics = None
+    self._tensorboard = None
+    if primary:
+      _truncate_metrics(workdir / METRICS_FILE, completed_iterations,
+                        config.iterations_per_epoch)
+      self._metrics = open(workdir / METRICS_FILE, "a")
+      self._tensorboard = _tensorboard_writer(workdir, config.tensorboard, log)
+
+  def iteration(self, epoch: int, i: int, metrics) -> None:
+    if self._metrics:
+      record = {"epoch": epoch + 1, "iteration": i + 1,
+                **{k: _json_float(v) for k, v in metrics.items()}}
+      self._metrics.write(json.dumps(record) + "\n")
+      self._metrics.flush()
+
+  def epoch(self, epoch: int, history: History, metrics, eta_seconds: float) -> None:
+    acc = history.test_accuracy[-1]
+    if self.primary:
+      summary(self.config, history).write(self.workdir / SUMMARY_FILE)
+    if self._tensorboard:
+      self._tensorboard(epoch + 1, {"test_accuracy": acc,
+                                    "alignment": history.alignment[-1],
+                                    **{k: _json_float(v) for k, v in metrics.items()}})
+    self.log(f"epoch {epoch + 1}/{self.config.num_epochs}: student {acc:.2f}% "
+             f"(max {max(history.test_accuracy):.2f}%, teacher "
+             f"{history.teacher_accuracy:.2f}%), student loss "
+             f"{float(metrics['student_loss']):.4f}, ETA {eta_seconds / 60:.1f} min")
+
+  def finish(self, history: History) -> dict[str, Any]:
+    result = summary(self.config, history)
+    if self.primary:
+      result.write(self.workdir / SUMMARY_FILE)
+    return result.to_json()
+
+  def close(self) -> None:
+    if self._metrics:
+      self._metrics.close()
+
+
+def _truncate_metrics(path: pathlib.Path, completed_iterations: int,
+                      iterations_per_epoch: int) -> None:
+  """Drops metric lines after the checkpoint's iteration (a resumed run redoes them)."""
+  if not path.exists():
+    return
+
+  def iteration(line):
+    record = json.loads(line)
+    return (record["epoch"] - 1) * iterations_per_epoch + record["iteration"]
+
+  kept = [line for line in path.read_text().splitlines()
+          if line and iteration(line) <= completed_iterations]
+  tmp = path.with_name(path.name + ".tmp")
+  tmp.write_text("".join(line + "\n" for line in kept))
+  os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------
+# The host loop.
+# ---------------------------------------------------------------------------
+
+
 def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
         log: Callable[[str], None] = print, mesh=None) -> dict[str, Any]:
   """Trains (or resumes) the run in ``workdir`` and returns its summary.
 
   Checkpoints are numbered by iterations done (``state.step``): one at the end of every
   epoch, and one at the iteration boundary after a preemption notice (SIGTERM). The
-  JSON ``history`` saved with each holds the completed epochs' accuracies and the
+  :class:`History` saved with each holds the completed epochs' accuracies and the
   current epoch's alignment values so far, so a resumed run continues from the exact
   iteration and ends equal to an uninterrupted one.
 
@@ -166,161 +233,138 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
   primary = distributed.is_primary()
   if not primary:
     log = lambda message: None  # pylint: disable=unnecessary-lambda-assignment
-  with distributed.PreemptionWatch() as preemption:
-    return _run(config, workdir, log, mesh, primary, preemption)
-
-
-def _run(config, workdir: pathlib.Path, log, mesh, primary: bool,
-         preemption: distributed.PreemptionWatch) -> dict[str, Any]:
-  """The host loop of :func:`run`."""
   setup = experiment.build(config, log, mesh)
-  mesh = setup.mesh
-  dataset_id = setup.teacher_meta.dataset
-  test_split = data.load_split(dataset_id, "test", data_dir=config.data_dir or None)
-  workdir.mkdir(parents=True, exist_ok=True)
-  checkpoint_dir = workdir / CHECKPOINT_DIR
-  per_epoch = config.iterations_per_epoch
+  with distributed.PreemptionWatch() as preemption:
+    return _run(setup, workdir, log, primary, preemption)
 
-  state = iteration_lib.init_state(setup)
-  specs = iteration_lib.state_specs(state)
-  state = parallel.put(state, mesh, specs)
-  teacher_vars = parallel.replicate(setup.teacher_variables, mesh)
-  eval_student = make_eval_step(setup.student)
 
-  manager = ocp.CheckpointManager(
-      checkpoint_dir,
-      options=ocp.CheckpointManagerOptions(max_to_keep=config.checkpoints_to_keep,
-                                           create=True))
-  history = {"teacher_accuracy": None, "test_accuracy": [], "alignment": [],
-             "student_steps_per_second": None}
-  latest = manager.latest_step()
-  if latest is not None:
+class _Checkpoints:
+  """The run's orbax checkpoints: ``state`` and the JSON :class:`History`."""
+
+  def __init__(self, directory: pathlib.Path, max_to_keep: int):
+    self.directory = directory
+    self.manager = ocp.CheckpointManager(
+        directory, options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
+                                                        create=True))
+
+  def restore(self, state) -> tuple[Any, History] | None:
+    """The latest checkpoint restored into ``state``'s structure, or ``None``."""
+    latest = self.manager.latest_step()
+    if latest is None:
+      return None
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-    restored = manager.restore(latest, args=ocp.args.Composite(
+    restored = self.manager.restore(latest, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract), history=ocp.args.JsonRestore()))
-    state, history = restored.state, restored.history
+    return restored.state, History.from_json(restored.history)
+
+  def save(self, step: int, state, history: History) -> None:
+    self.manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        history=ocp.args.JsonSave(history.to_json())))
+    self.manager.wait_until_finished()
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def close(self) -> None:
+    self.manager.close()
+
+
+def _restore(checkpoints: _Checkpoints, state, per_epoch: int, num_epochs: int,
+             log) -> tuple[Any, History, int]:
+  """The state, history and iteration to start from (the latest checkpoint's, if any)."""
+  restored = checkpoints.restore(state)
+  if restored is None:
+    return state, History(), 0
+  state, history = restored
   start = int(jax.device_get(state.step))
   start_epoch = start // per_epoch
-  if len(history["test_accuracy"]) != start_epoch:
+  if len(history.test_accuracy) != start_epoch:
     raise ValueError(
-        f"the checkpoint in {checkpoint_dir} is at iteration {start} = epoch "
+        f"the checkpoint in {checkpoints.directory} is at iteration {start} = epoch "
         f"{start / per_epoch:g} with config.iterations_per_epoch={per_epoch}, but it "
-        f"records {len(history['test_accuracy'])} evaluated epochs; resume with the "
+        f"records {len(history.test_accuracy)} evaluated epochs; resume with the "
         "config.iterations_per_epoch it was made with")
-  if latest is not None and start_epoch >= config.num_epochs:
-    log(f"{checkpoint_dir} holds the finished run ({start_epoch} epochs)")
-  elif latest is not None:
-    log(f"resumed from {checkpoint_dir}: epoch {start_epoch + 1}, iteration "
+  if start_epoch >= num_epochs:
+    log(f"{checkpoints.directory} holds the finished run ({start_epoch} epochs)")
+  else:
+    log(f"resumed from {checkpoints.directory}: epoch {start_epoch + 1}, iteration "
         f"{start % per_epoch + 1} of {per_epoch}")
-  # Alignment (grad cosine) values of the epoch in progress, saved with mid-epoch
-  # checkpoints so that a resumed epoch's mean is the uninterrupted one.
-  cosines = list(history.pop("epoch_cosines", []))
-  if primary:
-    _truncate_metrics(workdir / METRICS_FILE, start, per_epoch)
+  return state, history, start
 
-  if history["teacher_accuracy"] is None:
-    eval_teacher = make_eval_step(setup.teacher)
-    history["teacher_accuracy"] = accuracy(
-        eval_teacher, teacher_vars, test_split, dataset_id, setup.teacher_meta,
-        config.eval_batch_size, mesh)
-    log(f"teacher {setup.teacher_meta.arch}: {history['teacher_accuracy']:.2f}% on the "
-        f"{dataset_id} test set")
 
-  def save(step):
-    manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state),
-        history=ocp.args.JsonSave({**history, "epoch_cosines": cosines})))
-    manager.wait_until_finished()
+def _check_finite(metrics, epoch: int, i: int, checkpoints: _Checkpoints) -> None:
+  bad = [k for k in WATCHED_LOSSES if k in metrics and not np.isfinite(metrics[k])]
+  if bad:
+    raise NonFiniteLossError(
+        f"{', '.join(bad)} became {[float(metrics[k]) for k in bad]} at epoch "
+        f"{epoch + 1}, iteration {i + 1}; the run stopped without saving, and the "
+        f"last good checkpoint ({checkpoints.latest_step()}) in "
+        f"{checkpoints.directory} is intact. Lower the learning rates or "
+        "meta.alpha, or use compute_dtype=float32.")
 
-  iteration = iteration_lib.make_iteration(setup, state)
-  tensorboard = _tensorboard_writer(workdir, config.tensorboard, log) if primary else None
-  steps_per_iteration = config.student_steps
+
+def _accuracy(setup: experiment.Setup, eval_step, variables, split) -> float:
+  """Test accuracy (%) of a classifier fed as the teacher is (its preprocessing)."""
+  meta = setup.teacher_meta
+  return evaluation.accuracy(eval_step, variables, split, meta.dataset,
+                             image_shape=meta.input_shape,
+                             normalization=(meta.mean, meta.std),
+                             batch_size=setup.config.eval_batch_size, mesh=setup.mesh)
+
+
+def _run(setup: experiment.Setup, workdir: pathlib.Path, log, primary: bool,
+         preemption: distributed.PreemptionWatch) -> dict[str, Any]:
+  """The host loop of :func:`run`."""
+  config, mesh, meta = setup.config, setup.mesh, setup.teacher_meta
+  test_split = data.load_split(meta.dataset, "test", data_dir=config.data_dir or None)
+  workdir.mkdir(parents=True, exist_ok=True)
+  per_epoch = setup.iterations_per_epoch
   total = config.num_epochs * per_epoch
-  train_time, timed_iterations = 0.0, 0
+  state = iteration_lib.init_state(setup)
+  state = parallel.put(state, mesh, iteration_lib.state_specs(state, setup.replay))
+  teacher_vars = parallel.replicate(setup.teacher_variables, mesh)
+  checkpoints = _Checkpoints(workdir / CHECKPOINT_DIR, config.checkpoints_to_keep)
+  state, history, start = _restore(checkpoints, state, per_epoch, config.num_epochs, log)
+  if history.teacher_accuracy is None:
+    history.teacher_accuracy = _accuracy(
+        setup, evaluation.make_eval_step(setup.teacher), teacher_vars, test_split)
+    log(f"teacher {meta.arch}: {history.teacher_accuracy:.2f}% on the {meta.dataset} "
+        "test set")
+  iteration = iteration_lib.make_iteration(setup, state)
+  eval_student = evaluation.make_eval_step(setup.student)
+  train_time, timed = 0.0, 0
   run_start = time.time()
-  with contextlib.ExitStack() as stack:
-    metrics_file = (stack.enter_context(open(workdir / METRICS_FILE, "a")) if primary
-                    else None)
+  with contextlib.closing(Outputs(workdir, config, log, primary, start)) as outputs:
     for step in range(start, total):
       epoch, i = divmod(step, per_epoch)
       t0 = time.time()
       state, metrics = iteration(state, teacher_vars)
       metrics = jax.device_get(metrics)  # Blocks: one small transfer per iteration.
       if step > start:  # The first call compiles.
-        train_time += time.time() - t0
-        timed_iterations += 1
-      bad = [k for k, v in metrics.items()
-             if k in ("generator_loss", "student_loss", "loss_acq")
-             and not np.isfinite(v)]
-      if bad:
-        raise NonFiniteLossError(
-            f"{', '.join(bad)} became {[float(metrics[k]) for k in bad]} at epoch "
-            f"{epoch + 1}, iteration {i + 1}; the run stopped without saving, and the "
-            f"last good checkpoint ({manager.latest_step()}) in "
-            f"{checkpoint_dir} is intact. Lower the learning rates or "
-            "meta.alpha, or use compute_dtype=float32.")
-      if metrics_file:
-        record = {"epoch": epoch + 1, "iteration": i + 1,
-                  **{k: _json_float(v) for k, v in metrics.items()}}
-        metrics_file.write(json.dumps(record) + "\n")
+        train_time, timed = train_time + time.time() - t0, timed + 1
+      _check_finite(metrics, epoch, i, checkpoints)
+      outputs.iteration(epoch, i, metrics)
       if int(metrics["retention_steps"]) > 0 and math.isfinite(metrics["grad_cosine"]):
-        cosines.append(float(metrics["grad_cosine"]))
-      if metrics_file:  # Every line up to a checkpoint is on disk before it.
-        metrics_file.flush()
-      saved = False
-      if i + 1 == per_epoch:
-        saved = True
-        variables = {"params": state.student.params,
-                     "batch_stats": state.student.batch_stats}
-        acc = accuracy(eval_student, variables, test_split, dataset_id,
-                       setup.teacher_meta, config.eval_batch_size, mesh)
-        history["test_accuracy"].append(acc)
-        history["alignment"].append(float(np.mean(cosines)) if cosines else None)
-        cosines = []
-        if timed_iterations:
-          history["student_steps_per_second"] = (
-              timed_iterations * steps_per_iteration / train_time)
-        save(step + 1)
-        if primary:
-          _write_json_atomic(workdir / SUMMARY_FILE, summary(config, history))
-        if tensorboard:
-          tensorboard(epoch + 1, {"test_accuracy": acc,
-                                  "alignment": history["alignment"][-1],
-                                  **{k: _json_float(v) for k, v in metrics.items()}})
-        done = step + 1 - start
-        eta = (time.time() - run_start) / done * (total - step - 1)
-        log(f"epoch {epoch + 1}/{config.num_epochs}: student {acc:.2f}% "
-            f"(max {max(history['test_accuracy']):.2f}%, teacher "
-            f"{history['teacher_accuracy']:.2f}%), student loss "
-            f"{float(metrics['student_loss']):.4f}, ETA {eta / 60:.1f} min")
+        history.epoch_cosines.append(float(metrics["grad_cosine"]))
+      saved = i + 1 == per_epoch
+      if saved:
+        student = {"params": state.student.params,
+                   "batch_stats": state.student.batch_stats}
+        history.end_epoch(_accuracy(setup, eval_student, student, test_split))
+        if timed:
+          history.student_steps_per_second = timed * setup.student_steps / train_time
+        checkpoints.save(step + 1, state, history)
+        eta = (time.time() - run_start) / (step + 1 - start) * (total - step - 1)
+        outputs.epoch(epoch, history, metrics, eta)
       # Every process asks at every iteration (the sync protocol needs it).
       if preemption.reached(step + 1) and step + 1 < total:
         if not saved:
-          save(step + 1)
-        manager.close()
+          checkpoints.save(step + 1, state, history)
+        checkpoints.close()
         log(f"preemption notice (SIGTERM): stopped at epoch {epoch + 1}, iteration "
-            f"{i + 1} of {per_epoch}, checkpoint saved in {checkpoint_dir}; rerun the "
-            "same command to resume")
-        raise Preempted(step + 1, checkpoint_dir)
-  manager.close()
-  result = summary(config, history)
-  if primary:
-    _write_json_atomic(workdir / SUMMARY_FILE, result)
-  return result
-
-
-def _truncate_metrics(path: pathlib.Path, completed_iterations: int,
-                      iterations_per_epoch: int) -> None:
-  """Drops metric lines after the checkpoint's iteration (a resumed run redoes them)."""
-  if not path.exists():
-    return
-
-  def iteration(line):
-    record = json.loads(line)
-    return (record["epoch"] - 1) * iterations_per_epoch + record["iteration"]
-
-  kept = [line for line in path.read_text().splitlines()
-          if line and iteration(line) <= completed_iterations]
-  tmp = path.with_name(path.name + ".tmp")
-  tmp.write_text("".join(line + "\n" for line in kept))
-  os.replace(tmp, path)
+            f"{i + 1} of {per_epoch}, checkpoint saved in {checkpoints.directory}; "
+            "rerun the same command to resume")
+        raise Preempted(step + 1, checkpoints.directory)
+    checkpoints.close()
+    return outputs.finish(history)

@@ -64,7 +64,8 @@ def _bn(moments, squared):
              for m in moments)
 
 
-W = go.GeneratorLossWeights(adversarial=1.3, one_hot=0.7, activation=0.2, entropy=3.0,
+W = go.GeneratorLossWeights(adversarial=1.3, js_temperature=1.0, js_form="exact",
+                            entropy_log_base=None, bn_prior=0.0, one_hot=0.7, activation=0.2, entropy=3.0,
                             bn_moments=0.5, class_nll=0.4, embedding_norm=0.6,
                             embedding_gamma=1.1, teacher_logit_bound=0.3, logit_bound=2.0,
                             output_bound=0.2, output_bound_value=20.0)

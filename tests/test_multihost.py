@@ -259,3 +259,17 @@ def test_single_process_run_starts_no_distributed_runtime(monkeypatch):
   monkeypatch.setattr(distributed, "_on_cloud_tpu_vm", lambda: False)
   assert not distributed.initialize(log=lambda s: None)
   assert not jax.distributed.is_initialized()
+
+
+def test_cloud_tpu_vm_is_detected_from_the_tpu_chips_pci_ids(tmp_path):
+  def device(name, vendor, device_id):
+    path = tmp_path / name
+    path.mkdir()
+    (path / "vendor").write_text(vendor + "\n")
+    (path / "device").write_text(device_id + "\n")
+
+  device("0000:00:04.0", "0x1ae0", "0x0042")  # gVNIC: Google's vendor id, no TPU.
+  device("0000:00:05.0", "0x8086", "0x1234")
+  assert not distributed._on_cloud_tpu_vm(tmp_path)  # pylint: disable=protected-access
+  device("0000:00:06.0", "0x1ae0", "0x0063")  # A v5e chip.
+  assert distributed._on_cloud_tpu_vm(tmp_path)  # pylint: disable=protected-access

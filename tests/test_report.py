@@ -266,9 +266,9 @@ def test_reads_what_the_trainer_writes(tmp_path):
   for seed, acc in enumerate(([50.0, 70.0, 60.0], [55.0, 65.0, 75.0])):
     config = experiment.default_config()
     config.method, config.seed = "mb_dfkd", seed
-    history = {"teacher_accuracy": 98.0, "test_accuracy": acc,
-               "alignment": [None, 0.25, -0.5], "student_steps_per_second": 3.0}
-    write(tmp_path / "runs", f"s{seed}", trainer.summary(config, history))
+    history = trainer.History(teacher_accuracy=98.0, test_accuracy=acc,
+                              alignment=[None, 0.25, -0.5], student_steps_per_second=3.0)
+    write(tmp_path / "runs", f"s{seed}", trainer.summary(config, history).to_json())
   report.write_report([tmp_path / "runs"], tmp_path / "out")
   rows = markdown_rows((tmp_path / "out" / report.TABLE_MARKDOWN).read_text())
   # 0th percentile = whole run: means 60 and 65 -> 62.50 ± 3.54; Acc_max 70 and 75.

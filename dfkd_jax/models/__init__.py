@@ -29,7 +29,7 @@ from dfkd_jax.models.wrn import WideResNet
 
 __all__ = ["BatchNorm", "ClassifierFeatures", "DAFLGenerator", "DigitsCNN", "LeNet5",
            "MADGenerator", "ResNet", "VAE", "WideResNet", "get", "input_shape",
-           "is_classifier", "names", "options"]
+           "can_be_conditional", "is_classifier", "names", "options", "output_range"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,12 +41,20 @@ class _Entry:
     kind: ``"classifier"``, ``"generator"`` or ``"vae"``.
     input_shape: a classifier's expected ``(H, W, C)`` (``C`` may be ``None`` = any).
     options: the keyword arguments ``build`` accepts besides ``num_classes``.
+    output_range: a generator's output: ``"normalized"`` (an affine-free BatchNorm puts
+      it in the teacher's normalised input space) or ``"unit"`` (a sigmoid image in
+      ``(0, 1)``, normalised by the trainer with the teacher's mean/std; such a
+      generator also returns its pre-sigmoid output with ``return_logits=True``).
+    conditional: a generator that can be class-conditional, ``G(z + e_y)`` (MAD
+      Sec. 3.2), called as ``G(z, y)``.
   """
 
   build: Callable[..., nn.Module]
   kind: str
   input_shape: tuple[int, int, int | None] | None = None
   options: tuple[str, ...] = ()
+  output_range: str = "normalized"
+  conditional: bool = False
 
 
 _GENERATOR_OPTIONS = ("latent_dim", "image_shape")
@@ -130,7 +138,8 @@ _REGISTRY: dict[str, _Entry] = {
                              options=_GENERATOR_OPTIONS + ("spectral_norm", "base_width")),
     "dfad_generator": _Entry(_dfad_generator, "generator",
                              options=_GENERATOR_OPTIONS + ("base_width",)),
-    "mad_generator": _Entry(_mad_generator, "generator", options=_GENERATOR_OPTIONS),
+    "mad_generator": _Entry(_mad_generator, "generator", options=_GENERATOR_OPTIONS,
+                            output_range="unit", conditional=True),
     "vae": _Entry(_vae, "vae", options=_GENERATOR_OPTIONS),
 }
 
@@ -149,6 +158,16 @@ def _entry(name: str) -> _Entry:
 def options(name: str) -> tuple[str, ...]:
   """The keyword options :func:`get` accepts for ``name`` besides ``num_classes``."""
   return _entry(name).options
+
+
+def output_range(name: str) -> str:
+  """A generator's output range: ``"normalized"`` or ``"unit"`` (see ``_Entry``)."""
+  return _entry(name).output_range
+
+
+def can_be_conditional(name: str) -> bool:
+  """Whether the generator ``name`` can be class-conditional (``G(z, y)``)."""
+  return _entry(name).conditional
 
 
 def is_classifier(name: str) -> bool:

@@ -1,0 +1,53 @@
+"""The summary.json contract (dfkd_jax.summary.Summary): round trip and rejections."""
+
+import json
+
+import pytest
+
+from dfkd_jax import summary as summary_lib
+
+
+def _summary(acc=(50.0, 70.0, 60.0), alignment=(None, 0.25, -0.5)):
+  return summary_lib.Summary.of_run(
+      method="mb_dfkd", dataset="digits", seed=3, teacher_accuracy=98.0,
+      test_accuracy=acc, alignment=alignment, student_steps_per_second=2.5,
+      config={"seed": 3})
+
+
+def test_round_trip_through_the_file_keeps_every_field(tmp_path):
+  original = _summary()
+  original.write(tmp_path / "summary.json")
+  loaded = summary_lib.Summary.load(tmp_path / "summary.json")
+  assert loaded == original
+  assert loaded.acc_max == 70.0 and loaded.epochs_completed == 3
+  assert loaded.cumulative_mean_accuracy == (50.0, 60.0, 60.0)
+  assert loaded.learning_evolution[0] == (60.0, pytest.approx(200 / 3))
+
+
+def test_json_has_the_documented_fields_in_order():
+  data = _summary().to_json()
+  assert list(data) == ["method", "dataset", "seed", "teacher_accuracy", "test_accuracy",
+                        "acc_max", "learning_evolution", "cumulative_mean_accuracy",
+                        "alignment", "student_steps_per_second", "epochs_completed",
+                        "config"]
+  assert "alignment" not in _summary(alignment=(None, None, None)).to_json()
+  json.dumps(data, allow_nan=False)
+
+
+def test_a_run_before_its_first_epoch_has_an_empty_curve():
+  empty = _summary(acc=(), alignment=())
+  assert empty.acc_max is None and empty.to_json()["learning_evolution"] == {}
+  assert summary_lib.Summary.from_json(empty.to_json()) == empty
+
+
+@pytest.mark.parametrize("field, value, words", [
+    ("seed", "3", "seed must be an integer"),
+    ("test_accuracy", [50.0, float("nan")], r"test_accuracy\[1\] must be a finite"),
+    ("cumulative_mean_accuracy", [1.0], "has 1 values but test_accuracy has 3"),
+    ("method", "", "method must be a non-empty string"),
+])
+def test_malformed_fields_are_errors_naming_the_file(field, value, words):
+  data = _summary().to_json()
+  data[field] = value
+  with pytest.raises(ValueError, match=f"run/summary.json: .*{words}"):
+    summary_lib.Summary.from_json(data, "run/summary.json")
