@@ -60,6 +60,7 @@ class DatasetSpec:
     crop: whether training augmentation takes random 4-pixel-padded crops.
     flip: whether training augmentation flips horizontally.
     tfds_name: the TFDS builder name, or ``None`` when not read through TFDS.
+    pixel_max: the stored value of white (255 for uint8 images).
   """
 
   name: str
@@ -70,11 +71,12 @@ class DatasetSpec:
   crop: bool = False
   flip: bool = False
   tfds_name: str | None = None
+  pixel_max: float = 255.0
 
 
 SPECS: dict[str, DatasetSpec] = {
     spec.name: spec for spec in (
-        DatasetSpec("digits", 10, (8, 8, 1), (0.3053,), (0.3760,)),
+        DatasetSpec("digits", 10, (8, 8, 1), (0.3053,), (0.3760,), pixel_max=16.0),
         DatasetSpec("mnist", 10, (28, 28, 1), (0.1307,), (0.3081,), tfds_name="mnist"),
         DatasetSpec("fashion_mnist", 10, (28, 28, 1), (0.2860,), (0.3530,),
                     tfds_name="fashion_mnist"),
@@ -136,6 +138,13 @@ def get_dataset(dataset_id: str) -> Dataset:
   return Dataset(SPECS[name], "pad" if option else "bilinear")
 
 
+def dataset_ids() -> list[str]:
+  """Every valid dataset id: each source, and ``<name>:pad`` for the 28x28 ones."""
+  return [dataset_id for name, spec in SPECS.items()
+          for dataset_id in ([name, f"{name}:pad"] if spec.image_shape[0] == 28
+                             else [name])]
+
+
 # ---------------------------------------------------------------------------
 # Loading splits.
 # ---------------------------------------------------------------------------
@@ -180,7 +189,7 @@ def _load_digits(split: str, test_fraction: float = 0.2, seed: int = 0) -> Array
       np.arange(len(labels)), test_size=test_fraction, random_state=seed,
       stratify=labels)
   idx = np.sort(train_idx if split == "train" else test_idx)
-  return ArraySplit(images[idx], labels[idx], pixel_max=16.0)
+  return ArraySplit(images[idx], labels[idx], pixel_max=SPECS["digits"].pixel_max)
 
 
 def _prepare_command(spec: DatasetSpec, data_dir: pathlib.Path) -> str:
