@@ -310,12 +310,13 @@ def test_check_inputs_catches_other_weights_and_bad_files(padded_lenet, tmp_path
   perturbed = logits.copy()
   perturbed[3, 2] += 0.01
   np.savez(tmp_path / "perturbed.npz", inputs=inputs, logits=perturbed)
-  with pytest.raises(ValueError, match=r"difference\| 0.01 > --check_atol=0.001.*"
-                     "weights differ"):
+  scale = np.abs(logits).max()
+  with pytest.raises(ValueError, match=rf"difference\| 0.01 = {0.01 / scale:.3g} of the "
+                     r"largest \|PyTorch logit\| > --check_tolerance=0.01.*weights differ"):
     convert.convert(path, "lenet5", 10, tmp_path / "teacher", dataset="mnist:pad",
                     check_inputs=tmp_path / "perturbed.npz")
   convert.convert(path, "lenet5", 10, tmp_path / "teacher", dataset="mnist:pad",
-                  check_inputs=tmp_path / "perturbed.npz", check_atol=0.02)
+                  check_inputs=tmp_path / "perturbed.npz", check_tolerance=0.02 / scale)
   bad = {"no_logits.npz": dict(images=images),
          "two_kinds.npz": dict(images=images, inputs=inputs, logits=logits),
          "rows.npz": dict(images=images, logits=logits[:5]),
