@@ -486,7 +486,8 @@ def _check_fits(meta: teacher_lib.TeacherMeta) -> None:
   valid = {dataset.spec.image_shape, data.model_input_shape(dataset.id, to_32x32=True)}
   if meta.input_shape not in valid:
     raise ValueError(f"--arch={meta.arch} takes {meta.input_shape} inputs but "
-                     f"--dataset={dataset.id} gives {' or '.join(map(str, sorted(valid)))}")
+                     f"--dataset={dataset.id} gives "
+                     f"{' or '.join(map(str, sorted(valid)))}")
 
 
 def _floats(values: list[str] | None, flag: str) -> tuple[float, ...] | None:

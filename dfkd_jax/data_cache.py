@@ -1,9 +1,9 @@
 """On-disk cache of decoded dataset splits, so a run does not decode every image again.
 
-Reading a prepared TFDS split decodes one PNG per example (MNIST's 60k training images:
-37-78 s on 2 CPU cores); the cache keeps the decoded arrays, exactly as stored (uint8 pixels and
-int32 labels, *before* any preprocessing), in one uncompressed ``.npz`` per split, and a
-second load reads it in well under a second. Preprocessing (scaling, resizing or
+Reading a prepared TFDS split decodes one PNG per example (MNIST's 60k training
+images: 37-78 s on 2 CPU cores); the cache keeps the decoded arrays, exactly as stored
+(uint8 pixels and int32 labels, *before* any preprocessing), in one uncompressed
+``.npz`` per split, and a second load reads it in about a second. Preprocessing (scaling, resizing or
 padding, augmentation, normalisation) runs after loading, per batch, so every dataset
 variant and normalisation shares one cache file and none can be served a stale one.
 

@@ -260,7 +260,7 @@ def test_pad_variant_converts_with_its_defaults(tmp_path):
 
 @pytest.fixture(name="padded_lenet")
 def fixture_padded_lenet(tmp_path):
-  """A LeNet-5 checkpoint and the logits PyTorch gives on zero-padded MNIST-like images."""
+  """A LeNet-5 checkpoint and PyTorch's logits on zero-padded MNIST-like images."""
   torch.manual_seed(0)
   model = TorchLeNet5(10).eval()
   path = tmp_path / "lenet.pth"
@@ -311,8 +311,9 @@ def test_check_inputs_catches_other_weights_and_bad_files(padded_lenet, tmp_path
   perturbed[3, 2] += 0.01
   np.savez(tmp_path / "perturbed.npz", inputs=inputs, logits=perturbed)
   scale = np.abs(logits).max()
-  with pytest.raises(ValueError, match=rf"difference\| 0.01 = {0.01 / scale:.3g} of the "
-                     r"largest \|PyTorch logit\| > --check_tolerance=0.01.*weights differ"):
+  with pytest.raises(ValueError, match=rf"difference\| 0.01 = {0.01 / scale:.3g} of "
+                     r"the largest \|PyTorch logit\| > --check_tolerance=0.01.*"
+                     "weights differ"):
     convert.convert(path, "lenet5", 10, tmp_path / "teacher", dataset="mnist:pad",
                     check_inputs=tmp_path / "perturbed.npz")
   convert.convert(path, "lenet5", 10, tmp_path / "teacher", dataset="mnist:pad",
