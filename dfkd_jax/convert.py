@@ -51,6 +51,7 @@ from typing import Any, Callable, Mapping, NamedTuple
 
 from absl import app
 from absl import flags
+from absl import logging
 import flax
 import jax
 import jax.numpy as jnp
@@ -506,6 +507,7 @@ def main(argv: list[str]) -> None:
   for name in ("torch_checkpoint", "arch", "num_classes", "out", "dataset"):
     if getattr(_FLAGS, name) is None:
       raise app.UsageError(f"--{name} is required")
+  logging.set_verbosity(logging.WARNING)  # Orbax logs every step of the save at INFO.
   try:
     meta = convert(
         _FLAGS.torch_checkpoint, _FLAGS.arch, _FLAGS.num_classes, _FLAGS.out,
