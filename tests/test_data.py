@@ -11,6 +11,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from dfkd_jax import data
+from dfkd_jax import data_cache
 from dfkd_jax import teacher as teacher_lib
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -147,6 +148,13 @@ def test_unknown_dataset_and_options_raise_value_error():
     data.load_split("digits", "validation")
 
 
+def test_dataset_ids_are_every_source_and_its_pad_variant():
+  ids = data.dataset_ids()
+  assert [i for i in ids if ":" not in i] == list(data.SPECS)
+  assert [i for i in ids if ":" in i] == ["mnist:pad", "fashion_mnist:pad"]
+  assert [data.get_dataset(i).id for i in ids] == ids
+
+
 def test_unprepared_dataset_names_archives_and_command(tmp_path):
   with pytest.raises(FileNotFoundError) as info:
     data.load_split("cifar10", "train", data_dir=tmp_path)
@@ -202,6 +210,159 @@ def test_tiny_imagenet_from_folder(tmp_path):
   assert abs(int(test.images[1].mean()) - 101) <= 1
 
 
+@pytest.fixture(name="fake_prepared")
+def fixture_fake_prepared(tmp_path, monkeypatch):
+  """A data_dir with a (fake) prepared MNIST, and a decoder that counts its calls."""
+  monkeypatch.delenv(data_cache.ENV, raising=False)
+  prepared = tmp_path / "mnist" / str(tfds.builder_cls("mnist").VERSION)
+  prepared.mkdir(parents=True)
+  (prepared / "dataset_info.json").write_text("{}")
+  (prepared / "mnist-test.array_record-00000-of-00001").write_bytes(b"records")
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (12, 28, 28, 1), dtype=np.uint8)
+  labels = rng.integers(0, 10, 12).astype(np.int32)
+  calls = []
+
+  def decode(spec, split, data_dir):
+    calls.append((spec.name, split, data_dir))
+    return data.ArraySplit(images.copy(), labels.copy(), pixel_max=255.0)
+
+  monkeypatch.setattr(data, "_decode_tfds", decode)
+  return tmp_path, prepared, calls, images, labels
+
+
+def test_decoded_split_is_cached_and_reused(fake_prepared):
+  data_dir, prepared, calls, images, labels = fake_prepared
+  first = data.load_split("mnist", "test", data_dir=data_dir)
+  path = data_dir / data_cache.DIR_NAME / "mnist" / prepared.name / "test.npz"
+  assert len(calls) == 1 and path.is_file()
+  again = data.load_split("mnist:pad", "test", data_dir=data_dir)  # Same stored pixels.
+  assert len(calls) == 1
+  for split in (first, again):
+    np.testing.assert_array_equal(split.images, images)
+    np.testing.assert_array_equal(split.labels, labels)
+    assert split.images.dtype == np.uint8 and split.labels.dtype == np.int32
+    assert split.pixel_max == 255.0
+  data.load_split("mnist", "train", data_dir=data_dir)
+  assert len(calls) == 2  # Another split, another entry.
+  assert sorted(p.name for p in path.parent.iterdir()) == ["test.npz", "train.npz"]
+
+
+def test_preprocessing_is_applied_after_the_cache(fake_prepared):
+  """The cache holds stored pixels: a changed preprocessing is never served stale."""
+  data_dir, _, calls, images, _ = fake_prepared
+  data.load_split("mnist", "test", data_dir=data_dir)
+  cached = data.load_split("mnist", "test", data_dir=data_dir)
+  assert len(calls) == 1
+  outputs = {}
+  for dataset_id, shape, norm in [("mnist", (32, 32, 1), None),
+                                  ("mnist:pad", (32, 32, 1), None),
+                                  ("mnist", (28, 28, 1), None),
+                                  ("mnist", (28, 28, 1), ((0.5,), (0.25,)))]:
+    batch = next(data.eval_batches(cached, dataset_id, batch_size=12, image_shape=shape,
+                                   normalization=norm))
+    expected = data.preprocess(images, data.get_dataset(dataset_id), pixel_max=255.0,
+                               image_shape=shape, normalization=norm)
+    np.testing.assert_array_equal(batch.images, expected)
+    outputs[(dataset_id, shape, norm)] = batch.images
+  resized, padded, native, renormalised = outputs.values()
+  assert not np.allclose(resized, padded) and not np.allclose(native, renormalised)
+
+
+def test_cache_is_invalidated_when_the_prepared_files_change(fake_prepared,
+                                                             monkeypatch):
+  data_dir, prepared, calls, _, _ = fake_prepared
+  data.load_split("mnist", "test", data_dir=data_dir)
+  (prepared / "mnist-test.array_record-00000-of-00001").write_bytes(b"re-prepared!")
+  data.load_split("mnist", "test", data_dir=data_dir)
+  assert len(calls) == 2
+  data.load_split("mnist", "test", data_dir=data_dir)
+  assert len(calls) == 2
+  monkeypatch.setattr(data_cache, "FORMAT_VERSION", data_cache.FORMAT_VERSION + 1)
+  data.load_split("mnist", "test", data_dir=data_dir)
+  assert len(calls) == 3
+
+
+@pytest.mark.parametrize("damage", ["junk", "truncated", "foreign_npz"])
+def test_corrupt_cache_is_ignored_and_rewritten(fake_prepared, damage):
+  data_dir, prepared, calls, images, _ = fake_prepared
+  data.load_split("mnist", "test", data_dir=data_dir)
+  path = data_dir / data_cache.DIR_NAME / "mnist" / prepared.name / "test.npz"
+  if damage == "junk":
+    path.write_bytes(b"not a cache")
+  elif damage == "truncated":
+    path.write_bytes(path.read_bytes()[:1000])
+  else:
+    np.savez(path, images=np.zeros((3, 28, 28, 1), np.uint8))
+  split = data.load_split("mnist", "test", data_dir=data_dir)
+  assert len(calls) == 2
+  np.testing.assert_array_equal(split.images, images)
+  data.load_split("mnist", "test", data_dir=data_dir)
+  assert len(calls) == 2  # Rewritten: read from the cache again.
+  assert [p.name for p in path.parent.iterdir()] == ["test.npz"]  # No temporaries.
+
+
+def test_cache_can_be_turned_off_or_moved(fake_prepared, monkeypatch, tmp_path_factory):
+  data_dir, _, calls, _, _ = fake_prepared
+  data.load_split("mnist", "test", data_dir=data_dir, cache=False)
+  monkeypatch.setenv(data_cache.ENV, "0")
+  data.load_split("mnist", "test", data_dir=data_dir)
+  assert len(calls) == 2 and not (data_dir / data_cache.DIR_NAME).exists()
+  elsewhere = tmp_path_factory.mktemp("cache")
+  monkeypatch.setenv(data_cache.ENV, str(elsewhere))
+  data.load_split("mnist", "test", data_dir=data_dir)
+  data.load_split("mnist", "test", data_dir=data_dir)
+  assert len(calls) == 3 and not (data_dir / data_cache.DIR_NAME).exists()
+  assert len(list(elsewhere.glob(f"{data_dir.name}-*/mnist/*/test.npz"))) == 1
+  blocked = elsewhere / "a_file"
+  blocked.write_text("")
+  monkeypatch.setenv(data_cache.ENV, str(blocked))  # Unwritable: warn, still load.
+  with pytest.warns(UserWarning, match="could not cache"):
+    split = data.load_split("mnist", "test", data_dir=data_dir)
+  assert len(split.labels) == 12
+
+
+def _fake_mnist_archives(folder: pathlib.Path) -> pathlib.Path:
+  folder.mkdir()
+  for name in data.archive_names(data.SPECS["mnist"]):
+    with gzip.open(folder / name, "wb") as f:
+      f.write(b"not MNIST")
+  return folder
+
+
+def test_prepare_refuses_wrong_archives_and_leaves_nothing(tmp_path):
+  archives = _fake_mnist_archives(tmp_path / "fake")
+  data_dir = tmp_path / "tfds"
+  result = subprocess.run(
+      [sys.executable, "-m", "dfkd_jax.data", "prepare", "--dataset=mnist",
+       f"--archives={archives}", f"--data_dir={data_dir}"],
+      capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)),
+      timeout=600, check=False)
+  assert result.returncode == 1
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1, result.stderr[-3000:]
+  assert lines[0].startswith(f"error: archive {archives}/t10k-images-idx3-ubyte.gz")
+  assert "these are not the official files" in lines[0]
+  assert not data_dir.exists()
+
+
+def test_prepare_cleans_up_what_it_made_when_tfds_fails(tmp_path, monkeypatch):
+  archives = _fake_mnist_archives(tmp_path / "fake")
+  data_dir = tmp_path / "tfds"
+  kept = data_dir / "downloads" / "manual" / "cifar10" / "cifar-10-binary.tar.gz"
+  kept.parent.mkdir(parents=True)
+  kept.write_bytes(b"someone else's")
+  monkeypatch.setattr(data, "_check_archive", lambda *args: None)  # TFDS checks alone.
+  with pytest.raises(ValueError, match=r"TFDS rejects the archives of 'mnist'.*wrong "
+                     "checksum.*these are not the official files"):
+    data.prepare("mnist", archives, data_dir)
+  remaining = sorted(p.relative_to(data_dir).as_posix() for p in data_dir.rglob("*"))
+  assert remaining == ["downloads", "downloads/manual", "downloads/manual/cifar10",
+                       "downloads/manual/cifar10/cifar-10-binary.tar.gz"]
+  assert sorted(p.name for p in archives.iterdir()) == data.archive_names(
+      data.SPECS["mnist"])
+
+
 def _read_idx(path: pathlib.Path, offset: int) -> np.ndarray:
   with gzip.open(path, "rb") as f:
     return np.frombuffer(f.read(), np.uint8, offset=offset)
@@ -243,5 +404,9 @@ def test_prepare_real_mnist_offline_and_read_without_tensorflow(mnist_archives,
     assert len(rows) >= 1 and example["label"] in idx_labels["train"][rows]
   test = data.load_split("mnist", "test", data_dir=tmp_path)
   assert test.images.shape == (10000, 28, 28, 1)
+  cached = data.load_split("mnist", "test", data_dir=tmp_path)  # From the cache.
+  assert (tmp_path / data_cache.DIR_NAME / "mnist").is_dir()
+  np.testing.assert_array_equal(cached.images, test.images)
+  np.testing.assert_array_equal(cached.labels, test.labels)
   np.testing.assert_array_equal(np.bincount(test.labels, minlength=10),
                                 np.bincount(idx_labels["test"], minlength=10))
