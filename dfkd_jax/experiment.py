@@ -129,7 +129,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.step_loop = "auto"
   c.eval_batch_size = 1000
   c.checkpoints_to_keep = 3
-  c.tensorboard = True           # Event files when TensorFlow's summary writer imports.
+  c.tensorboard = True           # TensorBoard event files (tensorboardX), per iteration.
+  c.progress_seconds = 10.0      # Progress/heartbeat line at most this often; 0 = off.
   return c
 
 
@@ -213,6 +214,7 @@ FIELD_RULES: tuple[tuple[str, checks.Rule], ...] = (
     ("compute_dtype", checks.one_of(COMPUTE_DTYPES)),
     ("step_loop", checks.one_of(STEP_LOOPS)),
     ("tensorboard", checks.BOOL),
+    ("progress_seconds", checks.NON_NEGATIVE),
 )
 META_RULES: tuple[tuple[str, checks.Rule], ...] = (
     ("meta.alpha", checks.POSITIVE),

@@ -26,6 +26,7 @@ status 75; rerunning the same command resumes.
 
 from __future__ import annotations
 
+import os
 from typing import Sequence
 
 from absl import app
@@ -39,6 +40,7 @@ from dfkd_jax import experiment
 from dfkd_jax import parallel
 from dfkd_jax import train_teacher
 from dfkd_jax import trainer
+from dfkd_jax import workdir
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, e.g. configs/cifar10.py[:method].", lock_config=True)
@@ -51,6 +53,20 @@ _NUM_PROCESSES = flags.DEFINE_integer(
     "num_processes", None, "Processes of a multi-process run (1 = force one process).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None,
                                    "This process's id in [0, num_processes).")
+_ALLOW_CONFIG_CHANGE = flags.DEFINE_list(
+    "allow_config_change", [],
+    "Fields that may differ from the run the workdir holds (only num_epochs: extend a "
+    "run). Any other difference is refused; see docs/contracts.md.")
+_COMPILATION_CACHE_DIR = flags.DEFINE_string(
+    "compilation_cache_dir",
+    os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"),
+                 "dfkd_jax", "xla"),
+    "JAX's persistent compilation cache: a second run of the same config and shapes "
+    "loads the compiled iteration instead of compiling it (tens of MB per config on "
+    "CPU; safe to delete). Empty: no cache.")
+_PRINT_CONFIG = flags.DEFINE_boolean(
+    "print_config", False, "Print the resolved config of this command line and exit "
+    "(nothing is loaded or written; every field: docs/config_fields.md).")
 
 
 def train_teacher_on_first_use(config, log=print) -> None:
@@ -75,24 +91,55 @@ def train_teacher_on_first_use(config, log=print) -> None:
                                teacher_dir, log=log)
 
 
+def parse_flags(argv: Sequence[str]) -> Sequence[str]:
+  """absl's flag parsing, with a one-line error for a bad config file or field.
+
+  ml_collections loads the config file and applies ``--config.FIELD=VALUE`` while the
+  flags are parsed, before ``main`` runs; its errors would otherwise end in a traceback.
+  """
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    raise SystemExit(f"error: {e}; see --help") from None
+  except (AttributeError, KeyError, TypeError, ValueError, OSError) as e:
+    lines = [l.strip() for l in str(e).replace("\\n", "\n").splitlines() if l.strip()]
+    message = " ".join(lines[-1:] if isinstance(e, OSError) else lines).strip("'\"")
+    raise SystemExit(f"error: in --config: {message.replace(chr(92), '')} (every field is "
+                     "listed in docs/config_fields.md; --print_config shows a "
+                     "command line's config)") from None
+
+
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  if _CONFIG.value is None or not _WORKDIR.value:
-    raise app.UsageError("--config and --workdir are required")
+  try:
+    config = _CONFIG.value  # ml_collections loads the file here.
+  except OSError as e:
+    raise SystemExit(f"error: {' '.join(str(e).split())}") from None
+  if config is None:
+    raise app.UsageError("--config is required")
+  if _PRINT_CONFIG.value:
+    print(_CONFIG.value)
+    return
+  if not _WORKDIR.value:
+    raise app.UsageError("--workdir is required")
   logging.set_verbosity(logging.WARNING)  # Orbax logs every checkpoint step at INFO.
+  if _COMPILATION_CACHE_DIR.value:
+    jax.config.update("jax_compilation_cache_dir",
+                      os.path.expanduser(_COMPILATION_CACHE_DIR.value))
   try:
     distributed.initialize(_COORDINATOR_ADDRESS.value, _NUM_PROCESSES.value,
                            _PROCESS_ID.value)
     # Bad values fail before a first-use teacher trains for minutes.
     experiment.validate(_CONFIG.value, parallel.make_mesh())
     train_teacher_on_first_use(_CONFIG.value)
-    result = trainer.run(_CONFIG.value, _WORKDIR.value)
+    result = trainer.run(_CONFIG.value, _WORKDIR.value,
+                         allow_config_change=_ALLOW_CONFIG_CHANGE.value)
   except trainer.Preempted:  # run() logged where it saved.
     raise SystemExit(distributed.PREEMPTED_EXIT_CODE) from None
-  except (ValueError, FileNotFoundError, FileExistsError,
-          trainer.NonFiniteLossError) as e:
-    raise SystemExit(f"error: {e}") from None
+  except (ValueError, OSError, workdir.WorkdirInUseError,
+          trainer.NonFiniteLossError) as e:  # OSError: permissions, a full disk.
+    raise SystemExit(f"error: {' '.join(str(e).split())}") from None
   if not distributed.is_primary():
     return
   print(f"done: acc_max {result['acc_max']:.2f}%, summary in "
@@ -100,4 +147,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

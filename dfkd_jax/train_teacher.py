@@ -26,6 +26,7 @@ from typing import Any, Callable, Sequence
 
 from absl import app
 from absl import flags
+from absl import logging
 import flax
 import jax
 import jax.numpy as jnp
@@ -237,6 +238,7 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   if config is None or not workdir:
     raise app.UsageError("--config and --workdir are required")
+  logging.set_verbosity(logging.WARNING)  # As train: orbax logs every save at INFO.
   try:
     train_and_save(config, workdir)
   except (ValueError, FileNotFoundError, FileExistsError) as e:

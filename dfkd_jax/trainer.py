@@ -17,15 +17,16 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import importlib.util
 import json
 import math
 import os
 import pathlib
+import shutil
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
+from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
@@ -36,7 +37,9 @@ from dfkd_jax import evaluation
 from dfkd_jax import experiment
 from dfkd_jax import iteration as iteration_lib
 from dfkd_jax import parallel
+from dfkd_jax import progress
 from dfkd_jax import summary as summary_lib
+from dfkd_jax import workdir as workdir_lib
 
 SUMMARY_FILE = summary_lib.SUMMARY_FILE
 METRICS_FILE = "metrics.jsonl"
@@ -115,31 +118,21 @@ def _json_float(x) -> float | None:
 # ---------------------------------------------------------------------------
 
 
-def _tensorboard_writer(workdir: pathlib.Path, enabled: bool, log):
-  """A ``(step, scalars) -> None`` writer, or ``None`` without TensorFlow."""
+def _tensorboard_writer(workdir: pathlib.Path, enabled: bool):
+  """A tensorboardX writer into ``WORKDIR/tensorboard`` (no TensorFlow needed), or None."""
   if not enabled:
     return None
-  if not all(importlib.util.find_spec(m) for m in ("tensorflow", "tensorboard")):
-    log("TensorBoard event files disabled: tensorflow and tensorboard are not both "
-        "installed; metrics.jsonl has the same numbers")
-    return None
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  writer = tf.summary.create_file_writer(str(workdir / "tensorboard"))
-
-  def write(step, scalars):
-    with writer.as_default():
-      for name, value in scalars.items():
-        if value is not None:
-          tf.summary.scalar(name, value, step=step)
-    writer.flush()
-
-  return write
+  import tensorboardX  # pylint: disable=g-import-not-at-top
+  return tensorboardX.SummaryWriter(str(workdir / "tensorboard"))
 
 
 class Outputs:
   """What a run writes besides checkpoints; only process 0 writes (others: no-ops).
 
-  ``metrics.jsonl`` gets one line per iteration, flushed before any checkpoint that
+  TensorBoard event files (``WORKDIR/tensorboard``, tensorboardX) get every iteration's
+  metrics and each epoch's ``epoch/test_accuracy`` and ``epoch/alignment``, at the
+  iteration count; ``metrics.jsonl`` stays the contract. ``metrics.jsonl`` gets one line
+  per iteration, flushed before any checkpoint that
   covers it; on resume the lines after the checkpoint's iteration are dropped (the run
   redoes them). ``summary.json`` is rewritten after every epoch.
   """
@@ -153,27 +146,35 @@ class Outputs:
       _truncate_metrics(workdir / METRICS_FILE, completed_iterations,
                         config.iterations_per_epoch)
       self._metrics = open(workdir / METRICS_FILE, "a")
-      self._tensorboard = _tensorboard_writer(workdir, config.tensorboard, log)
+      self._tensorboard = _tensorboard_writer(workdir, config.tensorboard)
+
+  def _scalars(self, step: int, scalars) -> None:
+    for name, value in scalars.items():
+      value = _json_float(value) if value is not None else None
+      if value is not None:
+        self._tensorboard.add_scalar(name, value, step)
 
   def iteration(self, epoch: int, i: int, metrics) -> None:
+    if self._tensorboard:
+      self._scalars(epoch * self.config.iterations_per_epoch + i + 1, metrics)
     if self._metrics:
       record = {"epoch": epoch + 1, "iteration": i + 1,
                 **{k: _json_float(v) for k, v in metrics.items()}}
       self._metrics.write(json.dumps(record) + "\n")
       self._metrics.flush()
 
-  def epoch(self, epoch: int, history: History, metrics, eta_seconds: float) -> None:
+  def epoch(self, epoch: int, history: History, metrics, eta: str) -> None:
     acc = history.test_accuracy[-1]
     if self.primary:
       summary(self.config, history).write(self.workdir / SUMMARY_FILE)
-    if self._tensorboard:
-      self._tensorboard(epoch + 1, {"test_accuracy": acc,
-                                    "alignment": history.alignment[-1],
-                                    **{k: _json_float(v) for k, v in metrics.items()}})
+    if self._tensorboard:  # At the epoch's last iteration, beside its losses.
+      self._scalars((epoch + 1) * self.config.iterations_per_epoch,
+                    {"epoch/test_accuracy": acc, "epoch/alignment": history.alignment[-1]})
+      self._tensorboard.flush()
     self.log(f"epoch {epoch + 1}/{self.config.num_epochs}: student {acc:.2f}% "
              f"(max {max(history.test_accuracy):.2f}%, teacher "
              f"{history.teacher_accuracy:.2f}%), student loss "
-             f"{float(metrics['student_loss']):.4f}, ETA {eta_seconds / 60:.1f} min")
+             f"{float(metrics['student_loss']):.4f}, {eta}")
 
   def finish(self, history: History) -> dict[str, Any]:
     result = summary(self.config, history)
@@ -184,6 +185,8 @@ class Outputs:
   def close(self) -> None:
     if self._metrics:
       self._metrics.close()
+    if self._tensorboard:
+      self._tensorboard.close()
 
 
 def _truncate_metrics(path: pathlib.Path, completed_iterations: int,
@@ -209,7 +212,8 @@ def _truncate_metrics(path: pathlib.Path, completed_iterations: int,
 
 
 def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
-        log: Callable[[str], None] = print, mesh=None) -> dict[str, Any]:
+        log: Callable[[str], None] = print, mesh=None,
+        allow_config_change: Sequence[str] = ()) -> dict[str, Any]:
   """Trains (or resumes) the run in ``workdir`` and returns its summary.
 
   Checkpoints are numbered by iterations done (``state.step``): one at the end of every
@@ -223,9 +227,15 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
   the checkpoints (``workdir`` must be one directory shared by all hosts); only process
   0 logs and writes ``summary.json``, ``metrics.jsonl`` and TensorBoard files.
 
+  A workdir holds one run (:mod:`dfkd_jax.workdir`): process 0 locks it for the run,
+  and a resume or rerun whose result-deciding fields differ from the recorded run's
+  is refused unless the field is in ``allow_config_change`` (``num_epochs`` only).
+
   Raises:
     ValueError, FileNotFoundError: bad config or missing teacher/dataset, before any
-      compilation.
+      compilation; workdir.ConfigChangedError: the workdir holds another run.
+    PermissionError: the workdir cannot be written (before anything is loaded).
+    workdir.WorkdirInUseError: another live process trains in the workdir.
     NonFiniteLossError: a loss became NaN/Inf; the latest checkpoint is the last good one.
     Preempted: SIGTERM; the checkpoint of the current iteration is saved.
   """
@@ -233,35 +243,90 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
   primary = distributed.is_primary()
   if not primary:
     log = lambda message: None  # pylint: disable=unnecessary-lambda-assignment
+  workdir_lib.check_writable(workdir)
   setup = experiment.build(config, log, mesh)
-  with distributed.PreemptionWatch() as preemption:
+  workdir.mkdir(parents=True, exist_ok=True)
+  with workdir_lib.Lock(workdir, enabled=primary), \
+      distributed.PreemptionWatch() as preemption:
+    changed = workdir_lib.check_record(
+        workdir, config.to_dict(), dataclasses.asdict(setup.teacher_meta),
+        allow_config_change, write=primary)
+    for field in changed:
+      log(f"config.{field} changed with --allow_config_change (recorded in "
+          f"{workdir / workdir_lib.RECORD_FILE})")
     return _run(setup, workdir, log, primary, preemption)
 
 
 class _Checkpoints:
-  """The run's orbax checkpoints: ``state`` and the JSON :class:`History`."""
+  """The run's orbax checkpoints: ``state`` and the JSON :class:`History`.
 
-  def __init__(self, directory: pathlib.Path, max_to_keep: int):
-    self.directory = directory
+  A checkpoint that does not restore (truncated or zeroed data, missing metadata) is
+  reported with its cause; the run falls back to the newest one that restores, and
+  process 0 moves the bad ones aside to ``<step>.corrupt`` (never deleted) so that the
+  user can inspect them.
+  """
+
+  def __init__(self, directory: pathlib.Path, max_to_keep: int, log, primary: bool):
+    self.directory, self.log, self.primary = directory, log, primary
     self.manager = ocp.CheckpointManager(
         directory, options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
                                                         create=True))
 
-  def restore(self, state) -> tuple[Any, History] | None:
-    """The latest checkpoint restored into ``state``'s structure, or ``None``."""
-    latest = self.manager.latest_step()
-    if latest is None:
-      return None
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-    restored = self.manager.restore(latest, args=ocp.args.Composite(
+  def _restore_step(self, step: int, abstract):
+    restored = self.manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract), history=ocp.args.JsonRestore()))
     return restored.state, History.from_json(restored.history)
 
+  def restore(self, state) -> tuple[Any, History] | None:
+    """The newest checkpoint that restores into ``state``'s structure, or ``None``."""
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+    failed = []
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      try:
+        restored = self._restore_step(step, abstract)
+      except Exception as e:  # pylint: disable=broad-except  # orbax/tensorstore errors.
+        cause = (str(e).strip().splitlines() or [""])[0][:300]
+        failed.append(step)
+        self.log(f"checkpoint {step} in {self.directory} does not restore "
+                 f"({type(e).__name__}: {cause}); trying the one before it")
+        continue
+      if failed:
+        self._move_aside(failed)
+        self.log(f"resuming from checkpoint {step} instead")
+      return restored
+    if failed:
+      raise ValueError(f"no checkpoint in {self.directory} restores (steps "
+                       f"{', '.join(map(str, failed))}; see the causes above): it holds "
+                       "another run or damaged files; use a new --workdir (nothing was "
+                       "moved or deleted)")
+    return None
+
+  def _move_aside(self, steps) -> None:
+    if self.primary:
+      for step in steps:
+        target = self.directory / f"{step}.corrupt"
+        n = 1
+        while target.exists():
+          target, n = self.directory / f"{step}.corrupt.{n}", n + 1
+        os.replace(self.directory / str(step), target)
+        self.log(f"moved the damaged checkpoint to {target}")
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices("dfkd_jax: corrupt checkpoints moved")
+    self.manager.reload()
+
   def save(self, step: int, state, history: History) -> None:
-    self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state),
-        history=ocp.args.JsonSave(history.to_json())))
-    self.manager.wait_until_finished()
+    try:
+      self.manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state),
+          history=ocp.args.JsonSave(history.to_json())))
+      self.manager.wait_until_finished()
+    except OSError as e:
+      for partial in self.directory.glob(f"{step}.orbax-checkpoint-tmp*"):
+        shutil.rmtree(partial, ignore_errors=True)
+      raise OSError(f"could not save checkpoint {step} to {self.directory} "
+                    f"({e.strerror or e}); the last good checkpoint "
+                    f"({self.latest_step()}) is intact: free space and rerun the same "
+                    "command") from None
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -285,7 +350,11 @@ def _restore(checkpoints: _Checkpoints, state, per_epoch: int, num_epochs: int,
         f"{start / per_epoch:g} with config.iterations_per_epoch={per_epoch}, but it "
         f"records {len(history.test_accuracy)} evaluated epochs; resume with the "
         "config.iterations_per_epoch it was made with")
-  if start_epoch >= num_epochs:
+  if start_epoch > num_epochs:
+    raise ValueError(f"{checkpoints.directory} holds {start_epoch} evaluated epochs, more "
+                     f"than config.num_epochs={num_epochs}; a run cannot be shortened "
+                     "below what it has done")
+  if start_epoch == num_epochs:
     log(f"{checkpoints.directory} holds the finished run ({start_epoch} epochs)")
   else:
     log(f"resumed from {checkpoints.directory}: epoch {start_epoch + 1}, iteration "
@@ -313,18 +382,43 @@ def _accuracy(setup: experiment.Setup, eval_step, variables, split) -> float:
                              batch_size=setup.config.eval_batch_size, mesh=setup.mesh)
 
 
+def _first_call(iteration, state, teacher_vars, log, every: float):
+  """The first iteration, which compiles: said before, during and after."""
+  hits = progress.compile_cache_hits()
+  cache = jax.config.jax_compilation_cache_dir
+  first_line = ("compiling the training iteration (minutes on CPU the first time; "
+                + (f"cached in {cache} for later runs" if cache else "no compilation cache")
+                + "); XLA may print a 'Very slow compile?' notice meanwhile: it is not an "
+                "error")
+  with progress.Heartbeat(log, "compiling", first_line, every) as heartbeat:
+    state, metrics = iteration(state, teacher_vars)
+    metrics = jax.device_get(metrics)
+  how = (" (loaded from the compilation cache)"
+         if progress.compile_cache_hits() > hits else "")
+  log(f"compiled and ran the first iteration in {heartbeat.seconds:.1f} s{how}")
+  return state, metrics
+
+
+def _progress(epoch, i, per_epoch, num_epochs, throughput, metrics, remaining) -> str:
+  rate = throughput.per_second
+  return (f"epoch {epoch + 1}/{num_epochs}, iteration {i + 1}/{per_epoch}: "
+          f"{rate or 0:.2f} it/s, student loss {float(metrics['student_loss']):.4f}, "
+          f"generator loss {float(metrics['generator_loss']):.4f}, "
+          f"{throughput.eta(remaining)}")
+
+
 def _run(setup: experiment.Setup, workdir: pathlib.Path, log, primary: bool,
          preemption: distributed.PreemptionWatch) -> dict[str, Any]:
   """The host loop of :func:`run`."""
   config, mesh, meta = setup.config, setup.mesh, setup.teacher_meta
   test_split = data.load_split(meta.dataset, "test", data_dir=config.data_dir or None)
-  workdir.mkdir(parents=True, exist_ok=True)
   per_epoch = setup.iterations_per_epoch
   total = config.num_epochs * per_epoch
   state = iteration_lib.init_state(setup)
   state = parallel.put(state, mesh, iteration_lib.state_specs(state, setup.replay))
   teacher_vars = parallel.replicate(setup.teacher_variables, mesh)
-  checkpoints = _Checkpoints(workdir / CHECKPOINT_DIR, config.checkpoints_to_keep)
+  checkpoints = _Checkpoints(workdir / CHECKPOINT_DIR, config.checkpoints_to_keep, log,
+                             primary)
   state, history, start = _restore(checkpoints, state, per_epoch, config.num_epochs, log)
   if history.teacher_accuracy is None:
     history.teacher_accuracy = _accuracy(
@@ -333,18 +427,23 @@ def _run(setup: experiment.Setup, workdir: pathlib.Path, log, primary: bool,
         "test set")
   iteration = iteration_lib.make_iteration(setup, state)
   eval_student = evaluation.make_eval_step(setup.student)
-  train_time, timed = 0.0, 0
-  run_start = time.time()
+  throughput = progress.Throughput()
+  progress_line = progress.RateLimited(log, config.progress_seconds)
   with contextlib.closing(Outputs(workdir, config, log, primary, start)) as outputs:
     for step in range(start, total):
       epoch, i = divmod(step, per_epoch)
       t0 = time.time()
-      state, metrics = iteration(state, teacher_vars)
-      metrics = jax.device_get(metrics)  # Blocks: one small transfer per iteration.
-      if step > start:  # The first call compiles.
-        train_time, timed = train_time + time.time() - t0, timed + 1
+      if step == start:  # The first call compiles.
+        state, metrics = _first_call(iteration, state, teacher_vars, log,
+                                     config.progress_seconds)
+      else:
+        state, metrics = iteration(state, teacher_vars)
+        metrics = jax.device_get(metrics)  # Blocks: one small transfer per iteration.
+        throughput.add(time.time() - t0)
       _check_finite(metrics, epoch, i, checkpoints)
       outputs.iteration(epoch, i, metrics)
+      progress_line(lambda: _progress(epoch, i, per_epoch, config.num_epochs, throughput,
+                                      metrics, total - step - 1))
       if int(metrics["retention_steps"]) > 0 and math.isfinite(metrics["grad_cosine"]):
         history.epoch_cosines.append(float(metrics["grad_cosine"]))
       saved = i + 1 == per_epoch
@@ -352,11 +451,10 @@ def _run(setup: experiment.Setup, workdir: pathlib.Path, log, primary: bool,
         student = {"params": state.student.params,
                    "batch_stats": state.student.batch_stats}
         history.end_epoch(_accuracy(setup, eval_student, student, test_split))
-        if timed:
-          history.student_steps_per_second = timed * setup.student_steps / train_time
+        if throughput.per_second:
+          history.student_steps_per_second = throughput.per_second * setup.student_steps
         checkpoints.save(step + 1, state, history)
-        eta = (time.time() - run_start) / (step + 1 - start) * (total - step - 1)
-        outputs.epoch(epoch, history, metrics, eta)
+        outputs.epoch(epoch, history, metrics, throughput.eta(total - step - 1))
       # Every process asks at every iteration (the sync protocol needs it).
       if preemption.reached(step + 1) and step + 1 < total:
         if not saved:

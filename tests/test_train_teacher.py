@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 
 from dfkd_jax import data
+from dfkd_jax import evaluation
+from dfkd_jax import parallel
 from dfkd_jax import models
 from dfkd_jax import teacher as teacher_lib
 from dfkd_jax import train_teacher
@@ -66,10 +68,10 @@ def test_digits_teacher_trains_and_saves(digits_teacher):
   assert loaded.input_shape == (8, 8, 1) and loaded.mean == data.SPECS["digits"].mean
   # The saved variables reproduce the recorded accuracy exactly.
   split = data.load_split("digits", "test")
-  accuracy = train_teacher.evaluate(
-      train_teacher.make_eval_step(module), variables, split, "digits",
-      batch_size=128, image_shape=(8, 8, 1),
-      sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0]))
+  accuracy = evaluation.accuracy(
+      evaluation.make_eval_step(module), variables, split, "digits",
+      image_shape=(8, 8, 1), normalization=(loaded.mean, loaded.std), batch_size=128,
+      mesh=parallel.make_mesh(jax.devices()[:1]))
   assert accuracy == pytest.approx(meta.test_accuracy, abs=1e-3)
 
 

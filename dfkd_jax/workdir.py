@@ -1,0 +1,189 @@
+"""A run directory holds exactly one run: its lock and its record of the run's config.
+
+* :class:`Lock` -- one process trains in a workdir at a time. Process 0 takes an
+  exclusive POSIX lock (``fcntl.lockf``) on ``WORKDIR/run.lock`` for the whole run; the
+  kernel releases it when the process ends, however it ends, so the lock of a dead
+  process never blocks a rerun (the file stays, with the last holder's pid and host).
+  A second process gets a one-line error naming the holder.
+* :func:`check_record` -- ``WORKDIR/run_config.json`` records the resolved config of
+  the run the workdir holds and a fingerprint of the fields that decide its result.
+  Resuming or rerunning with a different value of such a field is an error before
+  anything is written, naming the fields, old and new values and the two ways out (a
+  new workdir, or ``--allow_config_change=FIELD`` for the fields in
+  :data:`CHANGEABLE`). Fields in :data:`FREE` never change a result and may differ.
+* :func:`check_writable` -- a clear error for a workdir that cannot be written, before
+  the teacher and the test set are loaded.
+"""
+
+from __future__ import annotations
+
+import datetime
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import pathlib
+import socket
+from typing import Any, Iterable
+
+LOCK_FILE = "run.lock"
+RECORD_FILE = "run_config.json"
+
+# Fields that do not change a run's numbers: where files are, how often they are kept,
+# how the exact evaluation is batched, whether event files are written, and the
+# first-use teacher recipe (the teacher itself is fingerprinted through its metadata).
+FREE = frozenset({"checkpoints_to_keep", "tensorboard", "eval_batch_size", "data_dir",
+                  "teacher_dir", "teacher_config", "progress_seconds"})
+# Fields that may change with an explicit --allow_config_change=FIELD: num_epochs extends
+# (or shortens) a run. With the cosine schedule the remaining epochs then follow the new
+# length, so the result is not the one of a run of that length from scratch.
+CHANGEABLE = frozenset({"num_epochs"})
+
+
+class WorkdirInUseError(RuntimeError):
+  """Another live process holds the workdir's lock."""
+
+
+class ConfigChangedError(ValueError):
+  """The workdir holds a run made with other values of result-deciding fields."""
+
+
+def check_writable(workdir: pathlib.Path) -> None:
+  """Checks that ``workdir`` (or the folder that would hold it) can be written.
+
+  Nothing is created: a run that fails its later checks leaves no folder behind.
+
+  Raises:
+    PermissionError: it cannot be written (one line, naming it).
+  """
+  existing = workdir
+  while not existing.exists() and existing != existing.parent:
+    existing = existing.parent
+  if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+    what = "is not a folder" if not existing.is_dir() else "is not writable"
+    raise PermissionError(f"workdir {workdir}: {existing} {what}; choose another "
+                          "--workdir or fix its permissions")
+
+
+class Lock:
+  """An exclusive lock on a workdir for the life of this object (``with Lock(...)``)."""
+
+  def __init__(self, workdir: pathlib.Path, enabled: bool = True):
+    self.path = workdir / LOCK_FILE
+    self.enabled = enabled
+    self._file = None
+
+  def __enter__(self) -> "Lock":
+    if not self.enabled:
+      return self
+    handle = open(self.path, "a+")  # pylint: disable=consider-using-with
+    try:
+      fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+      handle.seek(0)
+      holder = handle.read().strip() or "another process"
+      handle.close()
+      if e.errno not in (errno.EACCES, errno.EAGAIN):
+        raise
+      raise WorkdirInUseError(
+          f"workdir {self.path.parent} is in use by {holder}; wait for that run to end, "
+          "stop it, or use another --workdir") from None
+    handle.seek(0)
+    handle.truncate()
+    started = datetime.datetime.now().isoformat(timespec="seconds")
+    handle.write(f"pid {os.getpid()} on {socket.gethostname()} (since {started})\n")
+    handle.flush()
+    self._file = handle
+    return self
+
+  def __exit__(self, *exc) -> None:
+    if self._file is not None:
+      fcntl.lockf(self._file, fcntl.LOCK_UN)
+      self._file.close()
+      self._file = None
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flat(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def _result_fields(config: dict[str, Any]) -> dict[str, Any]:
+  return {k: v for k, v in _flat(config).items() if k.split(".")[0] not in FREE}
+
+
+def fingerprint(config: dict[str, Any], teacher: dict[str, Any]) -> str:
+  """SHA-256 of the result-deciding fields and the teacher's metadata."""
+  blob = json.dumps({"config": _result_fields(config), "teacher": teacher},
+                    sort_keys=True, default=str)
+  return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _show(v) -> str:
+  return json.dumps(v, default=str)
+
+
+def check_record(workdir: pathlib.Path, config: dict[str, Any], teacher: dict[str, Any],
+                 allowed: Iterable[str] = (), write: bool = True) -> list[str]:
+  """Compares ``config`` with the run the workdir holds, then records it.
+
+  A workdir without a record (a new run, or one made before records existed) gets one.
+
+  Args:
+    workdir: the run directory.
+    config: the resolved config (``ConfigDict.to_dict()``).
+    teacher: the teacher's metadata (``TeacherMeta`` as a dict).
+    allowed: fields of :data:`CHANGEABLE` whose change the user allows.
+    write: write the record (process 0 only).
+
+  Returns:
+    The allowed fields that changed (empty for an unchanged run).
+
+  Raises:
+    ConfigChangedError: result-deciding fields differ (one line, naming them all).
+    ValueError: ``allowed`` names a field outside :data:`CHANGEABLE`.
+  """
+  # JSON's view of both sides: tuples and lists compare equal after a reload.
+  config, teacher = json.loads(json.dumps(config, default=str)), json.loads(
+      json.dumps(teacher, default=str))
+  allowed = set(allowed)
+  if allowed - CHANGEABLE:
+    raise ValueError(f"--allow_config_change={','.join(sorted(allowed))}: only "
+                     f"{', '.join(sorted(CHANGEABLE))} may change in an existing run")
+  path = workdir / RECORD_FILE
+  record = json.loads(path.read_text()) if path.is_file() else None
+  changed = []
+  if record is not None:
+    old, new = _result_fields(record["config"]), _result_fields(config)
+    diffs = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    if record.get("teacher") != teacher:
+      diffs.append("teacher")
+    refused = [k for k in diffs if k not in allowed]
+    if refused:
+      values = "; ".join(
+          f"{k}: {_show(old.get(k) if k != 'teacher' else record.get('teacher'))} -> "
+          f"{_show(new.get(k) if k != 'teacher' else teacher)}" for k in refused)
+      changeable = [k for k in refused if k in CHANGEABLE]
+      way = (f", or pass --allow_config_change={','.join(changeable)}" if changeable
+             else "")
+      raise ConfigChangedError(
+          f"workdir {workdir} holds a run made with other values ({values}); use a new "
+          f"--workdir for the new run{way} (see docs/contracts.md)")
+    changed = [k for k in diffs if k in allowed]
+  if write and (record is None or changed):
+    history = (record or {}).get("changes", [])
+    if changed:
+      history.append({k: [_result_fields(record["config"]).get(k),
+                          _result_fields(config).get(k)] for k in changed})
+    data = {"fingerprint": fingerprint(config, teacher), "config": config,
+            "teacher": teacher, "changes": history}
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=str))
+    os.replace(tmp, path)
+  return changed

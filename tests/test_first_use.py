@@ -1,0 +1,59 @@
+"""What a first-time user sees: compile notices, heartbeat, ETA, cache, TensorBoard."""
+
+import pathlib
+import subprocess
+import sys
+import time
+
+import pytest
+
+from dfkd_jax import progress
+
+from test_trainer import cli_args, teacher_dir, tiny_config  # pylint: disable=unused-import
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_heartbeat_speaks_at_its_interval_until_the_block_ends():
+  lines = []
+  with progress.Heartbeat(lines.append, "compiling", "compiling ...", every=0.05):
+    time.sleep(0.32)
+  count = len(lines)
+  time.sleep(0.15)
+  assert lines[0] == "compiling ..." and len(lines) == count  # Silent once done.
+  assert 4 <= count <= 8 and all("still compiling" in l for l in lines[1:])
+
+
+def test_eta_leaves_the_compile_out():
+  throughput = progress.Throughput()
+  assert throughput.eta(10) == "ETA after the next iteration"
+  for _ in range(4):
+    throughput.add(0.5)  # The compiling first call is never added.
+  assert throughput.per_second == 2.0 and throughput.eta(120) == "ETA 1.0 min"
+
+
+def _train(config, workdir, cache_dir, *extra):
+  args = cli_args(config, workdir) + [f"--compilation_cache_dir={cache_dir}", *extra]
+  out = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=1200,
+                       check=True)
+  return out.stdout + out.stderr
+
+
+def test_second_run_loads_the_iteration_from_the_cache_and_writes_tensorboard(
+    teacher_dir, tmp_path):
+  config = tiny_config(teacher_dir, "dfkd", num_epochs=1)
+  first = _train(config, tmp_path / "a", tmp_path / "xla", "--config.tensorboard=True")
+  assert "compiling the training iteration" in first and "not an error" in first
+  assert "compiled and ran the first iteration in" in first
+  assert "loaded from the compilation cache" not in first
+  assert any((tmp_path / "xla").iterdir())
+  second = _train(config, tmp_path / "b", tmp_path / "xla")
+  assert "(loaded from the compilation cache)" in second  # JAX's own cache-hit event.
+  # TensorBoard event files, without TensorFlow's writer: every iteration's losses.
+  accumulator = pytest.importorskip(
+      "tensorboard.backend.event_processing.event_accumulator")
+  events = accumulator.EventAccumulator(str(tmp_path / "a" / "tensorboard"))
+  events.Reload()
+  tags = events.Tags()["scalars"]
+  assert {"student_loss", "generator_loss", "epoch/test_accuracy"} <= set(tags)
+  assert [e.step for e in events.Scalars("student_loss")] == [1, 2]

@@ -1,0 +1,108 @@
+"""A workdir holds exactly one run (dfkd_jax.workdir, the trainer's use of it)."""
+
+import json
+import pathlib
+import subprocess
+import sys
+import time
+
+import pytest
+
+from dfkd_jax import trainer
+from dfkd_jax import workdir as workdir_lib
+
+from test_trainer import teacher_dir, tiny_config  # pylint: disable=unused-import  # fixture
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _quiet(lines):
+  return lines.append
+
+
+def test_rerun_with_changed_fields_corrupt_checkpoint_and_extension(teacher_dir, tmp_path):
+  config = tiny_config(teacher_dir, "dfkd", num_epochs=2)
+  reference = trainer.run(config, tmp_path, log=lambda s: None)
+  summary_before = (tmp_path / trainer.SUMMARY_FILE).read_text()
+  record = json.loads((tmp_path / workdir_lib.RECORD_FILE).read_text())
+  assert record["config"]["seed"] == 0 and len(record["fingerprint"]) == 64
+
+  # A result-deciding field changed: refused before anything is written.
+  changed = tiny_config(teacher_dir, "dfkd", num_epochs=2, seed=7,
+                        **{"student_optimizer.learning_rate": 0.01})
+  with pytest.raises(workdir_lib.ConfigChangedError,
+                     match=r"seed: 0 -> 7; student_optimizer.learning_rate: 0.1 -> 0.01"
+                     r".*new --workdir"):
+    trainer.run(changed, tmp_path, log=lambda s: None)
+  with pytest.raises(workdir_lib.ConfigChangedError, match=r"dfkd -> \"mb_dfkd\"|method"):
+    trainer.run(tiny_config(teacher_dir, "mb_dfkd", num_epochs=2), tmp_path,
+                log=lambda s: None)
+  assert (tmp_path / trainer.SUMMARY_FILE).read_text() == summary_before
+  # Free fields may change.
+  lines = []
+  again = trainer.run(tiny_config(teacher_dir, "dfkd", num_epochs=2, eval_batch_size=500),
+                      tmp_path, log=_quiet(lines))
+  assert again["test_accuracy"] == reference["test_accuracy"]
+
+  # The latest checkpoint is damaged: the run falls back to the one before, moves the
+  # damaged one aside and ends as the uninterrupted run did.
+  latest = tmp_path / trainer.CHECKPOINT_DIR / "4"
+  data_files = [p for p in (latest / "state").rglob("*") if p.is_file()
+                and p.stat().st_size > 1000]
+  assert data_files
+  for p in data_files:
+    p.write_bytes(b"\0" * 16)
+  (tmp_path / trainer.SUMMARY_FILE).unlink()
+  lines = []
+  result = trainer.run(config, tmp_path, log=_quiet(lines))
+  text = "\n".join(lines)
+  assert "checkpoint 4 in" in text and "does not restore" in text
+  assert "resuming from checkpoint 2 instead" in text
+  assert (tmp_path / trainer.CHECKPOINT_DIR / "4.corrupt").is_dir()
+  assert result["test_accuracy"] == reference["test_accuracy"]
+
+  # Extending a run needs the explicit flag.
+  longer = tiny_config(teacher_dir, "dfkd", num_epochs=3)
+  with pytest.raises(workdir_lib.ConfigChangedError,
+                     match="num_epochs: 2 -> 3.*--allow_config_change=num_epochs"):
+    trainer.run(longer, tmp_path, log=lambda s: None)
+  extended = trainer.run(longer, tmp_path, log=lambda s: None,
+                         allow_config_change=["num_epochs"])
+  assert extended["test_accuracy"][:2] == reference["test_accuracy"]
+  assert len(extended["test_accuracy"]) == 3
+  record = json.loads((tmp_path / workdir_lib.RECORD_FILE).read_text())
+  assert record["config"]["num_epochs"] == 3 and record["changes"] == [
+      {"num_epochs": [2, 3]}]
+  with pytest.raises(ValueError, match="only num_epochs may change"):
+    trainer.run(longer, tmp_path, log=lambda s: None, allow_config_change=["seed"])
+
+
+def test_a_second_process_on_the_workdir_is_refused(teacher_dir, tmp_path):
+  holder = subprocess.Popen(
+      [sys.executable, "-c", "import pathlib, sys, time\n"
+       "from dfkd_jax import workdir\n"
+       "with workdir.Lock(pathlib.Path(sys.argv[1])):\n"
+       "  print('locked', flush=True); time.sleep(120)\n", str(tmp_path)],
+      cwd=REPO, stdout=subprocess.PIPE, text=True)
+  try:
+    assert holder.stdout.readline().strip() == "locked"
+    start = time.time()
+    with pytest.raises(workdir_lib.WorkdirInUseError,
+                       match=f"in use by pid {holder.pid} on .*another --workdir"):
+      trainer.run(tiny_config(teacher_dir, "dfkd"), tmp_path, log=lambda s: None)
+    assert time.time() - start < 60  # Before any compilation.
+    assert not (tmp_path / trainer.CHECKPOINT_DIR).exists()
+  finally:
+    holder.kill()
+    holder.wait()
+  # The dead holder's lock file stays but no longer blocks.
+  assert f"pid {holder.pid}" in (tmp_path / workdir_lib.LOCK_FILE).read_text()
+  with workdir_lib.Lock(tmp_path):
+    pass
+
+
+def test_an_unwritable_workdir_is_a_clear_error_before_loading(teacher_dir, tmp_path):
+  (tmp_path / "file").write_text("")
+  with pytest.raises(PermissionError, match="is not a folder; choose another --workdir"):
+    trainer.run(tiny_config(teacher_dir, "dfkd"), tmp_path / "file" / "run",
+                log=lambda s: None)
