@@ -9,8 +9,11 @@ import ast
 import pathlib
 import re
 
+import jax
+import jax.numpy as jnp
 import pytest
 
+from dfkd_jax import data
 from dfkd_jax import experiment
 from dfkd_jax import methods
 from dfkd_jax import models
@@ -31,6 +34,13 @@ def docstring(path: str) -> str:
 
 def is_teacher_config(config) -> bool:
   return "method" not in config
+
+
+def load(path: str):
+  return experiment.load_config_file(str(REPO / path))
+
+
+DISTILLATION = [p for p in CONFIG_FILES if not is_teacher_config(load(p))]
 
 
 def documented_commands() -> list[str]:
@@ -75,21 +85,39 @@ def test_every_documented_command_loads_and_validates(command, mesh):
   check(command, mesh)
 
 
-@pytest.mark.parametrize("path", [p for p in CONFIG_FILES
-                                  if not p.startswith("configs/teacher/")])
+@pytest.mark.parametrize("path", DISTILLATION)
 def test_every_method_validates_in_every_distillation_config(path, mesh):
-  config = experiment.load_config_file(str(REPO / path))
-  if is_teacher_config(config):
-    pytest.skip("teacher config")
   for name in methods.METHODS:
     experiment.validate(experiment.load_config_file(f"{REPO / path}:{name}"), mesh)
 
 
-@pytest.mark.parametrize("path", [p for p in CONFIG_FILES
-                                  if p.count("/") == 1])
+@pytest.mark.parametrize("path", DISTILLATION)
+def test_every_config_builds_its_generator_and_student(path):
+  """Shapes only (no teacher, no compile): the models exist for the dataset's images."""
+  config = load(path)
+  spec = data.get_dataset(config.dataset).spec
+  shape = models.input_shape(config.student, channels=spec.image_shape[-1])
+  accepted = set(models.options(config.generator))
+  if path in RECIPES:  # A recipe sets no option its generator would ignore.
+    assert set(config.generator_options) <= accepted, dict(config.generator_options)
+  generator = models.get(config.generator, num_classes=spec.num_classes,
+                         latent_dim=config.latent_dim, image_shape=shape,
+                         **{k: v for k, v in config.generator_options.items()
+                            if k in accepted})
+  student = models.get(config.student, num_classes=spec.num_classes, input_shape=shape)
+  key = jax.random.key(0)
+  z = jax.ShapeDtypeStruct((2, config.latent_dim), jnp.float32)
+  variables = jax.eval_shape(lambda k, z: generator.init(k, z, train=False), key, z)
+  images = jax.eval_shape(lambda v, z: generator.apply(v, z, train=False), variables, z)
+  assert images.shape == (2, *shape)
+  logits = jax.eval_shape(lambda k, x: student.init_with_output(k, x)[0], key, images)
+  assert logits.shape == (2, spec.num_classes)
+
+
+@pytest.mark.parametrize("path", [p for p in DISTILLATION if p.count("/") == 1])
 def test_protocol_configs_keep_the_meta_step_at_the_student_learning_rate(path):
   """README rule: alpha at 9-10x the student's learning rate cost 8-47 points."""
-  config = experiment.load_config_file(str(REPO / path))
+  config = load(path)
   assert config.meta.alpha == config.student_optimizer.learning_rate, (
       f"{path}: meta.alpha={config.meta.alpha}, student learning rate "
       f"{config.student_optimizer.learning_rate}")
