@@ -21,6 +21,10 @@ A reduced epoch budget (LeNets learn fast); the student learning rate of DFAD's 
 run (0.01; LRA's 0.1 stalls here) with the meta step alpha equal to it (the inner step
 of eq. 6 stands for the student's next SGD step; alpha = 0.1 with this learning rate
 cost ~50 points, docs/results.md); the rest as in the paper.
+
+This is the paper's protocol (every method with the same generator and budget). The
+peers' own MNIST settings, with their published numbers: configs/recipes/dfad_mnist.py
+and configs/recipes/dafl_mnist.py.
 """
 
 from dfkd_jax import experiment

@@ -12,7 +12,9 @@
 # directory every worker sees and that outlives the VMs: Filestore/NFS or a gcsfuse
 # mount, set up by SETUP_COMMAND). Optional: PROJECT, SPOT=1 (spot VMs),
 # SETUP_COMMAND (run on every worker after installing, e.g. mounting WORKDIR),
-# MAX_ATTEMPTS (default 20), LOG_FILE (default tpu_pod_<TPU_NAME>.log).
+# MAX_ATTEMPTS (default 20), LOG_FILE (default tpu_pod_<TPU_NAME>.log),
+# PYTHON_VERSION (default 3.12; jax 0.10 needs >= 3.11, the TPU VM images ship 3.10,
+# so every worker gets this Python from uv in the virtual environment ~/dfkd_venv).
 set -euo pipefail
 
 usage() {
@@ -45,6 +47,12 @@ fi
 max_attempts="${MAX_ATTEMPTS:-20}"
 if ! [[ "$max_attempts" =~ ^[1-9][0-9]*$ ]]; then
   echo "error: MAX_ATTEMPTS='$max_attempts' must be a positive integer" >&2
+  exit 2
+fi
+python_version="${PYTHON_VERSION:-3.12}"
+if ! [[ "$python_version" =~ ^3\.(1[1-9]|[2-9][0-9])$ ]]; then
+  echo "error: PYTHON_VERSION='$python_version' must be 3.11 or newer, e.g. 3.12" \
+    "(jax 0.10 and flax 0.12 need Python >= 3.11)" >&2
   exit 2
 fi
 log_file="${LOG_FILE:-tpu_pod_${TPU_NAME}.log}"
@@ -105,12 +113,17 @@ install() {
   run git -C "$repo" archive --format=tar.gz --prefix=dfkd_jax/ -o "$archive" HEAD
   run "${gcloud_tpu[@]}" scp "$archive" "$TPU_NAME":dfkd_jax.tar.gz "${where[@]}" \
     --worker=all
+  # The images' system Python is 3.10: uv (from PyPI) fetches Python $python_version
+  # into a fresh virtual environment, which the training command activates.
   on_all_workers "rm -rf ~/dfkd_jax && tar xzf ~/dfkd_jax.tar.gz -C ~ \
-&& cd ~/dfkd_jax && python3 -m pip install -q -e '.[tpu]'"
+&& cd ~/dfkd_jax && python3 -m pip install -q --user uv && rm -rf ~/dfkd_venv \
+&& ~/.local/bin/uv venv -q --python $python_version ~/dfkd_venv \
+&& ~/.local/bin/uv pip install -q --python ~/dfkd_venv/bin/python -e '.[tpu]'"
   if [[ -n "${SETUP_COMMAND:-}" ]]; then on_all_workers "$SETUP_COMMAND"; fi
 }
 
-train_command="cd ~/dfkd_jax && python3 -m dfkd_jax.train --config=$(printf '%q' "$CONFIG")"
+train_command="cd ~/dfkd_jax && . ~/dfkd_venv/bin/activate"
+train_command+=" && python3 -m dfkd_jax.train --config=$(printf '%q' "$CONFIG")"
 train_command+=" --workdir=$(printf '%q' "$WORKDIR")"
 for flag in "${extra[@]}"; do train_command+=" $(printf '%q' "$flag")"; done
 

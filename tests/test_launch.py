@@ -76,6 +76,26 @@ def test_tpu_pod_dry_run_prints_the_gcloud_commands():
   assert len(lines) == 6
 
 
+@pytest.mark.parametrize("version", ["", "3.11", "3.13"])
+def test_tpu_pod_installs_into_a_python_that_jax_supports(version):
+  """The TPU VM images ship Python 3.10; jax 0.10 needs >= 3.11 (uv installs it)."""
+  env = {**TPU_ENV, **({"PYTHON_VERSION": version} if version else {})}
+  proc = bash("launch/tpu_pod.sh", "--dry-run", env=env)
+  assert proc.returncode == 0, proc.stderr
+  lines = [l for l in proc.stdout.splitlines() if l.startswith("+ ")]
+  install, train = lines[4], lines[5]
+  assert rf"uv\ venv\ -q\ --python\ {version or '3.12'}\ ~/dfkd_venv" in install
+  assert r"uv\ pip\ install\ -q\ --python\ ~/dfkd_venv/bin/python\ -e" in install
+  assert r".\ ~/dfkd_venv/bin/activate\ \&\&\ python3\ -m\ dfkd_jax.train" in train
+
+
+@pytest.mark.parametrize("version", ["3.10", "3", "python3.12"])
+def test_tpu_pod_refuses_a_python_older_than_jax_needs(version):
+  proc = bash("launch/tpu_pod.sh", "--dry-run", env={**TPU_ENV, "PYTHON_VERSION": version})
+  assert proc.returncode == 2
+  assert f"PYTHON_VERSION='{version}' must be 3.11 or newer" in proc.stderr
+
+
 @pytest.mark.parametrize("script, env", [("launch/tpu_pod.sh", TPU_ENV),
                                          ("launch/slurm.sbatch", SLURM_ENV)])
 def test_missing_variables_are_named(script, env):
