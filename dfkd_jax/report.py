@@ -465,22 +465,32 @@ def write_paired(grouped: Mapping[str, Mapping[str, Sequence[Run]]],
 
 
 def write_report(workdirs: Iterable[str | os.PathLike], out_dir: str | os.PathLike,
-                 pairs: Sequence[tuple[str, str]] = paired_stats.DEFAULT_PAIRS
-                 ) -> dict[str, Any]:
+                 pairs: Sequence[tuple[str, str]] | None = None) -> dict[str, Any]:
   """Loads the runs under ``workdirs`` and writes the tables and figures to ``out_dir``.
 
   Args:
     workdirs: run directories (see :func:`find_summaries`).
     out_dir: output directory (created).
-    pairs: ``(A, B)`` methods whose paired differences ``A - B`` go to ``paired.md``.
+    pairs: ``(A, B)`` methods whose paired differences ``A - B`` go to ``paired.md``;
+      ``None``: :data:`dfkd_jax.paired_stats.DEFAULT_PAIRS` (those without runs are
+      skipped), while every method of given pairs must have runs.
 
   Returns:
     ``{"runs": [...], "files": [written paths]}``.
 
   Raises:
-    FileNotFoundError, ValueError: as :func:`load_runs`, before anything is written.
+    FileNotFoundError, ValueError: as :func:`load_runs`, or a method of ``pairs`` that no
+      run has, before anything is written.
   """
   runs = load_runs(workdirs)
+  if pairs is None:
+    pairs = paired_stats.DEFAULT_PAIRS
+  else:
+    known = {r.method for r in runs}
+    unknown = sorted({m for pair in pairs for m in pair} - known)
+    if unknown:
+      raise ValueError(f"--pairs names method(s) {unknown} that no run has; the runs' "
+                       f"methods are {sorted(known, key=method_sort_key)}")
   grouped = group_runs(runs)
   tables = {dataset: table_rows(by_method) for dataset, by_method in grouped.items()}
   out = pathlib.Path(out_dir)
@@ -550,8 +560,7 @@ def main(argv: Sequence[str] | None = None) -> int:
            + ",".join(f"{a}:{b}" for a, b in paired_stats.DEFAULT_PAIRS))
   args = parser.parse_args(argv)
   try:
-    pairs = (paired_stats.DEFAULT_PAIRS if args.pairs is None
-             else paired_stats.parse_pairs(args.pairs))
+    pairs = None if args.pairs is None else paired_stats.parse_pairs(args.pairs)
     result = write_report(args.workdirs, args.out, pairs)
   except (FileNotFoundError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)

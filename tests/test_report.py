@@ -457,6 +457,10 @@ def test_cli_pairs_flag_overrides_and_rejects_a_bad_pair(tmp_path):
   assert proc.returncode == 1
   assert proc.stderr.count("\n") == 1 and "'lra_mb-dfkd'" in proc.stderr
   assert not (tmp_path / "bad_out").exists()
+  with pytest.raises(ValueError, match=r"method\(s\) \['lra_mbb'\] that no run has"):
+    report.write_report([tmp_path / "runs"], tmp_path / "bad_out",
+                        pairs=[("lra_mbb", "dfkd")])
+  assert not (tmp_path / "bad_out").exists()
 
 
 def test_figures_show_one_epoch_runs_per_seed_lines_and_integer_epochs(tmp_path):
