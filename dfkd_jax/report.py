@@ -1,6 +1,6 @@
 r"""Tables and figures of DFKD runs from their ``summary.json`` files (LRA Table 1, Fig. 4).
 
-  python -m dfkd_jax.report runs/mnist --out docs/results/mnist
+  python -m dfkd_jax.report runs/mnist --out docs/results/mnist [--pairs=lra_mb:mb_dfkd]
 
 reads every ``summary.json`` under the given run directories (a directory holding one
 is a run; any other directory is searched recursively) and writes to ``--out``:
@@ -11,9 +11,18 @@ is a run; any other directory is searched recursively) and writes to ``--out``:
   ``Acc_max``. When several runs (seeds) share a method, each cell is the mean ± the
   sample standard deviation (``ddof=1``) of the runs' values; a single run shows its
   value alone.
+* ``paired.md`` / ``paired.csv`` (:mod:`dfkd_jax.paired_stats`), written only when at
+  least one pair of methods shares >= 2 seeds on a dataset: for each pair ``A:B``
+  (``--pairs=A:B,C:D``; default :data:`dfkd_jax.paired_stats.DEFAULT_PAIRS`: each LRA
+  variant vs its base method and every replay method vs ``dfkd``) the mean over the
+  shared seeds of ``A - B`` of every Table 1 column, its 95% percentile-bootstrap
+  interval (10000 resamples, fixed RNG seed), the paired t-test p (the test that marks a
+  cell significant at p < 0.05) and the Wilcoxon signed-rank p. Seeds only one of the
+  two methods has are ignored; the table states n and the seeds.
 * PNG figures in the style of LRA Fig. 4: ``<dataset>_test_accuracy.png`` (test accuracy
-  per epoch) and ``<dataset>_cumulative_mean_accuracy.png`` (its running mean), one line
-  per method (the mean over seeds, shaded ± one standard deviation), and
+  per epoch) and ``<dataset>_cumulative_mean_accuracy.png`` (its running mean): per
+  method a thin line per run (seed) and a thick line with markers for the mean over
+  seeds (so a one-epoch run shows as a dot), integer epoch ticks; and
   ``<dataset>_alignment.png``, the per-epoch cosine between the acquisition and retention
   gradients (Section 3.4) of the methods that log it.
 
@@ -34,11 +43,14 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from dfkd_jax import paired_stats
 from dfkd_jax import summary as summary_lib
 
 SUMMARY_FILE = summary_lib.SUMMARY_FILE
 TABLE_MARKDOWN = "table1.md"
 TABLE_CSV = "table1.csv"
+PAIRED_MARKDOWN = "paired.md"
+PAIRED_CSV = "paired.csv"
 #: Row order of the table and legend order of the figures (LRA Table 1 order, then the
 #: rest of the presets); methods not listed follow in alphabetical order.
 METHOD_ORDER = ("dafl", "dfad", "zskt", "dfq", "dfkd", "mb_dfkd", "pre_dfkd", "mad",
@@ -348,34 +360,53 @@ def line_styles(methods: Sequence[str]) -> dict[str, tuple[str, str]]:
           for i, m in enumerate(methods)}
 
 
-def _plot_curves(by_method: Mapping[str, Sequence[Run]], curve_of, title: str,
-                 ylabel: str, path: pathlib.Path) -> bool:
-  """One line per method (mean over runs), shaded ± one std; False if nothing to plot."""
+def curve_figure(by_method: Mapping[str, Sequence[Run]], curve_of, title: str,
+                 ylabel: str):
+  """A figure of one curve per run (thin) and the mean over a method's runs (markers).
+
+  Returns:
+    The matplotlib figure, or ``None`` when no run has the curve. Epoch ticks are
+    integers and every point has a marker, so a one-epoch run shows as a dot.
+  """
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  from matplotlib import ticker  # pylint: disable=g-import-not-at-top
 
   styles = line_styles(list(by_method))
   series = {}
   for method, runs in by_method.items():
     curves = [c for c in (curve_of(r) for r in runs) if c is not None]
     if curves and not all(np.all(np.isnan(c)) for c in curves):
-      series[method] = curve_stats(curves)
+      series[method] = (curves, curve_stats(curves)[0])
   if not series:
-    return False
+    return None
   fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
-  for method, (mean, std) in series.items():
-    epochs = np.arange(1, mean.size + 1)
+  for method, (curves, mean) in series.items():
     color, linestyle = styles[method]
-    ax.plot(epochs, mean, label=method, color=color, linestyle=linestyle, linewidth=1.5)
-    ax.fill_between(epochs, mean - std, mean + std, color=color, alpha=0.2,
-                    linewidth=0)
+    if len(curves) > 1:
+      for curve in curves:
+        ax.plot(np.arange(1, curve.size + 1), curve, color=color, linestyle=linestyle,
+                linewidth=0.6, alpha=0.35, marker=".", markersize=2)
+    ax.plot(np.arange(1, mean.size + 1), mean, label=method, color=color,
+            linestyle=linestyle, linewidth=1.5, marker="o", markersize=3)
+  ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
   ax.set_xlabel("epoch")
   ax.set_ylabel(ylabel)
   ax.set_title(title)
   ax.grid(alpha=0.3)
   ax.legend(loc="best", fontsize="small")
   fig.tight_layout()
+  return fig
+
+
+def _plot_curves(by_method: Mapping[str, Sequence[Run]], curve_of, title: str,
+                 ylabel: str, path: pathlib.Path) -> bool:
+  """Writes :func:`curve_figure` as a PNG to ``path``; False if nothing to plot."""
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig = curve_figure(by_method, curve_of, title, ylabel)
+  if fig is None:
+    return False
   fig.savefig(path, format="png")
   plt.close(fig)
   return True
@@ -389,17 +420,77 @@ def _shown(path: pathlib.Path) -> str:
     return str(path)
 
 
-def write_report(workdirs: Iterable[str | os.PathLike],
-                 out_dir: str | os.PathLike) -> dict[str, Any]:
+def _write_csv(path: pathlib.Path, records: Sequence[Mapping[str, Any]]) -> None:
+  fields = list(dict.fromkeys(k for rec in records for k in rec))
+  with open(path, "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=fields, restval="")
+    writer.writeheader()
+    writer.writerows(records)
+
+
+def write_paired(grouped: Mapping[str, Mapping[str, Sequence[Run]]],
+                 pairs: Sequence[tuple[str, str]],
+                 out: pathlib.Path) -> list[pathlib.Path]:
+  """Writes ``paired.md`` / ``paired.csv`` (:mod:`dfkd_jax.paired_stats`).
+
+  Returns:
+    The written paths; none (and nothing written) when no pair shares 2 seeds.
+  """
+  md = ["# Paired differences between methods", "", paired_stats.description(), ""]
+  records = []
+  for dataset, by_method in grouped.items():
+    comparisons, skipped = [], []
+    for a, b in pairs:
+      comparison = paired_stats.compare(by_method, a, b)
+      if comparison is None:
+        if a in by_method and b in by_method:
+          skipped.append(f"{a} − {b}")
+      else:
+        comparisons.append(comparison)
+    if not comparisons:
+      continue
+    md += [f"## {dataset}", ""]
+    for comparison in comparisons:
+      md.append(paired_stats.markdown(comparison))
+      records += paired_stats.csv_records(dataset, comparison)
+    if skipped:
+      md += [f"Fewer than {paired_stats.MIN_SHARED_SEEDS} shared seeds (not compared): "
+             f"{', '.join(skipped)}.", ""]
+  if not records:
+    return []
+  md_path, csv_path = out / PAIRED_MARKDOWN, out / PAIRED_CSV
+  md_path.write_text("\n".join(md))
+  _write_csv(csv_path, records)
+  return [md_path, csv_path]
+
+
+def write_report(workdirs: Iterable[str | os.PathLike], out_dir: str | os.PathLike,
+                 pairs: Sequence[tuple[str, str]] | None = None) -> dict[str, Any]:
   """Loads the runs under ``workdirs`` and writes the tables and figures to ``out_dir``.
+
+  Args:
+    workdirs: run directories (see :func:`find_summaries`).
+    out_dir: output directory (created).
+    pairs: ``(A, B)`` methods whose paired differences ``A - B`` go to ``paired.md``;
+      ``None``: :data:`dfkd_jax.paired_stats.DEFAULT_PAIRS` (those without runs are
+      skipped), while every method of given pairs must have runs.
 
   Returns:
     ``{"runs": [...], "files": [written paths]}``.
 
   Raises:
-    FileNotFoundError, ValueError: as :func:`load_runs`, before anything is written.
+    FileNotFoundError, ValueError: as :func:`load_runs`, or a method of ``pairs`` that no
+      run has, before anything is written.
   """
   runs = load_runs(workdirs)
+  if pairs is None:
+    pairs = paired_stats.DEFAULT_PAIRS
+  else:
+    known = {r.method for r in runs}
+    unknown = sorted({m for pair in pairs for m in pair} - known)
+    if unknown:
+      raise ValueError(f"--pairs names method(s) {unknown} that no run has; the runs' "
+                       f"methods are {sorted(known, key=method_sort_key)}")
   grouped = group_runs(runs)
   tables = {dataset: table_rows(by_method) for dataset, by_method in grouped.items()}
   out = pathlib.Path(out_dir)
@@ -443,15 +534,16 @@ def write_report(workdirs: Iterable[str | os.PathLike],
            for rs in by_method.values() for r in rs]
     md.append("")
 
+  paired = write_paired(grouped, pairs, out)
+  if paired:
+    md += [f"Paired differences between methods over shared seeds: "
+           f"[{PAIRED_MARKDOWN}]({PAIRED_MARKDOWN}).", ""]
   md_path = out / TABLE_MARKDOWN
   md_path.write_text("\n".join(md))
   csv_path = out / TABLE_CSV
-  fields = list(dict.fromkeys(k for rec in records for k in rec))
-  with open(csv_path, "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=fields, restval="")
-    writer.writeheader()
-    writer.writerows(records)
-  return {"runs": [str(r.path) for r in runs], "files": [md_path, csv_path, *written]}
+  _write_csv(csv_path, records)
+  return {"runs": [str(r.path) for r in runs],
+          "files": [md_path, csv_path, *paired, *written]}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -462,9 +554,14 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("workdirs", nargs="+", metavar="WORKDIR",
                       help="run directories (or folders of them) holding summary.json")
   parser.add_argument("--out", required=True, help="output directory")
+  parser.add_argument(
+      "--pairs", default=None, metavar="A:B,C:D",
+      help="method pairs for paired.md (difference A - B over shared seeds); default: "
+           + ",".join(f"{a}:{b}" for a, b in paired_stats.DEFAULT_PAIRS))
   args = parser.parse_args(argv)
   try:
-    result = write_report(args.workdirs, args.out)
+    pairs = None if args.pairs is None else paired_stats.parse_pairs(args.pairs)
+    result = write_report(args.workdirs, args.out, pairs)
   except (FileNotFoundError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1

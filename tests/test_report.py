@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 
 from dfkd_jax import experiment
+from dfkd_jax import paired_stats
 from dfkd_jax import report
+from dfkd_jax import summary as summary_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -276,3 +278,211 @@ def test_reads_what_the_trainer_writes(tmp_path):
   assert rows["mb_dfkd"][13] == f"72.50 ± {sample_std([70.0, 75.0]):.2f}"
   assert (tmp_path / "out" / "digits_alignment.png").read_bytes().startswith(
       PNG_SIGNATURE)
+
+
+# ---------------------------------------------------------------------------
+# Paired statistics (paired.md / paired.csv) on summaries written by the trainer's
+# Summary.of_run, with known differences.
+# ---------------------------------------------------------------------------
+
+EPOCHS = 6
+
+
+def write_run(root, method, seed, acc, dataset="mnist"):
+  """Writes the summary.json of a run with per-epoch accuracies ``acc``."""
+  path = pathlib.Path(root) / f"{dataset}_{method}_s{seed}"
+  path.mkdir(parents=True, exist_ok=True)
+  summary_lib.Summary.of_run(
+      method=method, dataset=dataset, seed=seed, teacher_accuracy=99.0,
+      test_accuracy=[float(a) for a in acc], alignment=[None] * len(acc),
+      student_steps_per_second=1.0, config={}).write(path / report.SUMMARY_FILE)
+  return summary_lib.Summary.load(path / report.SUMMARY_FILE)
+
+
+def paired_records(out):
+  with open(out / report.PAIRED_CSV) as f:
+    return {(r["method_a"], r["method_b"], r["column"]): r for r in csv.DictReader(f)}
+
+
+def shifted_runs(root, shift, seeds=range(8), noise=0.3, rng_seed=0):
+  """lra_mb = a per-seed base curve + ``shift`` + noise; mb_dfkd = the base + noise."""
+  rng = np.random.default_rng(rng_seed)
+  summaries = {}
+  for seed in seeds:
+    base = 60.0 + np.cumsum(rng.normal(0.0, 2.0, EPOCHS))
+    summaries["lra_mb", seed] = write_run(
+        root, "lra_mb", seed, base + shift + rng.normal(0.0, noise, EPOCHS))
+    summaries["mb_dfkd", seed] = write_run(
+        root, "mb_dfkd", seed, base + rng.normal(0.0, noise, EPOCHS))
+  return summaries
+
+
+ACCURACY_COLUMNS = ("acc_max",) + tuple(f"mean_above_p{p}" for p in PERCENTILES)
+
+
+def test_a_true_paired_difference_is_significant_with_the_right_sign(tmp_path):
+  shifted_runs(tmp_path / "runs", shift=5.0)
+  result = report.write_report([tmp_path / "runs"], tmp_path / "out")
+  assert tmp_path / "out" / report.PAIRED_MARKDOWN in result["files"]
+  records = paired_records(tmp_path / "out")
+  for column in ACCURACY_COLUMNS:
+    rec = records["lra_mb", "mb_dfkd", column]
+    assert rec["n"] == "8" and rec["seeds"] == "0 1 2 3 4 5 6 7"
+    assert rec["significant"] == "1", column
+    assert float(rec["t_p"]) < 0.05
+    # 8 seeds all of one sign: the exact Wilcoxon p is its minimum, 2 / 2^8.
+    np.testing.assert_allclose(float(rec["wilcoxon_p"]), 2 / 2 ** 8)
+    assert 4.0 < float(rec["mean_difference"]) < 6.0, column
+    assert 0.0 < float(rec["ci_low"]) <= float(rec["mean_difference"]) <= float(
+        rec["ci_high"])
+  text = (tmp_path / "out" / report.PAIRED_MARKDOWN).read_text()
+  assert "### lra_mb − mb_dfkd (n = 8 seeds" in text
+  assert "| Acc_max | **+" in text and "paired t" in text
+  assert f"]({report.PAIRED_MARKDOWN})" in (tmp_path / "out" /
+                                             report.TABLE_MARKDOWN).read_text()
+
+
+def test_the_reversed_pair_has_the_opposite_sign(tmp_path):
+  shifted_runs(tmp_path / "runs", shift=5.0)
+  report.write_report([tmp_path / "runs"], tmp_path / "out",
+                      pairs=[("mb_dfkd", "lra_mb")])
+  records = paired_records(tmp_path / "out")
+  assert {k[:2] for k in records} == {("mb_dfkd", "lra_mb")}
+  rec = records["mb_dfkd", "lra_mb", "acc_max"]
+  assert float(rec["ci_high"]) < 0.0 and rec["significant"] == "1"
+
+
+def test_a_null_difference_is_not_significant(tmp_path):
+  # Both methods: the same base curve per seed plus independent noise of one size.
+  # A fixed RNG makes the outcome deterministic; the test below checks that the rate of
+  # such false positives is the stated level.
+  shifted_runs(tmp_path / "runs", shift=0.0, noise=1.0, rng_seed=0)
+  report.write_report([tmp_path / "runs"], tmp_path / "out")
+  for column in ACCURACY_COLUMNS:
+    rec = paired_records(tmp_path / "out")["lra_mb", "mb_dfkd", column]
+    assert rec["significant"] == "0" and float(rec["t_p"]) >= 0.05, column
+    assert float(rec["ci_low"]) < 0.0 < float(rec["ci_high"]), column
+  rows = [line for line in (tmp_path / "out" / report.PAIRED_MARKDOWN).read_text(
+      ).splitlines() if line.startswith(("| Acc_max", "| μ"))]
+  assert len(rows) == len(ACCURACY_COLUMNS)
+  assert not any("**" in row for row in rows)
+
+
+def test_unpaired_seeds_are_ignored(tmp_path):
+  summaries = shifted_runs(tmp_path / "runs", shift=5.0, seeds=range(4))
+  write_run(tmp_path / "runs", "lra_mb", 9, [0.0] * EPOCHS)     # No mb_dfkd seed 9.
+  write_run(tmp_path / "runs", "mb_dfkd", 8, [100.0] * EPOCHS)  # No lra_mb seed 8.
+  report.write_report([tmp_path / "runs"], tmp_path / "out")
+  rec = paired_records(tmp_path / "out")["lra_mb", "mb_dfkd", "acc_max"]
+  assert rec["n"] == "4" and rec["seeds"] == "0 1 2 3"
+  expected = np.mean([summaries["lra_mb", s].acc_max - summaries["mb_dfkd", s].acc_max
+                      for s in range(4)])
+  np.testing.assert_allclose(float(rec["mean_difference"]), expected)
+
+
+@pytest.mark.parametrize("lra_seeds, base_seeds", [((0,), (0,)), ((0, 1), (1, 2))])
+def test_fewer_than_two_shared_seeds_write_no_paired_table(tmp_path, lra_seeds,
+                                                           base_seeds):
+  for seed in lra_seeds:
+    write_run(tmp_path / "runs", "lra_mb", seed, [60.0, 70.0])
+  for seed in base_seeds:
+    write_run(tmp_path / "runs", "mb_dfkd", seed, [50.0, 55.0])
+  result = report.write_report([tmp_path / "runs"], tmp_path / "out")
+  assert not (tmp_path / "out" / report.PAIRED_MARKDOWN).exists()
+  assert not (tmp_path / "out" / report.PAIRED_CSV).exists()
+  assert tmp_path / "out" / report.TABLE_MARKDOWN in result["files"]
+  assert report.PAIRED_MARKDOWN not in (tmp_path / "out" /
+                                        report.TABLE_MARKDOWN).read_text()
+
+
+def test_default_pairs_compare_each_replay_method_with_dfkd_and_its_base():
+  pairs = set(paired_stats.DEFAULT_PAIRS)
+  assert {("lra_mb", "mb_dfkd"), ("lra_pre", "pre_dfkd"), ("lra_ema", "mad")} <= pairs
+  for method in ("lra_mb", "lra_pre", "lra_ema", "mb_dfkd", "pre_dfkd", "mad"):
+    assert (method, "dfkd") in pairs
+  assert len(pairs) == 9
+
+
+def test_null_differences_are_significant_at_about_the_stated_level():
+  rng = np.random.default_rng(0)
+  draws = 400
+  hits = 0
+  for _ in range(draws):
+    base = rng.normal(60.0, 2.0, 8)
+    hits += paired_stats.paired_difference(base + rng.normal(0.0, 1.0, 8),
+                                           base + rng.normal(0.0, 1.0, 8)).significant
+  # 5% of 400 = 20 expected; [10, 34] is over 3 binomial standard deviations each way.
+  assert 10 <= hits <= 34
+
+
+def test_wilcoxon_cannot_reach_significance_with_five_seeds_but_paired_t_can():
+  d = paired_stats.paired_difference([5.0, 6.1, 4.9, 5.2, 5.5], [0.0] * 5)
+  np.testing.assert_allclose(d.wilcoxon_p, 2 / 2 ** 5)
+  assert d.wilcoxon_p > 0.05 and d.t_p < 0.05 and d.significant
+
+
+def test_paired_difference_is_deterministic_and_handles_equal_values():
+  a, b = [3.0, 1.0, 4.0, 1.0, 5.0], [2.0, 7.0, 1.0, 8.0, 2.0]
+  assert paired_stats.paired_difference(a, b) == paired_stats.paired_difference(a, b)
+  same = paired_stats.paired_difference(a, a)
+  assert (same.mean, same.ci_low, same.ci_high, same.t_p, same.wilcoxon_p) == (
+      0.0, 0.0, 0.0, 1.0, 1.0)
+  assert not same.significant
+  with pytest.raises(ValueError, match="at least 2"):
+    paired_stats.paired_difference([1.0], [2.0])
+
+
+def test_parse_pairs():
+  assert paired_stats.parse_pairs("lra_mb:mb_dfkd, a:b,a:b") == (
+      ("lra_mb", "mb_dfkd"), ("a", "b"))
+  for bad in ("lra_mb", "a:b:c", "a:", "a:a", "a:b,"):
+    with pytest.raises(ValueError, match="is not METHOD_A:METHOD_B"):
+      paired_stats.parse_pairs(bad)
+
+
+def test_cli_pairs_flag_overrides_and_rejects_a_bad_pair(tmp_path):
+  shifted_runs(tmp_path / "runs", shift=5.0, seeds=range(3))
+  for seed in range(3):
+    write_run(tmp_path / "runs", "dfkd", seed, [40.0] * EPOCHS)
+  proc = subprocess.run(
+      [sys.executable, "-m", "dfkd_jax.report", str(tmp_path / "runs"), "--out",
+       str(tmp_path / "out"), "--pairs=mb_dfkd:dfkd"],
+      cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr
+  assert {k[:2] for k in paired_records(tmp_path / "out")} == {("mb_dfkd", "dfkd")}
+  proc = subprocess.run(
+      [sys.executable, "-m", "dfkd_jax.report", str(tmp_path / "runs"), "--out",
+       str(tmp_path / "bad_out"), "--pairs=lra_mb-dfkd"],
+      cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 1
+  assert proc.stderr.count("\n") == 1 and "'lra_mb-dfkd'" in proc.stderr
+  assert not (tmp_path / "bad_out").exists()
+  with pytest.raises(ValueError, match=r"method\(s\) \['lra_mbb'\] that no run has"):
+    report.write_report([tmp_path / "runs"], tmp_path / "bad_out",
+                        pairs=[("lra_mbb", "dfkd")])
+  assert not (tmp_path / "bad_out").exists()
+
+
+def test_figures_show_one_epoch_runs_per_seed_lines_and_integer_epochs(tmp_path):
+  for seed in range(2):
+    write_run(tmp_path / "runs", "dfkd", seed, [40.0 + seed])
+  for seed in range(3):
+    write_run(tmp_path / "runs", "lra_mb", seed, [50.0 + seed, 55.0, 60.0])
+  result = report.write_report([tmp_path / "runs"], tmp_path / "out")
+  png = tmp_path / "out" / "mnist_test_accuracy.png"
+  assert png in result["files"] and png.read_bytes().startswith(PNG_SIGNATURE)
+
+  by_method = report.group_runs(report.load_runs([tmp_path / "runs"]))["mnist"]
+  fig = report.curve_figure(by_method, lambda r: r.test_accuracy, "t", "y")
+  ax = fig.axes[0]
+  fig.canvas.draw()
+  # A thin line per seed plus the mean, for each method: 2 + 1 and 3 + 1.
+  assert len(ax.lines) == 7
+  assert all(line.get_marker() not in (None, "None", "", " ") for line in ax.lines)
+  means = {line.get_label(): line for line in ax.lines if not line.get_label(
+      ).startswith("_")}
+  assert set(means) == {"dfkd", "lra_mb"}
+  np.testing.assert_allclose(means["dfkd"].get_ydata(), [40.5])
+  np.testing.assert_allclose(means["lra_mb"].get_ydata(), [51.0, 55.0, 60.0])
+  ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+  assert ticks and all(float(t).is_integer() for t in ticks)
