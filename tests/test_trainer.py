@@ -161,7 +161,9 @@ def test_resume_with_the_ema_generator_equals_an_uninterrupted_run(teacher_dir, 
   _check_one_epoch_run(teacher_dir, tmp_path / "resumed", "mad", **MAD_CONDITIONAL)
   config = tiny_config(teacher_dir, "mad", num_epochs=2, student_steps=1,
                        **MAD_CONDITIONAL)
-  resumed = trainer.run(config, tmp_path / "resumed", log=lambda s: None)
+  # Extending the 1-epoch run (its first epoch's learning rate is the 2-epoch run's).
+  resumed = trainer.run(config, tmp_path / "resumed", log=lambda s: None,
+                        allow_config_change=["num_epochs"])
   reference = trainer.run(config, tmp_path / "reference", log=lambda s: None)
   assert resumed["test_accuracy"] == reference["test_accuracy"]
   ms, ref = read_metrics(tmp_path / "resumed"), read_metrics(tmp_path / "reference")
@@ -367,13 +369,13 @@ def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(teacher_dir, tmp_p
                       lambda *args: jax.tree.map(lambda v: v * np.nan, lra(*args)))
   broken = tiny_config(teacher_dir, "mb_dfkd", num_epochs=2)
   with pytest.raises(trainer.NonFiniteLossError, match="generator_loss .* epoch 2"):
-    trainer.run(broken, tmp_path, log=lambda s: None)
+    trainer.run(broken, tmp_path, log=lambda s: None, allow_config_change=["num_epochs"])
   monkeypatch.undo()
   assert sorted(p.name for p in (tmp_path / trainer.CHECKPOINT_DIR).iterdir()) == saved
   assert json.loads((tmp_path / trainer.SUMMARY_FILE).read_text()) == before
   # The good checkpoint still resumes and finishes.
   result = trainer.run(tiny_config(teacher_dir, "mb_dfkd", num_epochs=2), tmp_path,
-                       log=lambda s: None)
+                       log=lambda s: None, allow_config_change=["num_epochs"])
   assert len(result["test_accuracy"]) == 2
   assert result["test_accuracy"][0] == before["test_accuracy"][0]
 
