@@ -477,7 +477,10 @@ def test_scanned_steps_equal_unrolled_steps(teacher_dir, method, monkeypatch):
   for scanned, unrolled in zip(scan_metrics, unroll_metrics):
     assert scanned.keys() == unrolled.keys()
     for key in unrolled:
-      np.testing.assert_allclose(scanned[key], unrolled[key], rtol=2e-4, atol=1e-7,
+      # A cosine near 0 has no relative precision: on an AMD EPYC host (same numbers
+      # at 3709c4c and after the redesign) lra_pre's -0.0715 differs by 1.3e-4.
+      atol = 5e-4 if key == "grad_cosine" else 1e-7
+      np.testing.assert_allclose(scanned[key], unrolled[key], rtol=2e-4, atol=atol,
                                  err_msg=key)
 
   def check(path, scanned, unrolled, start):
