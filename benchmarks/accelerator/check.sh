@@ -18,8 +18,9 @@
 #              512, methods dfkd, mb_dfkd, lra_mb, float32 and bfloat16, against bf16
 #              and f32 matmuls of the same process
 #   digits     the digits quickstart end to end (teacher training included), summary.json
-#   official   the official LRA PyTorch iteration at our shapes (--official DIR or
-#              LRA_OFFICIAL_DIR: a checkout of the official code; needs `higher`)
+#   official   the official LRA PyTorch iteration at our shapes (--official DIR,
+#              LRA_OFFICIAL_DIR or benchmarks/accelerator/lra_official/: the user's
+#              checkout of the official code, never committed; needs `higher`)
 #   report     OUT_DIR/accelerator.json and OUT_DIR/accelerator.md (docs/results.md
 #              tables), with the extrapolated time of the full CIFAR-10 run
 # Every step writes OUT_DIR/steps/NAME.log and NAME.json (status, rc, seconds, limit).
@@ -47,17 +48,22 @@ while (($#)); do
   shift
 done
 [[ -n "$out" ]] || usage
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+repo="$(cd "$here/../.." && pwd)"
+# A checkout placed (and carried) at benchmarks/accelerator/lra_official/ is found alone.
+if [[ -z "$official" && -d "$here/lra_official/src/agents" ]]; then
+  official="$here/lra_official"
+fi
 if [[ -n "$official" && ! -d "$official/src/agents" ]]; then
   echo "error: --official $official is not a checkout of the official LRA code (no src/agents); pass the folder that holds src/" >&2
   exit 2
 fi
+[[ -n "$official" ]] && official="$(cd "$official" && pwd)"
 if [[ -e "$out" && -n "$(ls -A "$out" 2>/dev/null)" ]]; then
   echo "error: OUT_DIR $out exists and is not empty; pass a new folder (nothing is overwritten)" >&2
   exit 2
 fi
 
-here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-repo="$(cd "$here/../.." && pwd)"
 cd "$repo" || exit 2
 mkdir -p "$out/steps" || exit 2
 out="$(cd "$out" && pwd)"
@@ -65,13 +71,15 @@ py="${PYTHON:-python3}"
 pydeps="${DFKD_PYDEPS:-$here/pydeps}"
 export PYTHONPATH="$repo:$pydeps${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
-budget="${CHECK_BUDGET_S:-450}"
+# The dry run compiles on a CPU (2 cores in CI): every limit is 5x longer there.
+scale=$((dry_run ? 5 : 1))
+budget="${CHECK_BUDGET_S:-$((dry_run ? 1500 : 450))}"
 reserve=20  # Kept for the report step.
 start=$SECONDS
 
 # step NAME LIMIT_S CMD... : runs CMD under min(LIMIT_S, what the deadline leaves).
 step() {
-  local name="$1" limit="$2"; shift 2
+  local name="$1" limit=$(($2 * scale)); shift 2
   local left=$((budget - reserve - (SECONDS - start)))
   ((limit > left)) && limit=$left
   local log="$out/steps/$name.log" status rc t0=$SECONDS
@@ -142,10 +150,10 @@ fi
 bench() {  # bench PAIR BATCH DTYPE LIMIT_S
   local name="bench_$1_b$2_$3" args
   if ((dry_run)); then
-    # Tiny digits shapes; the float32 and bfloat16 programs compile once each.
-    args=(--smoke --methods=mb_dfkd,lra_mb)
+    # Tiny digits shapes; with the compilation cache below, each program compiles once.
+    args=(--smoke "--methods=$([[ $3 == float32 ]] && echo mb_dfkd,lra_mb || echo lra_mb)")
   else
-    args=("--pairs=$1" "--batch_sizes=$2" --methods=dfkd,mb_dfkd,lra_mb --repeats=5)
+    args=("--pairs=$1" "--batch_sizes=$2" "--methods=dfkd,mb_dfkd,lra_mb" --repeats=5)
   fi
   step "$name" "$4" "$py" -m benchmarks.iteration_speed "${args[@]}" "--compute_dtype=$3" \
     --matmul_dtypes=float32,bfloat16 "--out=$out/$name.json"
@@ -166,9 +174,17 @@ if ((dry_run)); then
   digits+=(--config.iterations_per_epoch=2 --config.student_steps=1 --config.batch_size=32
            --config.latent_dim=16 --config.memory.samples_per_slot=8)
 fi
-step digits 150 bash -c '"$1" -m dfkd_jax.train "${@:4}" &&
+teacher=(true)
+if ((dry_run)); then  # The teacher config's 15 epochs, cut to 2.
+  teacher=("$py" -m dfkd_jax.train_teacher --config=configs/teacher/digits.py
+           "--workdir=$out/digits_teacher" --config.num_epochs=2)
+fi
+# bash -c args: PYTHON SUMMARY EPOCHS N TEACHER_CMD(N words) TRAIN_FLAGS...
+# shellcheck disable=SC2016  # Expanded by the inner bash.
+step digits 150 bash -c '"${@:5:$4}" && "$1" -m dfkd_jax.train "${@:$(($4 + 5))}" &&
   "$1" -m benchmarks.accelerator.steps summary "$2" --epochs="$3"' _ \
-  "$py" "$out/digits/summary.json" "$epochs" "${digits[@]}" "--config.num_epochs=$epochs"
+  "$py" "$out/digits/summary.json" "$epochs" "${#teacher[@]}" "${teacher[@]}" \
+  "${digits[@]}" "--config.num_epochs=$epochs"
 
 # --- the official PyTorch iteration ------------------------------------------------
 if [[ -n "$official" ]]; then

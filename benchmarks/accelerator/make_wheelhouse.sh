@@ -25,14 +25,15 @@ while read -r req; do
     # No wheel on the registry (e.g. promise): build the pure-Python source here.
     echo "no wheel for $req: building one from its source archive" >&2
     python3 -m pip wheel -q --no-deps --no-binary=:all: -w "$dest" "$req"
-    wheel=$(ls -t "$dest"/*.whl | head -1)
+    name="${req%%==*}"
+    wheel=$(find "$dest" -iname "${name//-/_}-*.whl" | head -1)
     [[ "$wheel" == *-py3-none-any.whl || "$wheel" == *-py2.py3-none-any.whl ]] || {
       echo "error: $req built $wheel, which is not pure Python; find a manylinux wheel" >&2
       exit 1; }
   fi
 done < "$requirements"
 size_kib=$(du -sk "$dest" | cut -f1)
-echo "wheelhouse: $dest, $(ls "$dest"/*.whl | wc -l) wheels, $((size_kib / 1024)) MiB" >&2
+echo "wheelhouse: $dest, $(find "$dest" -name "*.whl" | wc -l) wheels, $((size_kib / 1024)) MiB" >&2
 if ((size_kib > limit_mib * 1024)); then
   echo "error: the wheelhouse is $((size_kib / 1024)) MiB, over ${limit_mib} MiB" >&2
   exit 1
