@@ -22,7 +22,10 @@ then student steps, one program with donated state, sharded over all devices of
   process's peak resident set size (``getrusage``; monotone over the whole run, so an
   upper bound for the case);
 * ``flops_per_iteration`` from XLA's cost analysis and the achieved FLOP/s, against a
-  dense matmul timed in the same process (the machine's practical limit). XLA counts a
+  dense matmul timed in the same process (the machine's practical limit), in the
+  compute dtype and in every dtype of ``--matmul_dtypes`` (``matmul_references``,
+  ``fraction_of_matmul_flops_by_dtype``: e.g. a bfloat16 run against the bf16 and the
+  f32 matmul). XLA counts a
   ``lax.scan`` body once, so when the timed program scans (accelerators) the FLOPs
   come from the same iteration lowered with the steps unrolled. With several devices,
   FLOPs and XLA memory are those of one device's program (the ``shard_map`` body) and
@@ -246,7 +249,8 @@ def time_cases(cases: Sequence[Case], repeats: int) -> None:
       case.times.append(case.step())
 
 
-def case_record(case: Case, matmul: dict[str, Any]) -> dict[str, Any]:
+def case_record(case: Case, matmul: dict[str, Any],
+                references: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
   c = case.config
   seconds = statistics.median(case.times)
   pair = PAIRS[case.pair_name]
@@ -270,6 +274,9 @@ def case_record(case: Case, matmul: dict[str, Any]) -> dict[str, Any]:
   if case.flops is not None:
     record["achieved_flops_per_second"] = case.flops / seconds
     record["fraction_of_matmul_flops"] = case.flops / seconds / matmul["flops_per_second"]
+    record["fraction_of_matmul_flops_by_dtype"] = {
+        dtype: case.flops / seconds / ref["flops_per_second"]
+        for dtype, ref in (references or {}).items()}
   return record
 
 
@@ -326,7 +333,8 @@ def check_args(method_names: Sequence[str], pair_names: Sequence[str],
 def run_suite(method_names: Sequence[str], pair_names: Sequence[str],
               batch_sizes: Sequence[int], repeats: int, student_steps: int | None = None,
               latent_dim: int | None = None, compute_dtype: str = "",
-              step_loop: str = "auto", matmul_size: int | None = None) -> dict[str, Any]:
+              step_loop: str = "auto", matmul_size: int | None = None,
+              matmul_dtypes: Sequence[str] = ()) -> dict[str, Any]:
   """Measures every case; returns the JSON-serialisable result."""
   check_args(method_names, pair_names, batch_sizes)
   load_before = os.getloadavg()
@@ -335,6 +343,11 @@ def run_suite(method_names: Sequence[str], pair_names: Sequence[str],
   matmul_size = matmul_size or (2048 if backend == "cpu" else 8192)
   log(f"dense matmul reference: {matmul_size}^2 {matmul_dtype}")
   matmul = matmul_flops_per_second(matmul_size, matmul_dtype)
+  references = {matmul_dtype: matmul}
+  for dtype in matmul_dtypes:
+    if dtype not in references:
+      log(f"dense matmul reference: {matmul_size}^2 {dtype}")
+      references[dtype] = matmul_flops_per_second(matmul_size, dtype)
   results = []
   with tempfile.TemporaryDirectory(prefix="dfkd_bench_teachers_") as tmp:
     for pair_name in pair_names:
@@ -350,7 +363,7 @@ def run_suite(method_names: Sequence[str], pair_names: Sequence[str],
         log(f"{pair.teacher}->{pair.student} batch {batch}: timing {repeats} rounds")
         time_cases(cases, repeats)
         for case in cases:
-          record = case_record(case, matmul)
+          record = case_record(case, matmul, references)
           log(f"  {case.method}: {record['seconds_per_iteration'] * 1e3:.1f} ms/iteration"
               f", compile {record['compile_seconds']:.1f} s")
           results.append(record)
@@ -371,6 +384,7 @@ def run_suite(method_names: Sequence[str], pair_names: Sequence[str],
       "timing": f"median of {repeats} calls after one warm-up call; the methods of one "
                 "(pair, batch size) timed in interleaved rounds",
       "matmul": matmul,
+      "matmul_references": references,
       "flops_and_xla_memory": "per device (one device's program); examples/s global",
       "results": results,
       "meta_overhead": meta_overhead(results),
@@ -407,6 +421,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--step_loop", default="auto", choices=["auto", "scan", "unroll"])
   parser.add_argument("--matmul_size", type=int, default=None,
                       help="side of the reference matmul (default 2048 CPU, 8192 else)")
+  parser.add_argument("--matmul_dtypes", type=_names, default=[],
+                      help="also time the reference matmul in these dtypes, e.g. "
+                           "float32,bfloat16 (default: the compute dtype only)")
   parser.add_argument("--smoke", action="store_true",
                       help="the tiny digits setting (overrides pairs, batch sizes, ...)")
   parser.add_argument("--out", default="", help="also write the JSON to this file")
@@ -420,11 +437,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings.update(SMOKE)
   if settings["repeats"] < 1:
     parser.error(f"--repeats={settings['repeats']} must be >= 1")
+  for dtype in args.matmul_dtypes:
+    if dtype not in experiment.COMPUTE_DTYPES:
+      parser.error(f"--matmul_dtypes: unknown dtype {dtype!r}; valid: "
+                   f"{', '.join(experiment.COMPUTE_DTYPES)}")
   try:
     result = run_suite(args.methods, settings["pairs"], settings["batch_sizes"],
                        settings["repeats"], settings["student_steps"],
                        settings["latent_dim"], args.compute_dtype, args.step_loop,
-                       settings["matmul_size"])
+                       settings["matmul_size"], args.matmul_dtypes)
   except (ValueError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1

@@ -23,7 +23,7 @@ def smoke(tmp_path_factory):
   out = tmp_path_factory.mktemp("bench") / "smoke.json"
   proc = subprocess.run(
       [sys.executable, "-m", "benchmarks.iteration_speed", "--smoke",
-       "--methods=mb_dfkd,lra_mb", f"--out={out}"],
+       "--methods=mb_dfkd,lra_mb", "--matmul_dtypes=float32,bfloat16", f"--out={out}"],
       cwd=REPO, capture_output=True, text=True, timeout=1200)
   assert proc.returncode == 0, proc.stderr[-3000:]
   printed = json.loads(proc.stdout)
@@ -59,6 +59,16 @@ def test_smoke_run_reports_every_case_with_sane_numbers(smoke):
     assert r["peak_memory"]["bytes"] > 0 and "RSS" in r["peak_memory"]["source"]
     memory = r["memory_analysis"]
     assert memory["argument_size_in_bytes"] > 0 and memory["temp_size_in_bytes"] > 0
+  # --matmul_dtypes: each case against the f32 (compute dtype) and a bf16 matmul.
+  references = smoke["matmul_references"]
+  assert set(references) == {"float32", "bfloat16"}
+  assert references["float32"] == smoke["matmul"]
+  assert references["bfloat16"]["dtype"] == "bfloat16"
+  for r in results:
+    fractions = r["fraction_of_matmul_flops_by_dtype"]
+    assert math.isclose(fractions["float32"], r["fraction_of_matmul_flops"])
+    assert math.isclose(fractions["bfloat16"], r["achieved_flops_per_second"]
+                        / references["bfloat16"]["flops_per_second"])
   # The meta update does strictly more arithmetic than the joint update.
   assert results[1]["flops_per_iteration"] > results[0]["flops_per_iteration"]
 

@@ -1,0 +1,1 @@
+"""The accelerator kit: offline wheelhouse, device check script and its report."""
