@@ -27,6 +27,7 @@ status 75; rerunning the same command resumes.
 from __future__ import annotations
 
 import os
+import sys
 from typing import Sequence
 
 from absl import app
@@ -124,6 +125,7 @@ def main(argv: Sequence[str]) -> None:
   if not _WORKDIR.value:
     raise app.UsageError("--workdir is required")
   logging.set_verbosity(logging.WARNING)  # Orbax logs every checkpoint step at INFO.
+  sys.stdout.reconfigure(line_buffering=True)  # Progress lines reach a log file at once.
   if _COMPILATION_CACHE_DIR.value:
     jax.config.update("jax_compilation_cache_dir",
                       os.path.expanduser(_COMPILATION_CACHE_DIR.value))

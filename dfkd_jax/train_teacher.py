@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import sys
 import pathlib
 import time
 from typing import Any, Callable, Sequence
@@ -239,6 +240,7 @@ def main(argv: Sequence[str]) -> None:
   if config is None or not workdir:
     raise app.UsageError("--config and --workdir are required")
   logging.set_verbosity(logging.WARNING)  # As train: orbax logs every save at INFO.
+  sys.stdout.reconfigure(line_buffering=True)  # Progress lines reach a log file at once.
   try:
     train_and_save(config, workdir)
   except (ValueError, FileNotFoundError, FileExistsError) as e:
