@@ -1,11 +1,13 @@
 """A workdir holds exactly one run (dfkd_jax.workdir, the trainer's use of it)."""
 
+import errno
 import json
 import pathlib
 import subprocess
 import sys
 import time
 
+import orbax.checkpoint as ocp
 import pytest
 
 from dfkd_jax import trainer
@@ -106,3 +108,44 @@ def test_an_unwritable_workdir_is_a_clear_error_before_loading(teacher_dir, tmp_
   with pytest.raises(PermissionError, match="is not a folder; choose another --workdir"):
     trainer.run(tiny_config(teacher_dir, "dfkd"), tmp_path / "file" / "run",
                 log=lambda s: None)
+
+
+def test_a_failed_checkpoint_save_cleans_up_and_says_so_in_one_line(teacher_dir, tmp_path,
+                                                                   monkeypatch):
+  """A full disk, simulated: orbax's save raises ENOSPC after starting its tmp folder."""
+  def full_disk(self, step, *args, **kwargs):
+    del args, kwargs
+    (pathlib.Path(str(self.directory)) / f"{step}.orbax-checkpoint-tmp-1").mkdir(
+        parents=True)
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+  monkeypatch.setattr(ocp.CheckpointManager, "save", full_disk)
+  with pytest.raises(OSError, match=r"could not save checkpoint 2 .*No space left on "
+                     r"device.*free space and rerun") as e:
+    trainer.run(tiny_config(teacher_dir, "dfkd", num_epochs=1), tmp_path,
+                log=lambda s: None)
+  assert "\n" not in str(e.value)
+  assert not list((tmp_path / trainer.CHECKPOINT_DIR).glob("*tmp*"))
+
+
+@pytest.mark.parametrize("flag, words", [
+    ("--config.num_epoch=3", 'Did you mean "num_epochs"'),
+    ("--config.num_epochs=x", "invalid literal"),
+    ("--bogus=1", "Unknown command line flag 'bogus'"),
+])
+def test_bad_flags_are_one_line_errors(tmp_path, flag, words):
+  out = subprocess.run(
+      [sys.executable, "-m", "dfkd_jax.train", "--config=configs/digits.py",
+       f"--workdir={tmp_path / 'run'}", flag], cwd=REPO, capture_output=True, text=True,
+      timeout=300, check=False)
+  assert out.returncode != 0 and words in out.stderr
+  assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
+  assert not (tmp_path / "run").exists()
+
+
+def test_print_config_shows_the_resolved_command_line():
+  out = subprocess.run(
+      [sys.executable, "-m", "dfkd_jax.train", "--config=configs/digits.py:dfkd",
+       "--config.seed=4", "--print_config"], cwd=REPO, capture_output=True, text=True,
+      timeout=300, check=True)
+  assert "method: dfkd" in out.stdout and "seed: 4" in out.stdout
