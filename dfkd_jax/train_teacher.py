@@ -17,6 +17,7 @@ the dataset's standard augmentation. Batches are NumPy arrays from
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import os
@@ -42,6 +43,7 @@ from dfkd_jax import experiment
 from dfkd_jax import models
 from dfkd_jax import optimizers
 from dfkd_jax import parallel
+from dfkd_jax import progress
 from dfkd_jax import teacher as teacher_lib
 
 State = dict[str, Any]  # {"params", "batch_stats", "opt_state"}.
@@ -207,14 +209,19 @@ def train_and_save(config: ml_collections.ConfigDict, workdir: str | os.PathLike
   for epoch in range(config.num_epochs):
     epoch_start = time.time()
     losses = []
-    for batch in data.train_batches(train_split, dataset.id,
-                                    batch_size=config.batch_size, seed=config.seed,
-                                    epoch=epoch, image_shape=input_shape,
-                                    augment=config.augment):
-      images, labels = parallel.global_batch(
-          lambda rows, b=batch: (b.images[rows], b.labels[rows]), config.batch_size, mesh)
-      state, loss = train_step(state, images, labels)
-      losses.append(loss)
+    beat = (progress.Heartbeat(log, "in epoch 1", "epoch 1 compiles the training step "
+                               "first ...", every=10.0) if epoch == 0
+            else contextlib.nullcontext())
+    with beat:
+      for batch in data.train_batches(train_split, dataset.id,
+                                      batch_size=config.batch_size, seed=config.seed,
+                                      epoch=epoch, image_shape=input_shape,
+                                      augment=config.augment):
+        images, labels = parallel.global_batch(
+            lambda rows, b=batch: (b.images[rows], b.labels[rows]), config.batch_size,
+            mesh)
+        state, loss = train_step(state, images, labels)
+        losses.append(loss)
     variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
     accuracy = evaluation.accuracy(eval_step, variables, test_split, dataset.id,
                                    image_shape=input_shape, normalization=None,

@@ -244,7 +244,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
   if not primary:
     log = lambda message: None  # pylint: disable=unnecessary-lambda-assignment
   workdir_lib.check_writable(workdir)
-  setup = experiment.build(config, log, mesh)
+  with progress.Heartbeat(log, "loading", "loading the teacher, building the models ...",
+                          config.progress_seconds):
+    setup = experiment.build(config, log, mesh)
   workdir.mkdir(parents=True, exist_ok=True)
   with workdir_lib.Lock(workdir, enabled=primary), \
       distributed.PreemptionWatch() as preemption:
@@ -411,20 +413,23 @@ def _run(setup: experiment.Setup, workdir: pathlib.Path, log, primary: bool,
          preemption: distributed.PreemptionWatch) -> dict[str, Any]:
   """The host loop of :func:`run`."""
   config, mesh, meta = setup.config, setup.mesh, setup.teacher_meta
-  test_split = data.load_split(meta.dataset, "test", data_dir=config.data_dir or None)
   per_epoch = setup.iterations_per_epoch
   total = config.num_epochs * per_epoch
-  state = iteration_lib.init_state(setup)
-  state = parallel.put(state, mesh, iteration_lib.state_specs(state, setup.replay))
-  teacher_vars = parallel.replicate(setup.teacher_variables, mesh)
-  checkpoints = _Checkpoints(workdir / CHECKPOINT_DIR, config.checkpoints_to_keep, log,
-                             primary)
-  state, history, start = _restore(checkpoints, state, per_epoch, config.num_epochs, log)
-  if history.teacher_accuracy is None:
-    history.teacher_accuracy = _accuracy(
-        setup, evaluation.make_eval_step(setup.teacher), teacher_vars, test_split)
-    log(f"teacher {meta.arch}: {history.teacher_accuracy:.2f}% on the {meta.dataset} "
-        "test set")
+  with progress.Heartbeat(log, "preparing the run", "preparing the run: test set, "
+                          "models, checkpoints, teacher accuracy ...",
+                          config.progress_seconds):
+    test_split = data.load_split(meta.dataset, "test", data_dir=config.data_dir or None)
+    state = iteration_lib.init_state(setup)
+    state = parallel.put(state, mesh, iteration_lib.state_specs(state, setup.replay))
+    teacher_vars = parallel.replicate(setup.teacher_variables, mesh)
+    checkpoints = _Checkpoints(workdir / CHECKPOINT_DIR, config.checkpoints_to_keep, log,
+                               primary)
+    state, history, start = _restore(checkpoints, state, per_epoch, config.num_epochs, log)
+    if history.teacher_accuracy is None:
+      history.teacher_accuracy = _accuracy(
+          setup, evaluation.make_eval_step(setup.teacher), teacher_vars, test_split)
+      log(f"teacher {meta.arch}: {history.teacher_accuracy:.2f}% on the {meta.dataset} "
+          "test set")
   iteration = iteration_lib.make_iteration(setup, state)
   eval_student = evaluation.make_eval_step(setup.student)
   throughput = progress.Throughput()
