@@ -130,7 +130,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.eval_batch_size = 1000
   c.checkpoints_to_keep = 3
   c.tensorboard = True           # TensorBoard event files (tensorboardX), per iteration.
-  c.progress_seconds = 10.0      # Progress/heartbeat line at most this often; 0 = off.
+  c.progress_seconds = 8.0       # Progress/heartbeat line at most this often; 0 = off.
   return c
 
 
