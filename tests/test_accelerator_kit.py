@@ -1,6 +1,7 @@
 """The accelerator kit's pieces that do not need a device (benchmarks/accelerator/).
 
-The whole device script runs in CI as its CPU dry run (``check.sh --dry-run``).
+The whole device script runs on a CPU as its dry run (``check.sh --dry-run``), by hand
+with ``bash .ci/extra_jobs``.
 """
 
 import json

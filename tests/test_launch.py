@@ -12,7 +12,7 @@ import time
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-SCRIPTS = ("launch/tpu_pod.sh", "launch/slurm.sbatch", ".ci/run")
+SCRIPTS = ("launch/tpu_pod.sh", "launch/slurm.sbatch", ".ci/run", ".ci/extra_jobs")
 TPU_ENV = {"TPU_NAME": "dfkd-v4", "ZONE": "us-central2-b", "ACCELERATOR_TYPE": "v4-32",
            "RUNTIME_VERSION": "tpu-ubuntu2204-base", "CONFIG": "configs/cifar10.py:lra_mb",
            "WORKDIR": "/mnt/shared/runs/c10"}

@@ -478,8 +478,14 @@ def test_scanned_steps_equal_unrolled_steps(teacher_dir, method, monkeypatch):
     assert scanned.keys() == unrolled.keys()
     for key in unrolled:
       # A cosine near 0 has no relative precision: on an AMD EPYC host (same numbers
-      # at 3709c4c and after the redesign) lra_pre's -0.0715 differs by 1.3e-4.
-      atol = 5e-4 if key == "grad_cosine" else 1e-7
+      # at 3709c4c and after the redesign) lra_pre's -0.0715 differs by 1.3e-4, and on
+      # CI's host its dot -0.02426 by 4.5e-5. Both get 5e-4 on the cosine's scale
+      # (the dot's is |grad L_acq| |grad L_ret| = dot / cosine).
+      atol = 1e-7
+      if key == "grad_cosine":
+        atol = 5e-4
+      elif key == "grad_dot" and unrolled["grad_cosine"] != 0:
+        atol = 5e-4 * abs(unrolled["grad_dot"] / unrolled["grad_cosine"])
       np.testing.assert_allclose(scanned[key], unrolled[key], rtol=2e-4, atol=atol,
                                  err_msg=key)
 
