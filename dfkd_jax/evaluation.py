@@ -158,20 +158,27 @@ def acc_max(test_accuracy: Sequence[float] | Array) -> float:
   return float(np.max(_as_accuracies(test_accuracy)))
 
 
-def make_eval_step(module) -> Callable[..., Array]:
-  """Jitted ``(variables, images, labels, mask) -> correct`` (eval-mode BatchNorm)."""
+def make_eval_step(module, replicas: bool = False) -> Callable[..., Array]:
+  """Jitted ``(variables, images, labels, mask) -> correct`` (eval-mode BatchNorm).
 
-  @jax.jit
-  def eval_step(variables, images, labels, mask):
+  With ``replicas``, ``variables`` has a leading replica axis and ``correct`` is ``[N]``:
+  every replica is evaluated on the same batch in one call.
+  """
+
+  def correct(variables, images, labels, mask):
     logits = module.apply(variables, images, train=False)
     return count_correct(logits, labels, mask)
 
-  return eval_step
+  if replicas:
+    return jax.jit(jax.vmap(correct, in_axes=(0, None, None, None)))
+  return jax.jit(correct)
 
 
 def accuracy(eval_step, variables, split: data.ArraySplit, dataset_id: str, *,
-             image_shape: Sequence[int], normalization, batch_size: int, mesh) -> float:
-  """Exact accuracy (%) on a whole split, batches sharded over the mesh.
+             image_shape: Sequence[int], normalization, batch_size: int,
+             mesh) -> float | list[float]:
+  """Exact accuracy (%) on a whole split, batches sharded over the mesh (per replica
+  for a ``make_eval_step(module, replicas=True)``: a list).
 
   Used by both trainers (the student every epoch, teachers after training). Every
   process holds the split but preprocesses and feeds only the rows of its own devices;
@@ -194,8 +201,10 @@ def accuracy(eval_step, variables, split: data.ArraySplit, dataset_id: str, *,
       return tuple(data.eval_rows(split, dataset_id, start + rows,
                                   image_shape=image_shape, normalization=normalization))
     images, labels, mask = parallel.global_batch(make_rows, batch_size, mesh)
-    correct += int(eval_step(variables, images, labels, mask))
-  return 100.0 * correct / len(split.labels)
+    correct = correct + np.asarray(jax.device_get(eval_step(variables, images, labels,
+                                                            mask)), np.int64)
+  percent = 100.0 * np.asarray(correct) / len(split.labels)
+  return float(percent) if percent.ndim == 0 else [float(p) for p in percent]
 
 
 def summarize(

@@ -68,6 +68,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.generator_steps = 1          # g.
   c.student_steps = 10           # s.
   c.seed = 0
+  # Independent runs in one program (dfkd_jax.iteration, vmapped): seeds seed, seed+1,
+  # ..., each with WORKDIR/seed_<seed>/summary.json. 1 = one run, no replica axis.
+  c.num_seeds = 1
 
   c.student_optimizer = ml_collections.ConfigDict(dict(
       learning_rate=0.1, momentum=0.9, weight_decay=5e-4, schedule="cosine"))
@@ -164,7 +167,10 @@ class Setup:
   generator_steps: int
   student_steps: int
   iterations_per_epoch: int
-  seed: int
+  seed: int                            # The first replica's seed.
+  # Replicas (config.num_seeds): their seeds; more than one = a leading replica axis on
+  # every part of the state, the iteration vmapped over it (dfkd_jax.iteration).
+  seeds: tuple[int, ...]
   # The updates.
   student_optimizer: optax.GradientTransformation
   generator_optimizer: optax.GradientTransformation
@@ -189,6 +195,7 @@ FIELD_RULES: tuple[tuple[str, checks.Rule], ...] = (
     ("latent_dim", checks.POSITIVE_INT),
     ("eval_batch_size", checks.POSITIVE_INT),
     ("seed", checks.NON_NEGATIVE_INT),
+    ("num_seeds", checks.POSITIVE_INT),
     # orbax's max_to_keep=0 keeps nothing: every checkpoint would be deleted.
     ("checkpoints_to_keep", checks.POSITIVE_INT),
     ("student_optimizer.learning_rate", checks.POSITIVE),
@@ -406,6 +413,7 @@ def build(config: ml_collections.ConfigDict, log: Callable[[str], None] = print,
       batch_size=config.batch_size, latent_dim=config.latent_dim,
       generator_steps=config.generator_steps, student_steps=config.student_steps,
       iterations_per_epoch=config.iterations_per_epoch, seed=config.seed,
+      seeds=tuple(range(config.seed, config.seed + config.num_seeds)),
       student_optimizer=optimizers.student(
           learning_rate=s_opt.learning_rate, momentum=s_opt.momentum,
           weight_decay=s_opt.weight_decay, schedule=s_opt.schedule,

@@ -14,6 +14,13 @@
   jitted call with donated state, run per device inside ``jax.shard_map``
   (:mod:`dfkd_jax.parallel`).
 
+Replicas (``config.num_seeds > 1``, :func:`init_replicas`): N independent runs in one
+program. Every leaf of the state gets a leading replica axis and the iteration is
+``jax.vmap``-ped over it inside the same ``shard_map``: each device holds every replica
+and its share of each replica's batch (the batch, not the replicas, is sharded, so the
+divisibility rules are those of one run). Replica k computes what a single run with seed
+``seed + k`` computes; its metrics come out with a leading ``[N]`` axis.
+
 Everything here takes resolved values (an :class:`~dfkd_jax.experiment.Setup`, or the
 plain values it holds); nothing reads the config.
 """
@@ -63,9 +70,11 @@ class TrainState(NamedTuple):
   replay: (memory_lib.MemoryState | generative.VAEState | ema_lib.EMAState | None)
 
 
-def init_state(setup: experiment.Setup) -> TrainState:
-  """A fresh state (on the host's default device; :func:`state_specs` shards it)."""
-  k_gen, k_student = jax.random.split(jax.random.PRNGKey(setup.seed))
+def init_state(setup: experiment.Setup, seed: int | None = None) -> TrainState:
+  """A fresh state of the run with ``seed`` (default ``setup.seed``), on the host's
+  default device; :func:`state_specs` shards it."""
+  seed = setup.seed if seed is None else seed
+  k_gen, k_student = jax.random.split(jax.random.PRNGKey(seed))
   z = jnp.zeros((2, setup.latent_dim), jnp.float32)
   x = jnp.zeros((2, *setup.input_shape), jnp.float32)
   gen_inputs = (z,)
@@ -80,20 +89,40 @@ def init_state(setup: experiment.Setup) -> TrainState:
     return ModelState(params, variables.get("batch_stats", {}), optimizer.init(params))
 
   generator = model_state(gen_vars, setup.generator_optimizer)
-  k_replay = jax.random.fold_in(jax.random.PRNGKey(setup.seed), 2)
+  k_replay = jax.random.fold_in(jax.random.PRNGKey(seed), 2)
   replay = setup.replay.init(k_replay, generator, setup.input_shape, setup.num_classes)
-  return TrainState(jnp.zeros((), jnp.int32), jax.random.PRNGKey(setup.seed + 1),
+  return TrainState(jnp.zeros((), jnp.int32), jax.random.PRNGKey(seed + 1),
                     generator, model_state(stu_vars, setup.student_optimizer), replay)
 
 
-def state_specs(state: TrainState, replay: replay_sources.Replay) -> TrainState:
+def replicated(setup: experiment.Setup) -> bool:
+  """Whether the run's state has a replica axis (``config.num_seeds > 1``)."""
+  return len(setup.seeds) > 1
+
+
+def init_replicas(setup: experiment.Setup) -> TrainState:
+  """The fresh state of the run: :func:`init_state`, or with several seeds the states
+  of ``setup.seeds`` stacked on a leading replica axis (each exactly its seed's)."""
+  if not replicated(setup):
+    return init_state(setup)
+  states = [init_state(setup, seed) for seed in setup.seeds]
+  return jax.tree.map(lambda *leaves: jnp.stack(leaves), *states)
+
+
+def state_specs(state: TrainState, replay: replay_sources.Replay,
+                replicas: bool = False) -> TrainState:
   """PartitionSpecs: everything replicated but what the replay source shards.
 
   The memory buffer's sample axis is sharded over the mesh; the VAE and the EMA
-  generator are replicated like the generator.
+  generator are replicated like the generator. With ``replicas`` the leading replica
+  axis of every leaf is not sharded (each device holds all replicas).
   """
   specs = jax.tree.map(lambda _: P(), state)
-  return specs._replace(replay=replay.specs(state.replay))
+  specs = specs._replace(replay=replay.specs(state.replay))
+  if replicas:
+    specs = jax.tree.map(lambda spec: P(None, *spec), specs,
+                         is_leaf=lambda x: isinstance(x, P))
+  return specs
 
 
 # ---------------------------------------------------------------------------
@@ -339,7 +368,11 @@ def _reduce_metrics(gen_metrics, stu_metrics) -> dict[str, jax.Array]:
 
 
 def make_iteration(setup: experiment.Setup, state: TrainState):
-  """The jitted ``(state, teacher_variables) -> (state, metrics)`` training iteration."""
+  """The jitted ``(state, teacher_variables) -> (state, metrics)`` training iteration.
+
+  With replicas (:func:`replicated`), ``state`` is :func:`init_replicas`' stacked state,
+  the iteration is vmapped over its leading axis and every metric is ``[N]``.
+  """
   nets = make_networks(setup)
   gen_update = GeneratorUpdate(
       generator_objectives.get(setup.method.generator_loss),
@@ -393,7 +426,10 @@ def make_iteration(setup: experiment.Setup, state: TrainState):
     new_state = TrainState(state.step + 1, state.rng, gen, student, replay)
     return new_state, _reduce_metrics(gen_metrics, stu_metrics)
 
-  specs = state_specs(state, setup.replay)
+  replicas = replicated(setup)
+  if replicas:  # One program, N runs; the teacher is shared.
+    iteration = jax.vmap(iteration, in_axes=(0, None))
+  specs = state_specs(state, setup.replay, replicas)
   sharded = parallel.shard(iteration, mesh=setup.mesh, in_specs=(specs, P()),
                            out_specs=(specs, P()))
   # The output state keeps the input's shardings exactly: on a one-device mesh XLA

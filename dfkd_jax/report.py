@@ -39,7 +39,7 @@ import dataclasses
 import os
 import pathlib
 import sys
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -162,14 +162,25 @@ def _run(summary: summary_lib.Summary, path) -> Run:
              student_steps_per_second=summary.student_steps_per_second)
 
 
-def load_runs(workdirs: Iterable[str | os.PathLike]) -> list[Run]:
+def load_runs(workdirs: Iterable[str | os.PathLike],
+              log: Callable[[str], None] = print) -> list[Run]:
   """Every run under ``workdirs`` (see :func:`find_summaries`).
+
+  A replica marked ``failed`` (its loss became NaN/Inf, docs/contracts.md) is left out
+  of the tables, with a line naming it and why: its curve stops early.
 
   Raises:
     FileNotFoundError, ValueError: as :func:`find_summaries` and :func:`load_summary`;
       also two runs of the same dataset, method and seed (naming both paths).
   """
-  runs = [load_summary(p) for p in find_summaries(workdirs)]
+  runs = []
+  for path in find_summaries(workdirs):
+    summary = summary_lib.Summary.load(path)
+    if summary.failed is not None:
+      log(f"left out {path}: the run failed ({summary.failed}) after "
+          f"{summary.epochs_completed} epoch(s)")
+      continue
+    runs.append(_run(summary, path))
   seen: dict[tuple[str, str, int], pathlib.Path] = {}
   for run in runs:
     key = (run.dataset, run.method, run.seed)

@@ -40,6 +40,8 @@ class Summary:
     student_steps_per_second: training throughput (compilation excluded), or ``None``.
     epochs_completed: epochs evaluated so far.
     config: the run's config as a dict.
+    failed: why the run stopped early (a replica whose loss became NaN/Inf while the
+      others went on; its curves end at its last good epoch), or ``None``.
   """
 
   method: str
@@ -54,12 +56,13 @@ class Summary:
   student_steps_per_second: float | None
   epochs_completed: int
   config: dict[str, Any]
+  failed: str | None = None
 
   @classmethod
   def of_run(cls, *, method: str, dataset: str, seed: int,
              teacher_accuracy: float | None, test_accuracy: Sequence[float],
              alignment: Sequence[float | None], student_steps_per_second: float | None,
-             config: dict[str, Any]) -> "Summary":
+             config: dict[str, Any], failed: str | None = None) -> "Summary":
     """The summary of a run's per-epoch history (metrics by :mod:`dfkd_jax.evaluation`)."""
     acc = tuple(float(a) for a in test_accuracy)
     if acc:
@@ -71,10 +74,10 @@ class Summary:
       evolution, acc_max, cumulative = {}, None, ()
     aligned = tuple(alignment) if any(a is not None for a in alignment) else None
     return cls(method, dataset, seed, teacher_accuracy, acc, acc_max, evolution,
-               cumulative, aligned, student_steps_per_second, len(acc), config)
+               cumulative, aligned, student_steps_per_second, len(acc), config, failed)
 
   def to_json(self) -> dict[str, Any]:
-    """The JSON object of ``summary.json`` (``alignment`` only when there is one)."""
+    """The JSON object of ``summary.json`` (``alignment`` and ``failed`` only when set)."""
     out = {"method": self.method, "dataset": self.dataset, "seed": self.seed,
            "teacher_accuracy": self.teacher_accuracy,
            "test_accuracy": list(self.test_accuracy), "acc_max": self.acc_max,
@@ -85,6 +88,8 @@ class Summary:
       out["alignment"] = list(self.alignment)
     out.update(student_steps_per_second=self.student_steps_per_second,
                epochs_completed=self.epochs_completed, config=self.config)
+    if self.failed is not None:
+      out["failed"] = self.failed
     return out
 
   @classmethod
@@ -180,6 +185,10 @@ def _parse(data: Any, path) -> Summary:
   config = data.get("config", {})
   if not isinstance(config, dict):
     raise ValueError(f"{path}: config must be an object, got {type(config).__name__}")
+  failed = data.get("failed")
+  if failed is not None and not isinstance(failed, str):
+    raise ValueError(f"{path}: failed must be a string (why the run stopped), got "
+                     f"{failed!r}")
   return Summary(
       method=data["method"], dataset=data["dataset"], seed=data["seed"],
       teacher_accuracy=_number(data.get("teacher_accuracy"), "teacher_accuracy", path,
@@ -191,4 +200,5 @@ def _parse(data: Any, path) -> Summary:
       student_steps_per_second=_number(data.get("student_steps_per_second"),
                                        "student_steps_per_second", path,
                                        allow_none=True),
-      epochs_completed=int(data.get("epochs_completed", len(acc))), config=config)
+      epochs_completed=int(data.get("epochs_completed", len(acc))), config=config,
+      failed=failed)

@@ -5,6 +5,9 @@ Usage::
   python -m dfkd_jax.train --config=configs/cifar10.py:method=lra_mb --workdir=runs/c10
   python -m dfkd_jax.train --config=configs/digits.py --workdir=runs/digits \\
       --config.num_epochs=3 --config.seed=1
+  # 8 seeds (1..8) in one program: runs/digits8/seed_<seed>/summary.json
+  python -m dfkd_jax.train --config=configs/digits.py --workdir=runs/digits8 \\
+      --config.seed=1 --config.num_seeds=8
 
 Running the same command again resumes from the latest checkpoint in ``--workdir``.
 
@@ -143,6 +146,13 @@ def main(argv: Sequence[str]) -> None:
           trainer.NonFiniteLossError) as e:  # OSError: permissions, a full disk.
     raise SystemExit(f"error: {' '.join(str(e).split())}") from None
   if not distributed.is_primary():
+    return
+  if "replicas" in result:  # config.num_seeds > 1.
+    best = ", ".join("failed" if r.get("failed") else f"{r['acc_max']:.2f}%"
+                     for r in result["replicas"])
+    print(f"done: acc_max {best} (seeds {result['replicas'][0]['seed']}-"
+          f"{result['replicas'][-1]['seed']}), summaries in "
+          f"{_WORKDIR.value}/seed_<seed>/{trainer.SUMMARY_FILE}")
     return
   print(f"done: acc_max {result['acc_max']:.2f}%, summary in "
         f"{_WORKDIR.value}/{trainer.SUMMARY_FILE}")

@@ -11,6 +11,14 @@ Rerunning the same command resumes from the latest checkpoint, at its exact iter
 the result is the same as an uninterrupted run (all randomness derives from the seed and
 the iteration counter). Multi-process runs: see :func:`run` and
 :mod:`dfkd_jax.distributed`.
+
+Replicas (``config.num_seeds = N > 1``): N runs with seeds ``seed .. seed + N - 1`` in
+one program (:func:`dfkd_jax.iteration.init_replicas`). Each has its own History and
+``WORKDIR/seed_<seed>/summary.json`` (the one-run contract), ``metrics.jsonl`` is shared
+(a ``replica`` and a ``seed`` field per line), TensorBoard writes
+``WORKDIR/tensorboard/seed_<seed>``, and each checkpoint holds all replicas. A replica
+whose loss becomes NaN/Inf is marked failed in its summary (which keeps its last good
+epoch) and the others go on; the run stops only when every replica has failed.
 """
 
 from __future__ import annotations
@@ -75,6 +83,8 @@ class History:
     student_steps_per_second: throughput so far (compilation excluded).
     epoch_cosines: the gradient cosines of the epoch in progress, so that a run resumed
       mid-epoch ends with the uninterrupted run's epoch mean.
+    failed: why a replica stopped (its loss became NaN/Inf), or ``None``; a failed
+      replica records nothing more.
   """
 
   teacher_accuracy: float | None = None
@@ -82,6 +92,7 @@ class History:
   alignment: list[float | None] = dataclasses.field(default_factory=list)
   student_steps_per_second: float | None = None
   epoch_cosines: list[float] = dataclasses.field(default_factory=list)
+  failed: str | None = None
 
   def to_json(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
@@ -98,14 +109,39 @@ class History:
     self.epoch_cosines = []
 
 
-def summary(config, history: History) -> summary_lib.Summary:
-  """The run's :class:`~dfkd_jax.summary.Summary` (see ``docs/contracts.md``)."""
+def _histories_to_json(histories: Sequence[History]) -> dict[str, Any]:
+  """A checkpoint's ``history``: one History's JSON, or ``{"replicas": [...]}``."""
+  if len(histories) == 1:
+    return histories[0].to_json()
+  return {"replicas": [h.to_json() for h in histories]}
+
+
+def _histories_from_json(d: dict[str, Any], num_replicas: int) -> list[History]:
+  histories = ([History.from_json(h) for h in d["replicas"]] if "replicas" in d
+               else [History.from_json(d)])
+  if len(histories) != num_replicas:
+    raise ValueError(f"the checkpoint holds {len(histories)} replica(s), the config "
+                     f"{num_replicas} (config.num_seeds)")
+  return histories
+
+
+def summary(config, history: History, seed: int | None = None) -> summary_lib.Summary:
+  """The :class:`~dfkd_jax.summary.Summary` of the run (or of its replica with
+  ``seed``; its config then records that seed), see ``docs/contracts.md``."""
+  record = config.to_dict()
+  if seed is not None:
+    record["seed"] = seed
   return summary_lib.Summary.of_run(
-      method=config.method, dataset=config.dataset, seed=config.seed,
+      method=config.method, dataset=config.dataset, seed=record["seed"],
       teacher_accuracy=history.teacher_accuracy, test_accuracy=history.test_accuracy,
       alignment=history.alignment,
       student_steps_per_second=history.student_steps_per_second,
-      config=config.to_dict())
+      config=record, failed=history.failed)
+
+
+def replica_dir(workdir: pathlib.Path, seed: int) -> pathlib.Path:
+  """Where replica ``seed`` of a ``num_seeds > 1`` run writes its summary."""
+  return workdir / f"seed_{seed}"
 
 
 def _json_float(x) -> float | None:
@@ -129,64 +165,106 @@ def _tensorboard_writer(workdir: pathlib.Path, enabled: bool):
 class Outputs:
   """What a run writes besides checkpoints; only process 0 writes (others: no-ops).
 
-  TensorBoard event files (``WORKDIR/tensorboard``, tensorboardX) get every iteration's
-  metrics and each epoch's ``epoch/test_accuracy`` and ``epoch/alignment``, at the
-  iteration count; ``metrics.jsonl`` stays the contract. ``metrics.jsonl`` gets one line
-  per iteration, flushed before any checkpoint that
-  covers it; on resume the lines after the checkpoint's iteration are dropped (the run
-  redoes them). ``summary.json`` is rewritten after every epoch.
+  TensorBoard event files (``WORKDIR/tensorboard``, or ``WORKDIR/tensorboard/seed_<s>``
+  per replica; tensorboardX) get every iteration's metrics and each epoch's
+  ``epoch/test_accuracy`` and ``epoch/alignment``, at the iteration count;
+  ``metrics.jsonl`` stays the contract. ``metrics.jsonl`` gets one line per iteration
+  (per replica, with ``replica`` and ``seed`` fields), flushed before any checkpoint
+  that covers it; on resume the lines after the checkpoint's iteration are dropped (the
+  run redoes them). ``summary.json`` (per replica: ``seed_<s>/summary.json``) is
+  rewritten after every epoch.
   """
 
   def __init__(self, workdir: pathlib.Path, config, log, primary: bool,
-               completed_iterations: int):
+               completed_iterations: int, seeds: Sequence[int]):
     self.workdir, self.config, self.log, self.primary = workdir, config, log, primary
+    self.seeds = list(seeds)
+    self.replicas = len(self.seeds) > 1
     self._metrics = None
-    self._tensorboard = None
+    self._tensorboard = [None] * len(self.seeds)
     if primary:
       _truncate_metrics(workdir / METRICS_FILE, completed_iterations,
                         config.iterations_per_epoch)
       self._metrics = open(workdir / METRICS_FILE, "a")
-      self._tensorboard = _tensorboard_writer(workdir, config.tensorboard)
+      tb_dirs = ([workdir / "tensorboard" / f"seed_{seed}" for seed in self.seeds]
+                 if self.replicas else [workdir / "tensorboard"])
+      self._tensorboard = [_tensorboard_writer(d, config.tensorboard) for d in tb_dirs]
+      for seed in self.seeds if self.replicas else ():
+        replica_dir(workdir, seed).mkdir(exist_ok=True)
 
-  def _scalars(self, step: int, scalars) -> None:
+  def summary_path(self, k: int) -> pathlib.Path:
+    if not self.replicas:
+      return self.workdir / SUMMARY_FILE
+    return replica_dir(self.workdir, self.seeds[k]) / SUMMARY_FILE
+
+  def _summary(self, k: int, history: History) -> summary_lib.Summary:
+    return summary(self.config, history, self.seeds[k] if self.replicas else None)
+
+  def _scalars(self, writer, step: int, scalars) -> None:
     for name, value in scalars.items():
       value = _json_float(value) if value is not None else None
       if value is not None:
-        self._tensorboard.add_scalar(name, value, step)
+        writer.add_scalar(name, value, step)
 
   def iteration(self, epoch: int, i: int, metrics) -> None:
-    if self._tensorboard:
-      self._scalars(epoch * self.config.iterations_per_epoch + i + 1, metrics)
+    step = epoch * self.config.iterations_per_epoch + i + 1
+    for k, seed in enumerate(self.seeds):
+      values = {n: v[k] for n, v in metrics.items()} if self.replicas else metrics
+      if self._tensorboard[k]:
+        self._scalars(self._tensorboard[k], step, values)
+      if self._metrics:
+        ids = {"replica": k, "seed": seed} if self.replicas else {}
+        record = {"epoch": epoch + 1, "iteration": i + 1, **ids,
+                  **{n: _json_float(v) for n, v in values.items()}}
+        self._metrics.write(json.dumps(record) + "\n")
     if self._metrics:
-      record = {"epoch": epoch + 1, "iteration": i + 1,
-                **{k: _json_float(v) for k, v in metrics.items()}}
-      self._metrics.write(json.dumps(record) + "\n")
       self._metrics.flush()
 
-  def epoch(self, epoch: int, history: History, metrics, eta: str) -> None:
-    acc = history.test_accuracy[-1]
-    if self.primary:
-      summary(self.config, history).write(self.workdir / SUMMARY_FILE)
-    if self._tensorboard:  # At the epoch's last iteration, beside its losses.
-      self._scalars((epoch + 1) * self.config.iterations_per_epoch,
-                    {"epoch/test_accuracy": acc, "epoch/alignment": history.alignment[-1]})
-      self._tensorboard.flush()
-    self.log(f"epoch {epoch + 1}/{self.config.num_epochs}: student {acc:.2f}% "
-             f"(max {max(history.test_accuracy):.2f}%, teacher "
-             f"{history.teacher_accuracy:.2f}%), student loss "
-             f"{float(metrics['student_loss']):.4f}, {eta}")
+  def epoch(self, epoch: int, histories: Sequence[History], metrics, eta: str) -> None:
+    step = (epoch + 1) * self.config.iterations_per_epoch
+    for k, history in enumerate(histories):
+      if self.primary:
+        self._summary(k, history).write(self.summary_path(k))
+      if self._tensorboard[k] and history.failed is None:
+        # At the epoch's last iteration, beside its losses.
+        self._scalars(self._tensorboard[k], step,
+                      {"epoch/test_accuracy": history.test_accuracy[-1],
+                       "epoch/alignment": history.alignment[-1]})
+        self._tensorboard[k].flush()
+    self.log(_epoch_line(epoch, self.config.num_epochs, histories, self.seeds, metrics,
+                         eta))
 
-  def finish(self, history: History) -> dict[str, Any]:
-    result = summary(self.config, history)
+  def finish(self, histories: Sequence[History]) -> dict[str, Any]:
+    results = [self._summary(k, h) for k, h in enumerate(histories)]
     if self.primary:
-      result.write(self.workdir / SUMMARY_FILE)
-    return result.to_json()
+      for k, result in enumerate(results):
+        result.write(self.summary_path(k))
+    if not self.replicas:
+      return results[0].to_json()
+    return {"replicas": [r.to_json() for r in results]}
 
   def close(self) -> None:
     if self._metrics:
       self._metrics.close()
-    if self._tensorboard:
-      self._tensorboard.close()
+    for writer in self._tensorboard:
+      if writer:
+        writer.close()
+
+
+def _epoch_line(epoch: int, num_epochs: int, histories: Sequence[History], seeds,
+                metrics, eta: str) -> str:
+  """The log line of a finished epoch: the student's accuracy, or each replica's."""
+  teacher = histories[0].teacher_accuracy
+  loss = float(np.nanmean(metrics["student_loss"]))
+  if len(histories) == 1:
+    h = histories[0]
+    return (f"epoch {epoch + 1}/{num_epochs}: student {h.test_accuracy[-1]:.2f}% "
+            f"(max {max(h.test_accuracy):.2f}%, teacher {teacher:.2f}%), student loss "
+            f"{loss:.4f}, {eta}")
+  accs = ", ".join(f"{h.test_accuracy[-1]:.2f}%" if h.failed is None else "failed"
+                   for h in histories)
+  return (f"epoch {epoch + 1}/{num_epochs}: students (seeds {seeds[0]}-{seeds[-1]}) "
+          f"{accs} (teacher {teacher:.2f}%), mean student loss {loss:.4f}, {eta}")
 
 
 def _truncate_metrics(path: pathlib.Path, completed_iterations: int,
@@ -226,6 +304,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
   ``run`` with the same arguments; all take part in the iterations, the evaluation and
   the checkpoints (``workdir`` must be one directory shared by all hosts); only process
   0 logs and writes ``summary.json``, ``metrics.jsonl`` and TensorBoard files.
+
+  With ``config.num_seeds > 1`` the result is ``{"replicas": [summary, ...]}``, one
+  summary per seed, each also in ``WORKDIR/seed_<seed>/summary.json``.
 
   A workdir holds one run (:mod:`dfkd_jax.workdir`): process 0 locks it for the run,
   and a resume or rerun whose result-deciding fields differ from the recorded run's
@@ -268,8 +349,10 @@ class _Checkpoints:
   user can inspect them.
   """
 
-  def __init__(self, directory: pathlib.Path, max_to_keep: int, log, primary: bool):
+  def __init__(self, directory: pathlib.Path, max_to_keep: int, log, primary: bool,
+               num_replicas: int = 1):
     self.directory, self.log, self.primary = directory, log, primary
+    self.num_replicas = num_replicas
     self.manager = ocp.CheckpointManager(
         directory, options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
                                                         create=True))
@@ -277,9 +360,9 @@ class _Checkpoints:
   def _restore_step(self, step: int, abstract):
     restored = self.manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract), history=ocp.args.JsonRestore()))
-    return restored.state, History.from_json(restored.history)
+    return restored.state, _histories_from_json(restored.history, self.num_replicas)
 
-  def restore(self, state) -> tuple[Any, History] | None:
+  def restore(self, state) -> tuple[Any, list[History]] | None:
     """The newest checkpoint that restores into ``state``'s structure, or ``None``."""
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
     failed = []
@@ -316,11 +399,11 @@ class _Checkpoints:
       multihost_utils.sync_global_devices("dfkd_jax: corrupt checkpoints moved")
     self.manager.reload()
 
-  def save(self, step: int, state, history: History) -> None:
+  def save(self, step: int, state, histories: Sequence[History]) -> None:
     try:
       self.manager.save(step, args=ocp.args.Composite(
           state=ocp.args.StandardSave(state),
-          history=ocp.args.JsonSave(history.to_json())))
+          history=ocp.args.JsonSave(_histories_to_json(histories))))
       self.manager.wait_until_finished()
     except OSError as e:
       for partial in self.directory.glob(f"{step}.orbax-checkpoint-tmp*"):
@@ -338,20 +421,22 @@ class _Checkpoints:
 
 
 def _restore(checkpoints: _Checkpoints, state, per_epoch: int, num_epochs: int,
-             log) -> tuple[Any, History, int]:
-  """The state, history and iteration to start from (the latest checkpoint's, if any)."""
+             log) -> tuple[Any, list[History], int]:
+  """The state, histories (one per replica) and iteration to start from (the latest
+  checkpoint's, if any)."""
   restored = checkpoints.restore(state)
   if restored is None:
-    return state, History(), 0
-  state, history = restored
-  start = int(jax.device_get(state.step))
+    return state, [History() for _ in range(checkpoints.num_replicas)], 0
+  state, histories = restored
+  start = int(np.max(jax.device_get(state.step)))  # The same in every replica.
   start_epoch = start // per_epoch
-  if len(history.test_accuracy) != start_epoch:
+  evaluated = {len(h.test_accuracy) for h in histories if h.failed is None}
+  if evaluated and evaluated != {start_epoch}:
     raise ValueError(
         f"the checkpoint in {checkpoints.directory} is at iteration {start} = epoch "
         f"{start / per_epoch:g} with config.iterations_per_epoch={per_epoch}, but it "
-        f"records {len(history.test_accuracy)} evaluated epochs; resume with the "
-        "config.iterations_per_epoch it was made with")
+        f"records {', '.join(map(str, sorted(evaluated)))} evaluated epochs; resume "
+        "with the config.iterations_per_epoch it was made with")
   if start_epoch > num_epochs:
     raise ValueError(f"{checkpoints.directory} holds {start_epoch} evaluated epochs, more "
                      f"than config.num_epochs={num_epochs}; a run cannot be shortened "
@@ -361,22 +446,52 @@ def _restore(checkpoints: _Checkpoints, state, per_epoch: int, num_epochs: int,
   else:
     log(f"resumed from {checkpoints.directory}: epoch {start_epoch + 1}, iteration "
         f"{start % per_epoch + 1} of {per_epoch}")
-  return state, history, start
+  return state, histories, start
 
 
-def _check_finite(metrics, epoch: int, i: int, checkpoints: _Checkpoints) -> None:
-  bad = [k for k in WATCHED_LOSSES if k in metrics and not np.isfinite(metrics[k])]
-  if bad:
+def _non_finite(metrics, k: int | None) -> str | None:
+  """Which watched losses of replica ``k`` (``None``: the only run) are NaN/Inf."""
+  values = {n: float(metrics[n] if k is None else metrics[n][k])
+            for n in WATCHED_LOSSES if n in metrics}
+  bad = [n for n, v in values.items() if not math.isfinite(v)]
+  return f"{', '.join(bad)} became {[values[n] for n in bad]}" if bad else None
+
+
+def _check_finite(metrics, epoch: int, i: int, checkpoints: _Checkpoints,
+                  histories: Sequence[History], seeds: Sequence[int], log) -> None:
+  """Stops the run on a NaN/Inf loss; with replicas, marks the replica failed.
+
+  A failed replica's History keeps its last good epoch and records nothing more; the
+  run stops (:class:`NonFiniteLossError`) only when no replica is left.
+  """
+  where = f"at epoch {epoch + 1}, iteration {i + 1}"
+  fix = "Lower the learning rates or meta.alpha, or use compute_dtype=float32."
+  if len(histories) == 1:
+    bad = _non_finite(metrics, None)
+    if bad:
+      raise NonFiniteLossError(
+          f"{bad} {where}; the run stopped without saving, and the last good "
+          f"checkpoint ({checkpoints.latest_step()}) in {checkpoints.directory} is "
+          f"intact. {fix}")
+    return
+  for k, history in enumerate(histories):
+    bad = history.failed is None and _non_finite(metrics, k)
+    if bad:
+      history.failed = f"{bad} {where}"
+      log(f"replica {k} (seed {seeds[k]}): {bad} {where}; it is marked failed in its "
+          "summary.json (which keeps its last good epoch), the other replicas go on. "
+          f"{fix}")
+  if all(h.failed is not None for h in histories):
     raise NonFiniteLossError(
-        f"{', '.join(bad)} became {[float(metrics[k]) for k in bad]} at epoch "
-        f"{epoch + 1}, iteration {i + 1}; the run stopped without saving, and the "
-        f"last good checkpoint ({checkpoints.latest_step()}) in "
-        f"{checkpoints.directory} is intact. Lower the learning rates or "
-        "meta.alpha, or use compute_dtype=float32.")
+        f"every replica's loss became NaN/Inf (the last {where}); the run stopped "
+        f"without saving, and the last good checkpoint ({checkpoints.latest_step()}) in "
+        f"{checkpoints.directory} is intact. {fix}")
 
 
-def _accuracy(setup: experiment.Setup, eval_step, variables, split) -> float:
-  """Test accuracy (%) of a classifier fed as the teacher is (its preprocessing)."""
+def _accuracy(setup: experiment.Setup, eval_step, variables, split
+              ) -> float | list[float]:
+  """Test accuracy (%) of a classifier fed as the teacher is (its preprocessing); a
+  list, one per replica, for a replicas eval step."""
   meta = setup.teacher_meta
   return evaluation.accuracy(eval_step, variables, split, meta.dataset,
                              image_shape=meta.input_shape,
@@ -402,10 +517,12 @@ def _first_call(iteration, state, teacher_vars, log, every: float):
 
 
 def _progress(epoch, i, per_epoch, num_epochs, throughput, metrics, remaining) -> str:
+  """The rate-limited progress line (with replicas, the losses' mean over replicas)."""
   rate = throughput.per_second
+  loss = lambda name: float(np.nanmean(metrics[name]))  # pylint: disable=unnecessary-lambda-assignment
   return (f"epoch {epoch + 1}/{num_epochs}, iteration {i + 1}/{per_epoch}: "
-          f"{rate or 0:.2f} it/s, student loss {float(metrics['student_loss']):.4f}, "
-          f"generator loss {float(metrics['generator_loss']):.4f}, "
+          f"{rate or 0:.2f} it/s, student loss {loss('student_loss'):.4f}, "
+          f"generator loss {loss('generator_loss'):.4f}, "
           f"{throughput.eta(remaining)}")
 
 
@@ -415,26 +532,33 @@ def _run(setup: experiment.Setup, workdir: pathlib.Path, log, primary: bool,
   config, mesh, meta = setup.config, setup.mesh, setup.teacher_meta
   per_epoch = setup.iterations_per_epoch
   total = config.num_epochs * per_epoch
+  replicas, seeds = iteration_lib.replicated(setup), setup.seeds
   with progress.Heartbeat(log, "preparing the run", "preparing the run: test set, "
                           "models, checkpoints, teacher accuracy ...",
                           config.progress_seconds):
     test_split = data.load_split(meta.dataset, "test", data_dir=config.data_dir or None)
-    state = iteration_lib.init_state(setup)
-    state = parallel.put(state, mesh, iteration_lib.state_specs(state, setup.replay))
+    state = iteration_lib.init_replicas(setup)
+    state = parallel.put(state, mesh,
+                         iteration_lib.state_specs(state, setup.replay, replicas))
     teacher_vars = parallel.replicate(setup.teacher_variables, mesh)
     checkpoints = _Checkpoints(workdir / CHECKPOINT_DIR, config.checkpoints_to_keep, log,
-                               primary)
-    state, history, start = _restore(checkpoints, state, per_epoch, config.num_epochs, log)
-    if history.teacher_accuracy is None:
-      history.teacher_accuracy = _accuracy(
+                               primary, len(seeds))
+    state, histories, start = _restore(checkpoints, state, per_epoch, config.num_epochs,
+                                       log)
+    if histories[0].teacher_accuracy is None:
+      teacher_accuracy = _accuracy(
           setup, evaluation.make_eval_step(setup.teacher), teacher_vars, test_split)
-      log(f"teacher {meta.arch}: {history.teacher_accuracy:.2f}% on the {meta.dataset} "
-          "test set")
+      for history in histories:
+        history.teacher_accuracy = teacher_accuracy
+      log(f"teacher {meta.arch}: {teacher_accuracy:.2f}% on the {meta.dataset} test set")
+  if replicas:
+    log(f"{len(seeds)} replicas in one program: seeds {seeds[0]}-{seeds[-1]}, summaries "
+        f"in {replica_dir(workdir, seeds[0]).parent}/seed_<seed>")
   iteration = iteration_lib.make_iteration(setup, state)
-  eval_student = evaluation.make_eval_step(setup.student)
+  eval_student = evaluation.make_eval_step(setup.student, replicas)
   throughput = progress.Throughput()
   progress_line = progress.RateLimited(log, config.progress_seconds)
-  with contextlib.closing(Outputs(workdir, config, log, primary, start)) as outputs:
+  with contextlib.closing(Outputs(workdir, config, log, primary, start, seeds)) as outputs:
     for step in range(start, total):
       epoch, i = divmod(step, per_epoch)
       t0 = time.time()
@@ -445,29 +569,41 @@ def _run(setup: experiment.Setup, workdir: pathlib.Path, log, primary: bool,
         state, metrics = iteration(state, teacher_vars)
         metrics = jax.device_get(metrics)  # Blocks: one small transfer per iteration.
         throughput.add(time.time() - t0)
-      _check_finite(metrics, epoch, i, checkpoints)
+      _check_finite(metrics, epoch, i, checkpoints, histories, seeds, log)
       outputs.iteration(epoch, i, metrics)
       progress_line(lambda: _progress(epoch, i, per_epoch, config.num_epochs, throughput,
                                       metrics, total - step - 1))
-      if int(metrics["retention_steps"]) > 0 and math.isfinite(metrics["grad_cosine"]):
-        history.epoch_cosines.append(float(metrics["grad_cosine"]))
+      _record_cosines(histories, metrics, replicas)
       saved = i + 1 == per_epoch
       if saved:
         student = {"params": state.student.params,
                    "batch_stats": state.student.batch_stats}
-        history.end_epoch(_accuracy(setup, eval_student, student, test_split))
-        if throughput.per_second:
-          history.student_steps_per_second = throughput.per_second * setup.student_steps
-        checkpoints.save(step + 1, state, history)
-        outputs.epoch(epoch, history, metrics, throughput.eta(total - step - 1))
+        accuracies = _accuracy(setup, eval_student, student, test_split)
+        for history, acc in zip(histories, accuracies if replicas else [accuracies]):
+          if history.failed is None:
+            history.end_epoch(acc)
+            if throughput.per_second:
+              history.student_steps_per_second = (throughput.per_second
+                                                  * setup.student_steps)
+        checkpoints.save(step + 1, state, histories)
+        outputs.epoch(epoch, histories, metrics, throughput.eta(total - step - 1))
       # Every process asks at every iteration (the sync protocol needs it).
       if preemption.reached(step + 1) and step + 1 < total:
         if not saved:
-          checkpoints.save(step + 1, state, history)
+          checkpoints.save(step + 1, state, histories)
         checkpoints.close()
         log(f"preemption notice (SIGTERM): stopped at epoch {epoch + 1}, iteration "
             f"{i + 1} of {per_epoch}, checkpoint saved in {checkpoints.directory}; "
             "rerun the same command to resume")
         raise Preempted(step + 1, checkpoints.directory)
     checkpoints.close()
-    return outputs.finish(history)
+    return outputs.finish(histories)
+
+
+def _record_cosines(histories: Sequence[History], metrics, replicas: bool) -> None:
+  """Keeps each live replica's gradient cosine of an iteration with retention."""
+  for k, history in enumerate(histories):
+    steps = metrics["retention_steps"][k] if replicas else metrics["retention_steps"]
+    cosine = float(metrics["grad_cosine"][k] if replicas else metrics["grad_cosine"])
+    if history.failed is None and int(steps) > 0 and math.isfinite(cosine):
+      history.epoch_cosines.append(cosine)

@@ -35,6 +35,8 @@ RECORD_FILE = "run_config.json"
 # first-use teacher recipe (the teacher itself is fingerprinted through its metadata).
 FREE = frozenset({"checkpoints_to_keep", "tensorboard", "eval_batch_size", "data_dir",
                   "teacher_dir", "teacher_config", "progress_seconds"})
+# Result-deciding fields that older records lack, with the value their runs had.
+ADDED_DEFAULTS = {"num_seeds": 1}
 # Fields that may change with an explicit --allow_config_change=FIELD: num_epochs extends
 # (or shortens) a run. With the cosine schedule the remaining epochs then follow the new
 # length, so the result is not the one of a run of that length from scratch.
@@ -160,7 +162,10 @@ def check_record(workdir: pathlib.Path, config: dict[str, Any], teacher: dict[st
   record = json.loads(path.read_text()) if path.is_file() else None
   changed = []
   if record is not None:
-    old, new = _result_fields(record["config"]), _result_fields(config)
+    # Fields added after a record was written take their default, the value those runs
+    # had (num_seeds: one run).
+    old = {**ADDED_DEFAULTS, **_result_fields(record["config"])}
+    new = _result_fields(config)
     diffs = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
     if record.get("teacher") != teacher:
       diffs.append("teacher")

@@ -1,0 +1,149 @@
+"""Replicas: ``config.num_seeds = N`` runs N seeds in one vmapped program.
+
+Each replica must be the single run of its seed (up to float rounding: vmap batches the
+convolutions differently), write the one-run ``summary.json`` contract in
+``seed_<seed>/``, resume exactly, and fail alone on a NaN.
+"""
+
+import json
+import os
+import signal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dfkd_jax import iteration
+from dfkd_jax import losses
+from dfkd_jax import report
+from dfkd_jax import summary as summary_lib
+from dfkd_jax import trainer
+from test_trainer import read_metrics, teacher_dir, tiny_config  # pylint: disable=unused-import  # fixture
+
+SEEDS = (3, 4, 5)
+# The per-step losses of replica k and of the single run of its seed: float32 rounding
+# of a batched vs an unbatched program, measured ~2e-5 relative over two iterations
+# with the KL student loss (MAE's sign gradient turns rounding into jumps, see
+# test_trainer.test_scanned_steps_equal_unrolled_steps).
+LOSS_RTOL = 1e-3
+
+
+@pytest.fixture(scope="module")
+def kl_student_loss():
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(losses, "mae", losses.kl_divergence)
+    yield
+
+
+@pytest.fixture(scope="module")
+def replicas_run(teacher_dir, tmp_path_factory, kl_student_loss):
+  """An uninterrupted 3-replica lra_mb run (memory replay: pushes and replays)."""
+  workdir = tmp_path_factory.mktemp("replicas")
+  config = tiny_config(teacher_dir, "lra_mb", seed=SEEDS[0], num_seeds=len(SEEDS))
+  result = trainer.run(config, workdir, log=lambda s: None)
+  return workdir, result
+
+
+def test_replica_k_equals_the_single_run_with_seed_k(teacher_dir, tmp_path,
+                                                     replicas_run):
+  workdir, result = replicas_run
+  assert [r["seed"] for r in result["replicas"]] == list(SEEDS)
+  by_replica = read_metrics(workdir)
+  for k in (0, len(SEEDS) - 1):  # The first and the last replica.
+    seed = SEEDS[k]
+    single = trainer.run(tiny_config(teacher_dir, "lra_mb", seed=seed),
+                         tmp_path / f"seed{seed}", log=lambda s: None)
+    replica = result["replicas"][k]
+    # Accuracy is a count of test images: the same count, whatever the rounding.
+    assert replica["test_accuracy"] == single["test_accuracy"], seed
+    assert replica["teacher_accuracy"] == single["teacher_accuracy"]
+    mine = [m for m in by_replica if m["replica"] == k]
+    theirs = read_metrics(tmp_path / f"seed{seed}")
+    assert len(mine) == len(theirs) == 4 and all(m["seed"] == seed for m in mine)
+    for m, t in zip(mine, theirs):
+      for key in ("student_loss", "loss_acq", "generator_loss", "loss_ret"):
+        if t[key] is None:
+          assert m[key] is None, key
+        else:
+          np.testing.assert_allclose(m[key], t[key], rtol=LOSS_RTOL, err_msg=key)
+    assert any(t["loss_ret"] is not None for t in theirs)  # Replay happened.
+
+
+def test_replicas_write_one_summary_each_that_the_report_reads(replicas_run):
+  workdir, result = replicas_run
+  assert not (workdir / trainer.SUMMARY_FILE).exists()
+  for seed, replica in zip(SEEDS, result["replicas"]):
+    path = trainer.replica_dir(workdir, seed) / trainer.SUMMARY_FILE
+    loaded = summary_lib.Summary.load(path)
+    assert loaded.seed == seed and loaded.config["seed"] == seed
+    assert loaded.failed is None and loaded.epochs_completed == 2
+    assert json.loads(path.read_text()) == replica
+  metrics = read_metrics(workdir)
+  assert [(m["epoch"], m["iteration"], m["replica"]) for m in metrics] == [
+      (e, i, k) for e in (1, 2) for i in (1, 2) for k in range(len(SEEDS))]
+  runs = report.load_runs([workdir])
+  assert sorted(r.seed for r in runs) == list(SEEDS)
+  # Different seeds are different runs.
+  assert len({tuple(r["test_accuracy"]) + (r["seed"],) for r in result["replicas"]}) == 3
+
+
+def test_replicas_resume_after_a_preemption_equals_the_uninterrupted_run(
+    teacher_dir, tmp_path, replicas_run, kl_student_loss, monkeypatch):
+  reference_dir, reference = replicas_run
+  config = tiny_config(teacher_dir, "lra_mb", seed=SEEDS[0], num_seeds=len(SEEDS))
+  written = trainer.Outputs.iteration
+
+  def iteration_then_sigterm(self, epoch, i, metrics):
+    written(self, epoch, i, metrics)
+    if (epoch, i) == (1, 0):  # A preemption notice in epoch 2: saved at iteration 3.
+      os.kill(os.getpid(), signal.SIGTERM)
+
+  monkeypatch.setattr(trainer.Outputs, "iteration", iteration_then_sigterm)
+  with pytest.raises(trainer.Preempted):
+    trainer.run(config, tmp_path, log=lambda s: None)
+  monkeypatch.undo()
+  assert sorted(p.name for p in (tmp_path / trainer.CHECKPOINT_DIR).iterdir()
+                if p.name.isdigit()) == ["2", "3"]
+  resumed = trainer.run(config, tmp_path, log=lambda s: None)
+  timeless = lambda r: [{k: v for k, v in s.items() if k != "student_steps_per_second"}
+                        for s in r["replicas"]]  # pylint: disable=unnecessary-lambda-assignment
+  assert timeless(resumed) == timeless(reference)
+  assert read_metrics(tmp_path) == read_metrics(reference_dir)
+
+
+def test_a_nan_in_one_replica_marks_it_failed_and_the_others_go_on(teacher_dir, tmp_path,
+                                                                   monkeypatch):
+  """Fault injection: replica 1's student starts with NaN parameters."""
+  init = iteration.init_replicas
+
+  def broken_init(setup):
+    state = init(setup)
+    params = jax.tree.map(lambda a: a.at[1].set(jnp.nan), state.student.params)
+    return state._replace(student=state.student._replace(params=params))
+
+  monkeypatch.setattr(iteration, "init_replicas", broken_init)
+  lines = []
+  config = tiny_config(teacher_dir, "mb_dfkd", seed=0, num_seeds=2)
+  result = trainer.run(config, tmp_path, log=lines.append)
+  good, bad = result["replicas"]
+  assert len(good["test_accuracy"]) == 2 and "failed" not in good
+  assert bad["test_accuracy"] == [] and "epoch 1, iteration 1" in bad["failed"]
+  loaded = summary_lib.Summary.load(tmp_path / "seed_1" / trainer.SUMMARY_FILE)
+  assert loaded.failed == bad["failed"]
+  assert any(l.startswith("replica 1 (seed 1): ") and "student_loss" in l
+             and "marked failed" in l for l in lines)
+  assert any("students (seeds 0-1)" in l and "failed" in l for l in lines)
+  notes = []
+  assert [r.seed for r in report.load_runs([tmp_path], log=notes.append)] == [0]
+  assert len(notes) == 1 and "seed_1" in notes[0] and "failed" in notes[0]
+
+  # With every replica broken the run stops, as a single run does.
+  def all_broken(setup):
+    state = init(setup)
+    params = jax.tree.map(lambda a: a * jnp.nan, state.student.params)
+    return state._replace(student=state.student._replace(params=params))
+
+  monkeypatch.setattr(iteration, "init_replicas", all_broken)
+  with pytest.raises(trainer.NonFiniteLossError, match="every replica"):
+    trainer.run(config, tmp_path / "all", log=lambda s: None)
