@@ -120,6 +120,7 @@ def test_markdown_tables_of_the_smoke_result(smoke, tmp_path, capsys):
   assert "Load average" in text
 
 
+@pytest.mark.slow
 def test_accelerator_mode_counts_the_flops_of_every_scanned_step(tmp_path):
   """The accelerator path (steps in ``lax.scan``), forced on the CPU.
 

@@ -198,6 +198,7 @@ def test_sigterm_mid_epoch_checkpoints_and_resumes(teacher_dir, reference, proce
   assert_same_run(workdir, reference)
 
 
+@pytest.mark.slow
 def test_sigterm_to_one_of_two_processes_stops_both(teacher_dir, reference, processes,
                                                     tmp_path):
   """jax.distributed's preemption sync: both stop at the same iteration and save."""

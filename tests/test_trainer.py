@@ -109,7 +109,10 @@ def test_method_runs_end_to_end_and_writes_the_summary(teacher_dir, tmp_path, me
 # student step each (compilation dominates; one step per iteration keeps it small).
 # mad and lra_ema run end to end in the resume and gradient tests below (one compile
 # each saved).
-NEW_METHODS = ["dafl", "dfad", "zskt", "dfq", "pre_dfkd", "lra_pre"]
+# pre_dfkd's VAE replay also runs in lra_pre; pre_dfkd itself is in the slow tier.
+NEW_METHODS = ["dafl", "dfad", "zskt", "dfq",
+               pytest.param("pre_dfkd", marks=pytest.mark.slow),
+               "lra_pre"]
 # mad runs with MAD's class-conditional generator and every optional term on.
 MAD_CONDITIONAL = {"generator": "mad_generator",
                    "conditional_generator": True,
@@ -171,6 +174,7 @@ def test_resume_with_the_ema_generator_equals_an_uninterrupted_run(teacher_dir, 
   assert all(m["retention_steps"] == 1 and np.isfinite(m["loss_ret"]) for m in ms)
 
 
+@pytest.mark.slow
 def test_meta_alignment_is_logged_once_per_iteration_and_changes_nothing(teacher_dir,
                                                                        tmp_path):
   """The meta update's cos(grad L_acq, grad L_ret) costs a retention gradient, so only
@@ -231,6 +235,7 @@ def test_lra_ema_student_gradient_is_the_meta_gradient_on_ema_batches(teacher_di
   step_key = jax.random.split(jax.random.split(key)[1], 1)[0]
   k_z, k_r, _ = jax.random.split(step_key, 3)
 
+  @functools.partial(jax.jit, static_argnums=3)
   def sample(params, batch_stats, k, n):
     z = jax.random.normal(jax.random.split(k)[0], (n, config.latent_dim))
     x, _ = setup.generator.apply({"params": params, "batch_stats": batch_stats}, z,
@@ -239,11 +244,11 @@ def test_lra_ema_student_gradient_is_the_meta_gradient_on_ema_batches(teacher_di
 
   acq = sample(gen.params, gen.batch_stats, k_z, config.batch_size)
   ret = sample(ema_state.params, ema_state.batch_stats, k_r, 16)
-  meta = functools.partial(
+  meta = jax.jit(functools.partial(
       objectives.meta, student0.params, student0.batch_stats,
       objectives.flax_apply_fn(setup.student), alpha=config.meta.alpha,
       inner_step=config.meta.inner_step, weight_decay=config.meta.weight_decay,
-      kd_loss=losses.mae, with_alignment=False)
+      kd_loss=losses.mae, with_alignment=False))
   out = meta(acq, ret)
   expected = jax.tree.map(lambda p, g: p - lr * g, student0.params, out.grads)
   jax.tree.map(lambda got, want: np.testing.assert_allclose(got, want, rtol=1e-5,
@@ -442,7 +447,9 @@ def test_iteration_compiles_once_and_donates_the_state(teacher_dir):
   assert step._cache_size() == 1  # pylint: disable=protected-access
 
 
-@pytest.mark.parametrize("method", ["lra_mb", "lra_pre", "mad"])
+@pytest.mark.parametrize("method", [
+    "lra_mb", pytest.param("lra_pre", marks=pytest.mark.slow),
+    pytest.param("mad", marks=pytest.mark.slow)])
 def test_scanned_steps_equal_unrolled_steps(teacher_dir, method, monkeypatch):
   """Accelerators loop the student steps with ``lax.scan``, CPUs unroll them.
 
