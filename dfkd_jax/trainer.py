@@ -154,12 +154,12 @@ def _json_float(x) -> float | None:
 # ---------------------------------------------------------------------------
 
 
-def _tensorboard_writer(workdir: pathlib.Path, enabled: bool):
-  """A tensorboardX writer into ``WORKDIR/tensorboard`` (no TensorFlow needed), or None."""
+def _tensorboard_writer(folder: pathlib.Path, enabled: bool):
+  """A tensorboardX writer into ``folder`` (no TensorFlow needed), or None."""
   if not enabled:
     return None
   import tensorboardX  # pylint: disable=g-import-not-at-top
-  return tensorboardX.SummaryWriter(str(workdir / "tensorboard"))
+  return tensorboardX.SummaryWriter(str(folder))
 
 
 class Outputs:

@@ -40,7 +40,8 @@ def kl_student_loss():
 def replicas_run(teacher_dir, tmp_path_factory, kl_student_loss):
   """An uninterrupted 3-replica lra_mb run (memory replay: pushes and replays)."""
   workdir = tmp_path_factory.mktemp("replicas")
-  config = tiny_config(teacher_dir, "lra_mb", seed=SEEDS[0], num_seeds=len(SEEDS))
+  config = tiny_config(teacher_dir, "lra_mb", seed=SEEDS[0], num_seeds=len(SEEDS),
+                       tensorboard=True)
   result = trainer.run(config, workdir, log=lambda s: None)
   return workdir, result
 
@@ -82,6 +83,8 @@ def test_replicas_write_one_summary_each_that_the_report_reads(replicas_run):
   metrics = read_metrics(workdir)
   assert [(m["epoch"], m["iteration"], m["replica"]) for m in metrics] == [
       (e, i, k) for e in (1, 2) for i in (1, 2) for k in range(len(SEEDS))]
+  for seed in SEEDS:  # One TensorBoard run per replica.
+    assert list((workdir / "tensorboard" / f"seed_{seed}").glob("events.out.tfevents.*"))
   runs = report.load_runs([workdir])
   assert sorted(r.seed for r in runs) == list(SEEDS)
   # Different seeds are different runs.
@@ -91,7 +94,8 @@ def test_replicas_write_one_summary_each_that_the_report_reads(replicas_run):
 def test_replicas_resume_after_a_preemption_equals_the_uninterrupted_run(
     teacher_dir, tmp_path, replicas_run, kl_student_loss, monkeypatch):
   reference_dir, reference = replicas_run
-  config = tiny_config(teacher_dir, "lra_mb", seed=SEEDS[0], num_seeds=len(SEEDS))
+  config = tiny_config(teacher_dir, "lra_mb", seed=SEEDS[0], num_seeds=len(SEEDS),
+                       tensorboard=True)
   written = trainer.Outputs.iteration
 
   def iteration_then_sigterm(self, epoch, i, metrics):
