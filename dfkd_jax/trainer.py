@@ -206,10 +206,10 @@ class Outputs:
       if value is not None:
         writer.add_scalar(name, value, step)
 
-  def iteration(self, epoch: int, i: int, metrics) -> None:
+  def iteration(self, epoch: int, i: int, per_replica: Sequence[dict]) -> None:
+    """Writes an iteration's metrics (:func:`_per_replica`: one dict per replica)."""
     step = epoch * self.config.iterations_per_epoch + i + 1
-    for k, seed in enumerate(self.seeds):
-      values = {n: v[k] for n, v in metrics.items()} if self.replicas else metrics
+    for k, (seed, values) in enumerate(zip(self.seeds, per_replica)):
       if self._tensorboard[k]:
         self._scalars(self._tensorboard[k], step, values)
       if self._metrics:
@@ -449,43 +449,45 @@ def _restore(checkpoints: _Checkpoints, state, per_epoch: int, num_epochs: int,
   return state, histories, start
 
 
-def _non_finite(metrics, k: int | None) -> str | None:
-  """Which watched losses of replica ``k`` (``None``: the only run) are NaN/Inf."""
-  values = {n: float(metrics[n] if k is None else metrics[n][k])
-            for n in WATCHED_LOSSES if n in metrics}
+def _per_replica(metrics, replicas: bool) -> list[dict[str, Any]]:
+  """An iteration's host metrics as one dict of scalars per replica (one for one run)."""
+  if not replicas:
+    return [metrics]
+  return [{n: v[k] for n, v in metrics.items()}
+          for k in range(len(next(iter(metrics.values()))))]
+
+
+def _non_finite(metrics) -> str | None:
+  """Which watched losses of one replica's metrics are NaN/Inf."""
+  values = {n: float(metrics[n]) for n in WATCHED_LOSSES if n in metrics}
   bad = [n for n, v in values.items() if not math.isfinite(v)]
   return f"{', '.join(bad)} became {[values[n] for n in bad]}" if bad else None
 
 
-def _check_finite(metrics, epoch: int, i: int, checkpoints: _Checkpoints,
-                  histories: Sequence[History], seeds: Sequence[int], log) -> None:
-  """Stops the run on a NaN/Inf loss; with replicas, marks the replica failed.
+def _check_finite(per_replica: Sequence[dict], epoch: int, i: int,
+                  checkpoints: _Checkpoints, histories: Sequence[History],
+                  seeds: Sequence[int], log) -> None:
+  """Marks a replica whose loss is NaN/Inf failed; stops the run when none is left.
 
-  A failed replica's History keeps its last good epoch and records nothing more; the
-  run stops (:class:`NonFiniteLossError`) only when no replica is left.
+  A failed replica's History keeps its last good epoch and records nothing more. A
+  single run is one replica: its NaN stops it (:class:`NonFiniteLossError`).
   """
   where = f"at epoch {epoch + 1}, iteration {i + 1}"
   fix = "Lower the learning rates or meta.alpha, or use compute_dtype=float32."
-  if len(histories) == 1:
-    bad = _non_finite(metrics, None)
-    if bad:
-      raise NonFiniteLossError(
-          f"{bad} {where}; the run stopped without saving, and the last good "
-          f"checkpoint ({checkpoints.latest_step()}) in {checkpoints.directory} is "
-          f"intact. {fix}")
-    return
-  for k, history in enumerate(histories):
-    bad = history.failed is None and _non_finite(metrics, k)
-    if bad:
-      history.failed = f"{bad} {where}"
-      log(f"replica {k} (seed {seeds[k]}): {bad} {where}; it is marked failed in its "
-          "summary.json (which keeps its last good epoch), the other replicas go on. "
-          f"{fix}")
-  if all(h.failed is not None for h in histories):
+  newly = [(k, bad) for k, (history, metrics) in enumerate(zip(histories, per_replica))
+           if history.failed is None and (bad := _non_finite(metrics))]
+  for k, bad in newly:
+    histories[k].failed = f"{bad} {where}"
+  if newly and all(h.failed is not None for h in histories):
+    which = "every replica failed, the last: " if len(histories) > 1 else ""
     raise NonFiniteLossError(
-        f"every replica's loss became NaN/Inf (the last {where}); the run stopped "
-        f"without saving, and the last good checkpoint ({checkpoints.latest_step()}) in "
-        f"{checkpoints.directory} is intact. {fix}")
+        f"{which}{newly[-1][1]} {where}; the run stopped without saving, and the last "
+        f"good checkpoint ({checkpoints.latest_step()}) in {checkpoints.directory} is "
+        f"intact. {fix}")
+  for k, bad in newly:
+    log(f"replica {k} (seed {seeds[k]}): {bad} {where}; it is marked failed in its "
+        f"summary.json (which keeps its last good epoch), the other replicas go on. "
+        f"{fix}")
 
 
 def _accuracy(setup: experiment.Setup, eval_step, variables, split
@@ -569,11 +571,12 @@ def _run(setup: experiment.Setup, workdir: pathlib.Path, log, primary: bool,
         state, metrics = iteration(state, teacher_vars)
         metrics = jax.device_get(metrics)  # Blocks: one small transfer per iteration.
         throughput.add(time.time() - t0)
-      _check_finite(metrics, epoch, i, checkpoints, histories, seeds, log)
-      outputs.iteration(epoch, i, metrics)
+      per_replica = _per_replica(metrics, replicas)
+      _check_finite(per_replica, epoch, i, checkpoints, histories, seeds, log)
+      outputs.iteration(epoch, i, per_replica)
       progress_line(lambda: _progress(epoch, i, per_epoch, config.num_epochs, throughput,
                                       metrics, total - step - 1))
-      _record_cosines(histories, metrics, replicas)
+      _record_cosines(histories, per_replica)
       saved = i + 1 == per_epoch
       if saved:
         student = {"params": state.student.params,
@@ -600,10 +603,10 @@ def _run(setup: experiment.Setup, workdir: pathlib.Path, log, primary: bool,
     return outputs.finish(histories)
 
 
-def _record_cosines(histories: Sequence[History], metrics, replicas: bool) -> None:
+def _record_cosines(histories: Sequence[History], per_replica: Sequence[dict]) -> None:
   """Keeps each live replica's gradient cosine of an iteration with retention."""
-  for k, history in enumerate(histories):
-    steps = metrics["retention_steps"][k] if replicas else metrics["retention_steps"]
-    cosine = float(metrics["grad_cosine"][k] if replicas else metrics["grad_cosine"])
-    if history.failed is None and int(steps) > 0 and math.isfinite(cosine):
+  for history, metrics in zip(histories, per_replica):
+    cosine = float(metrics["grad_cosine"])
+    if history.failed is None and int(metrics["retention_steps"]) > 0 and math.isfinite(
+        cosine):
       history.epoch_cosines.append(cosine)
