@@ -331,7 +331,11 @@ def student_step(carry, xs, *, gen: ModelState, teacher_vars,
     replay, replay_metrics = source.after_student_step(replay, index, k_u, acq)
   d = out.diagnostics
   nan = jnp.full((), jnp.nan, jnp.float32)
+  # NaN/Inf images need not show in the losses (XLA:CPU's max-pooling turns NaN into
+  # finite values), so the trainer watches the fresh batch itself.
+  nonfinite = jax.lax.pmean(jnp.mean((~jnp.isfinite(x)).astype(jnp.float32)), AXIS)
   metrics = {"student_loss": out.loss, "loss_acq": d.loss_acq,
+             "nonfinite_images": nonfinite,
              "loss_ret": jnp.where(retention_valid, d.loss_ret, nan),
              "loss_ret_adapted": jnp.where(retention_valid, d.loss_ret_adapted, nan),
              "grad_cosine": jnp.where(retention_valid, d.grad_cosine, nan),
@@ -361,7 +365,7 @@ def _reduce_metrics(gen_metrics, stu_metrics) -> dict[str, jax.Array]:
   """Per-iteration means; retention metrics over the steps that had retention."""
   retention_valid = stu_metrics.pop("retention_valid")
   metrics = {k: jnp.mean(v) for k, v in gen_metrics.items()}
-  metrics.update({k: jnp.nanmean(v) if k not in ("student_loss", "loss_acq")
+  metrics.update({k: jnp.nanmean(v) if k not in ("student_loss", "loss_acq", "nonfinite_images")
                   else jnp.mean(v) for k, v in stu_metrics.items()})
   metrics["retention_steps"] = jnp.sum(retention_valid)
   return metrics

@@ -17,7 +17,7 @@ one program (:func:`dfkd_jax.iteration.init_replicas`). Each has its own History
 ``WORKDIR/seed_<seed>/summary.json`` (the one-run contract), ``metrics.jsonl`` is shared
 (a ``replica`` and a ``seed`` field per line), TensorBoard writes
 ``WORKDIR/tensorboard/seed_<seed>``, and each checkpoint holds all replicas. A replica
-whose loss becomes NaN/Inf is marked failed in its summary (which keeps its last good
+whose loss or generated images become NaN/Inf is marked failed in its summary (which keeps its last good
 epoch) and the others go on; the run stops only when every replica has failed.
 """
 
@@ -52,12 +52,14 @@ from dfkd_jax import workdir as workdir_lib
 SUMMARY_FILE = summary_lib.SUMMARY_FILE
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_DIR = "checkpoints"
-# Losses whose non-finite value stops the run.
+# Losses whose non-finite value stops the run (as do non-finite generated images,
+# metric nonfinite_images: the losses need not show them).
 WATCHED_LOSSES = ("generator_loss", "student_loss", "loss_acq")
 
 
 class NonFiniteLossError(FloatingPointError):
-  """A loss became NaN or Inf; the last good checkpoint is left as it was."""
+  """A loss or the generated images became NaN or Inf; the last good checkpoint is left
+  as it was."""
 
 
 class Preempted(Exception):
@@ -83,8 +85,8 @@ class History:
     student_steps_per_second: throughput so far (compilation excluded).
     epoch_cosines: the gradient cosines of the epoch in progress, so that a run resumed
       mid-epoch ends with the uninterrupted run's epoch mean.
-    failed: why a replica stopped (its loss became NaN/Inf), or ``None``; a failed
-      replica records nothing more.
+    failed: why a replica stopped (a loss or its images became NaN/Inf), or ``None``;
+      a failed replica records nothing more.
   """
 
   teacher_accuracy: float | None = None
@@ -317,7 +319,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
       compilation; workdir.ConfigChangedError: the workdir holds another run.
     PermissionError: the workdir cannot be written (before anything is loaded).
     workdir.WorkdirInUseError: another live process trains in the workdir.
-    NonFiniteLossError: a loss became NaN/Inf; the latest checkpoint is the last good one.
+    NonFiniteLossError: a loss or the generated images became NaN/Inf; the latest
+      checkpoint is the last good one.
     Preempted: SIGTERM; the checkpoint of the current iteration is saved.
   """
   workdir = distributed.filesystem_path(workdir, "workdir").absolute()
@@ -458,10 +461,16 @@ def _per_replica(metrics, replicas: bool) -> list[dict[str, Any]]:
 
 
 def _non_finite(metrics) -> str | None:
-  """Which watched losses of one replica's metrics are NaN/Inf."""
+  """Which watched losses of one replica's metrics are NaN/Inf, or whether its
+  generated images are (``nonfinite_images``, the fraction of their values)."""
   values = {n: float(metrics[n]) for n in WATCHED_LOSSES if n in metrics}
   bad = [n for n, v in values.items() if not math.isfinite(v)]
-  return f"{', '.join(bad)} became {[values[n] for n in bad]}" if bad else None
+  what = [f"{', '.join(bad)} became {[values[n] for n in bad]}"] if bad else []
+  images = float(metrics.get("nonfinite_images", 0.0))
+  if not images == 0.0:  # Also a NaN fraction.
+    what.append(f"the generated images became non-finite ({images:.1%} of their values "
+                f"NaN/Inf)")
+  return "; ".join(what) or None
 
 
 def _check_finite(per_replica: Sequence[dict], epoch: int, i: int,

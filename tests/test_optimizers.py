@@ -1,6 +1,5 @@
 """The shared optimisers (dfkd_jax.optimizers)."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

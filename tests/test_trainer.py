@@ -502,3 +502,24 @@ def test_scanned_steps_equal_unrolled_steps(teacher_dir, method, monkeypatch):
     assert np.linalg.norm(scanned - unrolled) <= 1e-2 * change, path
 
   jax.tree_util.tree_map_with_path(check, scan_params, unroll_params, initial)
+
+
+def test_a_nan_generator_stops_the_run_though_the_losses_stay_finite(teacher_dir, tmp_path,
+                                                                     monkeypatch):
+  """Fault injection: every generator parameter is NaN from the start.
+
+  The NaN images reach the networks' max-pooling, which XLA:CPU turns into finite
+  values, so the losses stay finite; the generated batch's finiteness must stop the run.
+  """
+  init = iteration.init_replicas
+
+  def broken_init(setup):
+    state = init(setup)
+    params = jax.tree.map(lambda a: a * np.nan, state.generator.params)
+    return state._replace(generator=state.generator._replace(params=params))
+
+  monkeypatch.setattr(iteration, "init_replicas", broken_init)
+  with pytest.raises(trainer.NonFiniteLossError,
+                     match=r"generated images .*100(\.0)?% .* epoch 1, iteration 1"):
+    trainer.run(tiny_config(teacher_dir, "dfkd"), tmp_path, log=lambda s: None)
+  assert not (tmp_path / trainer.SUMMARY_FILE).exists()
