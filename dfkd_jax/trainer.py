@@ -29,16 +29,14 @@ import json
 import math
 import os
 import pathlib
-import shutil
 import time
 from typing import Any, Callable, Sequence
 
 import jax
-from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 
+from dfkd_jax import checkpoints as checkpoints_lib
 from dfkd_jax import data
 from dfkd_jax import distributed
 from dfkd_jax import evaluation
@@ -343,94 +341,15 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
     return _run(setup, workdir, log, primary, preemption)
 
 
-class _Checkpoints:
-  """The run's orbax checkpoints: ``state`` and the JSON :class:`History`.
-
-  A checkpoint that does not restore (truncated or zeroed data, missing metadata) is
-  reported with its cause; the run falls back to the newest one that restores, and
-  process 0 moves the bad ones aside to ``<step>.corrupt`` (never deleted) so that the
-  user can inspect them.
-  """
-
-  def __init__(self, directory: pathlib.Path, max_to_keep: int, log, primary: bool,
-               num_replicas: int = 1):
-    self.directory, self.log, self.primary = directory, log, primary
-    self.num_replicas = num_replicas
-    self.manager = ocp.CheckpointManager(
-        directory, options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
-                                                        create=True))
-
-  def _restore_step(self, step: int, abstract):
-    restored = self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract), history=ocp.args.JsonRestore()))
-    return restored.state, _histories_from_json(restored.history, self.num_replicas)
-
-  def restore(self, state) -> tuple[Any, list[History]] | None:
-    """The newest checkpoint that restores into ``state``'s structure, or ``None``."""
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-    failed = []
-    for step in sorted(self.manager.all_steps(), reverse=True):
-      try:
-        restored = self._restore_step(step, abstract)
-      except Exception as e:  # pylint: disable=broad-except  # orbax/tensorstore errors.
-        cause = (str(e).strip().splitlines() or [""])[0][:300]
-        failed.append(step)
-        self.log(f"checkpoint {step} in {self.directory} does not restore "
-                 f"({type(e).__name__}: {cause}); trying the one before it")
-        continue
-      if failed:
-        self._move_aside(failed)
-        self.log(f"resuming from checkpoint {step} instead")
-      return restored
-    if failed:
-      raise ValueError(f"no checkpoint in {self.directory} restores (steps "
-                       f"{', '.join(map(str, failed))}; see the causes above): it holds "
-                       "another run or damaged files; use a new --workdir (nothing was "
-                       "moved or deleted)")
-    return None
-
-  def _move_aside(self, steps) -> None:
-    if self.primary:
-      for step in steps:
-        target = self.directory / f"{step}.corrupt"
-        n = 1
-        while target.exists():
-          target, n = self.directory / f"{step}.corrupt.{n}", n + 1
-        os.replace(self.directory / str(step), target)
-        self.log(f"moved the damaged checkpoint to {target}")
-    if jax.process_count() > 1:
-      multihost_utils.sync_global_devices("dfkd_jax: corrupt checkpoints moved")
-    self.manager.reload()
-
-  def save(self, step: int, state, histories: Sequence[History]) -> None:
-    try:
-      self.manager.save(step, args=ocp.args.Composite(
-          state=ocp.args.StandardSave(state),
-          history=ocp.args.JsonSave(_histories_to_json(histories))))
-      self.manager.wait_until_finished()
-    except OSError as e:
-      for partial in self.directory.glob(f"{step}.orbax-checkpoint-tmp*"):
-        shutil.rmtree(partial, ignore_errors=True)
-      raise OSError(f"could not save checkpoint {step} to {self.directory} "
-                    f"({e.strerror or e}); the last good checkpoint "
-                    f"({self.latest_step()}) is intact: free space and rerun the same "
-                    "command") from None
-
-  def latest_step(self) -> int | None:
-    return self.manager.latest_step()
-
-  def close(self) -> None:
-    self.manager.close()
-
-
-def _restore(checkpoints: _Checkpoints, state, per_epoch: int, num_epochs: int,
-             log) -> tuple[Any, list[History], int]:
+def _restore(checkpoints: checkpoints_lib.Checkpoints, state, num_replicas: int,
+             per_epoch: int, num_epochs: int, log) -> tuple[Any, list[History], int]:
   """The state, histories (one per replica) and iteration to start from (the latest
   checkpoint's, if any)."""
   restored = checkpoints.restore(state)
   if restored is None:
-    return state, [History() for _ in range(checkpoints.num_replicas)], 0
-  state, histories = restored
+    return state, [History() for _ in range(num_replicas)], 0
+  state, history = restored
+  histories = _histories_from_json(history, num_replicas)
   start = int(np.max(jax.device_get(state.step)))  # The same in every replica.
   start_epoch = start // per_epoch
   evaluated = {len(h.test_accuracy) for h in histories if h.failed is None}
@@ -474,7 +393,7 @@ def _non_finite(metrics) -> str | None:
 
 
 def _check_finite(per_replica: Sequence[dict], epoch: int, i: int,
-                  checkpoints: _Checkpoints, histories: Sequence[History],
+                  checkpoints: checkpoints_lib.Checkpoints, histories: Sequence[History],
                   seeds: Sequence[int], log) -> None:
   """Marks a replica whose loss is NaN/Inf failed; stops the run when none is left.
 
@@ -552,10 +471,10 @@ def _run(setup: experiment.Setup, workdir: pathlib.Path, log, primary: bool,
     state = parallel.put(state, mesh,
                          iteration_lib.state_specs(state, setup.replay, replicas))
     teacher_vars = parallel.replicate(setup.teacher_variables, mesh)
-    checkpoints = _Checkpoints(workdir / CHECKPOINT_DIR, config.checkpoints_to_keep, log,
-                               primary, len(seeds))
-    state, histories, start = _restore(checkpoints, state, per_epoch, config.num_epochs,
-                                       log)
+    checkpoints = checkpoints_lib.Checkpoints(workdir / CHECKPOINT_DIR,
+                                              config.checkpoints_to_keep, log, primary)
+    state, histories, start = _restore(checkpoints, state, len(seeds), per_epoch,
+                                       config.num_epochs, log)
     if histories[0].teacher_accuracy is None:
       teacher_accuracy = _accuracy(
           setup, evaluation.make_eval_step(setup.teacher), teacher_vars, test_split)
@@ -597,12 +516,12 @@ def _run(setup: experiment.Setup, workdir: pathlib.Path, log, primary: bool,
             if throughput.per_second:
               history.student_steps_per_second = (throughput.per_second
                                                   * setup.student_steps)
-        checkpoints.save(step + 1, state, histories)
+        checkpoints.save(step + 1, state, _histories_to_json(histories))
         outputs.epoch(epoch, histories, metrics, throughput.eta(total - step - 1))
       # Every process asks at every iteration (the sync protocol needs it).
       if preemption.reached(step + 1) and step + 1 < total:
         if not saved:
-          checkpoints.save(step + 1, state, histories)
+          checkpoints.save(step + 1, state, _histories_to_json(histories))
         checkpoints.close()
         log(f"preemption notice (SIGTERM): stopped at epoch {epoch + 1}, iteration "
             f"{i + 1} of {per_epoch}, checkpoint saved in {checkpoints.directory}; "

@@ -2,6 +2,7 @@
 
 import errno
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -126,6 +127,69 @@ def test_a_failed_checkpoint_save_cleans_up_and_says_so_in_one_line(teacher_dir,
                 log=lambda s: None)
   assert "\n" not in str(e.value)
   assert not list((tmp_path / trainer.CHECKPOINT_DIR).glob("*tmp*"))
+
+
+def _can_mount_tmpfs() -> bool:
+  """Whether an unprivileged user+mount namespace can mount a tmpfs here."""
+  try:
+    return subprocess.run(
+        ["unshare", "-rm", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /mnt"],
+        capture_output=True, timeout=30, check=False).returncode == 0
+  except (OSError, subprocess.SubprocessError):
+    return False
+
+
+FULL_DISK_SCRIPT = r"""
+set -u
+mount -t tmpfs -o size="$SIZE" tmpfs "$FS"
+python -m dfkd_jax.train "$@" --workdir="$FS/run" > "$OUT/first.log" 2>&1
+echo $? > "$OUT/first.rc"
+ls "$FS/run/checkpoints" > "$OUT/after_first.ls"
+mount -o remount,size=64m "$FS"   # The user frees space.
+python -m dfkd_jax.train "$@" --workdir="$FS/run" > "$OUT/rerun.log" 2>&1
+echo $? > "$OUT/rerun.rc"
+cp "$FS/run/summary.json" "$OUT/summary.json"
+"""
+
+
+@pytest.mark.skipif(not _can_mount_tmpfs(), reason="needs unshare -rm (user namespaces) to "
+                    "mount a small tmpfs")
+def test_a_real_full_disk_is_one_line_and_the_rerun_resumes_exactly(teacher_dir, tmp_path):
+  """A real full filesystem: a tmpfs with room for two checkpoints, not three."""
+  flags = ["--config=configs/digits.py:dfkd", f"--config.teacher_dir={teacher_dir}",
+           "--config.latent_dim=16", "--config.batch_size=32", "--config.num_epochs=3",
+           "--config.iterations_per_epoch=2", "--config.student_steps=2",
+           "--config.tensorboard=False"]
+  reference = tmp_path / "reference"
+  subprocess.run([sys.executable, "-m", "dfkd_jax.train", *flags,
+                  f"--workdir={reference}"], cwd=REPO, check=True, capture_output=True,
+                 timeout=600)
+  checkpoint_bytes = sum(f.stat().st_size
+                         for f in (reference / trainer.CHECKPOINT_DIR / "2").rglob("*"))
+  out, fs = tmp_path / "out", tmp_path / "fs"
+  out.mkdir()
+  fs.mkdir()
+  env = {**os.environ, "SIZE": str(int(2.5 * checkpoint_bytes)), "FS": str(fs),
+         "OUT": str(out)}
+  subprocess.run(["timeout", "-s", "KILL", "900", "unshare", "-rm", "bash", "-c",
+                  FULL_DISK_SCRIPT, "full_disk", *flags], cwd=REPO, env=env, check=True,
+                 timeout=960)
+
+  first = (out / "first.log").read_text()
+  assert (out / "first.rc").read_text().strip() == "1"
+  assert "Traceback" not in first and "RESOURCE_EXHAUSTED" not in first, first
+  assert first.strip().splitlines()[-1] == (
+      f"error: could not save checkpoint 6 to {fs / 'run' / trainer.CHECKPOINT_DIR} (No "
+      "space left on device); the last good checkpoint (4) is intact: free space and "
+      "rerun the same command")
+  assert (out / "after_first.ls").read_text().split() == ["2", "4"]  # No partial folder.
+  assert (out / "rerun.rc").read_text().strip() == "0", (out / "rerun.log").read_text()
+  assert "resumed from" in (out / "rerun.log").read_text()
+  timeless = lambda d: {k: v for k, v in d.items()  # pylint: disable=unnecessary-lambda-assignment
+                        if k != "student_steps_per_second"}
+  resumed = json.loads((out / "summary.json").read_text())
+  assert timeless(resumed) == timeless(
+      json.loads((reference / trainer.SUMMARY_FILE).read_text()))
 
 
 @pytest.mark.parametrize("flag, words", [

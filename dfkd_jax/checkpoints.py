@@ -1,0 +1,196 @@
+"""A run's orbax checkpoints: the training state and its JSON history, per step.
+
+* A checkpoint that does not restore (truncated or zeroed data, missing metadata) is
+  reported with its cause; the run falls back to the newest one that restores, and
+  process 0 moves the bad ones aside to ``<step>.corrupt`` (never deleted) so that the
+  user can inspect them.
+* Saves are synchronous (the trainer waits for each one anyway): a failed save then ends
+  in the calling thread, with no orbax background thread left to report it again.
+* A save that fails for want of space removes its partial ``<step>.orbax-checkpoint-tmp``
+  folder and raises one line naming the last good checkpoint; orbax's and tensorstore's
+  own reports of it (a traceback per failed write, ~150 lines) are not printed.
+
+The trainer owns what the history means (:class:`dfkd_jax.trainer.History`); here it is
+a JSON-able dict.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import pathlib
+import shutil
+import sys
+from typing import Any, Callable
+
+import jax
+from jax.experimental import multihost_utils
+import orbax.checkpoint as ocp
+
+
+def disk_full(error: BaseException) -> bool:
+  """Whether a save failed for want of space: an ``ENOSPC``/``EDQUOT`` OSError, or
+  tensorstore's ``RESOURCE_EXHAUSTED`` (a ValueError whose text holds the OS error)."""
+  if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+    return True
+  text = str(error)
+  return "No space left on device" in text or "Disk quota exceeded" in text
+
+
+class _HeldLibraryErrors(logging.Filter):
+  """Holds the error records of orbax (absl logger) and asyncio ("Task exception was
+  never retrieved") until the save's outcome is known."""
+
+  def __init__(self):
+    super().__init__()
+    self.records: list[logging.LogRecord] = []
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if record.levelno >= logging.ERROR and (
+        record.name == "asyncio" or f"{os.sep}orbax{os.sep}" in record.pathname):
+      self.records.append(record)
+      return False
+    return True
+
+
+_LOGGERS = ("absl", "asyncio")
+
+
+def _closed_loop_callback(unraisable) -> bool:
+  """tensorstore's write callbacks that arrive after orbax closed its event loop."""
+  return (isinstance(unraisable.exc_value, RuntimeError)
+          and str(unraisable.exc_value) == "Event loop is closed")
+
+
+def _drop_closed_loop_callbacks(next_hook):
+  def hook(unraisable):
+    if not _closed_loop_callback(unraisable):
+      next_hook(unraisable)
+  hook.dfkd_jax_drops_closed_loop_callbacks = True
+  return hook
+
+
+@contextlib.contextmanager
+def _quiet_failed_save():
+  """Holds the libraries' reports while saving; re-emits them unless the save failed
+  for want of space (then our one line says it all).
+
+  After such a failure the hook that drops tensorstore's late "Event loop is closed"
+  callbacks stays installed: they can arrive after the save returned (the process is
+  about to end with the error).
+  """
+  held = _HeldLibraryErrors()
+  loggers = [logging.getLogger(name) for name in _LOGGERS]
+  for logger in loggers:
+    logger.addFilter(held)
+  previous_hook = sys.unraisablehook
+  late = []
+  sys.unraisablehook = lambda u: late.append(u) if _closed_loop_callback(u) else (
+      previous_hook(u))
+  full = False
+  try:
+    yield
+  except Exception as e:  # pylint: disable=broad-except  # Re-raised below.
+    full = disk_full(e)
+    raise
+  finally:
+    for logger in loggers:
+      logger.removeFilter(held)
+    if full:
+      sys.unraisablehook = (previous_hook if getattr(
+          previous_hook, "dfkd_jax_drops_closed_loop_callbacks", False)
+                            else _drop_closed_loop_callbacks(previous_hook))
+    else:
+      sys.unraisablehook = previous_hook
+      for record in held.records:
+        logging.getLogger(record.name).handle(record)
+      for unraisable in late:
+        previous_hook(unraisable)
+
+
+class Checkpoints:
+  """The orbax checkpoints of one run: ``state`` and a JSON ``history`` per step."""
+
+  def __init__(self, directory: pathlib.Path, max_to_keep: int,
+               log: Callable[[str], None], primary: bool):
+    self.directory, self.log, self.primary = pathlib.Path(directory), log, primary
+    self.manager = ocp.CheckpointManager(
+        directory, options=ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep, create=True, enable_async_checkpointing=False))
+
+  def _restore_step(self, step: int, abstract):
+    restored = self.manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract), history=ocp.args.JsonRestore()))
+    return restored.state, restored.history
+
+  def restore(self, state) -> tuple[Any, dict[str, Any]] | None:
+    """``(state, history)`` of the newest checkpoint that restores into ``state``'s
+    structure, or ``None`` when there is none."""
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+    failed = []
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      try:
+        restored = self._restore_step(step, abstract)
+      except Exception as e:  # pylint: disable=broad-except  # orbax/tensorstore errors.
+        cause = (str(e).strip().splitlines() or [""])[0][:300]
+        failed.append(step)
+        self.log(f"checkpoint {step} in {self.directory} does not restore "
+                 f"({type(e).__name__}: {cause}); trying the one before it")
+        continue
+      if failed:
+        self._move_aside(failed)
+        self.log(f"resuming from checkpoint {step} instead")
+      return restored
+    if failed:
+      raise ValueError(f"no checkpoint in {self.directory} restores (steps "
+                       f"{', '.join(map(str, failed))}; see the causes above): it holds "
+                       "another run or damaged files; use a new --workdir (nothing was "
+                       "moved or deleted)")
+    return None
+
+  def _move_aside(self, steps) -> None:
+    if self.primary:
+      for step in steps:
+        target = self.directory / f"{step}.corrupt"
+        n = 1
+        while target.exists():
+          target, n = self.directory / f"{step}.corrupt.{n}", n + 1
+        os.replace(self.directory / str(step), target)
+        self.log(f"moved the damaged checkpoint to {target}")
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices("dfkd_jax: corrupt checkpoints moved")
+    self.manager.reload()
+
+  def save(self, step: int, state, history: dict[str, Any]) -> None:
+    """Saves checkpoint ``step`` and waits for it.
+
+    Raises:
+      OSError: the filesystem is full (one line, naming the last good checkpoint);
+        the partial folder is removed.
+      Exception: any other failure, as orbax raised it (its partial folder removed).
+    """
+    try:
+      with _quiet_failed_save():
+        self.manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), history=ocp.args.JsonSave(history)))
+        self.manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except  # orbax/tensorstore errors.
+      for partial in self.directory.glob(f"{step}.orbax-checkpoint-tmp*"):
+        shutil.rmtree(partial, ignore_errors=True)
+      if not disk_full(e):
+        raise
+      last = self.latest_step()
+      kept = (f"the last good checkpoint ({last}) is intact" if last is not None else
+              "no earlier checkpoint exists, so the rerun starts over")
+      error = OSError(f"could not save checkpoint {step} to {self.directory} (No space "
+                      f"left on device); {kept}: free space and rerun the same command")
+      error.errno = errno.ENOSPC
+      raise error from None
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def close(self) -> None:
+    self.manager.close()
