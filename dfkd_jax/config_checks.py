@@ -67,3 +67,16 @@ def check(config, rows: Sequence[tuple[str, Rule]]) -> None:
     if not rule.holds(v):
       raise ValueError(f"config.{name}={v!r} must be {rule.wants}; set "
                        f"--config.{name} to one")
+
+
+def check_finite(config, prefix: str = "") -> None:
+  """Raises ``ValueError`` for the first float anywhere in ``config`` that is NaN or
+  infinite, used by the run or not (it would reach the workdir's record and the
+  summary, whose JSON has no NaN)."""
+  for key, v in config.items():
+    name = f"{prefix}{key}"
+    if hasattr(v, "items"):
+      check_finite(v, f"{name}.")
+    elif isinstance(v, float) and not math.isfinite(v):
+      raise ValueError(f"config.{name}={v!r} must be a finite number; set "
+                       f"--config.{name} to one")

@@ -238,6 +238,7 @@ def validate(config: ml_collections.ConfigDict, mesh) -> methods.Method:
   if method.student_update.startswith("meta"):
     checks.check(config, META_RULES)
   replay_sources.get(method.replay).validate(config, mesh)
+  checks.check_finite(config)  # Also the sections this method does not use.
   if method.generator_loss not in generator_objectives.KINDS:
     raise ValueError(f"method {config.method!r}: unknown generator loss "
                      f"{method.generator_loss!r}; valid: "

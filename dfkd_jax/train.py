@@ -117,8 +117,14 @@ def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   try:
-    config = _CONFIG.value  # ml_collections loads the file here.
-  except OSError as e:
+    config = _CONFIG.value  # ml_collections loads the file here; a file that failed
+    if config is not None:  # to load gives a stand-in that raises on first use.
+      config.keys()
+  except (OSError, ValueError) as e:
+    path = config_flags.get_config_filename(flags.FLAGS["config"]).split(":")[0]
+    if not os.path.isfile(path):
+      raise SystemExit(f"error: --config={path}: no such file (from {os.getcwd()}); the "
+                       "shipped configs are in configs/ of the repository") from None
     raise SystemExit(f"error: {' '.join(str(e).split())}") from None
   if config is None:
     raise app.UsageError("--config is required")

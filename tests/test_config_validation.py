@@ -38,6 +38,10 @@ BAD = [
     ("lra_pre", "vae.learning_rate", math.nan, "a finite number > 0"),
     ("lra_pre", "vae.kl_weight", -1.0, "a finite number >= 0"),
     ("mad", "ema.decay", math.nan, r"a number in \[0, 1\]"),
+    # Sections the method does not use: still no NaN/Inf (it would reach the records).
+    ("dfkd", "meta.alpha", math.nan, "a finite number;"),
+    ("dfkd", "vae.learning_rate", math.inf, "a finite number;"),
+    ("mb_dfkd", "ema.decay", math.nan, "a finite number;"),
 ]
 
 

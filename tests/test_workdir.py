@@ -196,6 +196,7 @@ def test_a_real_full_disk_is_one_line_and_the_rerun_resumes_exactly(teacher_dir,
     ("--config.num_epoch=3", 'Did you mean "num_epochs"'),
     ("--config.num_epochs=x", "invalid literal"),
     ("--bogus=1", "Unknown command line flag 'bogus'"),
+    ("--config=configs/nope.py:dfkd", "--config=configs/nope.py: no such file"),
 ])
 def test_bad_flags_are_one_line_errors(tmp_path, flag, words):
   out = subprocess.run(
