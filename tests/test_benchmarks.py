@@ -173,3 +173,19 @@ def test_peak_memory_reads_device_stats_where_the_backend_reports_them(monkeypat
                       lambda: [_FakeDevice(None)])
   fallback = iteration_speed.peak_memory()
   assert "RSS" in fallback["source"] and fallback["bytes"] > 0
+
+
+def test_first_epoch_reads_the_trainer_lines_it_times():
+  from benchmarks import first_epoch  # pylint: disable=g-import-not-at-top
+  lines = [(1.0, "loading the teacher, building the models ..."),
+           (9.5, "compiled and ran the first iteration in 3.2 s (loaded from the "
+                 "compilation cache)"),
+           (11.0, "epoch 1/12, iteration 4/10: 2.0 it/s, student loss 0.5"),
+           (14.25, "epoch 1/12: student 71.39% (max 71.39%, teacher 99.72%), ..."),
+           (20.0, "epoch 2/12: student 81.11% (max 81.11%, teacher 99.72%), ...")]
+  assert first_epoch.read_timings(lines) == {
+      "first_iteration_s": 9.5, "first_iteration_reported_s": 3.2,
+      "first_epoch_s": 14.25, "iteration_from_cache": True}
+  compiled = first_epoch.read_timings([(60.0, "compiled and ran the first iteration in "
+                                               "51.0 s")])
+  assert not compiled["iteration_from_cache"] and compiled["first_epoch_s"] is None
