@@ -3,7 +3,10 @@ r"""Tables and figures of DFKD runs from their ``summary.json`` files (LRA Table
   python -m dfkd_jax.report runs/mnist --out docs/results/mnist [--pairs=lra_mb:mb_dfkd]
 
 reads every ``summary.json`` under the given run directories (a directory holding one
-is a run; any other directory is searched recursively) and writes to ``--out``:
+is a run; any other directory is searched recursively; ``LABEL=DIR`` names the runs
+under ``DIR`` ``LABEL`` instead of their method, e.g. an ablation
+``lra_mb_first_order=runs/ablations/first_order`` with ``--pairs=lra_mb_first_order:lra_mb``)
+and writes to ``--out``:
 
 * ``table1.md`` / ``table1.csv``: LRA Table 1's layout, one row per method: the mean
   ``mu[S_Acc]`` and variance ``sigma^2[S_Acc]`` of the test accuracy over the epochs
@@ -38,6 +41,7 @@ import csv
 import dataclasses
 import os
 import pathlib
+import re
 import sys
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -162,9 +166,27 @@ def _run(summary: summary_lib.Summary, path) -> Run:
              student_steps_per_second=summary.student_steps_per_second)
 
 
+_LABEL = re.compile(r"^([A-Za-z][A-Za-z0-9_.+-]*)=(.+)$")
+
+
+def split_label(workdir: str | os.PathLike) -> tuple[str | None, str | os.PathLike]:
+  """``"LABEL=PATH"`` -> ``(LABEL, PATH)``; anything else (or an existing path that
+  holds a ``=``) -> ``(None, workdir)``.
+
+  A label names the runs under ``PATH`` in the tables instead of their method, so that
+  an ablation of one method (e.g. ``lra_mb`` with ``meta_first_order``) gets its own
+  row and can be paired with the method: ``lra_mb_fo=runs/ablation/first_order``.
+  """
+  m = _LABEL.match(str(workdir))
+  if m is None or pathlib.Path(workdir).exists():
+    return None, workdir
+  return m.group(1), m.group(2)
+
+
 def load_runs(workdirs: Iterable[str | os.PathLike],
               log: Callable[[str], None] = print) -> list[Run]:
-  """Every run under ``workdirs`` (see :func:`find_summaries`).
+  """Every run under ``workdirs`` (see :func:`find_summaries`); a ``LABEL=PATH`` entry
+  names its runs ``LABEL`` instead of their method (:func:`split_label`).
 
   A replica marked ``failed`` (its loss became NaN/Inf, docs/contracts.md) is left out
   of the tables, with a line naming it and why: its curve stops early.
@@ -173,14 +195,20 @@ def load_runs(workdirs: Iterable[str | os.PathLike],
     FileNotFoundError, ValueError: as :func:`find_summaries` and :func:`load_summary`;
       also two runs of the same dataset, method and seed (naming both paths).
   """
-  runs = []
-  for path in find_summaries(workdirs):
-    summary = summary_lib.Summary.load(path)
-    if summary.failed is not None:
-      log(f"left out {path}: the run failed ({summary.failed}) after "
-          f"{summary.epochs_completed} epoch(s)")
-      continue
-    runs.append(_run(summary, path))
+  runs, loaded = [], set()
+  for workdir in workdirs:
+    label, workdir = split_label(workdir)
+    for path in find_summaries([workdir]):
+      if path in loaded:
+        continue
+      loaded.add(path)
+      summary = summary_lib.Summary.load(path)
+      if summary.failed is not None:
+        log(f"left out {path}: the run failed ({summary.failed}) after "
+            f"{summary.epochs_completed} epoch(s)")
+        continue
+      run = _run(summary, path)
+      runs.append(run if label is None else dataclasses.replace(run, method=label))
   seen: dict[tuple[str, str, int], pathlib.Path] = {}
   for run in runs:
     key = (run.dataset, run.method, run.seed)
@@ -563,7 +591,9 @@ def main(argv: Sequence[str] | None = None) -> int:
       description="Table 1 (Markdown, CSV) and Figure 4-style PNGs from summary.json "
                   "files of DFKD runs.")
   parser.add_argument("workdirs", nargs="+", metavar="WORKDIR",
-                      help="run directories (or folders of them) holding summary.json")
+                      help="run directories (or folders of them) holding summary.json; "
+                           "LABEL=WORKDIR names its runs LABEL instead of their method "
+                           "(an ablation's own row, pairable with --pairs)")
   parser.add_argument("--out", required=True, help="output directory")
   parser.add_argument(
       "--pairs", default=None, metavar="A:B,C:D",

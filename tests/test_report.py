@@ -486,3 +486,27 @@ def test_figures_show_one_epoch_runs_per_seed_lines_and_integer_epochs(tmp_path)
   np.testing.assert_allclose(means["lra_mb"].get_ydata(), [51.0, 55.0, 60.0])
   ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
   assert ticks and all(float(t).is_integer() for t in ticks)
+
+
+def test_a_labelled_workdir_is_its_own_row_and_pairs_with_its_method(tmp_path):
+  """An ablation: the same method and seeds in two folders, one labelled."""
+  shifted_runs(tmp_path / "runs", shift=5.0, seeds=range(4))
+  for seed in range(4):  # lra_mb again, another variant of it.
+    write_run(tmp_path / "ablation", "lra_mb", seed, [40.0 + seed] * EPOCHS)
+  with pytest.raises(ValueError, match="two runs of method 'lra_mb'"):
+    report.load_runs([tmp_path / "runs", tmp_path / "ablation"])
+  assert report.split_label(f"lra_mb_fo={tmp_path}") == ("lra_mb_fo", str(tmp_path))
+  assert report.split_label(tmp_path) == (None, tmp_path)
+  odd = tmp_path / "a=b"
+  odd.mkdir()
+  assert report.split_label(str(odd)) == (None, str(odd))  # An existing path stays one.
+  result = report.write_report(
+      [tmp_path / "runs", f"lra_mb_fo={tmp_path / 'ablation'}"], tmp_path / "out",
+      pairs=[("lra_mb_fo", "lra_mb")])
+  assert len(result["runs"]) == 12
+  rows = markdown_rows((tmp_path / "out" / report.TABLE_MARKDOWN).read_text())
+  assert list(rows) == ["mb_dfkd", "lra_mb", "lra_mb_fo"]
+  assert rows["lra_mb_fo"][1] == "0,1,2,3"
+  records = paired_records(tmp_path / "out")
+  assert records["lra_mb_fo", "lra_mb", "acc_max"]["n"] == "4"
+  assert float(records["lra_mb_fo", "lra_mb", "acc_max"]["mean_difference"]) < 0
