@@ -21,20 +21,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pathlib
-import platform
 import re
 import subprocess
-import sys
 import tempfile
 import time
 from typing import Any, Iterable, Sequence
 
-import jax
-
-from dfkd_jax import experiment
-from dfkd_jax import train
+from benchmarks import whole_runs
 
 FIRST_ITERATION = re.compile(r"^compiled and ran the first iteration in ([\d.]+) s")
 FIRST_EPOCH = re.compile(r"^epoch 1/\d+: student")
@@ -58,9 +52,7 @@ def read_timings(timed_lines: Iterable[tuple[float, str]]) -> dict[str, Any]:
 def timed_run(config: str, workdir: pathlib.Path, cache: pathlib.Path,
               settings: Sequence[str]) -> dict[str, Any]:
   """One training process, its output timed line by line."""
-  args = [sys.executable, "-m", "dfkd_jax.train", f"--config={config}",
-          f"--workdir={workdir}", f"--compilation_cache_dir={cache}",
-          *(f"--config.{s}" for s in settings)]
+  args = whole_runs.train_command(config, workdir, cache, settings)
   start = time.time()
   proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True, bufsize=1)
@@ -73,23 +65,9 @@ def timed_run(config: str, workdir: pathlib.Path, cache: pathlib.Path,
 
 def main(argv: Sequence[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--config", default="configs/digits.py")
-  parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                      help="a --config.FIELD=VALUE for both runs (repeatable)")
-  parser.add_argument("--out", required=True, help="the JSON file to write")
+  whole_runs.add_arguments(parser)
   args = parser.parse_args(argv)
-  out = pathlib.Path(args.out)
-  if out.exists():
-    parser.error(f"{out} exists; results are never overwritten: pass another --out")
-  results: dict[str, Any] = {
-      "command": " ".join([sys.executable, "-m", "benchmarks.first_epoch",
-                           *(argv if argv is not None else sys.argv[1:])]),
-      "config": args.config, "settings": args.set,
-      "host": {"platform": platform.platform(), "cpus": os.cpu_count(),
-               "jax": jax.__version__, "backend": jax.default_backend(),
-               "load_average_before": os.getloadavg()}}
-  # The teacher is trained (or found) first, untimed: both runs reuse it.
-  train.train_teacher_on_first_use(experiment.load_config_file(args.config))
+  results = whole_runs.start("benchmarks.first_epoch", args, parser, argv)
   with tempfile.TemporaryDirectory() as scratch:
     scratch = pathlib.Path(scratch)
     for name in ("first_run", "second_run"):
@@ -97,10 +75,7 @@ def main(argv: Sequence[str] | None = None) -> None:
       print(json.dumps({name: results[name]}), flush=True)
   results["second_run_compiled_the_iteration"] = not results["second_run"][
       "iteration_from_cache"]
-  results["host"]["load_average_after"] = os.getloadavg()
-  out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_text(json.dumps(results, indent=1))
-  print(f"wrote {out}")
+  whole_runs.finish(results, args.out)
 
 
 if __name__ == "__main__":

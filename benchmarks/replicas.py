@@ -25,25 +25,18 @@ import argparse
 import json
 import os
 import pathlib
-import platform
 import subprocess
-import sys
 import tempfile
 import time
 from typing import Any, Sequence
 
-import jax
-
-from dfkd_jax import experiment
-from dfkd_jax import train
+from benchmarks import whole_runs
 
 
 def _train(config: str, workdir: pathlib.Path, settings: Sequence[str],
            cache: str) -> tuple[float, int]:
   """One ``python -m dfkd_jax.train`` process: its wall seconds and peak RSS (bytes)."""
-  args = [sys.executable, "-m", "dfkd_jax.train", f"--config={config}",
-          f"--workdir={workdir}", f"--compilation_cache_dir={cache}",
-          *(f"--config.{s}" for s in settings)]
+  args = whole_runs.train_command(config, workdir, cache, settings)
   start = time.time()
   proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                           text=True)
@@ -75,37 +68,20 @@ def measure(config: str, n: int, settings: Sequence[str], scratch: pathlib.Path
 
 def main(argv: Sequence[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--config", default="configs/digits.py")
+  whole_runs.add_arguments(parser)
   parser.add_argument("--replicas", default="1,4,8",
                       help="comma-separated N (seeds 0..N-1)")
-  parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                      help="a --config.FIELD=VALUE for every run (repeatable)")
-  parser.add_argument("--out", required=True, help="the JSON file to write")
   args = parser.parse_args(argv)
   counts = [int(n) for n in args.replicas.split(",")]
   if any(n < 1 for n in counts):
     parser.error(f"--replicas={args.replicas}: every N must be >= 1")
-  out = pathlib.Path(args.out)
-  if out.exists():
-    parser.error(f"{out} exists; results are never overwritten: pass another --out")
-  results = {"command": " ".join([sys.executable, "-m", "benchmarks.replicas",
-                                  *(argv if argv is not None else sys.argv[1:])]),
-             "config": args.config, "settings": args.set,
-             "host": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                      "jax": jax.__version__, "backend": jax.default_backend(),
-                      "load_average_before": os.getloadavg()},
-             "cases": []}
-  # The teacher is trained (or found) first, untimed: every case reuses it.
-  config = experiment.load_config_file(args.config)
-  train.train_teacher_on_first_use(config)
+  results = whole_runs.start("benchmarks.replicas", args, parser, argv)
+  results["cases"] = []
   with tempfile.TemporaryDirectory() as scratch:
     for n in counts:
       results["cases"].append(measure(args.config, n, args.set, pathlib.Path(scratch)))
       print(json.dumps(results["cases"][-1]), flush=True)
-  results["host"]["load_average_after"] = os.getloadavg()
-  out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_text(json.dumps(results, indent=1))
-  print(f"wrote {out}")
+  whole_runs.finish(results, args.out)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 No timing is asserted here: speed targets are reported by the benchmarks, not tested.
 """
 
+import argparse
 import json
 import math
 import pathlib
@@ -189,3 +190,30 @@ def test_first_epoch_reads_the_trainer_lines_it_times():
   compiled = first_epoch.read_timings([(60.0, "compiled and ran the first iteration in "
                                                "51.0 s")])
   assert not compiled["iteration_from_cache"] and compiled["first_epoch_s"] is None
+
+
+def test_whole_run_benchmarks_refuse_an_existing_out_and_write_their_header(tmp_path):
+  from benchmarks import whole_runs  # pylint: disable=g-import-not-at-top
+  parser = argparse.ArgumentParser()
+  whole_runs.add_arguments(parser)
+  out = tmp_path / "r.json"
+  out.write_text("{}")
+  args = parser.parse_args([f"--out={out}", "--set=num_epochs=2"])
+  with pytest.raises(SystemExit):
+    whole_runs.start("benchmarks.x", args, parser, [f"--out={out}"])
+  assert out.read_text() == "{}"  # Never overwritten.
+  assert whole_runs.train_command("configs/digits.py", tmp_path / "w", tmp_path / "c",
+                                  args.set)[-1] == "--config.num_epochs=2"
+  results = {"host": {}}
+  whole_runs.finish(results, tmp_path / "new" / "r.json")
+  written = json.loads((tmp_path / "new" / "r.json").read_text())
+  assert len(written["host"]["load_average_after"]) == 3
+
+
+@pytest.mark.parametrize("module", ["benchmarks.replicas", "benchmarks.first_epoch"])
+def test_whole_run_benchmarks_parse_their_flags(module, tmp_path):
+  out = tmp_path / "exists.json"
+  out.write_text("{}")
+  proc = subprocess.run([sys.executable, "-m", module, f"--out={out}"], cwd=REPO,
+                        capture_output=True, text=True, timeout=300, check=False)
+  assert proc.returncode == 2 and "results are never overwritten" in proc.stderr

@@ -1,0 +1,57 @@
+"""What the whole-process benchmarks share (``replicas``, ``first_epoch``): the training
+command line, the result file's header (command, config, host, load) and its writing."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import platform
+import sys
+from typing import Any, Sequence
+
+import jax
+
+from dfkd_jax import experiment
+from dfkd_jax import train
+
+
+def train_command(config: str, workdir: pathlib.Path, cache: str | os.PathLike,
+                  settings: Sequence[str]) -> list[str]:
+  """``python -m dfkd_jax.train`` of ``config`` with ``--config.FIELD=VALUE`` settings."""
+  return [sys.executable, "-m", "dfkd_jax.train", f"--config={config}",
+          f"--workdir={workdir}", f"--compilation_cache_dir={cache}",
+          *(f"--config.{s}" for s in settings)]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("--config", default="configs/digits.py")
+  parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                      help="a --config.FIELD=VALUE for every run (repeatable)")
+  parser.add_argument("--out", required=True, help="the JSON file to write")
+
+
+def start(module: str, args: argparse.Namespace, parser: argparse.ArgumentParser,
+          argv: Sequence[str] | None) -> dict[str, Any]:
+  """The results' header; refuses an existing ``--out`` and trains (or finds) the
+  config's teacher first, untimed, so that every timed run reuses it."""
+  if pathlib.Path(args.out).exists():
+    parser.error(f"{args.out} exists; results are never overwritten: pass another --out")
+  results = {"command": " ".join([sys.executable, "-m", module,
+                                  *(argv if argv is not None else sys.argv[1:])]),
+             "config": args.config, "settings": args.set,
+             "host": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                      "jax": jax.__version__, "backend": jax.default_backend(),
+                      "load_average_before": os.getloadavg()}}
+  train.train_teacher_on_first_use(experiment.load_config_file(args.config))
+  return results
+
+
+def finish(results: dict[str, Any], out: str | os.PathLike) -> None:
+  """Adds the load after the runs and writes ``out``."""
+  results["host"]["load_average_after"] = os.getloadavg()
+  out = pathlib.Path(out)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  out.write_text(json.dumps(results, indent=1))
+  print(f"wrote {out}")
