@@ -484,15 +484,18 @@ def test_scanned_steps_equal_unrolled_steps(teacher_dir, method, monkeypatch):
   for scanned, unrolled in zip(scan_metrics, unroll_metrics):
     assert scanned.keys() == unrolled.keys()
     for key in unrolled:
-      # A cosine near 0 has no relative precision: on an AMD EPYC host (same numbers
-      # at 3709c4c and after the redesign) lra_pre's -0.0715 differs by 1.3e-4, and on
-      # CI's host its dot -0.02426 by 4.5e-5. Both get 5e-4 on the cosine's scale
-      # (the dot's is |grad L_acq| |grad L_ret| = dot / cosine).
+      # The alignment of two gradients that each carry the rounding of the whole
+      # iteration has little precision: lra_pre's cosine differed by 1.3e-4 (-0.0715,
+      # AMD EPYC host), its dot by 4.5e-5 (CI's host) and, after the VAE's first
+      # iteration, its cosine -0.5533 by 8.0e-4 (Intel Xeon host, the same at c7b4f52
+      # and 41a3d99). Both get 2e-3 on the cosine's scale (the dot's is |grad L_acq|
+      # |grad L_ret| = dot / cosine). Scanning the steps' keys in reverse (a real
+      # difference) moves that cosine by 1.0e-2 and the student loss by 7e-3 relative.
       atol = 1e-7
       if key == "grad_cosine":
-        atol = 5e-4
+        atol = 2e-3
       elif key == "grad_dot" and unrolled["grad_cosine"] != 0:
-        atol = 5e-4 * abs(unrolled["grad_dot"] / unrolled["grad_cosine"])
+        atol = 2e-3 * abs(unrolled["grad_dot"] / unrolled["grad_cosine"])
       np.testing.assert_allclose(scanned[key], unrolled[key], rtol=2e-4, atol=atol,
                                  err_msg=key)
 
