@@ -365,8 +365,9 @@ def _reduce_metrics(gen_metrics, stu_metrics) -> dict[str, jax.Array]:
   """Per-iteration means; retention metrics over the steps that had retention."""
   retention_valid = stu_metrics.pop("retention_valid")
   metrics = {k: jnp.mean(v) for k, v in gen_metrics.items()}
-  metrics.update({k: jnp.nanmean(v) if k not in ("student_loss", "loss_acq", "nonfinite_images")
-                  else jnp.mean(v) for k, v in stu_metrics.items()})
+  every_step = ("student_loss", "loss_acq", "nonfinite_images")
+  metrics.update({k: jnp.mean(v) if k in every_step else jnp.nanmean(v)
+                  for k, v in stu_metrics.items()})
   metrics["retention_steps"] = jnp.sum(retention_valid)
   return metrics
 

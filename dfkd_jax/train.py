@@ -120,7 +120,7 @@ def main(argv: Sequence[str]) -> None:
     config = _CONFIG.value  # ml_collections loads the file here; a file that failed
     if config is not None:  # to load gives a stand-in that raises on first use.
       config.keys()
-  except (OSError, ValueError) as e:
+  except OSError as e:  # The stand-in raises IOError.
     path = config_flags.get_config_filename(flags.FLAGS["config"]).split(":")[0]
     if not os.path.isfile(path):
       raise SystemExit(f"error: --config={path}: no such file (from {os.getcwd()}); the "

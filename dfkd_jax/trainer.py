@@ -17,8 +17,9 @@ one program (:func:`dfkd_jax.iteration.init_replicas`). Each has its own History
 ``WORKDIR/seed_<seed>/summary.json`` (the one-run contract), ``metrics.jsonl`` is shared
 (a ``replica`` and a ``seed`` field per line), TensorBoard writes
 ``WORKDIR/tensorboard/seed_<seed>``, and each checkpoint holds all replicas. A replica
-whose loss or generated images become NaN/Inf is marked failed in its summary (which keeps its last good
-epoch) and the others go on; the run stops only when every replica has failed.
+whose loss or generated images become NaN/Inf is marked failed in its summary (which
+keeps its last good epoch) and the others go on; the run stops only when every replica
+has failed.
 """
 
 from __future__ import annotations
