@@ -64,22 +64,44 @@ def _closed_loop_callback(unraisable) -> bool:
           and str(unraisable.exc_value) == "Event loop is closed")
 
 
-def _drop_closed_loop_callbacks(next_hook):
+class _LateDiskFullReports(logging.Filter):
+  """Drops the reports of a failed full-disk save that come after it returned:
+  asyncio's "Task/Future exception was never retrieved" of its writes (logged when the
+  tasks are collected)."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    error = record.exc_info[1] if record.exc_info else None
+    return not ((error is not None and disk_full(error))
+                or "No space left on device" in record.getMessage())
+
+
+_LATE_FILTER = _LateDiskFullReports()
+
+
+def _silence_late_disk_full_reports() -> None:
+  """Installed once, after a full-disk failure (the process is about to end with its
+  one-line error): the late asyncio reports and tensorstore's "Event loop is closed"
+  callbacks of the failed writes are dropped."""
+  for name in _LOGGERS:
+    if _LATE_FILTER not in logging.getLogger(name).filters:
+      logging.getLogger(name).addFilter(_LATE_FILTER)
+  if getattr(sys.unraisablehook, "dfkd_jax_drops_closed_loop_callbacks", False):
+    return
+  next_hook = sys.unraisablehook
+
   def hook(unraisable):
     if not _closed_loop_callback(unraisable):
       next_hook(unraisable)
+
   hook.dfkd_jax_drops_closed_loop_callbacks = True
-  return hook
+  sys.unraisablehook = hook
 
 
 @contextlib.contextmanager
 def _quiet_failed_save():
   """Holds the libraries' reports while saving; re-emits them unless the save failed
-  for want of space (then our one line says it all).
-
-  After such a failure the hook that drops tensorstore's late "Event loop is closed"
-  callbacks stays installed: they can arrive after the save returned (the process is
-  about to end with the error).
+  for want of space (then our one line says it all, and
+  :func:`_silence_late_disk_full_reports` drops what comes after).
   """
   held = _HeldLibraryErrors()
   loggers = [logging.getLogger(name) for name in _LOGGERS]
@@ -98,12 +120,10 @@ def _quiet_failed_save():
   finally:
     for logger in loggers:
       logger.removeFilter(held)
+    sys.unraisablehook = previous_hook
     if full:
-      sys.unraisablehook = (previous_hook if getattr(
-          previous_hook, "dfkd_jax_drops_closed_loop_callbacks", False)
-                            else _drop_closed_loop_callbacks(previous_hook))
+      _silence_late_disk_full_reports()
     else:
-      sys.unraisablehook = previous_hook
       for record in held.records:
         logging.getLogger(record.name).handle(record)
       for unraisable in late:
