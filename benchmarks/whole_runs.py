@@ -11,9 +11,10 @@ import platform
 import sys
 from typing import Any, Sequence
 
+from absl import flags
 import jax
+from ml_collections import config_flags
 
-from dfkd_jax import experiment
 from dfkd_jax import train
 
 
@@ -23,6 +24,18 @@ def train_command(config: str, workdir: pathlib.Path, cache: str | os.PathLike,
   return [sys.executable, "-m", "dfkd_jax.train", f"--config={config}",
           f"--workdir={workdir}", f"--compilation_cache_dir={cache}",
           *(f"--config.{s}" for s in settings)]
+
+
+def resolved_config(config: str, settings: Sequence[str]):
+  """The config of ``config`` with its ``FIELD=VALUE`` settings applied, parsed as
+  ``python -m dfkd_jax.train`` parses ``--config`` and ``--config.FIELD=VALUE``."""
+  if not pathlib.Path(config.partition(":")[0]).is_file():  # ml_collections defers this.
+    raise FileNotFoundError(f"no such file (from {os.getcwd()})")
+  argv = ["benchmark", f"--config={config}", *(f"--config.{s}" for s in settings)]
+  flag_values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", flag_values=flag_values, sys_argv=argv)
+  flag_values(argv)
+  return flag_values.config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,7 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def start(module: str, args: argparse.Namespace, parser: argparse.ArgumentParser,
           argv: Sequence[str] | None) -> dict[str, Any]:
   """The results' header; refuses an existing ``--out`` and trains (or finds) the
-  config's teacher first, untimed, so that every timed run reuses it."""
+  teacher of the config with its ``--set`` settings (``teacher_dir`` among them) first,
+  untimed, so that every timed run reuses it."""
   if pathlib.Path(args.out).exists():
     parser.error(f"{args.out} exists; results are never overwritten: pass another --out")
   results = {"command": " ".join([sys.executable, "-m", module,
@@ -44,7 +58,13 @@ def start(module: str, args: argparse.Namespace, parser: argparse.ArgumentParser
              "host": {"platform": platform.platform(), "cpus": os.cpu_count(),
                       "jax": jax.__version__, "backend": jax.default_backend(),
                       "load_average_before": os.getloadavg()}}
-  train.train_teacher_on_first_use(experiment.load_config_file(args.config))
+  try:
+    config = resolved_config(args.config, args.set)
+  # ml_collections' errors for a missing file, an unknown field or a bad value.
+  except (flags.Error, AttributeError, KeyError, TypeError, ValueError, OSError) as e:
+    message = " ".join(str(e).replace("\\n", " ").replace("\\", "").replace("'", "").split())
+    parser.error(f"--config={args.config} with --set {args.set}: {message}")
+  train.train_teacher_on_first_use(config)
   return results
 
 

@@ -210,6 +210,26 @@ def test_whole_run_benchmarks_refuse_an_existing_out_and_write_their_header(tmp_
   assert len(written["host"]["load_average_after"]) == 3
 
 
+def test_whole_run_benchmarks_train_the_teacher_of_the_config_with_its_settings(
+    tmp_path, monkeypatch):
+  from benchmarks import whole_runs  # pylint: disable=g-import-not-at-top
+  seen = []
+  monkeypatch.setattr(whole_runs.train, "train_teacher_on_first_use", seen.append)
+  parser = argparse.ArgumentParser()
+  whole_runs.add_arguments(parser)
+  args = parser.parse_args([f"--out={tmp_path / 'r.json'}", "--set=num_epochs=2",
+                            f"--set=teacher_dir={tmp_path / 'teacher'}"])
+  whole_runs.start("benchmarks.x", args, parser, [])
+  # The timed runs get --config.teacher_dir too: the untimed first-use teacher must be
+  # trained there, not in the config file's default folder.
+  assert [(c.teacher_dir, c.num_epochs) for c in seen] == [(str(tmp_path / "teacher"), 2)]
+  for bad in (["--set=num_epoch=2"], ["--config=configs/nope.py"]):
+    bad_args = parser.parse_args([f"--out={tmp_path / 'r2.json'}", *bad])
+    with pytest.raises(SystemExit):
+      whole_runs.start("benchmarks.x", bad_args, parser, [])
+  assert len(seen) == 1
+
+
 @pytest.mark.parametrize("module", ["benchmarks.replicas", "benchmarks.first_epoch"])
 def test_whole_run_benchmarks_parse_their_flags(module, tmp_path):
   out = tmp_path / "exists.json"
