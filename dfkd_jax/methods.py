@@ -17,6 +17,7 @@ update of a preset (e.g. ``meta_first_order``).
 | lra_mb   | meta    | memory     | MAE          | -JS + LRA priors (lra)            |
 | lra_pre  | meta    | generative | MAE          | -JS + LRA priors (lra)            |
 | mad      | joint   | ema        | KL           | -KL + BN (+ NLL, norm reg.) (mad) |
+| ema_dfkd | joint   | ema        | MAE          | -JS + LRA priors (lra)            |
 | lra_ema  | meta    | ema        | MAE          | -JS + LRA priors (lra)            |
 
 OH = one-hot, BN = BatchNorm-moment matching (when the teacher has BatchNorm), NLL and
@@ -88,6 +89,9 @@ METHODS: dict[str, Method] = {
                       "LRA Ours-2: exact meta update with VAE generative replay (eq. 6)"),
     "mad": Method("joint", "ema", "kl", "mad",
                   "MAD: KL on G(z) and on the EMA generator's G~(z') (MAD eq. 4)"),
+    "ema_dfkd": Method("joint", "ema", "mae", "lra",
+                       "joint update (eq. 5) with the EMA generator as retention source: "
+                       "lra_ema's control, as mb_dfkd is lra_mb's"),
     "lra_ema": Method("meta", "ema", "mae", "lra",
                       "meta update (eq. 6) with MAD's EMA generator as retention source"),
 }

@@ -1,5 +1,6 @@
 """End-to-end tests of the distillation trainer on a tiny digits config."""
 
+import dataclasses
 import functools
 import json
 import os
@@ -154,6 +155,38 @@ def _check_one_epoch_run(teacher_dir, tmp_path, method, **overrides):
       assert np.isfinite(metrics[0][f"generator_{term}"]), term
   if method in ("lra_pre", "lra_ema"):
     assert np.isfinite(metrics[-1]["loss_ret_adapted"])
+
+
+@pytest.mark.parametrize("control, meta", [("mb_dfkd", "lra_mb"),
+                                           ("pre_dfkd", "lra_pre"),
+                                           ("ema_dfkd", "lra_ema")])
+def test_each_meta_method_has_a_joint_update_control(control, meta):
+  """The control of a meta method is the same preset with the joint update (eq. 5)."""
+  resolved = methods.resolve(meta, "joint")
+  assert methods.get(control) == dataclasses.replace(
+      resolved, description=methods.get(control).description)
+  assert methods.get(meta).student_update == "meta"
+
+
+def test_ema_dfkd_computes_what_lra_ema_with_the_joint_update_computes(teacher_dir,
+                                                                       tmp_path):
+  """ema_dfkd end to end for one epoch; every logged number of its two iterations and
+  its test accuracy equal those of `lra_ema --config.student_update=joint`."""
+  _check_one_epoch_run(teacher_dir, tmp_path / "preset", "ema_dfkd")
+  config = tiny_config(teacher_dir, "lra_ema", num_epochs=1, student_steps=1,
+                       student_update="joint")
+  override = trainer.run(config, tmp_path / "override", log=lambda s: None)
+  preset = json.loads((tmp_path / "preset" / trainer.SUMMARY_FILE).read_text())
+  assert preset["test_accuracy"] == override["test_accuracy"]
+  ours, theirs = read_metrics(tmp_path / "preset"), read_metrics(tmp_path / "override")
+  assert len(ours) == len(theirs) == 2
+  for m_preset, m_override in zip(ours, theirs, strict=True):
+    assert m_preset.keys() == m_override.keys()
+    assert m_preset["retention_steps"] == 1 and np.isfinite(m_preset["loss_ret"])
+    for key, value in m_preset.items():
+      if key.endswith("seconds") or key.endswith("per_second"):
+        continue
+      np.testing.assert_equal(value, m_override[key], err_msg=key)
 
 
 def test_resume_with_the_ema_generator_equals_an_uninterrupted_run(teacher_dir, tmp_path):
@@ -328,7 +361,8 @@ def test_four_devices_match_one_device(teacher_dir, tmp_path):
 
 @pytest.mark.parametrize("overrides, message", [
     ({"method": "nope"}, "unknown method 'nope'; valid methods: dafl, dfad, zskt, dfq, "
-                         "dfkd, mb_dfkd, pre_dfkd, lra_mb, lra_pre, mad, lra_ema"),
+                         "dfkd, mb_dfkd, pre_dfkd, lra_mb, lra_pre, mad, ema_dfkd, "
+                         "lra_ema"),
     ({"method": "mad", "conditional_generator": True}, "conditional_generator=True needs"),
     ({"method": "mad", "generator_loss.output_bound": 0.1}, "output_bound=0.1 bounds"),
     ({"method": "mad", "ema.decay": 1.5}, r"config.ema.decay=1.5 must be a number in \[0, 1\]"),
