@@ -1,6 +1,7 @@
 r"""Tables and figures of DFKD runs from their ``summary.json`` files (LRA Table 1, Fig. 4).
 
   python -m dfkd_jax.report runs/mnist --out docs/results/mnist [--pairs=lra_mb:mb_dfkd]
+      [--interval=t|bootstrap]
 
 reads every ``summary.json`` under the given run directories (a directory holding one
 is a run; any other directory is searched recursively; ``LABEL=DIR`` names the runs
@@ -11,21 +12,25 @@ and writes to ``--out``:
 * ``table1.md`` / ``table1.csv``: LRA Table 1's layout, one row per method: the mean
   ``mu[S_Acc]`` and variance ``sigma^2[S_Acc]`` of the test accuracy over the epochs
   above the 0/20/40/60/80th epoch percentile (:mod:`dfkd_jax.evaluation`) and
-  ``Acc_max``. When several runs (seeds) share a method, each cell is the mean ± the
-  sample standard deviation (``ddof=1``) of the runs' values; a single run shows its
-  value alone.
+  ``Acc_max``. The "Runs (seeds)" column gives the number of runs and their seeds
+  (``1 (seed 0)``, ``8 (seeds 0-7)``). When several runs (seeds) share a method, each
+  cell is the mean ± the sample standard deviation (``ddof=1``) of the runs' values; a
+  single run shows its value alone.
 * ``paired.md`` / ``paired.csv`` (:mod:`dfkd_jax.paired_stats`), written only when at
   least one pair of methods shares >= 2 seeds on a dataset: for each pair ``A:B``
-  (``--pairs=A:B,C:D``; default :data:`dfkd_jax.paired_stats.DEFAULT_PAIRS`: each LRA
-  variant vs its base method and every replay method vs ``dfkd``) the mean over the
-  shared seeds of ``A - B`` of every Table 1 column, its 95% percentile-bootstrap
-  interval (10000 resamples, fixed RNG seed), the paired t-test p (the test that marks a
-  cell significant at p < 0.05) and the Wilcoxon signed-rank p. Seeds only one of the
-  two methods has are ignored; the table states n and the seeds.
+  (``--pairs=A:B,C:D``; default :data:`dfkd_jax.paired_stats.DEFAULT_PAIRS`: each meta
+  method vs its joint-update control and every replay method vs ``dfkd``) the mean over
+  the shared seeds of ``A - B`` of every Table 1 column, its 95% t interval
+  (``--interval=bootstrap``: percentile bootstrap), the paired t-test p, its
+  Holm-adjusted p over every cell of the report (the p that marks a cell significant at
+  < 0.05), the Wilcoxon signed-rank p and, for cells not marked, the minimum detectable
+  difference at 80% power. Seeds only one of the two methods has are ignored; the table
+  states n and the seeds, and warns when n < 5.
 * PNG figures in the style of LRA Fig. 4: ``<dataset>_test_accuracy.png`` (test accuracy
   per epoch) and ``<dataset>_cumulative_mean_accuracy.png`` (its running mean): per
   method a thin line per run (seed) and a thick line with markers for the mean over
-  seeds (so a one-epoch run shows as a dot), integer epoch ticks; and
+  seeds (so a one-epoch run shows as a dot), the teacher's test accuracy as a dashed
+  black line, integer epoch ticks; and
   ``<dataset>_alignment.png``, the per-epoch cosine between the acquisition and retention
   gradients (Section 3.4) of the methods that log it.
 
@@ -58,7 +63,7 @@ PAIRED_CSV = "paired.csv"
 #: Row order of the table and legend order of the figures (LRA Table 1 order, then the
 #: rest of the presets); methods not listed follow in alphabetical order.
 METHOD_ORDER = ("dafl", "dfad", "zskt", "dfq", "dfkd", "mb_dfkd", "pre_dfkd", "mad",
-                "lra_mb", "lra_pre", "lra_ema")
+                "ema_dfkd", "lra_mb", "lra_pre", "lra_ema")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -344,6 +349,22 @@ def format_stat(stat: Stat | None, digits: int = 2) -> str:
   return f"{stat.mean:.{digits}f} ± {stat.std:.{digits}f}"
 
 
+def seeds_text(seeds: Sequence[int]) -> str:
+  """The "Runs (seeds)" cell: the count, then the seeds, consecutive ones as ranges.
+
+  ``(0,)`` -> ``"1 (seed 0)"``; ``(0, 1, 2, 5)`` -> ``"4 (seeds 0-2, 5)"``.
+  """
+  seeds = sorted(seeds)
+  parts, start = [], 0
+  for i in range(1, len(seeds) + 1):
+    if i == len(seeds) or seeds[i] != seeds[i - 1] + 1:
+      first, last = seeds[start], seeds[i - 1]
+      parts += ([f"{first}-{last}"] if last - first >= 2 else
+                [str(s) for s in seeds[start:i]])
+      start = i
+  return f"{len(seeds)} ({'seed' if len(seeds) == 1 else 'seeds'} {', '.join(parts)})"
+
+
 def _epochs_text(epochs: Sequence[int]) -> str:
   lo, hi = min(epochs), max(epochs)
   return str(lo) if lo == hi else f"{lo}-{hi}"
@@ -352,13 +373,13 @@ def _epochs_text(epochs: Sequence[int]) -> str:
 def markdown_table(rows: Sequence[Row]) -> str:
   """Table 1 as a Markdown table (mean ± std over seeds in each cell)."""
   percentiles = list(rows[0].evolution)
-  header = ["Method", "Seeds", "Epochs"]
+  header = ["Method", "Runs (seeds)", "Epochs"]
   for p in percentiles:
     header += [f"μ[S_Acc] >{p}th", f"σ²[S_Acc] >{p}th"]
   header += ["Acc_max", "Student steps/s"]
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for row in rows:
-    cells = [row.method, ",".join(map(str, row.seeds)), _epochs_text(row.epochs)]
+    cells = [row.method, seeds_text(row.seeds), _epochs_text(row.epochs)]
     for p in percentiles:
       cells += [format_stat(row.evolution[p][0]), format_stat(row.evolution[p][1])]
     cells += [format_stat(row.acc_max), format_stat(row.student_steps_per_second, 1)]
@@ -400,8 +421,12 @@ def line_styles(methods: Sequence[str]) -> dict[str, tuple[str, str]]:
 
 
 def curve_figure(by_method: Mapping[str, Sequence[Run]], curve_of, title: str,
-                 ylabel: str):
+                 ylabel: str, teacher_accuracy: float | None = None):
   """A figure of one curve per run (thin) and the mean over a method's runs (markers).
+
+  Args:
+    teacher_accuracy: drawn as a dashed black horizontal line labelled with it (the
+      accuracy figures); ``None``: no line.
 
   Returns:
     The matplotlib figure, or ``None`` when no run has the curve. Epoch ticks are
@@ -429,6 +454,9 @@ def curve_figure(by_method: Mapping[str, Sequence[Run]], curve_of, title: str,
                 linewidth=0.6, alpha=0.35, marker=".", markersize=2)
     ax.plot(np.arange(1, mean.size + 1), mean, label=method, color=color,
             linestyle=linestyle, linewidth=1.5, marker="o", markersize=3)
+  if teacher_accuracy is not None:
+    ax.axhline(teacher_accuracy, color="black", linestyle="--", linewidth=1.0,
+               label=f"teacher ({teacher_accuracy:.2f}%)")
   ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
   ax.set_xlabel("epoch")
   ax.set_ylabel(ylabel)
@@ -440,10 +468,11 @@ def curve_figure(by_method: Mapping[str, Sequence[Run]], curve_of, title: str,
 
 
 def _plot_curves(by_method: Mapping[str, Sequence[Run]], curve_of, title: str,
-                 ylabel: str, path: pathlib.Path) -> bool:
+                 ylabel: str, path: pathlib.Path,
+                 teacher_accuracy: float | None = None) -> bool:
   """Writes :func:`curve_figure` as a PNG to ``path``; False if nothing to plot."""
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
-  fig = curve_figure(by_method, curve_of, title, ylabel)
+  fig = curve_figure(by_method, curve_of, title, ylabel, teacher_accuracy)
   if fig is None:
     return False
   fig.savefig(path, format="png")
@@ -469,34 +498,40 @@ def _write_csv(path: pathlib.Path, records: Sequence[Mapping[str, Any]]) -> None
 
 def write_paired(grouped: Mapping[str, Mapping[str, Sequence[Run]]],
                  pairs: Sequence[tuple[str, str]],
-                 out: pathlib.Path) -> list[pathlib.Path]:
+                 out: pathlib.Path, interval: str = "t") -> list[pathlib.Path]:
   """Writes ``paired.md`` / ``paired.csv`` (:mod:`dfkd_jax.paired_stats`).
+
+  Every cell written (all datasets, pairs and columns) is one family for Holm's
+  correction (:func:`dfkd_jax.paired_stats.adjust`).
 
   Returns:
     The written paths; none (and nothing written) when no pair shares 2 seeds.
   """
-  md = ["# Paired differences between methods", "", paired_stats.description(), ""]
-  records = []
+  found, skipped = [], {}
   for dataset, by_method in grouped.items():
-    comparisons, skipped = [], []
     for a, b in pairs:
-      comparison = paired_stats.compare(by_method, a, b)
-      if comparison is None:
-        if a in by_method and b in by_method:
-          skipped.append(f"{a} − {b}")
-      else:
-        comparisons.append(comparison)
+      comparison = paired_stats.compare(by_method, a, b, interval)
+      if comparison is not None:
+        found.append((dataset, comparison))
+      elif a in by_method and b in by_method:
+        skipped.setdefault(dataset, []).append(f"{a} − {b}")
+  if not found:
+    return []
+  adjusted = paired_stats.adjust([comparison for _, comparison in found])
+  md = ["# Paired differences between methods", "",
+        paired_stats.description(paired_stats.family_size(adjusted), interval), ""]
+  records = []
+  for dataset in grouped:
+    comparisons = [c for (d, _), c in zip(found, adjusted) if d == dataset]
     if not comparisons:
       continue
     md += [f"## {dataset}", ""]
     for comparison in comparisons:
       md.append(paired_stats.markdown(comparison))
       records += paired_stats.csv_records(dataset, comparison)
-    if skipped:
+    if dataset in skipped:
       md += [f"Fewer than {paired_stats.MIN_SHARED_SEEDS} shared seeds (not compared): "
-             f"{', '.join(skipped)}.", ""]
-  if not records:
-    return []
+             f"{', '.join(skipped[dataset])}.", ""]
   md_path, csv_path = out / PAIRED_MARKDOWN, out / PAIRED_CSV
   md_path.write_text("\n".join(md))
   _write_csv(csv_path, records)
@@ -504,7 +539,8 @@ def write_paired(grouped: Mapping[str, Mapping[str, Sequence[Run]]],
 
 
 def write_report(workdirs: Iterable[str | os.PathLike], out_dir: str | os.PathLike,
-                 pairs: Sequence[tuple[str, str]] | None = None) -> dict[str, Any]:
+                 pairs: Sequence[tuple[str, str]] | None = None,
+                 interval: str = "t") -> dict[str, Any]:
   """Loads the runs under ``workdirs`` and writes the tables and figures to ``out_dir``.
 
   Args:
@@ -513,6 +549,8 @@ def write_report(workdirs: Iterable[str | os.PathLike], out_dir: str | os.PathLi
     pairs: ``(A, B)`` methods whose paired differences ``A - B`` go to ``paired.md``;
       ``None``: :data:`dfkd_jax.paired_stats.DEFAULT_PAIRS` (those without runs are
       skipped), while every method of given pairs must have runs.
+    interval: the paired differences' interval, ``"t"`` or ``"bootstrap"``
+      (:func:`dfkd_jax.paired_stats.paired_difference`).
 
   Returns:
     ``{"runs": [...], "files": [written paths]}``.
@@ -521,6 +559,9 @@ def write_report(workdirs: Iterable[str | os.PathLike], out_dir: str | os.PathLi
     FileNotFoundError, ValueError: as :func:`load_runs`, or a method of ``pairs`` that no
       run has, before anything is written.
   """
+  if interval not in paired_stats.INTERVALS:
+    raise ValueError(f"unknown interval {interval!r}; valid: "
+                     f"{', '.join(paired_stats.INTERVALS)}")
   runs = load_runs(workdirs)
   if pairs is None:
     pairs = paired_stats.DEFAULT_PAIRS
@@ -554,16 +595,19 @@ def write_report(workdirs: Iterable[str | os.PathLike], out_dir: str | os.PathLi
       md += [f"Runs of {', '.join(uneven)} have different epoch counts; their curves "
              "are averaged over the epochs all runs have.", ""]
     records += csv_records(dataset, rows)
+    teacher_mean = None if teacher is None else teacher.mean
     figures = [
-        ("test_accuracy", lambda r: r.test_accuracy, "Test accuracy", "accuracy (%)"),
+        ("test_accuracy", lambda r: r.test_accuracy, "Test accuracy", "accuracy (%)",
+         teacher_mean),
         ("cumulative_mean_accuracy", lambda r: r.cumulative_mean_accuracy,
-         "Cumulative mean accuracy", "cumulative mean accuracy (%)"),
+         "Cumulative mean accuracy", "cumulative mean accuracy (%)", teacher_mean),
         ("alignment", lambda r: r.alignment, "Gradient alignment cos(∇L_acq, ∇L_ret)",
-         "cosine"),
+         "cosine", None),
     ]
-    for name, curve_of, title, ylabel in figures:
+    for name, curve_of, title, ylabel, reference in figures:
       path = out / f"{dataset}_{name}.png"
-      if _plot_curves(by_method, curve_of, f"{title} ({dataset})", ylabel, path):
+      if _plot_curves(by_method, curve_of, f"{title} ({dataset})", ylabel, path,
+                      reference):
         written.append(path)
         md += [f"![{title}]({path.name})", ""]
       else:
@@ -573,7 +617,7 @@ def write_report(workdirs: Iterable[str | os.PathLike], out_dir: str | os.PathLi
            for rs in by_method.values() for r in rs]
     md.append("")
 
-  paired = write_paired(grouped, pairs, out)
+  paired = write_paired(grouped, pairs, out, interval)
   if paired:
     md += [f"Paired differences between methods over shared seeds: "
            f"[{PAIRED_MARKDOWN}]({PAIRED_MARKDOWN}).", ""]
@@ -599,10 +643,14 @@ def main(argv: Sequence[str] | None = None) -> int:
       "--pairs", default=None, metavar="A:B,C:D",
       help="method pairs for paired.md (difference A - B over shared seeds); default: "
            + ",".join(f"{a}:{b}" for a, b in paired_stats.DEFAULT_PAIRS))
+  parser.add_argument(
+      "--interval", default="t", choices=paired_stats.INTERVALS,
+      help="95%% interval of the paired differences: the paired t interval (default) "
+           "or the percentile bootstrap (too narrow for few seeds)")
   args = parser.parse_args(argv)
   try:
     pairs = None if args.pairs is None else paired_stats.parse_pairs(args.pairs)
-    result = write_report(args.workdirs, args.out, pairs)
+    result = write_report(args.workdirs, args.out, pairs, args.interval)
   except (FileNotFoundError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1

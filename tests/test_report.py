@@ -1,6 +1,7 @@
 """Tests of the results report on synthetic summary.json files with known values."""
 
 import csv
+import dataclasses
 import json
 import math
 import pathlib
@@ -9,8 +10,10 @@ import sys
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from dfkd_jax import experiment
+from dfkd_jax import methods
 from dfkd_jax import paired_stats
 from dfkd_jax import report
 from dfkd_jax import summary as summary_lib
@@ -88,7 +91,7 @@ def test_table_cells_are_mean_and_sample_std_over_seeds(runs_dir, tmp_path):
   text = (tmp_path / "out" / report.TABLE_MARKDOWN).read_text()
   rows = markdown_rows(text)
   cells = rows["lra_mb"]
-  assert cells[1:3] == ["0,1,2", "3"]
+  assert cells[1:3] == ["3 (seeds 0-2)", "3"]
   for i, p in enumerate(PERCENTILES):
     means = [LRA_EVOLUTION[s][i][0] for s in range(3)]
     varis = [LRA_EVOLUTION[s][i][1] for s in range(3)]
@@ -395,12 +398,19 @@ def test_fewer_than_two_shared_seeds_write_no_paired_table(tmp_path, lra_seeds,
                                         report.TABLE_MARKDOWN).read_text()
 
 
-def test_default_pairs_compare_each_replay_method_with_dfkd_and_its_base():
+def test_default_pairs_compare_each_replay_method_with_dfkd_and_its_control():
   pairs = set(paired_stats.DEFAULT_PAIRS)
-  assert {("lra_mb", "mb_dfkd"), ("lra_pre", "pre_dfkd"), ("lra_ema", "mad")} <= pairs
-  for method in ("lra_mb", "lra_pre", "lra_ema", "mb_dfkd", "pre_dfkd", "mad"):
+  # Each meta method against its joint-update control (methods.py).
+  assert {("lra_mb", "mb_dfkd"), ("lra_pre", "pre_dfkd"), ("lra_ema", "ema_dfkd")} <= pairs
+  for meta, control in [("lra_mb", "mb_dfkd"), ("lra_pre", "pre_dfkd"),
+                        ("lra_ema", "ema_dfkd")]:
+    assert methods.get(control) == dataclasses.replace(
+        methods.resolve(meta, "joint"), description=methods.get(control).description)
+  replay = [m for m, method in methods.METHODS.items() if method.replay != "none"]
+  assert sorted(replay) == sorted(paired_stats.REPLAY_METHODS)
+  for method in replay:
     assert (method, "dfkd") in pairs
-  assert len(pairs) == 9
+  assert len(pairs) == 3 + len(replay)
 
 
 def test_null_differences_are_significant_at_about_the_stated_level():
@@ -506,7 +516,209 @@ def test_a_labelled_workdir_is_its_own_row_and_pairs_with_its_method(tmp_path):
   assert len(result["runs"]) == 12
   rows = markdown_rows((tmp_path / "out" / report.TABLE_MARKDOWN).read_text())
   assert list(rows) == ["mb_dfkd", "lra_mb", "lra_mb_fo"]
-  assert rows["lra_mb_fo"][1] == "0,1,2,3"
+  assert rows["lra_mb_fo"][1] == "4 (seeds 0-3)"
   records = paired_records(tmp_path / "out")
   assert records["lra_mb_fo", "lra_mb", "acc_max"]["n"] == "4"
   assert float(records["lra_mb_fo", "lra_mb", "acc_max"]["mean_difference"]) < 0
+
+
+# ---------------------------------------------------------------------------
+# Intervals, Holm's correction and minimum detectable differences (issue 30), and the
+# report's readability (issue 26, item 15).
+# ---------------------------------------------------------------------------
+
+
+def test_the_default_interval_is_the_paired_t_interval():
+  a, b = [3.0, 1.0, 4.0, 1.0, 5.0], [2.0, -1.5, 1.0, 0.5, 2.5]
+  d = paired_stats.paired_difference(a, b)
+  expected = stats.ttest_rel(a, b).confidence_interval(0.95)
+  np.testing.assert_allclose([d.ci_low, d.ci_high], [expected.low, expected.high],
+                             rtol=1e-12)
+  assert d.interval == "t"
+  np.testing.assert_allclose(d.sd, np.std(np.subtract(a, b), ddof=1))
+  boot = paired_stats.paired_difference(a, b, interval="bootstrap")
+  expected = stats.bootstrap((np.subtract(a, b),), np.mean, n_resamples=10_000,
+                             method="percentile", rng=np.random.default_rng(0)
+                             ).confidence_interval
+  assert (boot.ci_low, boot.ci_high) == (expected.low, expected.high)
+  assert (boot.t_p, boot.mean, boot.interval) == (d.t_p, d.mean, "bootstrap")
+  with pytest.raises(ValueError, match="unknown interval 'normal'; valid: t, bootstrap"):
+    paired_stats.paired_difference(a, b, interval="normal")
+
+
+def test_the_t_interval_covers_the_true_difference_at_five_seeds_the_bootstrap_not():
+  """At n = 5 (the MNIST study) the t interval holds its 95%; the percentile bootstrap,
+  the old default, is too narrow."""
+  rng = np.random.default_rng(1)
+  draws, true = 400, 2.0
+  covered = {"t": 0, "bootstrap": 0}
+  for _ in range(draws):
+    base = rng.normal(60.0, 3.0, 5)
+    a, b = base + true + rng.normal(0.0, 1.0, 5), base + rng.normal(0.0, 1.0, 5)
+    for interval in covered:
+      d = paired_stats.paired_difference(a, b, interval=interval)
+      covered[interval] += d.ci_low <= true <= d.ci_high
+  # 95% of 400 = 380; [366, 394] is over 3 binomial standard deviations each way.
+  assert 366 <= covered["t"] <= 394, covered
+  assert covered["bootstrap"] < 366, covered
+
+
+def test_holm_adjusts_as_hand_computed():
+  # Sorted: 0.005 x 4 = 0.02, 0.01 x 3 = 0.03, 0.03 x 2 = 0.06, 0.04 x 1 -> max 0.06.
+  np.testing.assert_allclose(paired_stats.holm([0.01, 0.04, 0.03, 0.005]),
+                             [0.03, 0.06, 0.06, 0.02])
+  np.testing.assert_allclose(paired_stats.holm([0.5, 0.9, float("nan")]), [1.0, 1.0, 1.0])
+  np.testing.assert_allclose(paired_stats.holm([0.02]), [0.02])
+
+
+def test_holm_keeps_the_familywise_error_at_the_level_where_raw_p_does_not():
+  """200 families of 20 null paired t-tests (8 seeds): any cell marked in ~64% of the
+  families without the correction, in at most ~5% with it."""
+  rng = np.random.default_rng(0)
+  families, cells, n = 200, 20, 8
+  base = rng.normal(60.0, 2.0, (families, cells, n))
+  p = stats.ttest_rel(base + rng.normal(0, 1, base.shape),
+                      base + rng.normal(0, 1, base.shape), axis=-1).pvalue
+  raw_any = sum(bool((row < 0.05).any()) for row in p)
+  holm_any = sum(bool((paired_stats.holm(row) < 0.05).any()) for row in p)
+  assert raw_any > 100, raw_any      # 1 - 0.95^20 = 64% of 200 = 128.
+  assert holm_any <= 19, holm_any    # At most 5% (10) + 3 binomial sd.
+
+
+def test_minimum_detectable_difference_has_the_stated_power():
+  """A paired t-test at the returned difference rejects 80% of the time (simulated)."""
+  sd, n = 1.5, 8
+  mdd = paired_stats.minimum_detectable_difference(sd, n)
+  rng = np.random.default_rng(0)
+  d = rng.normal(mdd, sd, (4000, n))
+  power = np.mean(stats.ttest_1samp(d, 0.0, axis=1).pvalue < 0.05)
+  assert abs(power - 0.8) < 0.02, power      # 3 binomial sd = 0.019.
+  below = np.mean(stats.ttest_1samp(d - 0.5 * mdd, 0.0, axis=1).pvalue < 0.05)
+  assert below < 0.5
+  # Large n: the normal approximation (z_0.975 + z_0.8) sd / sqrt(n).
+  np.testing.assert_allclose(paired_stats.minimum_detectable_difference(2.0, 400),
+                             (stats.norm.ppf(0.975) + stats.norm.ppf(0.8)) * 2.0 / 20,
+                             rtol=5e-3)
+  # Few pairs: larger; n = 2 has one degree of freedom (scipy's NaN lower tail).
+  assert paired_stats.minimum_detectable_difference(1.0, 2) > \
+      paired_stats.minimum_detectable_difference(1.0, 3) > 2 * mdd / sd
+  assert paired_stats.minimum_detectable_difference(0.0, 5) == 0.0
+
+
+def test_report_marks_cells_by_holm_adjusted_p_over_the_whole_report(tmp_path):
+  """A small true shift: several cells have a raw paired t p < 0.05 but a Holm-adjusted
+  p >= 0.05 over the report's family (every dataset x pair x column); only the adjusted
+  p marks, and cells not marked show their minimum detectable difference."""
+  shifted_runs(tmp_path / "runs", shift=0.6, noise=1.0, rng_seed=0)
+  for seed in range(3):  # A large difference on another dataset: the same family.
+    write_run(tmp_path / "runs", "dfkd", seed, [50.0 + seed] * EPOCHS, dataset="cifar10")
+    write_run(tmp_path / "runs", "lra_mb", seed, [60.0 + 1.1 * seed] * EPOCHS,
+              dataset="cifar10")
+  proc = subprocess.run(
+      [sys.executable, "-m", "dfkd_jax.report", str(tmp_path / "runs"), "--out",
+       str(tmp_path / "out"), "--pairs=lra_mb:mb_dfkd,lra_mb:dfkd"],
+      cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr
+  with open(tmp_path / "out" / report.PAIRED_CSV) as f:
+    records = list(csv.DictReader(f))
+  assert {(r["dataset"], r["method_a"], r["method_b"]) for r in records} == {
+      ("mnist", "lra_mb", "mb_dfkd"), ("cifar10", "lra_mb", "dfkd")}
+  t_p = [float(r["t_p"]) for r in records]
+  np.testing.assert_allclose([float(r["holm_p"]) for r in records],
+                             paired_stats.holm(t_p))
+  for r in records:
+    assert r["significant"] == str(int(float(r["holm_p"]) < 0.05)), r
+    np.testing.assert_allclose(
+        float(r["min_detectable_difference"]),
+        paired_stats.minimum_detectable_difference(float(r["sd_difference"]), int(r["n"])))
+  mnist = {r["column"]: r for r in records if r["dataset"] == "mnist"}
+  raw_only = [c for c, r in mnist.items()
+              if float(r["t_p"]) < 0.05 <= float(r["holm_p"])]
+  assert len(raw_only) >= 3, mnist
+  text = (tmp_path / "out" / report.PAIRED_MARKDOWN).read_text()
+  assert f"all {len(records)} cells" in text and "Holm" in text
+  assert "| Holm p |" in text and "95% t CI" in text
+
+  def table(dataset):
+    section = text.split(f"## {dataset}")[1].split("\n## ")[0]
+    return {line.split("|")[1].strip(): line for line in section.splitlines()
+            if line.startswith(("| Acc_max", "| μ", "| σ²"))}
+
+  rows = table("mnist")
+  for column in raw_only:
+    row = rows[paired_stats.column_title(column)]
+    assert "**" not in row, row
+    mdd = float(mnist[column]["min_detectable_difference"])
+    assert row.rstrip(" |").endswith(f"| {mdd:.2f}"), row
+  rows = table("cifar10")
+  cifar = {r["column"]: r for r in records if r["dataset"] == "cifar10"}
+  marked = [c for c, r in cifar.items() if r["significant"] == "1"]
+  assert set(marked) == set(ACCURACY_COLUMNS), cifar   # The variances do not differ.
+  for column in marked:
+    row = rows[paired_stats.column_title(column)]
+    assert "| **+" in row and row.rstrip(" |").endswith("| -"), row
+
+
+def test_the_bootstrap_interval_is_a_report_option(tmp_path):
+  shifted_runs(tmp_path / "runs", shift=5.0, seeds=range(5))
+  proc = subprocess.run(
+      [sys.executable, "-m", "dfkd_jax.report", str(tmp_path / "runs"), "--out",
+       str(tmp_path / "out"), "--interval=bootstrap"],
+      cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr
+  text = (tmp_path / "out" / report.PAIRED_MARKDOWN).read_text()
+  assert "95% bootstrap CI" in text and "percentile bootstrap" in text
+  assert {r["interval"] for r in paired_records(tmp_path / "out").values()} == {
+      "bootstrap"}
+  with pytest.raises(ValueError, match="unknown interval 'bca'"):
+    report.write_report([tmp_path / "runs"], tmp_path / "bad", interval="bca")
+  assert not (tmp_path / "bad").exists()
+
+
+def test_a_single_run_reads_as_one_run_with_its_seed_not_as_zero(tmp_path):
+  write_run(tmp_path / "runs", "dfkd", 0, [50.0, 60.0])
+  for seed in (0, 1, 2, 5):
+    write_run(tmp_path / "runs", "lra_mb", seed, [50.0, 60.0 + seed])
+  report.write_report([tmp_path / "runs"], tmp_path / "out")
+  text = (tmp_path / "out" / report.TABLE_MARKDOWN).read_text()
+  assert "| Method | Runs (seeds) | Epochs |" in text
+  rows = markdown_rows(text)
+  assert rows["dfkd"][1] == "1 (seed 0)"
+  assert rows["lra_mb"][1] == "4 (seeds 0-2, 5)"
+  assert report.seeds_text([3, 4]) == "2 (seeds 3, 4)"
+
+
+@pytest.mark.parametrize("seeds, caveat", [(range(3), True), (range(5), False)])
+def test_pairs_with_few_seeds_carry_a_caveat(tmp_path, seeds, caveat):
+  shifted_runs(tmp_path / "runs", shift=5.0, seeds=seeds)
+  report.write_report([tmp_path / "runs"], tmp_path / "out")
+  text = (tmp_path / "out" / report.PAIRED_MARKDOWN).read_text()
+  assert ("**Caveat.** Only n = 3 shared seeds" in text) == caveat
+  if caveat:
+    assert "cannot go below 0.25" in text and "descriptive" in text
+
+
+def test_accuracy_figures_draw_the_teacher_line(tmp_path):
+  for seed in range(2):
+    write_run(tmp_path / "runs", "dfkd", seed, [40.0 + seed, 50.0])
+  by_method = report.group_runs(report.load_runs([tmp_path / "runs"]))["mnist"]
+  fig = report.curve_figure(by_method, lambda r: r.test_accuracy, "t", "y",
+                            teacher_accuracy=99.0)
+  teacher = [line for line in fig.axes[0].lines
+             if line.get_label().startswith("teacher")]
+  assert len(teacher) == 1 and teacher[0].get_label() == "teacher (99.00%)"
+  np.testing.assert_allclose(teacher[0].get_ydata(), [99.0, 99.0])
+  legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+  assert "teacher (99.00%)" in legend
+  # write_report passes the runs' teacher accuracy to both accuracy figures only.
+  calls = []
+  original = report.curve_figure
+  def spy(by_method, curve_of, title, ylabel, teacher_accuracy=None):
+    calls.append((title, teacher_accuracy))
+    return original(by_method, curve_of, title, ylabel, teacher_accuracy)
+  report.curve_figure = spy
+  try:
+    report.write_report([tmp_path / "runs"], tmp_path / "out")
+  finally:
+    report.curve_figure = original
+  assert [t for _, t in calls] == [99.0, 99.0, None], calls
