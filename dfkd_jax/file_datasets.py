@@ -370,7 +370,7 @@ def _decode_npz(spec: FileSpec, split: str, image_size: int):
   pixel_max = 255.0
   if images.dtype != np.uint8:
     images = images.astype(np.float32)
-    low, high = float(images.min(initial=0.0)), float(images.max(initial=0.0))
+    low, high = (float(images.min()), float(images.max())) if images.size else (0, 0)
     if not (np.isfinite(low) and np.isfinite(high) and low >= 0.0 and high <= 1.0):
       raise ValueError(f"dataset {spec.name!r}: float x_{split} spans [{low:g}, {high:g}]"
                        "; float images must lie in [0, 1] (or store uint8 0..255)")
