@@ -15,12 +15,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from dfkd_jax import convert
 from dfkd_jax import data
-from dfkd_jax import experiment
 from dfkd_jax import file_datasets
 from dfkd_jax import teacher as teacher_lib
 from dfkd_jax import train_teacher
 from dfkd_jax import trainer
+from test_trainer import tiny_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # Class folders named so that their sorted order is not the digit order.
@@ -312,15 +313,8 @@ def test_config_normalisation_is_recorded_and_checked(digits_folder, tmp_path):
 
 
 def _distil_config(teacher_dir, dataset_id, **overrides):
-  config = experiment.load_config_file(f"{REPO / 'configs/digits.py'}:dfkd")
-  # tests/test_trainer.py's tiny dfkd run: in one session, the compiled iteration is
-  # shared through the compilation cache.
-  config.update({"teacher_dir": str(teacher_dir), "teacher_config": "",
-                 "dataset": dataset_id, "latent_dim": 16, "batch_size": 32,
-                 "num_epochs": 2, "iterations_per_epoch": 2, "student_steps": 2,
-                 "tensorboard": False, **overrides})
-  config.memory.update({"num_slots": 3, "samples_per_slot": 8, "push_every_epochs": 1})
-  return config
+  # test_trainer's tiny dfkd run: in one session its compiled iteration is reused.
+  return tiny_config(teacher_dir, "dfkd", dataset=dataset_id, **overrides)
 
 
 def test_distillation_evaluates_on_a_test_only_folder(folder_teacher, tmp_path):
@@ -356,3 +350,30 @@ def test_cli_refuses_a_bad_folder_in_one_line_before_training(tmp_path):
       f"{tmp_path / 'x' / 'test' / 'b'} is not in {tmp_path / 'x' / 'train'} (its "
       "classes: a); add train/b or remove test/b")
   assert not (tmp_path / "teacher").exists()
+
+
+def test_convert_checks_a_pytorch_teacher_on_folder_images(tmp_path):
+  torch = pytest.importorskip("torch")
+  from test_convert import TorchLeNet5  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  for i in range(12):
+    path = tmp_path / "x" / "test" / "abc"[i % 3] / f"{i:02d}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rng.integers(0, 256, (32, 32), np.uint8)).save(path)
+  dataset_id = f"folder:{tmp_path / 'x'}"
+  images = data.load_split(dataset_id, "test").images[..., 0]  # As the folder stores them.
+  torch.manual_seed(0)
+  model = TorchLeNet5(3).eval()
+  torch.save(model.state_dict(), tmp_path / "lenet.pth")
+  with torch.no_grad():  # PyTorch's ToTensor(), Normalize(0.5, 0.5).
+    logits = model((torch.from_numpy(images).float()[:, None] / 255 - 0.5) / 0.5).numpy()
+  np.savez(tmp_path / "check.npz", images=images, logits=logits)
+  lines = []
+  meta = convert.convert(tmp_path / "lenet.pth", "lenet5", 3, tmp_path / "teacher",
+                         dataset=dataset_id, mean=(0.5,), std=(0.5,),
+                         check_inputs=tmp_path / "check.npz", log=lines.append)
+  assert meta.dataset == dataset_id and "top-1 agreement 100.00%" in lines[0]
+  with pytest.raises(ValueError, match=r"--dataset=folder:.* has no standard "
+                     r"normalisation; pass --mean and --std"):
+    convert.convert(tmp_path / "lenet.pth", "lenet5", 3, tmp_path / "t2",
+                    dataset=dataset_id)
