@@ -505,8 +505,8 @@ def check_teacher_fits(meta, dataset_id: str, image_size: int = 0) -> None:
         f"teacher {meta.arch!r} takes inputs of shape {shape} but dataset "
         f"{dataset.id!r} gives {' or '.join(map(str, sorted(valid)))}; {fix}")
   if not files and meta.dataset.partition(":")[0] != spec.name:
-    raise ValueError(f"dataset {dataset.id!r} but the teacher was trained on "
-                     f"{meta.dataset!r}; {own_data}")
+    raise ValueError(f"teacher {meta.arch!r} was trained on {meta.dataset!r}, not on "
+                     f"dataset {dataset.id!r}; {own_data}")
 
 
 def evaluation_dataset(meta, dataset_id: str) -> str:

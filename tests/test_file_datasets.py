@@ -251,6 +251,10 @@ BAD_INPUTS = [
                 lambda: data.check_teacher_fits(_meta(4), f"npz:{d / 'x.npz'}"))[1],
      ValueError, r"takes inputs of shape \(8, 8, 1\) but dataset .* gives \(8, 8, 3\); "
                  r"use a teacher trained on"),
+    ("teacher of other data on a built-in dataset",
+     lambda d: lambda: data.check_teacher_fits(_meta(10, dataset=f"folder:{d}"), "digits"),
+     ValueError, r"teacher 'digits_cnn' was trained on 'folder:.*', not on dataset "
+                 r"'digits'; use a teacher trained on 'digits'"),
     ("image_size of a built-in dataset",
      lambda d: lambda: data.load_split("digits", "test", image_size=16),
      ValueError, r"config.image_size=16 resizes folder: and npz: datasets only; "
