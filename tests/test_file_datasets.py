@@ -17,11 +17,12 @@ from PIL import Image
 
 from dfkd_jax import convert
 from dfkd_jax import data
+from dfkd_jax import experiment
 from dfkd_jax import file_datasets
 from dfkd_jax import teacher as teacher_lib
 from dfkd_jax import train_teacher
 from dfkd_jax import trainer
-from test_trainer import tiny_config
+from test_trainer import TEACHER_EPOCHS, tiny_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # Class folders named so that their sorted order is not the digit order.
@@ -276,9 +277,9 @@ def test_bad_input_is_one_line_naming_it_and_the_fix(tmp_path, make, error, matc
 
 
 def _teacher_config(dataset_id, **overrides):
-  config = train_teacher.adam_config(train_teacher.default_config(), 3e-3)
-  config.update({"dataset": dataset_id, "model": "digits_cnn", "num_epochs": 3,
-                 "batch_size": 64, "eval_batch_size": 128, **overrides})
+  """test_trainer's digits teacher recipe (in one session its compiled step is reused)."""
+  config = experiment.load_config_file(str(REPO / "configs/teacher/digits.py"))
+  config.update({"dataset": dataset_id, "num_epochs": TEACHER_EPOCHS, **overrides})
   return config
 
 
@@ -306,7 +307,6 @@ def test_teacher_trains_on_a_folder_and_records_its_normalisation(
 
 
 def test_config_normalisation_is_recorded_and_checked(digits_folder, tmp_path):
-  # The fixture's recipe: its compiled training step is reused.
   config = _teacher_config(f"folder:{digits_folder}", mean=(0.5,), std=(0.25,))
   meta = train_teacher.train_and_save(config, tmp_path / "t", log=lambda line: None)
   assert (meta.mean, meta.std) == ((0.5,), (0.25,))
