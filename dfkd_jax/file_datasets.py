@@ -26,6 +26,10 @@ or edited file is noticed. There is no augmentation and no standard normalisatio
 teacher trained by ``train_teacher`` takes ``config.mean``/``config.std`` or the per-channel
 mean/std of its train split, and records them in its metadata.
 
+Parsing the id checks the layout and reads every image's header (size and colour mode),
+once per process while the folders are unchanged (1797 digit PNGs: 0.5 s), so a
+missing, empty or unreadable input is reported before anything is compiled.
+
 The dataset id is recorded with the absolute path (``folder:/data/pets``). Distillation
 evaluates on ``config.dataset``, which may be another folder or file than the teacher's
 (a labelled test set of the same classes), so a teacher whose data moved still works.
@@ -240,12 +244,14 @@ def _scan_folder(path: pathlib.Path, stamp: tuple) -> FileSpec:
         with Image.open(file) as image:
           size, mode = image.size, image.mode
       except (OSError, ValueError) as e:
-        raise ValueError(f"cannot read image {file} ({e}); replace or remove it") from None
+        raise ValueError(f"cannot read image {file} ({e}); replace or remove "
+                         "it") from None
       sizes.setdefault((size[1], size[0]), file)
       grey = grey and mode in _GREY_MODES
   return FileSpec(
-      name=name, num_classes=len(classes), image_shape=_native_shape(sizes, 1 if grey else 3),
-      mean=(), std=(), path=os.fspath(path), classes=tuple(classes), splits=splits,
+      name=name, num_classes=len(classes),
+      image_shape=_native_shape(sizes, 1 if grey else 3), mean=(), std=(),
+      path=os.fspath(path), classes=tuple(classes), splits=splits,
       mixed_sizes=_mixed(sizes))
 
 
