@@ -108,9 +108,13 @@ def default_normalization(dataset_id: str
   constants of its source.
 
   Raises:
-    ValueError: unknown dataset id, naming the valid ones.
+    ValueError: unknown dataset id, naming the valid ones, or a ``folder:``/``npz:``
+      dataset (which has no standard normalisation).
   """
   spec = data.get_dataset(dataset_id).spec
+  if not spec.mean and spec.name not in DATASET_NORMALIZATION:
+    raise ValueError(f"--dataset={spec.name} has no standard normalisation; pass --mean "
+                     "and --std (the Normalize() the PyTorch teacher was trained with)")
   return DATASET_NORMALIZATION.get(spec.name, (spec.mean, spec.std))
 
 
@@ -446,9 +450,10 @@ def convert(torch_checkpoint: str | os.PathLike, arch: str, num_classes: int,
                      f"{', '.join(n for n in models.names() if models.is_classifier(n))}")
   parsed = data.get_dataset(dataset)
   dataset_spec, dataset_id = parsed.spec, parsed.id
-  default_mean, default_std = default_normalization(dataset_id)
-  mean = default_mean if mean is None else mean
-  std = default_std if std is None else std
+  if mean is None or std is None:
+    default_mean, default_std = default_normalization(dataset_id)
+    mean = default_mean if mean is None else mean
+    std = default_std if std is None else std
   channels = dataset_spec.image_shape[2] if channels is None else channels
   try:
     input_shape = models.input_shape(arch, channels)

@@ -21,6 +21,9 @@ Sources:
   ``train/<wnid>/images/*.JPEG``, ``val/images`` + ``val/val_annotations.txt``); its
   ``val`` split is the test split, as in the DFKD literature.
 
+* ``folder:PATH`` and ``npz:FILE``: your own images, in the ImageFolder layout or as
+  arrays (:mod:`dfkd_jax.file_datasets`; ``config.image_size`` resizes them).
+
 A dataset id is a source name, optionally with ``:pad`` for the 28x28 sources
 (``mnist:pad``): LeNet-5 takes 32x32 inputs, and the 28x28 images are brought to 32x32
 by bilinear resizing (as DAFL's ``teacher-train.py`` does, ``Resize((32, 32))``) or, with
@@ -76,6 +79,14 @@ class DatasetSpec:
   tfds_name: str | None = None
   pixel_max: float = 255.0
 
+  def stored_shape(self, image_size: int = 0) -> tuple[int, int, int]:
+    """``(H, W, C)`` of the loaded images; only file datasets take an ``image_size``."""
+    if image_size:
+      raise ValueError(f"config.image_size={image_size!r} resizes folder: and npz: "
+                       f"datasets only; {self.name!r} has fixed {self.image_shape[0]}x"
+                       f"{self.image_shape[1]} images: set it to 0")
+    return self.image_shape
+
 
 SPECS: dict[str, DatasetSpec] = {
     spec.name: spec for spec in (
@@ -128,13 +139,20 @@ class Batch(NamedTuple):
 def get_dataset(dataset_id: str) -> Dataset:
   """Parses a dataset id such as ``cifar10`` or ``mnist:pad``.
 
+  ``folder:PATH`` and ``npz:FILE`` are read from disk (:mod:`dfkd_jax.file_datasets`).
+
   Raises:
     ValueError: unknown source or option, naming the valid ones.
+    FileNotFoundError: the folder or file of a file dataset is missing.
   """
   name, _, option = dataset_id.partition(":")
+  from dfkd_jax import file_datasets  # pylint: disable=g-import-not-at-top
+  if name in file_datasets.PREFIXES:
+    return Dataset(file_datasets.parse(dataset_id), "bilinear")
   if name not in SPECS:
     raise ValueError(f"unknown dataset {dataset_id!r}; valid datasets: "
-                     f"{', '.join(SPECS)} (28x28 ones also as '<name>:pad')")
+                     f"{', '.join(SPECS)} (28x28 ones also as '<name>:pad'), "
+                     "folder:PATH, npz:FILE")
   if option not in ("", "pad") or (option and SPECS[name].image_shape[0] != 28):
     raise ValueError(f"unknown option {option!r} in dataset {dataset_id!r}; only the "
                      "28x28 datasets (mnist, fashion_mnist) take ':pad'")
@@ -155,7 +173,7 @@ def dataset_ids() -> list[str]:
 
 def load_split(dataset_id: str, split: str, *,
                data_dir: str | os.PathLike | None = None,
-               cache: bool = True) -> ArraySplit:
+               cache: bool = True, image_size: int = 0) -> ArraySplit:
   """Loads a whole split (``train`` or ``test``) into memory, as stored.
 
   The decoded arrays of a TFDS or Tiny-ImageNet split are cached on disk
@@ -168,9 +186,10 @@ def load_split(dataset_id: str, split: str, *,
     data_dir: the TFDS data directory (or the folder holding ``tiny-imagenet-200``);
       defaults to ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``. Unused for digits.
     cache: read and write the decoded-split cache.
+    image_size: ``S`` resizes a file dataset's images to ``S x S``; 0 = native.
 
   Returns:
-    The split's images (native size, uint8 or digits' 0..16 values) and labels.
+    The split's images (native size, uint8, digits' 0..16 or float [0, 1]) and labels.
 
   Raises:
     ValueError: unknown dataset or split.
@@ -179,10 +198,14 @@ def load_split(dataset_id: str, split: str, *,
   spec = get_dataset(dataset_id).spec
   if split not in ("train", "test"):
     raise ValueError(f"unknown split {split!r}; valid splits: train, test")
+  spec.stored_shape(image_size)  # Checks image_size.
   data_dir = pathlib.Path(data_dir or DEFAULT_DATA_DIR).expanduser()
+  cache_root = data_cache.cache_root(data_dir) if cache else None
+  from dfkd_jax import file_datasets  # pylint: disable=g-import-not-at-top
+  if isinstance(spec, file_datasets.FileSpec):
+    return spec.load(split, cache_root, image_size)
   if spec.name == "digits":
     return _load_digits(split)
-  cache_root = data_cache.cache_root(data_dir) if cache else None
   if spec.name == "tiny_imagenet":
     return _load_tiny_imagenet(data_dir, split, cache_root)
   return _load_tfds(spec, split, data_dir, cache_root)
@@ -364,6 +387,9 @@ def preprocess(images: np.ndarray, dataset: Dataset, *, pixel_max: float,
     flip = rng.random(x.shape[0]) < 0.5
     x = np.where(flip[:, None, None, None], x[:, :, ::-1], x)
   mean, std = normalization or (dataset.spec.mean, dataset.spec.std)
+  if not len(mean):
+    raise ValueError(f"dataset {dataset.id!r} has no standard normalisation; pass the "
+                     "teacher's (mean, std)")
   mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
   return ((x - mean) / std).astype(np.float32)
 
@@ -447,27 +473,51 @@ def eval_rows(split: ArraySplit, dataset_id: str, indices: np.ndarray, *,
   return Batch(images, split.labels[idx], mask)
 
 
-def check_teacher_fits(meta, dataset_id: str) -> None:
+def check_teacher_fits(meta, dataset_id: str, image_size: int = 0) -> None:
   """Checks that a teacher (``TeacherMeta``) can be evaluated on ``dataset_id``.
 
+  A built-in dataset must be the teacher's own source; a ``folder:``/``npz:`` dataset
+  may be any data with the teacher's classes and input shape (at ``image_size``).
+
   Raises:
-    ValueError: unknown dataset, or classes / input shape that do not fit it, naming
-      both values and the fix.
+    ValueError: unknown dataset, or a source, classes or input shape that do not fit,
+      naming both values and the fix.
   """
   dataset = get_dataset(dataset_id)
   spec = dataset.spec
+  own_data = (f"use a teacher trained on {dataset.id!r} (this one records dataset "
+              f"{meta.dataset!r})")
+  files = spec.name not in SPECS  # folder: or npz:.
   if int(meta.num_classes) != spec.num_classes:
+    fix = (f"give it data of all {meta.num_classes} classes (empty class folders count; "
+           "an npz can name them in a `classes` array)" if files else own_data)
     raise ValueError(
         f"teacher {meta.arch!r} has {meta.num_classes} classes but dataset "
-        f"{dataset.id!r} has {spec.num_classes}; use a teacher trained on "
-        f"{dataset.id!r} (this one records dataset {meta.dataset!r})")
+        f"{dataset.id!r} has {spec.num_classes}; {fix}")
   shape = tuple(int(d) for d in meta.input_shape)
-  valid = {spec.image_shape, model_input_shape(dataset.id, to_32x32=True)}
+  stored = spec.stored_shape(image_size)
+  valid = {stored} | ({(32, 32, stored[2])} if stored[:2] == (28, 28) else set())
   if shape not in valid:
+    fix = own_data
+    if files and shape[2] == stored[2]:
+      fix = f"set config.image_size={shape[0]} to resize the images (bilinear)"
     raise ValueError(
         f"teacher {meta.arch!r} takes inputs of shape {shape} but dataset "
-        f"{dataset.id!r} gives {' or '.join(map(str, sorted(valid)))}; use a teacher "
-        f"trained on {dataset.id!r} (this one records dataset {meta.dataset!r})")
+        f"{dataset.id!r} gives {' or '.join(map(str, sorted(valid)))}; {fix}")
+  if not files and meta.dataset.partition(":")[0] != spec.name:
+    raise ValueError(f"teacher {meta.arch!r} was trained on {meta.dataset!r}, not on "
+                     f"dataset {dataset.id!r}; {own_data}")
+
+
+def evaluation_dataset(meta, dataset_id: str) -> str:
+  """The dataset id a teacher (``TeacherMeta``) and its students are evaluated with.
+
+  ``dataset_id`` itself for a ``folder:``/``npz:`` dataset (any data of the teacher's
+  classes); else the teacher's recorded id, whose variant (``mnist:pad``) decides the
+  preprocessing.
+  """
+  dataset = get_dataset(dataset_id)
+  return dataset.id if dataset.spec.name not in SPECS else meta.dataset
 
 
 # ---------------------------------------------------------------------------

@@ -56,6 +56,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.student_update = ""          # Override of the method's update; "" = the preset's.
   c.dataset = "digits"           # Test set the student is evaluated on every epoch.
   c.data_dir = ""                # TFDS data dir ("" = $TFDS_DATA_DIR or ~/tensorflow_datasets).
+  c.image_size = 0               # folder:/npz: data: resize images to SxS (PIL bilinear); 0 = native.
   c.teacher_dir = ""             # Teacher checkpoint (train_teacher or convert).
   c.teacher_config = ""          # If set and teacher_dir has no teacher: train it first.
   c.student = "digits_cnn_half"
@@ -378,10 +379,7 @@ def build(config: ml_collections.ConfigDict, log: Callable[[str], None] = print,
   method = validate(config, mesh)
   teacher, teacher_variables, meta = _load_teacher(config)
   dataset = data.get_dataset(config.dataset)
-  data.check_teacher_fits(meta, dataset.id)
-  if data.get_dataset(meta.dataset).spec.name != dataset.spec.name:
-    raise ValueError(f"config.dataset={config.dataset!r} but the teacher at "
-                     f"{config.teacher_dir} was trained on {meta.dataset!r}")
+  data.check_teacher_fits(meta, dataset.id, config.image_size)
   if config.generator_loss.bn_prior and not teacher_variables.get("batch_stats"):
     raise ValueError(f"config.generator_loss.bn_prior={config.generator_loss.bn_prior}"
                      f" needs a teacher with BatchNorm, but the {meta.arch} teacher at "

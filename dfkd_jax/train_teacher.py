@@ -63,6 +63,11 @@ def default_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.dataset = ""
   config.data_dir = ""  # Empty: $TFDS_DATA_DIR or ~/tensorflow_datasets.
+  config.image_size = 0  # folder:/npz: datasets: resize images to SxS; 0 = native size.
+  # Input normalisation recorded in the teacher; empty: the dataset's constants, or for
+  # folder:/npz: datasets the per-channel mean/std of the train split.
+  config.mean = ()
+  config.std = ()
   config.model = ""
   config.num_epochs = 200
   config.batch_size = 128
@@ -173,21 +178,32 @@ def train_and_save(config: ml_collections.ConfigDict, workdir: str | os.PathLike
   _check_workdir(workdir, config.overwrite)
   dataset = data.get_dataset(config.dataset)
   spec = dataset.spec
-  input_shape = models.input_shape(config.model, channels=spec.image_shape[2])
-  meta = teacher_lib.TeacherMeta(
+  channels = spec.stored_shape(config.image_size)[2]
+  input_shape = models.input_shape(config.model, channels=channels)
+  given = _given_normalization(config, spec, channels)
+  meta = teacher_lib.TeacherMeta(  # Normalisation from the train split: filled below.
       arch=config.model, num_classes=spec.num_classes, input_shape=input_shape,
-      mean=spec.mean, std=spec.std, dataset=dataset.id, source="train_teacher")
-  data.check_teacher_fits(meta, dataset.id)
+      mean=given[0] if given else (0.0,) * channels,
+      std=given[1] if given else (1.0,) * channels, dataset=dataset.id,
+      source="train_teacher")
+  data.check_teacher_fits(meta, dataset.id, config.image_size)
   module = models.get(config.model, num_classes=spec.num_classes,
                       input_shape=input_shape)
 
   start = time.time()
   data_dir = config.data_dir or None
-  train_split = data.load_split(dataset.id, "train", data_dir=data_dir)
-  test_split = data.load_split(dataset.id, "test", data_dir=data_dir)
+  train_split = data.load_split(dataset.id, "train", data_dir=data_dir,
+                                image_size=config.image_size)
+  test_split = data.load_split(dataset.id, "test", data_dir=data_dir,
+                               image_size=config.image_size)
+  if not given:
+    from dfkd_jax import file_datasets  # pylint: disable=g-import-not-at-top
+    mean, std = file_datasets.normalization(train_split)
+    meta = dataclasses.replace(meta, mean=mean, std=std)
+  normalization = (meta.mean, meta.std)
   log(f"{dataset.id}: {len(train_split.labels)} train / {len(test_split.labels)} test "
       f"examples loaded in {time.time() - start:.1f}s; model {config.model} "
-      f"input {input_shape}")
+      f"input {input_shape}, normalisation mean {list(meta.mean)} std {list(meta.std)}")
 
   mesh = parallel.make_mesh()
   parallel.check_divisible(config.batch_size, "config.batch_size", mesh)
@@ -216,7 +232,8 @@ def train_and_save(config: ml_collections.ConfigDict, workdir: str | os.PathLike
       for batch in data.train_batches(train_split, dataset.id,
                                       batch_size=config.batch_size, seed=config.seed,
                                       epoch=epoch, image_shape=input_shape,
-                                      augment=config.augment):
+                                      augment=config.augment,
+                                      normalization=normalization):
         images, labels = parallel.global_batch(
             lambda rows, b=batch: (b.images[rows], b.labels[rows]), config.batch_size,
             mesh)
@@ -224,7 +241,8 @@ def train_and_save(config: ml_collections.ConfigDict, workdir: str | os.PathLike
         losses.append(loss)
     variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
     accuracy = evaluation.accuracy(eval_step, variables, test_split, dataset.id,
-                                   image_shape=input_shape, normalization=None,
+                                   image_shape=input_shape,
+                                   normalization=normalization,
                                    batch_size=config.eval_batch_size, mesh=mesh)
     log(f"epoch {epoch + 1}/{config.num_epochs}: train loss "
         f"{float(jnp.mean(jnp.stack(losses))):.4f}, test accuracy {accuracy:.2f}% "
@@ -238,6 +256,23 @@ def train_and_save(config: ml_collections.ConfigDict, workdir: str | os.PathLike
   log(f"saved teacher {config.model} ({accuracy:.2f}% test accuracy) to {path} "
       f"after {time.time() - start:.1f}s")
   return meta
+
+
+def _given_normalization(config: ml_collections.ConfigDict, spec: data.DatasetSpec,
+                         channels: int) -> tuple[tuple[float, ...], ...] | None:
+  """``(mean, std)`` of the config, else the dataset's; ``None``: from the train split.
+
+  Raises:
+    ValueError: only one of ``config.mean``/``config.std`` set, or a wrong length.
+  """
+  mean, std = tuple(config.mean), tuple(config.std)
+  if mean or std:
+    if len(mean) != channels or len(std) != channels or min(std) <= 0:
+      raise ValueError(f"config.mean={list(mean)} and config.std={list(std)} need "
+                       f"{channels} value(s) each (one per channel), std > 0; or leave "
+                       "both empty")
+    return mean, std
+  return (spec.mean, spec.std) if spec.mean else None
 
 
 def main(argv: Sequence[str]) -> None:

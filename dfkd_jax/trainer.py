@@ -424,7 +424,8 @@ def _accuracy(setup: experiment.Setup, eval_step, variables, split
   """Test accuracy (%) of a classifier fed as the teacher is (its preprocessing); a
   list, one per replica, for a replicas eval step."""
   meta = setup.teacher_meta
-  return evaluation.accuracy(eval_step, variables, split, meta.dataset,
+  return evaluation.accuracy(eval_step, variables, split,
+                             data.evaluation_dataset(meta, setup.config.dataset),
                              image_shape=meta.input_shape,
                              normalization=(meta.mean, meta.std),
                              batch_size=setup.config.eval_batch_size, mesh=setup.mesh)
@@ -467,7 +468,9 @@ def _run(setup: experiment.Setup, workdir: pathlib.Path, log, primary: bool,
   with progress.Heartbeat(log, "preparing the run", "preparing the run: test set, "
                           "models, checkpoints, teacher accuracy ...",
                           config.progress_seconds):
-    test_split = data.load_split(meta.dataset, "test", data_dir=config.data_dir or None)
+    test_split = data.load_split(data.evaluation_dataset(meta, config.dataset), "test",
+                                 data_dir=config.data_dir or None,
+                                 image_size=config.image_size)
     state = iteration_lib.init_replicas(setup)
     state = parallel.put(state, mesh,
                          iteration_lib.state_specs(state, setup.replay, replicas))
@@ -481,7 +484,8 @@ def _run(setup: experiment.Setup, workdir: pathlib.Path, log, primary: bool,
           setup, evaluation.make_eval_step(setup.teacher), teacher_vars, test_split)
       for history in histories:
         history.teacher_accuracy = teacher_accuracy
-      log(f"teacher {meta.arch}: {teacher_accuracy:.2f}% on the {meta.dataset} test set")
+      log(f"teacher {meta.arch}: {teacher_accuracy:.2f}% on the "
+          f"{data.evaluation_dataset(meta, config.dataset)} test set")
   if replicas:
     log(f"{len(seeds)} replicas in one program: seeds {seeds[0]}-{seeds[-1]}, summaries "
         f"in {replica_dir(workdir, seeds[0]).parent}/seed_<seed>")

@@ -1,0 +1,399 @@
+"""Your own data: ``folder:PATH`` (ImageFolder layout) and ``npz:FILE`` datasets.
+
+Hooked into :func:`dfkd_jax.data.get_dataset` by their prefix; the spec of one such
+dataset (:class:`FileSpec`) carries what :mod:`dfkd_jax.data` needs (classes, stored
+shape) and how to load its splits.
+
+* ``folder:PATH``: torchvision's ``ImageFolder`` layout, ``PATH/test/<class>/*`` (and
+  ``PATH/train/<class>/*`` to train a teacher; distillation only evaluates on
+  ``test/``). Files with torchvision's image extensions (``.png``, ``.jpg``, ...) are
+  read; others and hidden files are skipped. Class index = position in the sorted
+  class-folder names of ``train/`` (of ``test/`` when there is no ``train/``), as
+  torchvision does; an empty class folder still counts as a class. Images are grayscale
+  (one channel) when every image is, else RGB.
+* ``npz:FILE``: arrays ``x_test``, ``y_test`` (and ``x_train``, ``y_train``): uint8
+  (0..255) or float images in [0, 1], ``[N, H, W, C]`` or ``[N, H, W]``, integer labels;
+  optionally ``classes`` (the class names): labels must lie in ``0..len(classes)-1``;
+  without it the classes are ``0..max(y_train)`` (of ``y_test`` without a train split).
+
+Images keep their native size when all agree; ``image_size=S`` (``config.image_size``)
+resizes every image to ``S x S`` when it is loaded, with PIL's bilinear filter (what
+torchvision's ``Resize((S, S))`` does to PIL images; antialiased when shrinking), so the
+stored split is ``S x S``. Decoded (and resized) splits go through
+:mod:`dfkd_jax.data_cache`, keyed by the dataset's absolute path, the split, the size and
+a fingerprint (names, sizes, modification times) of the files read, so an added, removed
+or edited file is noticed. There is no augmentation and no standard normalisation: a
+teacher trained by ``train_teacher`` takes ``config.mean``/``config.std`` or the per-channel
+mean/std of its train split, and records them in its metadata.
+
+Parsing the id checks the layout and reads every image's header (size and colour mode),
+once per process while the folders are unchanged (1797 digit PNGs: 0.5 s), so a
+missing, empty or unreadable input is reported before anything is compiled.
+
+The dataset id is recorded with the absolute path (``folder:/data/pets``). Distillation
+evaluates on ``config.dataset``, which may be another folder or file than the teacher's
+(a labelled test set of the same classes), so a teacher whose data moved still works.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import os
+import pathlib
+import zipfile
+
+import numpy as np
+
+from dfkd_jax import data
+from dfkd_jax import data_cache
+
+PREFIXES = ("folder", "npz")
+# torchvision.datasets.folder.IMG_EXTENSIONS.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff",
+                    ".webp")
+_GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
+SPLITS = ("train", "test")
+
+
+@dataclasses.dataclass(frozen=True)
+class FileSpec(data.DatasetSpec):
+  """A ``folder:`` or ``npz:`` dataset, as found on disk.
+
+  ``name`` is the id with the absolute path; ``image_shape`` the native ``(H, W, C)``
+  (``H = W = 0`` when the images differ in size); ``mean``/``std`` are empty (a teacher
+  takes them from its config or its train split).
+
+  Attributes:
+    path: the absolute folder or file.
+    classes: class names, by index.
+    splits: the splits present (``train``, ``test``).
+    mixed_sizes: when the images differ in size, two that differ, in words.
+  """
+
+  path: str = ""
+  classes: tuple[str, ...] = ()
+  splits: tuple[str, ...] = ()
+  mixed_sizes: str = ""
+
+  @property
+  def source(self) -> str:
+    return self.name.partition(":")[0]
+
+  def stored_shape(self, image_size: int = 0) -> tuple[int, int, int]:
+    """``(H, W, C)`` of the loaded images: ``(S, S, C)`` for ``image_size=S``, else native.
+
+    Raises:
+      ValueError: a bad ``image_size``, or images of several sizes and no ``image_size``.
+    """
+    size = _check_image_size(image_size)
+    channels = self.image_shape[2]
+    if size:
+      return (size, size, channels)
+    if self.mixed_sizes:
+      raise ValueError(f"dataset {self.name!r} has images of several sizes ("
+                       f"{self.mixed_sizes}); set config.image_size=S to resize every "
+                       "image to SxS (bilinear)")
+    return self.image_shape
+
+  def load(self, split: str, cache_root: pathlib.Path | None,
+           image_size: int = 0) -> data.ArraySplit:
+    """Loads ``split`` (resized to ``image_size`` if given) through the data cache.
+
+    Raises:
+      FileNotFoundError: the split is absent.
+      ValueError: unreadable or truncated images, bad arrays (naming them).
+    """
+    shape = self.stored_shape(image_size)
+    if split not in self.splits:
+      what = ("PATH/train/<class>/*" if self.source == "folder" else "x_train, y_train")
+      raise FileNotFoundError(f"dataset {self.name!r} has no {split} split; training a "
+                              f"teacher needs {what}")
+    path = pathlib.Path(self.path)
+    if self.source == "folder":
+      files = _folder_files(path / split, self.classes)
+      listing = [f for f, _ in files]
+      base = path
+      decode = lambda: _decode_folder(files, shape, image_size)
+    else:
+      listing, base = [path], path.parent
+      decode = lambda: _decode_npz(self, split, image_size)
+    if cache_root is None:
+      return data.ArraySplit(*decode())
+    key = {"source": self.name, "split": split, "image_size": int(image_size),
+           "classes": list(self.classes),
+           "files": data_cache.fingerprint(base, listing)}
+    digest = hashlib.sha256(self.name.encode()).hexdigest()[:16]
+    folder = cache_root / "files" / f"{self.source}-{path.name}-{digest}"
+    return data._cached_split(  # pylint: disable=protected-access
+        folder / f"{split}-{image_size or 'native'}.npz", key, decode)
+
+
+def parse(dataset_id: str) -> FileSpec:
+  """The spec of ``folder:PATH`` or ``npz:FILE`` (relative paths: to the working dir).
+
+  Raises:
+    FileNotFoundError: the folder or file is missing.
+    ValueError: empty folders, unreadable images, bad arrays or labels (one line
+      naming the file or value and the fix).
+  """
+  source, _, raw = dataset_id.partition(":")
+  if not raw:
+    raise ValueError(f"dataset {dataset_id!r} names no path; use {source}:PATH")
+  path = pathlib.Path(raw).expanduser().absolute()
+  if source == "folder":
+    if not path.is_dir():
+      raise FileNotFoundError(f"dataset {dataset_id!r}: folder {path} not found; point "
+                              "folder: at a folder holding test/<class>/* images")
+    return _scan_folder(path, _folder_stamp(path))
+  if not path.is_file():
+    raise FileNotFoundError(f"dataset {dataset_id!r}: file {path} not found; point npz: "
+                            "at an .npz with x_test, y_test (np.savez)")
+  stat = path.stat()
+  return _scan_npz(path, (stat.st_size, stat.st_mtime_ns))
+
+
+def normalization(split: data.ArraySplit) -> tuple[tuple[float, ...], tuple[float, ...]]:
+  """Per-channel ``(mean, std)`` of a split's images scaled to [0, 1].
+
+  Accumulated in float64 over chunks, so a large split needs no float copy.
+  """
+  channels = split.images.shape[-1]
+  total, squares, count = np.zeros(channels), np.zeros(channels), 0
+  for start in range(0, len(split.images), 4096):
+    x = split.images[start:start + 4096].astype(np.float64) / split.pixel_max
+    total += x.sum(axis=(0, 1, 2))
+    squares += np.square(x).sum(axis=(0, 1, 2))
+    count += x.size // channels
+  mean = total / count
+  std = np.sqrt(np.maximum(squares / count - np.square(mean), 0.0))
+  if np.any(std <= 0):
+    raise ValueError(f"the train split's images are constant in some channel (std "
+                     f"{std.round(6).tolist()}); set config.mean and config.std")
+  return tuple(mean.round(6).tolist()), tuple(std.round(6).tolist())
+
+
+# ---------------------------------------------------------------------------
+# folder:PATH
+# ---------------------------------------------------------------------------
+
+
+def _check_image_size(image_size) -> int:
+  if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or (
+      image_size < 0):
+    raise ValueError(f"config.image_size={image_size!r} must be an integer >= 0 (0 = "
+                     "native size)")
+  return int(image_size)
+
+
+def _class_folders(folder: pathlib.Path) -> list[str]:
+  return sorted(p.name for p in folder.iterdir()
+                if p.is_dir() and not p.name.startswith("."))
+
+
+def _folder_files(folder: pathlib.Path, classes) -> list[tuple[pathlib.Path, int]]:
+  """``(image file, class index)`` of one split, sorted by class then name."""
+  return [(path, index) for index, name in enumerate(classes)
+          if (folder / name).is_dir()
+          for path in sorted((folder / name).iterdir())
+          if path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")]
+
+
+def _folder_stamp(path: pathlib.Path) -> tuple:
+  """Modification times of the folder and its split and class folders (the memo key)."""
+  stamp = [path.stat().st_mtime_ns]
+  for split in SPLITS:
+    folder = path / split
+    if folder.is_dir():
+      stamp += [(split, folder.stat().st_mtime_ns)] + [
+          (split, c.name, c.stat().st_mtime_ns) for c in folder.iterdir() if c.is_dir()]
+  return tuple(stamp)
+
+
+@functools.lru_cache(maxsize=16)
+def _scan_folder(path: pathlib.Path, stamp: tuple) -> FileSpec:
+  """Checks the layout and reads every image's header (size and mode); memoised."""
+  del stamp  # Part of the memo key only.
+  name = f"folder:{path}"
+  test = path / "test"
+  if not test.is_dir():
+    raise FileNotFoundError(f"dataset {name!r}: no folder {test}; put the labelled test "
+                            "images in test/<class>/* (and train/<class>/* to train a "
+                            "teacher)")
+  splits = tuple(s for s in SPLITS if (path / s).is_dir())
+  classes = _class_folders(path / splits[0])
+  if not classes:
+    raise ValueError(f"dataset {name!r}: {path / splits[0]} has no class folders; put "
+                     f"the images in {path / splits[0]}/<class>/*")
+  if "train" in splits:
+    extra = sorted(set(_class_folders(test)) - set(classes))
+    if extra:
+      raise ValueError(f"dataset {name!r}: class folder {test / extra[0]} is not in "
+                       f"{path / 'train'} (its classes: {', '.join(classes)}); add "
+                       f"train/{extra[0]} or remove test/{extra[0]}")
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  sizes, grey = {}, True
+  for split in splits:
+    files = _folder_files(path / split, classes)
+    if not files:
+      raise ValueError(f"dataset {name!r}: no images in {path / split}/<class>/ "
+                       f"(extensions: {', '.join(IMAGE_EXTENSIONS)})")
+    for file, _ in files:
+      try:
+        with Image.open(file) as image:
+          size, mode = image.size, image.mode
+      except (OSError, ValueError) as e:
+        raise ValueError(f"cannot read image {file} ({e}); replace or remove "
+                         "it") from None
+      sizes.setdefault((size[1], size[0]), file)
+      grey = grey and mode in _GREY_MODES
+  return FileSpec(
+      name=name, num_classes=len(classes),
+      image_shape=_native_shape(sizes, 1 if grey else 3), mean=(), std=(),
+      path=os.fspath(path), classes=tuple(classes), splits=splits,
+      mixed_sizes=_mixed(sizes))
+
+
+def _native_shape(sizes: dict, channels: int) -> tuple[int, int, int]:
+  """``(H, W, C)`` when every image has the one size in ``sizes``, else ``(0, 0, C)``."""
+  h, w = next(iter(sizes)) if len(sizes) == 1 else (0, 0)
+  return (h, w, channels)
+
+
+def _mixed(sizes: dict) -> str:
+  """Two images of different sizes, in words; ``""`` when all agree."""
+  if len(sizes) < 2:
+    return ""
+  (a, file_a), (b, file_b) = list(sizes.items())[:2]
+  return f"{file_a} is {a[0]}x{a[1]}, {file_b} is {b[0]}x{b[1]}"
+
+
+def _decode_folder(files, shape, image_size: int):
+  """Decodes (and resizes) the images of one split: ``(images, labels, pixel_max)``."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  h, w, c = shape
+  images = np.empty((len(files), h, w, c), np.uint8)
+  for i, (file, _) in enumerate(files):
+    try:
+      with Image.open(file) as image:
+        image = image.convert("L" if c == 1 else "RGB")
+        if image_size:
+          image = image.resize((image_size, image_size), Image.BILINEAR)
+    except (OSError, ValueError) as e:
+      raise ValueError(f"cannot decode image {file} ({e}: truncated or corrupt?); "
+                       "replace or remove it") from None
+    pixels = np.asarray(image, np.uint8).reshape(image.size[1], image.size[0], -1)
+    if pixels.shape != (h, w, c):
+      raise ValueError(f"image {file} is {pixels.shape[0]}x{pixels.shape[1]}, the others "
+                       f"{h}x{w}; set config.image_size=S to resize every image to SxS")
+    images[i] = pixels
+  return images, np.asarray([label for _, label in files], np.int32), 255.0
+
+
+# ---------------------------------------------------------------------------
+# npz:FILE
+# ---------------------------------------------------------------------------
+
+
+def _npz_headers(path: pathlib.Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+  """``{array name: (shape, dtype)}`` from the headers, without reading the arrays."""
+  headers = {}
+  try:
+    with zipfile.ZipFile(path) as archive:
+      for member in archive.namelist():
+        if member.endswith(".npy"):
+          with archive.open(member) as f:
+            version = np.lib.format.read_magic(f)
+            read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                    else np.lib.format.read_array_header_2_0)
+            shape, _, dtype = read(f)
+          headers[member[:-4]] = (shape, dtype)
+  except (OSError, ValueError, zipfile.BadZipFile) as e:
+    raise ValueError(f"dataset 'npz:{path}': {path} is not an .npz of arrays ({e}); "
+                     "write it with np.savez(FILE, x_test=..., y_test=...)") from None
+  return headers
+
+
+@functools.lru_cache(maxsize=16)
+def _scan_npz(path: pathlib.Path, stamp: tuple) -> FileSpec:
+  """Checks the arrays' names, shapes, dtypes and labels; memoised."""
+  del stamp  # Part of the memo key only.
+  name = f"npz:{path}"
+  headers = _npz_headers(path)
+  if "x_test" not in headers or "y_test" not in headers:
+    raise ValueError(f"dataset {name!r} holds {sorted(headers)}; it needs x_test and "
+                     "y_test (and x_train, y_train to train a teacher)")
+  splits = tuple(s for s in SPLITS if f"x_{s}" in headers)
+  shapes = {}
+  with np.load(path, allow_pickle=False) as npz:
+    labels = {s: np.asarray(npz[f"y_{s}"]) for s in splits if f"y_{s}" in npz.files}
+    class_names = (tuple(str(c) for c in npz["classes"]) if "classes" in npz.files
+                   else None)
+  for split in splits:
+    shape, dtype = headers[f"x_{split}"]
+    if split not in labels:
+      raise ValueError(f"dataset {name!r} has x_{split} but no y_{split}; add the labels")
+    if len(shape) not in (3, 4) or not (dtype == np.uint8 or dtype.kind == "f"):
+      raise ValueError(f"dataset {name!r}: x_{split} is {dtype} of shape {shape}; it must "
+                       "be uint8 (0..255) or float ([0, 1]) images, [N, H, W, C] or "
+                       "[N, H, W]")
+    y = labels[split]
+    if y.ndim != 1 or len(y) != shape[0]:
+      raise ValueError(f"dataset {name!r}: x_{split} has {shape[0]} images but y_{split} "
+                       f"has shape {y.shape}; give one label per image")
+    if y.dtype.kind not in "iu":
+      raise ValueError(f"dataset {name!r}: y_{split} is {y.dtype}; labels must be "
+                       "integers (class indices)")
+    shapes[split] = (shape[1], shape[2], shape[3] if len(shape) == 4 else 1)
+  if len({c for _, _, c in shapes.values()}) > 1:
+    raise ValueError(f"dataset {name!r}: x_train and x_test have different channels "
+                     f"({shapes}); give both the same")
+  num_classes = (len(class_names) if class_names is not None
+                 else int(labels[splits[0]].max(initial=-1)) + 1)
+  for split, y in labels.items():
+    bad = y[(y < 0) | (y >= num_classes)]
+    if bad.size:
+      where = ("classes" if class_names is not None else
+               f"0..{num_classes - 1}, the labels of y_{splits[0]}")
+      raise ValueError(f"dataset {name!r}: y_{split} has label {int(bad[0])} outside "
+                       f"the classes ({where}); fix the labels or add a `classes` array")
+  sizes = {shape[:2]: f"x_{split}" for split, shape in shapes.items()}
+  channels = shapes["test"][2]
+  return FileSpec(
+      name=name, num_classes=num_classes, image_shape=_native_shape(sizes, channels),
+      mean=(), std=(), pixel_max=255.0, path=os.fspath(path),
+      classes=class_names or tuple(str(i) for i in range(num_classes)), splits=splits,
+      mixed_sizes=_mixed(sizes))
+
+
+def _decode_npz(spec: FileSpec, split: str, image_size: int):
+  """The arrays of one split, NHWC (resized): ``(images, labels, pixel_max)``."""
+  with np.load(spec.path, allow_pickle=False) as npz:
+    images, labels = npz[f"x_{split}"], npz[f"y_{split}"].astype(np.int32)
+  if images.ndim == 3:
+    images = images[..., None]
+  pixel_max = 255.0
+  if images.dtype != np.uint8:
+    images = images.astype(np.float32)
+    low, high = (float(images.min()), float(images.max())) if images.size else (0, 0)
+    if not (np.isfinite(low) and np.isfinite(high) and low >= 0.0 and high <= 1.0):
+      raise ValueError(f"dataset {spec.name!r}: float x_{split} spans [{low:g}, {high:g}]"
+                       "; float images must lie in [0, 1] (or store uint8 0..255)")
+    pixel_max = 1.0
+  if image_size:
+    images = _resize(images, image_size)
+  return images, labels, pixel_max
+
+
+def _resize(images: np.ndarray, size: int) -> np.ndarray:
+  """PIL bilinear resize of ``[N, H, W, C]`` to ``size x size``, channel by channel."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  out = np.empty((len(images), size, size, images.shape[3]), np.float32)
+  for i, image in enumerate(images.astype(np.float32)):
+    for c in range(images.shape[3]):
+      channel = Image.fromarray(np.ascontiguousarray(image[..., c]))  # Mode F.
+      out[i, ..., c] = np.asarray(channel.resize((size, size), Image.BILINEAR))
+  if images.dtype == np.uint8:
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+  return np.clip(out, 0.0, 1.0)

@@ -1,0 +1,383 @@
+"""Tests of folder:PATH and npz:FILE datasets (dfkd_jax.file_datasets) on real files.
+
+The images are scikit-learn's digits written as PNGs (lossless, so the loaded arrays
+must equal the written ones) and small RGB JPEGs; whole runs train a tiny teacher on a
+folder and distil it for a few iterations.
+"""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dfkd_jax import convert
+from dfkd_jax import data
+from dfkd_jax import experiment
+from dfkd_jax import file_datasets
+from dfkd_jax import teacher as teacher_lib
+from dfkd_jax import train_teacher
+from dfkd_jax import trainer
+from test_trainer import TEACHER_EPOCHS, tiny_config
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+# Class folders named so that their sorted order is not the digit order.
+NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+
+def _digits(split: str) -> tuple[np.ndarray, np.ndarray]:
+  """The digits split as uint8 0..255 ``[N, 8, 8]`` images and digit labels."""
+  source = data.load_split("digits", split)
+  images = np.rint(source.images[..., 0] * (255 / source.pixel_max)).astype(np.uint8)
+  return images, source.labels
+
+
+def _write_folder(root: pathlib.Path, splits=("train", "test")) -> pathlib.Path:
+  for split in splits:
+    images, labels = _digits(split)
+    for i, (image, label) in enumerate(zip(images, labels)):
+      path = root / split / NAMES[label] / f"{i:04d}.png"
+      path.parent.mkdir(parents=True, exist_ok=True)
+      Image.fromarray(image).save(path)
+  return root
+
+
+@pytest.fixture(name="cache_dir", autouse=True)
+def fixture_cache_dir(tmp_path, monkeypatch):
+  """Each test's decoded-split cache in its own folder (never the user's)."""
+  monkeypatch.setenv("DFKD_JAX_DATA_CACHE", str(tmp_path / "cache"))
+  return tmp_path / "cache"
+
+
+@pytest.fixture(name="digits_folder", scope="module")
+def fixture_digits_folder(tmp_path_factory):
+  return _write_folder(tmp_path_factory.mktemp("data") / "digits")
+
+
+def test_folder_classes_are_the_sorted_folder_names_and_the_id_is_absolute(
+    digits_folder, monkeypatch):
+  monkeypatch.chdir(digits_folder.parent)
+  dataset = data.get_dataset("folder:digits")
+  assert dataset.id == f"folder:{digits_folder}"
+  assert dataset.spec.classes == tuple(sorted(NAMES))
+  assert dataset.spec.num_classes == 10 and dataset.spec.image_shape == (8, 8, 1)
+  split = data.load_split(dataset.id, "test")
+  images, digits = _digits("test")
+  # Files are read class by class, sorted by name: the order they were written in.
+  order = np.argsort([sorted(NAMES).index(NAMES[d]) for d in digits], kind="stable")
+  np.testing.assert_array_equal(split.images[..., 0], images[order])
+  np.testing.assert_array_equal(
+      split.labels, [sorted(NAMES).index(NAMES[d]) for d in digits[order]])
+  assert split.pixel_max == 255.0
+
+
+def test_rgb_jpegs_of_mixed_sizes_load_only_resized(tmp_path):
+  rng = np.random.default_rng(0)
+  for i, (cls, size) in enumerate([("cat", (20, 24)), ("cat", (20, 24)),
+                                   ("dog", (30, 16)), ("dog", (12, 12))]):
+    path = tmp_path / "pets" / "test" / cls / f"{i}.jpg"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rng.integers(0, 256, size + (3,), np.uint8)).save(path)
+  dataset_id = f"folder:{tmp_path / 'pets'}"
+  spec = data.get_dataset(dataset_id).spec
+  assert spec.num_classes == 2 and spec.image_shape == (0, 0, 3)
+  with pytest.raises(ValueError, match=r"several sizes \(.*0\.jpg is 20x24, .*2\.jpg is "
+                     r"30x16\); set config.image_size=S"):
+    data.load_split(dataset_id, "test")
+  split = data.load_split(dataset_id, "test", image_size=16)
+  assert split.images.shape == (4, 16, 16, 3) and split.images.dtype == np.uint8
+  np.testing.assert_array_equal(split.labels, [0, 0, 1, 1])
+  # PIL's bilinear resize of the decoded JPEG (torchvision's Resize((16, 16))).
+  with Image.open(tmp_path / "pets" / "test" / "dog" / "2.jpg") as image:
+    expected = np.asarray(image.convert("RGB").resize((16, 16), Image.BILINEAR))
+  np.testing.assert_array_equal(split.images[2], expected)
+
+
+@pytest.mark.parametrize("layout", ["NHW", "NHWC"])
+@pytest.mark.parametrize("dtype", ["uint8", "float32"])
+def test_npz_layouts_and_dtypes_load_as_nhwc(tmp_path, layout, dtype):
+  train_x, train_y = _digits("train")
+  test_x, test_y = _digits("test")
+  arrays = {"x_train": train_x, "y_train": train_y, "x_test": test_x, "y_test": test_y}
+  for key in ("x_train", "x_test"):
+    x = arrays[key] if layout == "NHW" else arrays[key][..., None]
+    arrays[key] = x if dtype == "uint8" else x.astype(np.float32) / 255
+  np.savez(tmp_path / "digits.npz", **arrays)
+  dataset = data.get_dataset(f"npz:{tmp_path / 'digits.npz'}")
+  assert dataset.spec.num_classes == 10 and dataset.spec.image_shape == (8, 8, 1)
+  split = data.load_split(dataset.id, "test")
+  assert split.images.shape == (len(test_y), 8, 8, 1)
+  np.testing.assert_allclose(split.images[..., 0] / split.pixel_max, test_x / 255,
+                             atol=1e-6)
+  np.testing.assert_array_equal(split.labels, test_y)
+  resized = data.load_split(dataset.id, "test", image_size=16)
+  assert resized.images.shape == (len(test_y), 16, 16, 1)
+  assert resized.images.dtype == (np.uint8 if dtype == "uint8" else np.float32)
+  # Upsampling a constant-free image keeps its mean within rounding.
+  np.testing.assert_allclose(resized.images.mean() / resized.pixel_max,
+                             split.images.mean() / split.pixel_max, rtol=0.05)
+
+
+def test_the_cache_notices_changed_and_added_files(digits_folder, tmp_path, cache_dir):
+  root = _write_folder(tmp_path / "digits", splits=("test",))
+  dataset_id = f"folder:{root}"
+  first = data.load_split(dataset_id, "test")
+  assert list(cache_dir.rglob("test-native.npz"))
+  changed = sorted((root / "test" / "eight").iterdir())[0]
+  with Image.open(changed) as image:
+    inverted = 255 - np.asarray(image)
+  Image.fromarray(inverted).save(changed)
+  stat = changed.stat()  # A later edit (file times can be coarser than this test).
+  os.utime(changed, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+  second = data.load_split(dataset_id, "test")
+  np.testing.assert_array_equal(second.images[0, ..., 0], inverted)
+  np.testing.assert_array_equal(second.images[1:], first.images[1:])
+  Image.fromarray(inverted).save(root / "test" / "nine" / "extra.png")
+  third = data.load_split(dataset_id, "test")
+  assert len(third.labels) == len(first.labels) + 1
+
+
+def _image(path: pathlib.Path, size=(8, 8)) -> None:
+  path.parent.mkdir(parents=True, exist_ok=True)
+  Image.fromarray(np.full(size, 128, np.uint8)).save(path)
+
+
+def _truncated(path: pathlib.Path) -> None:
+  rng = np.random.default_rng(0)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  Image.fromarray(rng.integers(0, 256, (64, 64), np.uint8)).save(path)
+  path.write_bytes(path.read_bytes()[:300])
+
+
+def _npz(path: pathlib.Path, **arrays) -> None:
+  defaults = {"x_test": np.zeros((4, 8, 8), np.uint8), "y_test": np.arange(4)}
+  np.savez(path, **{**defaults, **arrays})
+
+
+def _meta(num_classes=2, input_shape=(8, 8, 1), dataset="digits"):
+  return teacher_lib.TeacherMeta("digits_cnn", num_classes, input_shape, (0.5,), (0.5,),
+                                 dataset)
+
+
+# (name, makes the bad input under tmp_path and returns what triggers it, error, match).
+BAD_INPUTS = [
+    ("missing folder", lambda d: lambda: data.get_dataset(f"folder:{d / 'nope'}"),
+     FileNotFoundError, r"folder .*nope not found"),
+    ("no test folder",
+     lambda d: (_image(d / "x" / "train" / "a" / "0.png"),
+                lambda: data.get_dataset(f"folder:{d / 'x'}"))[1],
+     FileNotFoundError, r"no folder .*x/test; put the labelled test images"),
+    ("no class folders",
+     lambda d: ((d / "x" / "test").mkdir(parents=True),
+                lambda: data.get_dataset(f"folder:{d / 'x'}"))[1],
+     ValueError, r"x/test has no class folders"),
+    ("no images",
+     lambda d: ((d / "x" / "test" / "a").mkdir(parents=True),
+                (d / "x" / "test" / "a" / "notes.txt").write_text("hi"),
+                lambda: data.get_dataset(f"folder:{d / 'x'}"))[2],
+     ValueError, r"no images in .*x/test/<class>/"),
+    ("test class not in train",
+     lambda d: (_image(d / "x" / "train" / "a" / "0.png"),
+                _image(d / "x" / "test" / "zebra" / "0.png"),
+                lambda: data.get_dataset(f"folder:{d / 'x'}"))[2],
+     ValueError, r"class folder .*test/zebra is not in .*x/train \(its classes: a\); "
+                 r"add train/zebra"),
+    ("unreadable image",
+     lambda d: ((d / "x" / "test" / "a").mkdir(parents=True),
+                (d / "x" / "test" / "a" / "bad.png").write_text("not a png"),
+                lambda: data.get_dataset(f"folder:{d / 'x'}"))[2],
+     ValueError, r"cannot read image .*a/bad\.png .*replace or remove it"),
+    ("truncated image",
+     lambda d: (_truncated(d / "x" / "test" / "a" / "cut.png"),
+                lambda: data.load_split(f"folder:{d / 'x'}", "test"))[1],
+     ValueError, r"cannot decode image .*a/cut\.png .*truncated or corrupt"),
+    ("mixed sizes",
+     lambda d: (_image(d / "x" / "test" / "a" / "0.png"),
+                _image(d / "x" / "test" / "b" / "1.png", (9, 8)),
+                lambda: data.load_split(f"folder:{d / 'x'}", "test"))[2],
+     ValueError, r"several sizes .*0\.png is 8x8, .*1\.png is 9x8.*config.image_size"),
+    ("teacher needs train",
+     lambda d: (_image(d / "x" / "test" / "a" / "0.png"),
+                lambda: data.load_split(f"folder:{d / 'x'}", "train"))[1],
+     FileNotFoundError, r"has no train split; training a teacher needs "
+                        r"PATH/train/<class>/\*"),
+    ("missing npz", lambda d: lambda: data.get_dataset(f"npz:{d / 'nope.npz'}"),
+     FileNotFoundError, r"file .*nope\.npz not found"),
+    ("not an npz",
+     lambda d: ((d / "x.npz").write_text("text"),
+                lambda: data.get_dataset(f"npz:{d / 'x.npz'}"))[1],
+     ValueError, r"x\.npz is not an \.npz of arrays"),
+    ("npz without x_test",
+     lambda d: (np.savez(d / "x.npz", x_train=np.zeros((2, 8, 8), np.uint8)),
+                lambda: data.get_dataset(f"npz:{d / 'x.npz'}"))[1],
+     ValueError, r"holds \['x_train'\]; it needs x_test and y_test"),
+    ("x/y length mismatch",
+     lambda d: (_npz(d / "x.npz", y_test=np.arange(3)),
+                lambda: data.get_dataset(f"npz:{d / 'x.npz'}"))[1],
+     ValueError, r"x_test has 4 images but y_test has shape \(3,\)"),
+    ("labels outside the classes",
+     lambda d: (_npz(d / "x.npz", x_train=np.zeros((2, 8, 8), np.uint8),
+                     y_train=np.array([0, 1]), y_test=np.array([0, 1, 1, 7])),
+                lambda: data.get_dataset(f"npz:{d / 'x.npz'}"))[1],
+     ValueError, r"y_test has label 7 outside the classes \(0\.\.1, the labels of "
+                 r"y_train\)"),
+    ("labels outside named classes",
+     lambda d: (_npz(d / "x.npz", classes=np.array(["a", "b", "c"])),
+                lambda: data.get_dataset(f"npz:{d / 'x.npz'}"))[1],
+     ValueError, r"y_test has label 3 outside the classes \(classes\)"),
+    ("integer images",
+     lambda d: (_npz(d / "x.npz", x_test=np.zeros((4, 8, 8), np.int64)),
+                lambda: data.get_dataset(f"npz:{d / 'x.npz'}"))[1],
+     ValueError, r"x_test is int64 of shape \(4, 8, 8\); it must be uint8"),
+    ("float images outside [0, 1]",
+     lambda d: (_npz(d / "x.npz", x_test=np.full((4, 8, 8), 255.0, np.float32)),
+                lambda: data.load_split(f"npz:{d / 'x.npz'}", "test"))[1],
+     ValueError, r"float x_test spans \[255, 255\]; float images must lie in \[0, 1\]"),
+    ("teacher classes",
+     lambda d: (_npz(d / "x.npz"),
+                lambda: data.check_teacher_fits(_meta(10), f"npz:{d / 'x.npz'}"))[1],
+     ValueError, r"teacher 'digits_cnn' has 10 classes but dataset .* has 4; give it "
+                 r"data of all 10 classes"),
+    ("teacher input size",
+     lambda d: (_npz(d / "x.npz", x_test=np.zeros((4, 12, 12), np.uint8)),
+                lambda: data.check_teacher_fits(_meta(4), f"npz:{d / 'x.npz'}"))[1],
+     ValueError, r"takes inputs of shape \(8, 8, 1\) but dataset .* gives \(12, 12, 1\); "
+                 r"set config.image_size=8"),
+    ("teacher channels",
+     lambda d: (_npz(d / "x.npz", x_test=np.zeros((4, 8, 8, 3), np.uint8)),
+                lambda: data.check_teacher_fits(_meta(4), f"npz:{d / 'x.npz'}"))[1],
+     ValueError, r"takes inputs of shape \(8, 8, 1\) but dataset .* gives \(8, 8, 3\); "
+                 r"use a teacher trained on"),
+    ("teacher of other data on a built-in dataset",
+     lambda d: lambda: data.check_teacher_fits(_meta(10, dataset=f"folder:{d}"), "digits"),
+     ValueError, r"teacher 'digits_cnn' was trained on 'folder:.*', not on dataset "
+                 r"'digits'; use a teacher trained on 'digits'"),
+    ("image_size of a built-in dataset",
+     lambda d: lambda: data.load_split("digits", "test", image_size=16),
+     ValueError, r"config.image_size=16 resizes folder: and npz: datasets only; "
+                 r"'digits' has fixed 8x8 images"),
+    ("negative image_size",
+     lambda d: (_npz(d / "x.npz"),
+                lambda: data.load_split(f"npz:{d / 'x.npz'}", "test", image_size=-2))[1],
+     ValueError, r"config.image_size=-2 must be an integer >= 0"),
+]
+
+
+@pytest.mark.parametrize("make, error, match", [case[1:] for case in BAD_INPUTS],
+                         ids=[case[0] for case in BAD_INPUTS])
+def test_bad_input_is_one_line_naming_it_and_the_fix(tmp_path, make, error, match):
+  trigger = make(tmp_path)
+  with pytest.raises(error, match=match) as info:
+    trigger()
+  assert "\n" not in str(info.value)
+
+
+def _teacher_config(dataset_id, **overrides):
+  """test_trainer's digits teacher recipe (in one session its compiled step is reused)."""
+  config = experiment.load_config_file(str(REPO / "configs/teacher/digits.py"))
+  config.update({"dataset": dataset_id, "num_epochs": TEACHER_EPOCHS, **overrides})
+  return config
+
+
+@pytest.fixture(name="folder_teacher", scope="module")
+def fixture_folder_teacher(digits_folder, tmp_path_factory):
+  """A digits_cnn teacher trained on the digits PNG folder."""
+  workdir = tmp_path_factory.mktemp("teachers") / "digits_folder"
+  cache = tmp_path_factory.mktemp("cache")
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setenv("DFKD_JAX_DATA_CACHE", str(cache))
+    meta = train_teacher.train_and_save(_teacher_config(f"folder:{digits_folder}"),
+                                        workdir, log=lambda line: None)
+  return workdir, meta
+
+
+def test_teacher_trains_on_a_folder_and_records_its_normalisation(
+    folder_teacher, digits_folder):
+  workdir, meta = folder_teacher
+  assert meta.dataset == f"folder:{digits_folder}" and meta.num_classes == 10
+  assert meta.input_shape == (8, 8, 1) and meta.test_accuracy >= 80.0
+  train = data.load_split(meta.dataset, "train")
+  assert (meta.mean, meta.std) == file_datasets.normalization(train)
+  assert meta.mean[0] == pytest.approx(data.SPECS["digits"].mean[0], abs=2e-3)
+  assert teacher_lib.load_meta(workdir) == meta
+
+
+def test_config_normalisation_is_recorded_and_checked(digits_folder, tmp_path):
+  config = _teacher_config(f"folder:{digits_folder}", mean=(0.5,), std=(0.25,))
+  meta = train_teacher.train_and_save(config, tmp_path / "t", log=lambda line: None)
+  assert (meta.mean, meta.std) == ((0.5,), (0.25,))
+  config = _teacher_config(f"folder:{digits_folder}", mean=(0.5, 0.5, 0.5), std=())
+  with pytest.raises(ValueError, match=r"config.mean=\[0.5, 0.5, 0.5\] and config.std=\[\]"
+                     r" need 1 value\(s\) each"):
+    train_teacher.train_and_save(config, tmp_path / "t2", log=lambda line: None)
+
+
+def _distil_config(teacher_dir, dataset_id, **overrides):
+  # test_trainer's tiny dfkd run: in one session its compiled iteration is reused.
+  return tiny_config(teacher_dir, "dfkd", dataset=dataset_id, **overrides)
+
+
+def test_distillation_evaluates_on_a_test_only_folder(folder_teacher, tmp_path):
+  """The teacher's data stays private: a copy of test/ alone, elsewhere, is enough."""
+  teacher_dir, meta = folder_teacher
+  test_only = _write_folder(tmp_path / "shared_test_set", splits=("test",))
+  result = trainer.run(_distil_config(teacher_dir, f"folder:{test_only}"),
+                       tmp_path / "run", log=lambda line: None)
+  summary = json.loads((tmp_path / "run" / trainer.SUMMARY_FILE).read_text())
+  assert summary["dataset"] == f"folder:{test_only}" == result["dataset"]
+  # The same test images as the teacher's own test/: the same accuracy.
+  assert summary["teacher_accuracy"] == pytest.approx(meta.test_accuracy, abs=1e-3)
+  assert len(summary["test_accuracy"]) == 2 and 0 <= summary["acc_max"] <= 100
+  # Resized test images do not fit the 8x8 teacher: refused before anything is built.
+  with pytest.raises(ValueError, match=r"takes inputs of shape \(8, 8, 1\) but dataset "
+                     r".* gives \(16, 16, 1\)"):
+    trainer.run(_distil_config(teacher_dir, f"folder:{test_only}", image_size=16),
+                tmp_path / "run2", log=lambda line: None)
+  assert not (tmp_path / "run2" / trainer.SUMMARY_FILE).exists()
+
+
+def test_cli_refuses_a_bad_folder_in_one_line_before_training(tmp_path):
+  _image(tmp_path / "x" / "train" / "a" / "0.png")
+  _image(tmp_path / "x" / "test" / "b" / "0.png")
+  proc = subprocess.run(
+      [sys.executable, "-m", "dfkd_jax.train_teacher",
+       f"--config={REPO / 'configs/teacher/digits.py'}",
+       f"--config.dataset=folder:{tmp_path / 'x'}", f"--workdir={tmp_path / 'teacher'}"],
+      capture_output=True, text=True, timeout=120, check=False)
+  assert proc.returncode == 1
+  assert proc.stderr.strip().splitlines()[-1] == (
+      f"error: dataset 'folder:{tmp_path / 'x'}': class folder "
+      f"{tmp_path / 'x' / 'test' / 'b'} is not in {tmp_path / 'x' / 'train'} (its "
+      "classes: a); add train/b or remove test/b")
+  assert not (tmp_path / "teacher").exists()
+
+
+def test_convert_checks_a_pytorch_teacher_on_folder_images(tmp_path):
+  torch = pytest.importorskip("torch")
+  from test_convert import TorchLeNet5  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  for i in range(12):
+    path = tmp_path / "x" / "test" / "abc"[i % 3] / f"{i:02d}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rng.integers(0, 256, (32, 32), np.uint8)).save(path)
+  dataset_id = f"folder:{tmp_path / 'x'}"
+  images = data.load_split(dataset_id, "test").images[..., 0]  # As the folder stores them.
+  torch.manual_seed(0)
+  model = TorchLeNet5(3).eval()
+  torch.save(model.state_dict(), tmp_path / "lenet.pth")
+  with torch.no_grad():  # PyTorch's ToTensor(), Normalize(0.5, 0.5).
+    logits = model((torch.from_numpy(images).float()[:, None] / 255 - 0.5) / 0.5).numpy()
+  np.savez(tmp_path / "check.npz", images=images, logits=logits)
+  lines = []
+  meta = convert.convert(tmp_path / "lenet.pth", "lenet5", 3, tmp_path / "teacher",
+                         dataset=dataset_id, mean=(0.5,), std=(0.5,),
+                         check_inputs=tmp_path / "check.npz", log=lines.append)
+  assert meta.dataset == dataset_id and "top-1 agreement 100.00%" in lines[0]
+  with pytest.raises(ValueError, match=r"--dataset=folder:.* has no standard "
+                     r"normalisation; pass --mean and --std"):
+    convert.convert(tmp_path / "lenet.pth", "lenet5", 3, tmp_path / "t2",
+                    dataset=dataset_id)
