@@ -412,16 +412,21 @@ def export(workdir: str | os.PathLike, fmt: str, out: str | os.PathLike,
 
 
 _FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "The run directory (python -m dfkd_jax.train).")
-flags.DEFINE_enum("format", None, FORMATS, "onnx: one .onnx file (checked in "
-                  "onnxruntime on the test set); torch: a .pth state_dict in the layout "
-                  "python -m dfkd_jax.convert reads; flax: a folder for "
-                  "dfkd_jax.load_student.")
-flags.DEFINE_string("out", None, "The file (onnx, torch) or folder (flax) to write.")
-flags.DEFINE_integer("seed", None, "The replica to export (runs with num_seeds > 1).")
-flags.DEFINE_integer("checkpoint", None, "The checkpoint (step) to export; default the "
-                     "newest.")
-flags.DEFINE_bool("overwrite", False, "Replace an existing --out.")
+
+
+def define_flags() -> None:
+  """The command line's flags, defined only when it runs: the library (and a test
+  process importing it beside `dfkd_jax.convert`, whose --out differs) defines none."""
+  flags.DEFINE_string("workdir", None, "The run directory (python -m dfkd_jax.train).")
+  flags.DEFINE_enum("format", None, FORMATS, "onnx: one .onnx file (checked in "
+                    "onnxruntime on the test set); torch: a .pth state_dict in the layout "
+                    "python -m dfkd_jax.convert reads; flax: a folder for "
+                    "dfkd_jax.load_student.")
+  flags.DEFINE_string("out", None, "The file (onnx, torch) or folder (flax) to write.")
+  flags.DEFINE_integer("seed", None, "The replica to export (runs with num_seeds > 1).")
+  flags.DEFINE_integer("checkpoint", None, "The checkpoint (step) to export; default "
+                       "the newest.")
+  flags.DEFINE_bool("overwrite", False, "Replace an existing --out.")
 
 
 def main(argv: list[str]) -> None:
@@ -447,4 +452,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
