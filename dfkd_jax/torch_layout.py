@@ -119,7 +119,8 @@ def variables_to_state_dict(variables: Mapping[str, Any], arch: str
     arch: a classifier of :data:`TORCH_LAYOUTS`.
 
   Returns:
-    PyTorch name -> C-contiguous float32 array (int64 for the counters).
+    PyTorch name -> a new, writable, C-contiguous float32 array (int64 for the
+    counters), ready for ``torch.from_numpy``.
 
   Raises:
     ValueError: ``arch`` has no PyTorch layout (naming those that have one).
@@ -133,7 +134,7 @@ def variables_to_state_dict(variables: Mapping[str, Any], arch: str
   for (collection, *module_path, leaf_name), value in flat.items():
     module = module_name(arch, tuple(module_path))
     state_dict[f"{module}.{LEAF_NAMES[(collection, leaf_name)]}"] = (
-        np.ascontiguousarray(to_torch_layout(np.asarray(value, np.float32))))
+        np.array(to_torch_layout(np.asarray(value, np.float32)), order="C"))
     if (collection, leaf_name) == ("batch_stats", "mean"):
       state_dict[f"{module}.num_batches_tracked"] = np.zeros((), np.int64)
   return state_dict
