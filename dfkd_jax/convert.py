@@ -29,7 +29,7 @@ will, so this checks ``--dataset``/``--mean``/``--std`` too), or ``inputs``, the
 preprocessed tensors the PyTorch network got (``[N, C, H, W]`` or ``[N, H, W, C]``;
 checks the weights only). See the README for the one-liner that writes it.
 
-PyTorch names understood per architecture:
+PyTorch names understood per architecture (:mod:`dfkd_jax.torch_layout`):
 
 * ``resnet18/34``: CMI / DFAD ``conv1, bn1, layer{s}.{b}.{conv1,bn1,conv2,bn2},
   layer{s}.{b}.shortcut.{0,1}, linear``;
@@ -60,6 +60,7 @@ import numpy as np
 from dfkd_jax import data
 from dfkd_jax import models
 from dfkd_jax import teacher as teacher_lib
+from dfkd_jax import torch_layout
 
 # Input normalisation the peers' published teachers were trained with (CMI
 # ``registry.NORMALIZE_DICT``, DAFL/DFAD), per `dfkd_jax.data` source; the other sources
@@ -118,44 +119,6 @@ def default_normalization(dataset_id: str
   return DATASET_NORMALIZATION.get(spec.name, (spec.mean, spec.std))
 
 
-def _torch_module_name(arch: str, flax_path: tuple[str, ...]) -> str:
-  """PyTorch module name of the Flax module at ``flax_path`` (see module docstring)."""
-  name = flax_path[0]
-  if arch.startswith("resnet"):
-    torchvision = arch.endswith("_64")
-    prefix = "resnet." if torchvision else ""
-    if name == "linear":
-      return prefix + ("fc" if torchvision else "linear")
-    if name.startswith("layer"):
-      stage, block = name[len("layer"):].split("_")
-      sub = {"shortcut_conv": "downsample.0" if torchvision else "shortcut.0",
-             "shortcut_bn": "downsample.1" if torchvision else "shortcut.1"
-             }.get(flax_path[1], flax_path[1])
-      return f"{prefix}layer{stage}.{block}.{sub}"
-    return prefix + name
-  if arch.startswith("wrn"):
-    if name.startswith("block"):
-      group, block = name[len("block"):].split("_")
-      sub = "convShortcut" if flax_path[1] == "shortcut_conv" else flax_path[1]
-      return f"block{group}.layer.{block}.{sub}"
-    return name
-  return ".".join(flax_path)
-
-
-_LEAF_NAMES = {("params", "kernel"): "weight", ("params", "scale"): "weight",
-               ("params", "bias"): "bias", ("batch_stats", "mean"): "running_mean",
-               ("batch_stats", "var"): "running_var"}
-
-
-def _to_flax_layout(array: np.ndarray) -> np.ndarray:
-  """OIHW conv weights -> HWIO; ``[out, in]`` linear weights -> ``[in, out]``."""
-  if array.ndim == 4:
-    return array.transpose(2, 3, 1, 0)
-  if array.ndim == 2:
-    return array.T
-  return array
-
-
 def state_dict_to_variables(state_dict: Mapping[str, Any], arch: str, num_classes: int,
                             input_shape: tuple[int, int, int]) -> dict[str, Any]:
   """Maps a PyTorch ``state_dict`` onto the Flax variables of ``arch``.
@@ -186,13 +149,13 @@ def state_dict_to_variables(state_dict: Mapping[str, Any], arch: str, num_classe
   converted, used, missing, mismatched = {}, set(), [], []
   for path, leaf in flat.items():
     collection, module_path, leaf_name = path[0], path[1:-1], path[-1]
-    key = (f"{_torch_module_name(arch, module_path)}."
-           f"{_LEAF_NAMES[(collection, leaf_name)]}")
+    key = (f"{torch_layout.module_name(arch, module_path)}."
+           f"{torch_layout.LEAF_NAMES[(collection, leaf_name)]}")
     if key not in source:
       missing.append(key)
       continue
     used.add(key)
-    value = _to_flax_layout(source[key])
+    value = torch_layout.to_flax_layout(source[key])
     if value.shape != tuple(leaf.shape):
       mismatched.append(f"{key}: torch {source[key].shape} -> {value.shape}, "
                         f"{arch} expects {tuple(leaf.shape)}")

@@ -1,0 +1,319 @@
+"""`python -m dfkd_jax.export`: a real tiny run's student as ONNX, PyTorch and Flax.
+
+The ONNX file runs in onnxruntime, the PyTorch state_dict in PyTorch definitions of the
+architectures (test_convert's, and a DigitsCNN below), the Flax folder through
+`dfkd_jax.load_student`; each gives the JAX student's predictions, and the test
+accuracy the trainer measured itself.
+"""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import onnx
+import onnxruntime
+import orbax.checkpoint as ocp
+import pytest
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+import dfkd_jax
+from dfkd_jax import convert
+from dfkd_jax import data
+from dfkd_jax import export
+from dfkd_jax import models
+from dfkd_jax import teacher as teacher_lib
+from dfkd_jax import torch_layout
+from dfkd_jax import trainer
+from test_convert import TorchLeNet5, TorchResNet, TorchWRN, _randomise_bn
+from test_trainer import teacher_dir, tiny_config  # pylint: disable=unused-import  # fixture
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+class TorchDigitsCNN(nn.Module):
+  """`digits_cnn*` in PyTorch: 3x3 conv -> BN -> ReLU twice at 8x8, max-pool, once more
+  at 4x4, global average pooling, linear."""
+
+  def __init__(self, widths, num_classes):
+    super().__init__()
+    cin = 1
+    for i, width in enumerate(widths):
+      setattr(self, f"conv{i + 1}", nn.Conv2d(cin, width, 3, 1, 1, bias=False))
+      setattr(self, f"bn{i + 1}", nn.BatchNorm2d(width))
+      cin = width
+    self.fc = nn.Linear(cin, num_classes)
+
+  def forward(self, x):
+    for i in range(3):
+      if i == 2:
+        x = F.max_pool2d(x, 2)
+      x = F.relu(getattr(self, f"bn{i + 1}")(getattr(self, f"conv{i + 1}")(x)))
+    return self.fc(x.mean((2, 3)))
+
+
+TORCH_MODELS = {
+    "resnet18": lambda c: TorchResNet((2, 2, 2, 2), c),
+    "wrn16_1": lambda c: TorchWRN(16, 1, c),
+    "wrn40_2": lambda c: TorchWRN(40, 2, c),
+    "lenet5": TorchLeNet5,
+    "digits_cnn": lambda c: TorchDigitsCNN((32, 32, 64), c),
+    "digits_cnn_half": lambda c: TorchDigitsCNN((16, 16, 32), c),
+}
+
+
+@pytest.fixture(scope="module")
+def run_dir(teacher_dir, tmp_path_factory):
+  """A finished tiny dfkd run: 2 epochs of 2 iterations, checkpoints 2 and 4."""
+  workdir = tmp_path_factory.mktemp("run")
+  trainer.run(tiny_config(teacher_dir, "dfkd"), workdir, log=lambda s: None)
+  return workdir
+
+
+@pytest.fixture(scope="module")
+def replicas_dir(teacher_dir, tmp_path_factory):
+  """A finished tiny mb_dfkd run of 2 replicas, seeds 0 and 1."""
+  workdir = tmp_path_factory.mktemp("replicas")
+  trainer.run(tiny_config(teacher_dir, "mb_dfkd", seed=0, num_seeds=2), workdir,
+              log=lambda s: None)
+  return workdir
+
+
+def run_export(workdir, *flags):
+  return subprocess.run(
+      [sys.executable, "-m", "dfkd_jax.export", f"--workdir={workdir}", *flags],
+      capture_output=True, text=True, check=False, cwd=REPO,
+      env={**os.environ, "JAX_PLATFORMS": "cpu"})
+
+
+def summary_accuracy(path: pathlib.Path) -> list[float]:
+  return json.loads((path / trainer.SUMMARY_FILE).read_text())["test_accuracy"]
+
+
+def full_checkpoint_student(workdir, step):
+  """The student of a checkpoint as orbax restores the whole saved state (not the
+  partial restore of the export)."""
+  with ocp.StandardCheckpointer() as checkpointer:
+    state = checkpointer.restore(workdir / "checkpoints" / str(step) / "state")
+  return {"params": state["student"]["params"],
+          "batch_stats": state["student"]["batch_stats"]}
+
+
+def assert_trees_equal(a, b):
+  flat_a = flax.traverse_util.flatten_dict(flax.core.unfreeze(a))
+  flat_b = flax.traverse_util.flatten_dict(flax.core.unfreeze(b))
+  assert flat_a.keys() == flat_b.keys()
+  for key, value in flat_a.items():
+    np.testing.assert_array_equal(np.asarray(value), np.asarray(flat_b[key]), str(key))
+
+
+def test_onnx_export_gives_the_jax_students_predictions(run_dir, tmp_path):
+  out = tmp_path / "student.onnx"
+  result = run_export(run_dir, "--format=onnx", f"--out={out}")
+  assert result.returncode == 0, result.stderr
+  assert "max |logit difference|" in result.stdout and "accuracy ONNX" in result.stdout
+
+  run = export.read_run(run_dir)
+  student = export.restore_student(run, 4, None)
+  images, labels = export.test_set(run, student.card)
+  session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+  assert [i.name for i in session.get_inputs()] == ["images"]
+  got = session.run(["logits"], {"images": images.transpose(0, 3, 1, 2)})[0]
+  want = export.jax_logits(student, images)
+  assert np.max(np.abs(got - want)) <= 1e-5 * np.max(np.abs(want))
+  np.testing.assert_array_equal(got.argmax(-1), want.argmax(-1))
+  # The trainer's own evaluation of this checkpoint.
+  accuracy = 100.0 * np.mean(got.argmax(-1) == labels)
+  assert accuracy == pytest.approx(summary_accuracy(run_dir)[-1], abs=1e-9)
+  assert f"accuracy ONNX {accuracy:.2f}% / JAX {accuracy:.2f}%" in result.stdout
+  metadata = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+  card = json.loads(metadata["dfkd_jax.student"])
+  assert (card["arch"], card["step"], card["seed"]) == ("digits_cnn_half", 4, 0)
+
+
+def test_torch_export_runs_in_pytorch_and_converts_back_exactly(run_dir, tmp_path):
+  out = tmp_path / "student.pth"
+  result = run_export(run_dir, "--format=torch", f"--out={out}")
+  assert result.returncode == 0, result.stderr
+  payload = torch.load(out, weights_only=True)
+  assert payload["student"]["step"] == 4 and payload["student"]["arch"] == "digits_cnn_half"
+
+  model = TorchDigitsCNN((16, 16, 32), 10)
+  model.load_state_dict(payload["state_dict"], strict=True)
+  model.eval()
+  run = export.read_run(run_dir)
+  student = export.restore_student(run, 4, None)
+  images, labels = export.test_set(run, student.card)
+  with torch.no_grad():
+    got = model(torch.from_numpy(images.transpose(0, 3, 1, 2))).numpy()
+  want = export.jax_logits(student, images)
+  np.testing.assert_allclose(got, want, atol=1e-5 * np.max(np.abs(want)), rtol=0)
+  accuracy = 100.0 * np.mean(got.argmax(-1) == labels)
+  assert accuracy == pytest.approx(summary_accuracy(run_dir)[-1], abs=1e-9)
+
+  meta = convert.convert(out, "digits_cnn_half", 10, tmp_path / "teacher",
+                         dataset="digits")
+  assert meta.input_shape == (8, 8, 1)
+  _, variables, _ = teacher_lib.load_teacher(tmp_path / "teacher")
+  assert_trees_equal(variables, full_checkpoint_student(run_dir, 4))
+
+
+@pytest.mark.parametrize("arch", sorted(torch_layout.TORCH_LAYOUTS))
+def test_torch_layout_round_trips_and_runs_in_pytorch(arch):
+  num_classes = 7
+  shape = models.input_shape(arch)
+  module = models.get(arch, num_classes=num_classes)
+  variables = module.init(jax.random.key(1), jnp.zeros((1, *shape)))
+  # Non-trivial running statistics, so that a swapped mean/var would show.
+  key = jax.random.key(2)
+  variables = {"params": variables["params"], "batch_stats": jax.tree.map(
+      lambda a: a + 0.3 * jax.random.uniform(key, a.shape),
+      variables.get("batch_stats", {}))}
+  state_dict = torch_layout.variables_to_state_dict(variables, arch)
+  back = convert.state_dict_to_variables(state_dict, arch, num_classes, shape)
+  assert_trees_equal(back, variables)
+  if arch not in TORCH_MODELS:
+    return
+  model = TORCH_MODELS[arch](num_classes)
+  model.load_state_dict({k: torch.from_numpy(v) for k, v in state_dict.items()},
+                        strict=True)
+  model.eval()
+  x = np.random.default_rng(0).normal(size=(3, *shape)).astype(np.float32)
+  with torch.no_grad():
+    got = model(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
+  with jax.default_matmul_precision("highest"):
+    want = np.asarray(module.apply(variables, x, train=False))
+  np.testing.assert_allclose(got, want, atol=1e-4 * np.max(np.abs(want)), rtol=0)
+
+
+def test_every_torch_layout_names_a_classifier():
+  for arch in torch_layout.TORCH_LAYOUTS:
+    assert models.is_classifier(arch), arch
+
+
+def test_flax_folder_loads_in_two_lines_with_its_card(run_dir, teacher_dir, tmp_path):
+  out = tmp_path / "student"
+  result = run_export(run_dir, "--format=flax", f"--out={out}", "--checkpoint=2")
+  assert result.returncode == 0, result.stderr
+
+  predict = dfkd_jax.load_student(out)
+  card = predict.card
+  teacher = teacher_lib.load_meta(teacher_dir)
+  assert (card.arch, card.num_classes, card.input_shape) == ("digits_cnn_half", 10,
+                                                             (8, 8, 1))
+  assert (card.mean, card.std, card.dataset) == (teacher.mean, teacher.std, "digits")
+  assert (card.method, card.seed, card.step) == ("dfkd", 0, 2)
+  assert card.test_accuracy == summary_accuracy(run_dir)[0]  # Epoch 1 = step 2.
+
+  split = data.load_split("digits", "test")
+  unit_images = data.preprocess(split.images, data.get_dataset("digits"),
+                                pixel_max=split.pixel_max, image_shape=(8, 8, 1),
+                                normalization=((0.0,), (1.0,)))
+  logits = np.asarray(predict(unit_images))
+  run = export.read_run(run_dir)
+  student = export.restore_student(run, 2, None)
+  assert_trees_equal(student.variables, full_checkpoint_student(run_dir, 2))
+  images, labels = export.test_set(run, student.card)
+  np.testing.assert_allclose(logits, export.jax_logits(student, images), atol=1e-5)
+  assert 100.0 * np.mean(logits.argmax(-1) == labels) == pytest.approx(
+      card.test_accuracy, abs=1e-9)
+
+
+def test_a_run_of_replicas_exports_each_seed(replicas_dir, tmp_path):
+  for seed in (0, 1):
+    out = tmp_path / f"seed_{seed}"
+    result = run_export(replicas_dir, "--format=flax", f"--out={out}", f"--seed={seed}")
+    assert result.returncode == 0, result.stderr
+    predict = dfkd_jax.load_student(out)
+    assert predict.card.seed == seed
+    assert predict.card.test_accuracy == summary_accuracy(
+        replicas_dir / f"seed_{seed}")[-1]
+    full = full_checkpoint_student(replicas_dir, 4)
+    assert_trees_equal(predict.variables, jax.tree.map(lambda a, s=seed: a[s], full))
+  kernels = [dfkd_jax.load_student(tmp_path / f"seed_{s}").variables["params"]["fc"]
+             ["kernel"] for s in (0, 1)]
+  assert not np.array_equal(*kernels)
+
+
+def _one_line_error(result) -> str:
+  assert result.returncode == 1, (result.stdout, result.stderr)
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+  return lines[0]
+
+
+@pytest.mark.parametrize("case", ["no_run", "no_checkpoint", "unknown_seed",
+                                  "replicas_without_seed", "unknown_checkpoint",
+                                  "existing_out"])
+def test_bad_input_is_one_line_and_writes_nothing(case, run_dir, replicas_dir, tmp_path):
+  workdir, fmt, flags = run_dir, "flax", []
+  if case == "no_run":
+    workdir = tmp_path / "empty"
+    workdir.mkdir()
+  elif case == "no_checkpoint":  # A run that has not finished its first epoch.
+    workdir = tmp_path / "new_run"
+    workdir.mkdir()
+    (workdir / "run_config.json").write_bytes((run_dir / "run_config.json").read_bytes())
+  elif case == "unknown_seed":
+    workdir, flags = replicas_dir, ["--seed=7"]
+  elif case == "replicas_without_seed":
+    workdir = replicas_dir
+  elif case == "unknown_checkpoint":
+    flags = ["--checkpoint=3"]
+  out = tmp_path / "out" / "student"
+  if case == "existing_out":  # The ONNX file of an earlier export.
+    fmt, out = "onnx", out.with_suffix(".onnx")
+    out.parent.mkdir()
+    out.write_bytes(b"an earlier export")
+  line = _one_line_error(run_export(workdir, f"--format={fmt}", f"--out={out}", *flags))
+  expected = {"no_run": "holds no run (run_config.json not found)",
+              "no_checkpoint": "holds no checkpoint yet",
+              "unknown_seed": "--seed=7 is not a seed of the run",
+              "replicas_without_seed": "holds 2 replicas (seeds 0-1); pass --seed=K",
+              "unknown_checkpoint": "--checkpoint=3 is not in",
+              "existing_out": "already exists; pass --overwrite"}[case]
+  assert expected in line
+  if case == "unknown_seed":
+    assert "its seeds: 0, 1" in line
+  if case == "unknown_checkpoint":
+    assert "it holds steps 2, 4" in line
+  if case == "existing_out":
+    assert out.read_bytes() == b"an earlier export"
+    assert sorted(p.name for p in out.parent.iterdir()) == ["student.onnx"]
+  else:
+    assert not out.parent.exists()
+
+
+def test_torch_format_refuses_an_architecture_it_does_not_cover(run_dir, tmp_path,
+                                                                monkeypatch):
+  """Every registered classifier has a PyTorch layout today, so the student's entry is
+  removed from the table (a patch, in this process) to stand for one that has none."""
+  monkeypatch.delitem(torch_layout.TORCH_LAYOUTS, "digits_cnn_half")
+  out = tmp_path / "out" / "student.pth"
+  with pytest.raises(export.ExportError) as error:
+    export.export(run_dir, "torch", out)
+  message = str(error.value)
+  assert "\n" not in message
+  assert "does not cover the student 'digits_cnn_half'" in message
+  assert "it covers digits_cnn, lenet5" in message and "use --format=onnx" in message
+  assert not out.parent.exists()
+
+
+def test_overwrite_replaces_an_earlier_export(run_dir, tmp_path):
+  out = tmp_path / "student"
+  assert run_export(run_dir, "--format=flax", f"--out={out}",
+                    "--checkpoint=2").returncode == 0
+  assert "already exists" in _one_line_error(
+      run_export(run_dir, "--format=flax", f"--out={out}"))
+  assert dfkd_jax.load_student(out).card.step == 2
+  result = run_export(run_dir, "--format=flax", f"--out={out}", "--overwrite")
+  assert result.returncode == 0, result.stderr
+  assert dfkd_jax.load_student(out).card.step == 4
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["student"]
