@@ -246,6 +246,14 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   if config is None or not workdir:
     raise app.UsageError("--config and --workdir are required")
+  try:
+    config.keys()  # A file that failed to load is a stand-in that raises on first use.
+  except OSError as e:
+    path = config_flags.get_config_filename(flags.FLAGS["config"]).split(":")[0]
+    if not os.path.isfile(path):
+      raise SystemExit(f"error: --config={path}: no such file (from {os.getcwd()}); the "
+                       "teacher configs are in configs/teacher/ of the repository") from None
+    raise SystemExit(f"error: {' '.join(str(e).split())}") from None
   logging.set_verbosity(logging.WARNING)  # As train: orbax logs every save at INFO.
   sys.stdout.reconfigure(line_buffering=True)  # Progress lines reach a log file at once.
   try:

@@ -327,6 +327,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
   if not primary:
     log = lambda message: None  # pylint: disable=unnecessary-lambda-assignment
   workdir_lib.check_writable(workdir)
+  workdir_lib.check_allowed(allow_config_change)
   with progress.Heartbeat(log, "loading", "loading the teacher, building the models ...",
                           config.progress_seconds):
     setup = experiment.build(config, log, mesh)

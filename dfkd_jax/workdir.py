@@ -131,6 +131,19 @@ def _show(v) -> str:
   return json.dumps(v, default=str)
 
 
+def check_allowed(allowed: Iterable[str]) -> set[str]:
+  """``allowed`` as a set, checked before anything is loaded or written.
+
+  Raises:
+    ValueError: ``allowed`` names a field outside :data:`CHANGEABLE`.
+  """
+  allowed = set(allowed)
+  if allowed - CHANGEABLE:
+    raise ValueError(f"--allow_config_change={','.join(sorted(allowed))}: only "
+                     f"{', '.join(sorted(CHANGEABLE))} may change in an existing run")
+  return allowed
+
+
 def check_record(workdir: pathlib.Path, config: dict[str, Any], teacher: dict[str, Any],
                  allowed: Iterable[str] = (), write: bool = True) -> list[str]:
   """Compares ``config`` with the run the workdir holds, then records it.
@@ -154,10 +167,7 @@ def check_record(workdir: pathlib.Path, config: dict[str, Any], teacher: dict[st
   # JSON's view of both sides: tuples and lists compare equal after a reload.
   config, teacher = json.loads(json.dumps(config, default=str)), json.loads(
       json.dumps(teacher, default=str))
-  allowed = set(allowed)
-  if allowed - CHANGEABLE:
-    raise ValueError(f"--allow_config_change={','.join(sorted(allowed))}: only "
-                     f"{', '.join(sorted(CHANGEABLE))} may change in an existing run")
+  allowed = check_allowed(allowed)
   path = workdir / RECORD_FILE
   record = json.loads(path.read_text()) if path.is_file() else None
   changed = []

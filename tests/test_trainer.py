@@ -355,10 +355,30 @@ def test_bad_config_values_are_clear_errors(teacher_dir, overrides, message):
 def test_missing_teacher_is_a_clear_error_before_compiling(tmp_path):
   config = tiny_config(tmp_path / "no_teacher")
   start = time.time()
-  with pytest.raises(FileNotFoundError, match="no teacher at .*train_teacher"):
+  with pytest.raises(FileNotFoundError, match="no teacher at .*train_teacher") as e:
     trainer.run(config, tmp_path / "run", log=lambda s: None)
   assert time.time() - start < 30
   assert not (tmp_path / "run").exists()
+  # The teacher config of the dataset, by name (issue 26, item 6); digits needs no data.
+  assert "--config=configs/teacher/digits.py" in str(e.value)
+  assert "prepare" not in str(e.value)
+  mnist = tiny_config(tmp_path / "no_teacher", dataset="mnist", student="lenet5_half")
+  with pytest.raises(FileNotFoundError) as e:
+    trainer.run(mnist, tmp_path / "run", log=lambda s: None)
+  assert "--config=configs/teacher/mnist.py" in str(e.value)
+  assert "evaluates the student on the mnist test split, so prepare the dataset too " \
+         "(`python -m dfkd_jax.data prepare --dataset=mnist" in str(e.value)
+
+
+def test_an_unknown_student_lists_the_models_that_can_be_students(teacher_dir):
+  """Issue 26, item 9: generators and the VAE are no students."""
+  with pytest.raises(ValueError, match="config.student='resnet' is not a classifier") as e:
+    experiment.validate(tiny_config(teacher_dir, student="resnet"), parallel.make_mesh())
+  valid = str(e.value).split("valid: ")[1].split(", ")
+  assert "lenet5_half" in valid and "resnet18" in valid
+  assert not {"vae", "dafl_generator", "dfad_generator", "mad_generator"} & set(valid)
+  with pytest.raises(ValueError, match="config.student='vae' is not a classifier"):
+    experiment.validate(tiny_config(teacher_dir, student="vae"), parallel.make_mesh())
 
 
 def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(teacher_dir, tmp_path,
@@ -393,7 +413,7 @@ def test_config_argument_names_the_method(arg, method):
 
 
 def test_config_argument_other_than_the_method_is_a_clear_error():
-  with pytest.raises(ValueError, match="method=NAME"):
+  with pytest.raises(ValueError, match="accepted forms are :METHOD and :method=METHOD"):
     experiment.load_config_file("configs/digits.py:seed=3")
 
 
