@@ -24,7 +24,8 @@ job steps with several tasks, or from the flags::
       --num_processes=2 --process_id=0     # and --process_id=1 on the other host
 
 A SIGTERM (preemption) saves a checkpoint at the next iteration boundary and exits with
-status 75; rerunning the same command resumes.
+status 75; so does a first Ctrl-C, with status 130 (a second Ctrl-C stops at once,
+without saving). Rerunning the same command resumes.
 """
 
 from __future__ import annotations
@@ -180,8 +181,13 @@ def main(argv: Sequence[str]) -> None:
     train_teacher_on_first_use(_CONFIG.value)
     result = trainer.run(_CONFIG.value, _WORKDIR.value,
                          allow_config_change=_ALLOW_CONFIG_CHANGE.value)
-  except trainer.Preempted:  # run() logged where it saved.
-    raise SystemExit(distributed.PREEMPTED_EXIT_CODE) from None
+  except trainer.Preempted as e:  # run() logged where it saved.
+    raise SystemExit(e.exit_code) from None
+  except KeyboardInterrupt:  # Ctrl-C before training (the loop saves on Ctrl-C).
+    print("Ctrl-C: stopped before training started; nothing of this run was saved "
+          "beyond what the workdir already held: rerun the same command to start",
+          file=sys.stderr)
+    raise SystemExit(distributed.INTERRUPTED_EXIT_CODE) from None
   except (ValueError, OSError, workdir.WorkdirInUseError,
           trainer.NonFiniteLossError) as e:  # OSError: permissions, a full disk.
     raise SystemExit(f"error: {' '.join(str(e).split())}") from None

@@ -67,10 +67,12 @@ class Preempted(Exception):
   Rerunning the same command resumes from that checkpoint.
   """
 
-  def __init__(self, step: int, checkpoint_dir: pathlib.Path):
+  def __init__(self, step: int, checkpoint_dir: pathlib.Path,
+               exit_code: int = distributed.PREEMPTED_EXIT_CODE):
     super().__init__(f"preempted: saved iteration {step} to {checkpoint_dir}; rerun the "
                      "same command to resume")
     self.step = step
+    self.exit_code = exit_code  # 130 after Ctrl-C.
 
 
 @dataclasses.dataclass
@@ -333,7 +335,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
     setup = experiment.build(config, log, mesh)
   workdir.mkdir(parents=True, exist_ok=True)
   with workdir_lib.Lock(workdir, enabled=primary), \
-      distributed.PreemptionWatch() as preemption:
+      distributed.PreemptionWatch(log) as preemption:
     changed = workdir_lib.check_record(
         workdir, config.to_dict(), dataclasses.asdict(setup.teacher_meta),
         allow_config_change, write=primary)
@@ -525,10 +527,10 @@ def _run(setup: experiment.Setup, workdir: pathlib.Path, log, primary: bool,
         if not saved:
           checkpoints.save(step + 1, state, _histories_to_json(histories))
         checkpoints.close()
-        log(f"preemption notice (SIGTERM): stopped at epoch {epoch + 1}, iteration "
+        log(f"{preemption.notice}: stopped at epoch {epoch + 1}, iteration "
             f"{i + 1} of {per_epoch}, checkpoint saved in {checkpoints.directory}; "
             "rerun the same command to resume")
-        raise Preempted(step + 1, checkpoints.directory)
+        raise Preempted(step + 1, checkpoints.directory, preemption.exit_code)
     checkpoints.close()
     return outputs.finish(histories)
 

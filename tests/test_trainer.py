@@ -293,6 +293,89 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(teacher_dir, tmp_path)
   assert strip(read_metrics(workdir)) == strip(read_metrics(tmp_path / "reference"))
 
 
+def _start(args, **kwargs):
+  """A real training process whose merged stdout/stderr the test reads line by line."""
+  return subprocess.Popen(args, cwd=REPO, env=dict(os.environ, JAX_PLATFORMS="cpu"),
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          **kwargs)
+
+
+def _read_until(proc, words, lines):
+  """Appends ``proc``'s lines to ``lines`` until one holds ``words`` (or it ends)."""
+  for line in proc.stdout:
+    lines.append(line.rstrip("\n"))
+    if words in line:
+      return
+  raise AssertionError(f"{words!r} never came:\n" + "\n".join(lines[-30:]))
+
+
+def test_ctrl_c_saves_at_the_next_iteration_and_the_rerun_resumes(teacher_dir, tmp_path):
+  """Issue 26, item 1: a real SIGINT to a real process, as a terminal's Ctrl-C sends."""
+  config = tiny_config(teacher_dir, "dfkd", num_epochs=1, iterations_per_epoch=400)
+  workdir = tmp_path / "run"
+  args = cli_args(config, workdir) + ["--config.iterations_per_epoch=400"]
+  proc, lines = _start(args), []
+  try:
+    _read_until(proc, "compiled and ran the first iteration", lines)
+    proc.send_signal(signal.SIGINT)
+    lines += proc.communicate(timeout=300)[0].splitlines()
+  finally:
+    proc.kill()
+  text = "\n".join(lines)
+  assert proc.returncode == 130, text
+  assert "Traceback" not in text and "KeyboardInterrupt" not in text, text
+  assert "Ctrl-C: stopping with a checkpoint at the end of the current iteration" in text
+  assert lines[-1].startswith("Ctrl-C: stopped at epoch 1, iteration ") and lines[
+      -1].endswith("rerun the same command to resume"), text
+  step = int(lines[-1].split("iteration ")[1].split(" ")[0])
+  assert 1 <= step < 400, "the run ended before the Ctrl-C; the test proves nothing"
+  assert (workdir / trainer.CHECKPOINT_DIR / str(step)).is_dir()
+  assert len(read_metrics(workdir)) == step
+  resumed = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert f"resumed from {workdir / trainer.CHECKPOINT_DIR}: epoch 1, iteration " \
+         f"{step + 1} of 400" in resumed.stdout
+  assert len(read_metrics(workdir)) == 400
+
+
+def test_a_second_ctrl_c_stops_at_once_even_while_compiling(teacher_dir, tmp_path):
+  """Issue 26, item 1: the main thread is inside XLA's compile when both arrive."""
+  workdir = tmp_path / "run"
+  proc, lines = _start(cli_args(tiny_config(teacher_dir, "lra_mb"), workdir)
+                       + ["--compilation_cache_dir="]), []
+  try:
+    _read_until(proc, "compiling the training iteration", lines)
+    proc.send_signal(signal.SIGINT)
+    _read_until(proc, "press Ctrl-C again to stop at once", lines)
+    proc.send_signal(signal.SIGINT)
+    lines += proc.communicate(timeout=60)[0].splitlines()
+  finally:
+    proc.kill()
+  text = "\n".join(lines)
+  assert proc.returncode == 130, text
+  assert "Traceback" not in text and "compiled and ran" not in text, text
+  assert lines[-1] == ("Ctrl-C again: stopped at once, without saving; the checkpoints "
+                       "saved so far are kept: rerun the same command to resume from "
+                       "the latest")
+  assert not (workdir / trainer.CHECKPOINT_DIR).exists() or not any(
+      (workdir / trainer.CHECKPOINT_DIR).iterdir())
+
+
+def test_ctrl_c_while_loading_is_one_line(teacher_dir, tmp_path):
+  """Issue 26, item 1: before the training loop, Ctrl-C stops with one line too."""
+  proc, lines = _start(cli_args(tiny_config(teacher_dir, "dfkd"), tmp_path / "run")), []
+  try:
+    _read_until(proc, "loading the teacher", lines)
+    proc.send_signal(signal.SIGINT)
+    lines += proc.communicate(timeout=300)[0].splitlines()
+  finally:
+    proc.kill()
+  text = "\n".join(lines)
+  assert proc.returncode == 130, text
+  assert "Traceback" not in text and "KeyboardInterrupt" not in text, text
+  assert lines[-1].startswith("Ctrl-C"), text
+
+
 def test_four_devices_match_one_device(teacher_dir, tmp_path):
   """Sharded over 4 fake CPU devices: same global batch, same numbers (float32)."""
   config = tiny_config(teacher_dir, "lra_mb")
