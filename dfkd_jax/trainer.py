@@ -338,7 +338,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
       distributed.PreemptionWatch(log) as preemption:
     changed = workdir_lib.check_record(
         workdir, config.to_dict(), dataclasses.asdict(setup.teacher_meta),
-        allow_config_change, write=primary)
+        allow_config_change, write=primary, log=log,
+        trained=workdir_lib.has_checkpoint(workdir / CHECKPOINT_DIR))
     for field in changed:
       log(f"config.{field} changed with --allow_config_change (recorded in "
           f"{workdir / workdir_lib.RECORD_FILE})")

@@ -259,3 +259,29 @@ def test_a_bad_allow_config_change_is_refused_before_the_workdir_exists(teacher_
     trainer.run(tiny_config(teacher_dir, "dfkd"), workdir, log=lambda s: None,
                 allow_config_change=["seed"])
   assert not workdir.exists()
+
+
+def test_a_run_that_failed_before_training_does_not_bind_the_workdir(teacher_dir,
+                                                                     tmp_path):
+  """Issue 26, item 4: the record binds the workdir once a checkpoint exists."""
+  # A real failure after the record is written and before the first iteration: the
+  # checkpoint folder cannot be made (a file has its name).
+  (tmp_path / trainer.CHECKPOINT_DIR).write_text("")
+  with pytest.raises(OSError):
+    trainer.run(tiny_config(teacher_dir, "dfkd", num_epochs=1), tmp_path,
+                log=lambda s: None)
+  assert json.loads((tmp_path / workdir_lib.RECORD_FILE).read_text())["config"][
+      "seed"] == 0
+  (tmp_path / trainer.CHECKPOINT_DIR).unlink()
+  # The corrected command, with another result-deciding value, is taken.
+  lines = []
+  trainer.run(tiny_config(teacher_dir, "dfkd", num_epochs=1, seed=3), tmp_path,
+              log=lines.append)
+  assert any("holds no checkpoint: the record of the run that failed or stopped there "
+             "before training is replaced" in line for line in lines)
+  assert json.loads((tmp_path / workdir_lib.RECORD_FILE).read_text())["config"][
+      "seed"] == 3
+  # Now the workdir holds a trained run: other values are refused again.
+  with pytest.raises(workdir_lib.ConfigChangedError, match="seed: 3 -> 4"):
+    trainer.run(tiny_config(teacher_dir, "dfkd", num_epochs=1, seed=4), tmp_path,
+                log=lambda s: None)
