@@ -90,3 +90,11 @@ def _read_scalars(folder):
       for value in event.summary.value:
         scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
   return scalars
+
+
+def test_the_readme_says_where_tensorboard_writes():
+  """Issue 26, item 17: the outputs section names the folder and how to view it."""
+  text = (REPO / "README.md").read_text()
+  outputs = " ".join(text[text.index("## Outputs"):text.index("## Report")].split())
+  assert "`WORKDIR/tensorboard`" in outputs
+  assert "`tensorboard --logdir WORKDIR/tensorboard`" in outputs
