@@ -474,11 +474,12 @@ def _progress(epoch, i, per_epoch, num_epochs, throughput, metrics, remaining) -
   """The rate-limited progress line (with replicas, the losses' mean over replicas)."""
   rate = throughput.per_second
   loss = lambda name: float(np.nanmean(metrics[name]))  # pylint: disable=unnecessary-lambda-assignment
-  line = (f"epoch {epoch + 1}/{num_epochs}, iteration {i + 1}/{per_epoch}: "
-          f"student loss {loss('student_loss'):.4f}, "
-          f"generator loss {loss('generator_loss'):.4f}")
   # No rate (nor ETA) until one is measured: the compiling first call does not count.
-  return line if rate is None else f"{line}, {rate:.2f} it/s, {throughput.eta(remaining)}"
+  return (f"epoch {epoch + 1}/{num_epochs}, iteration {i + 1}/{per_epoch}: "
+          + (f"{rate:.2f} it/s, " if rate else "")
+          + f"student loss {loss('student_loss'):.4f}, "
+          f"generator loss {loss('generator_loss'):.4f}"
+          + (f", {throughput.eta(remaining)}" if rate else ""))
 
 
 def _run(setup: experiment.Setup, workdir: pathlib.Path, log, primary: bool,

@@ -40,7 +40,8 @@ def test_no_rate_until_one_is_measured():
                   "1.5000")
   throughput.add(0.25)
   line = trainer._progress(0, 1, 10, 2, throughput, metrics, 18)  # pylint: disable=protected-access
-  assert line.endswith("generator loss 1.5000, 4.00 it/s, ETA 0.1 min")
+  assert line == ("epoch 1/2, iteration 2/10: 4.00 it/s, student loss 0.5000, generator "
+                  "loss 1.5000, ETA 0.1 min")
 
 
 def _train(config, workdir, cache_dir, *extra):
