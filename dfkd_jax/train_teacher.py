@@ -260,6 +260,10 @@ def main(argv: Sequence[str]) -> None:
     train_and_save(config, workdir)
   except (ValueError, FileNotFoundError, FileExistsError) as e:
     raise SystemExit(f"error: {e}") from None
+  except KeyboardInterrupt:  # The teacher is written at the end, atomically: no half.
+    print(f"Ctrl-C: stopped; no teacher was written to {workdir}: rerun the same command "
+          "to train it", file=sys.stderr)
+    raise SystemExit(130) from None
 
 
 if __name__ == "__main__":
