@@ -261,7 +261,7 @@ def main(argv: Sequence[str]) -> None:
   except (ValueError, FileNotFoundError, FileExistsError) as e:
     raise SystemExit(f"error: {e}") from None
   except KeyboardInterrupt:  # The teacher is written at the end, atomically: no half.
-    print(f"Ctrl-C: stopped; no teacher was written to {workdir}: rerun the same command "
+    print(f"Ctrl-C: stopped; no new teacher was written to {workdir}: rerun the same command "
           "to train it", file=sys.stderr)
     raise SystemExit(130) from None
 
