@@ -5,6 +5,10 @@ r"""Quickstart: distil a digits CNN on scikit-learn's bundled 8x8 digits (no dow
 
 Trains the teacher first (configs/teacher/digits.py, into runs/teachers/digits) if
 there is none. The argument after ':' is the method, ``NAME`` or ``method=NAME`` (default lra_mb).
+
+Measured here (see the comments below): the BatchNorm prior (without it the student
+stalls near 75%) and meta.alpha = 0.1 (the paper's 0.9 costs ~8 points); the sizes are
+chosen to run in minutes on a CPU, the rest is the paper's.
 """
 
 from dfkd_jax import experiment

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import os
 import pathlib
 import shutil
@@ -245,6 +246,13 @@ def _official_archives(spec: DatasetSpec) -> dict[str, tuple[str, int | None, st
           for url, info in url_infos.items()}
 
 
+def archive_source(spec: DatasetSpec) -> str:
+  """Where the official archives of ``spec`` come from (TFDS's registered URLs)."""
+  urls = sorted(url for url, _, _ in _official_archives(spec).values())
+  folders = {url.rsplit("/", 1)[0] + "/" for url in urls}
+  return f"from {folders.pop()}" if len(folders) == 1 else f"from {', '.join(urls)}"
+
+
 def archive_names(spec: DatasetSpec) -> list[str]:
   """The original archive file names TFDS's builder for ``spec`` needs."""
   return sorted(_official_archives(spec))
@@ -268,11 +276,18 @@ def _load_tfds(spec: DatasetSpec, split: str, data_dir: pathlib.Path,
 def _decode_tfds(spec: DatasetSpec, split: str, data_dir: pathlib.Path) -> ArraySplit:
   """Reads a prepared TFDS split with ``tfds.data_source`` (no TensorFlow)."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  absl_logger = logging.getLogger("absl")
+  level = absl_logger.level
+  # TFDS warns of a version folder without dataset_info.json while it looks for the
+  # dataset; the error below says what is missing and how to prepare it.
+  absl_logger.setLevel(max(level, logging.ERROR))
   try:
     source = tfds.data_source(spec.tfds_name, split=split, data_dir=os.fspath(data_dir),
                               download=False)
   except Exception as e:  # pylint: disable=broad-except
     source, failure = None, e  # Diagnosed below, outside the TFDS traceback.
+  finally:
+    absl_logger.setLevel(level)
   if source is None:
     version = tfds.builder_cls(spec.tfds_name).VERSION
     if (data_dir / spec.tfds_name / str(version) / "dataset_info.json").is_file():
@@ -280,7 +295,8 @@ def _decode_tfds(spec: DatasetSpec, split: str, data_dir: pathlib.Path) -> Array
     raise FileNotFoundError(
         f"dataset {spec.name!r} is not prepared under {data_dir} (looked for "
         f"{data_dir / spec.tfds_name / str(version)} in array_record format). Put the "
-        f"original archives {', '.join(archive_names(spec))} in a folder DIR (e.g. "
+        f"original archives {', '.join(archive_names(spec))} ({archive_source(spec)}) "
+        f"in a folder DIR (e.g. "
         f"{manual_dir(data_dir, spec.name)}) and run (needs TensorFlow: pip install "
         f"'dfkd_jax[prepare]'):\n  {_prepare_command(spec, data_dir)}")
   images = np.empty((len(source),) + spec.image_shape, np.uint8)
@@ -593,7 +609,8 @@ def prepare(dataset_id: str, archives: str | os.PathLike,
   missing = [name for name in names if not (archives / name).is_file()]
   if missing:
     raise FileNotFoundError(f"missing archives of {spec.name!r} in {archives}: "
-                            f"{', '.join(missing)} (needed: {', '.join(names)})")
+                            f"{', '.join(missing)} (needed: {', '.join(names)}, the "
+                            f"official files {archive_source(spec)})")
   for name in names:
     _check_archive(spec, archives / name, official[name])
   target = manual_dir(data_dir, spec.name)

@@ -13,7 +13,9 @@ turns a preemption notice into a stop that every process agrees on.
   ``jax.distributed`` running, its preemption sync manager owns SIGTERM (it installs
   its own handler) and :func:`jax.experimental.multihost_utils.reached_preemption_sync_point`
   picks the same iteration on every process, even when only one process was signalled;
-  in a single process a Python handler sets a flag.
+  in a single process a Python handler sets a flag. A first Ctrl-C (SIGINT) is such a
+  notice too (in a multi-process run it is passed on as this process's SIGTERM); a
+  second one ends the process at once, even inside a compilation.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from jax.experimental import multihost_utils
 # Exit status of a run stopped by a preemption notice after saving its checkpoint:
 # EX_TEMPFAIL ("try again later"); launchers rerun the same command to resume.
 PREEMPTED_EXIT_CODE = 75
+# Exit status of a run stopped by Ctrl-C: the shells' 128 + SIGINT.
+INTERRUPTED_EXIT_CODE = 128 + signal.SIGINT
 
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
@@ -131,33 +135,97 @@ class PreemptionWatch:
 
   Call ``reached`` after every iteration with the iteration counter (increasing by one,
   the same on all processes); when it returns True, save a checkpoint and exit.
+
+  Ctrl-C: Python runs a signal handler only between bytecodes of the main thread, which
+  can sit in one XLA compilation or iteration for minutes. So the C-level handler's
+  wake-up byte (:func:`signal.set_wakeup_fd`) is read by a thread that answers at once:
+  the first Ctrl-C is logged as a stop at the next iteration boundary, a second ends
+  the process (exit 130) with one line, without saving; the checkpoints already saved
+  stay and the same command resumes from the latest.
   """
 
-  def __init__(self):
+  def __init__(self, log: Callable[[str], None] = print):
+    self._log = log
     self._signalled = False
     self._previous = None
+    self._previous_sigint = None
+    self._previous_wakeup = None
+    self._pipe = None
+    self._thread = None
     self.distributed = False
+    self.interrupted = False  # Ctrl-C (SIGINT) was pressed.
 
   def _handler(self, signum, frame):  # pylint: disable=unused-argument
     self._signalled = True
 
+  @property
+  def notice(self) -> str:
+    """What stopped the run, for its log line."""
+    return "Ctrl-C" if self.interrupted else "preemption notice (SIGTERM)"
+
+  @property
+  def exit_code(self) -> int:
+    return INTERRUPTED_EXIT_CODE if self.interrupted else PREEMPTED_EXIT_CODE
+
   def __enter__(self) -> "PreemptionWatch":
     self.distributed = jax.distributed.is_initialized()
+    if threading.current_thread() is not threading.main_thread():
+      return self  # Signal handlers can only be set from the main thread.
     # jax.distributed's preemption notifier already traps SIGTERM; replacing its
     # handler would hide the notice from the other processes.
-    if not self.distributed and threading.current_thread() is threading.main_thread():
+    if not self.distributed:
       self._previous = signal.signal(signal.SIGTERM, self._handler)
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # nohup, background jobs.
+      self._watch_ctrl_c()
     return self
+
+  def _watch_ctrl_c(self) -> None:
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    self._pipe = (read_end, write_end)
+    # The Python-level handler only replaces KeyboardInterrupt; the thread acts.
+    self._previous_sigint = signal.signal(signal.SIGINT, lambda signum, frame: None)
+    self._previous_wakeup = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+    self._thread = threading.Thread(target=self._read_signals, args=(read_end,),
+                                    daemon=True, name="ctrl-c watch")
+    self._thread.start()
+
+  def _read_signals(self, read_end: int) -> None:
+    try:
+      while chunk := os.read(read_end, 64):
+        for signum in chunk:
+          if signum == signal.SIGINT:
+            self._on_ctrl_c()
+    finally:
+      os.close(read_end)
+
+  def _on_ctrl_c(self) -> None:
+    if self.interrupted:
+      os.write(2, b"Ctrl-C again: stopped at once, without saving; the checkpoints "
+               b"saved so far are kept: rerun the same command to resume from the "
+               b"latest\n")
+      os._exit(INTERRUPTED_EXIT_CODE)  # pylint: disable=protected-access
+    self.interrupted = True
+    if self.distributed:  # jax's notifier: every process stops at the same iteration.
+      os.kill(os.getpid(), signal.SIGTERM)
+    self._log("Ctrl-C: stopping with a checkpoint at the end of the current iteration "
+              "(press Ctrl-C again to stop at once, without saving)")
 
   def __exit__(self, *exc) -> None:
     if self._previous is not None:
       signal.signal(signal.SIGTERM, self._previous)
       self._previous = None
+    if self._pipe is not None:
+      signal.set_wakeup_fd(self._previous_wakeup)
+      signal.signal(signal.SIGINT, self._previous_sigint)
+      os.close(self._pipe[1])  # The thread reads the end of the pipe and stops.
+      self._thread.join(timeout=5)
+      self._pipe = self._thread = None
 
   def reached(self, step: int) -> bool:
     if self.distributed:
       return multihost_utils.reached_preemption_sync_point(step)
-    return self._signalled
+    return self._signalled or self.interrupted
 
 
 def filesystem_path(path: str | os.PathLike, what: str) -> pathlib.Path:

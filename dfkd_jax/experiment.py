@@ -244,9 +244,13 @@ def validate(config: ml_collections.ConfigDict, mesh) -> methods.Method:
     raise ValueError(f"method {config.method!r}: unknown generator loss "
                      f"{method.generator_loss!r}; valid: "
                      f"{', '.join(generator_objectives.KINDS)}")
-  for name in (config.student, config.generator):
-    if name not in models.names():
-      raise ValueError(f"unknown model {name!r}; valid: {', '.join(models.names())}")
+  students = [n for n in models.names() if models.is_classifier(n)]
+  if config.student not in students:
+    raise ValueError(f"config.student={config.student!r} is not a classifier that can be "
+                     f"a student; valid: {', '.join(students)}")
+  if config.generator not in models.names():
+    raise ValueError(f"unknown model {config.generator!r}; valid: "
+                     f"{', '.join(models.names())}")
   if config.conditional_generator and not models.can_be_conditional(config.generator):
     raise ValueError(f"config.conditional_generator=True needs a class-conditional "
                      f"generator, but config.generator={config.generator!r}; use "
@@ -280,14 +284,26 @@ def has_teacher(config) -> bool:
 def _load_teacher(config) -> tuple[Any, Any, teacher_lib.TeacherMeta]:
   path = teacher_dir(config)
   if not has_teacher(config):
-    how = (f"`python -m dfkd_jax.train` trains it from config.teacher_config="
-           f"{config.teacher_config!r} on first use, or train it with "
-           if config.teacher_config else "train one with ")
-    raise FileNotFoundError(
-        f"no teacher at config.teacher_dir={str(path)!r} (no {teacher_lib.META_FILE}); "
-        f"{how}`python -m dfkd_jax.train_teacher --config=configs/teacher/<dataset>.py "
-        f"--workdir={path}` or import one with `python -m dfkd_jax.convert`")
+    raise FileNotFoundError(_missing_teacher_message(config, path))
   return teacher_lib.load_teacher(path)
+
+
+def _missing_teacher_message(config, path: pathlib.Path) -> str:
+  """How to get the teacher of ``config.dataset``, and that its test split is needed."""
+  spec = data.get_dataset(config.dataset).spec
+  teacher_config = f"configs/teacher/{spec.name}.py"
+  if not (pathlib.Path(__file__).parents[1] / teacher_config).is_file():
+    teacher_config = "configs/teacher/DATASET.py"  # None shipped for this dataset.
+  how = (f"`python -m dfkd_jax.train` trains it from config.teacher_config="
+         f"{config.teacher_config!r} on first use, or train it with "
+         if config.teacher_config else "train one with ")
+  prepare = ("" if spec.tfds_name is None else
+             f"; either way the run evaluates the student on the {spec.name} test split, "
+             f"so prepare the dataset too (`python -m dfkd_jax.data prepare "
+             f"--dataset={spec.name} --archives=DIR --data_dir=DATA_DIR`)")
+  return (f"no teacher at config.teacher_dir={str(path)!r} (no {teacher_lib.META_FILE}); "
+          f"{how}`python -m dfkd_jax.train_teacher --config={teacher_config} "
+          f"--workdir={path}` or import one with `python -m dfkd_jax.convert`{prepare}")
 
 
 def parse_arg(arg: str | None, *, key: str, default: str,
@@ -303,9 +319,9 @@ def parse_arg(arg: str | None, *, key: str, default: str,
   """
   name, sep, value = (arg or "").partition("=")
   if sep and (name != key or not value):
-    raise ValueError(f"config argument {arg!r}: expected NAME or {key}=NAME (e.g. "
-                     f"{config_file or 'configs/cifar10.py'}:{key}={default}); set other "
-                     "fields with --config.FIELD=VALUE")
+    raise ValueError(f"config argument {arg!r}: the accepted forms are :{key.upper()} "
+                     f"and :{key}={key.upper()} (e.g. {config_file or 'configs/cifar10.py'}"
+                     f":{key}={default}); set other fields with --config.FIELD=VALUE")
   value = (value if sep else arg) or default
   if valid is not None and value not in valid:
     raise ValueError(f"unknown {key} {value!r} for {config_file or 'this config'}; "

@@ -252,18 +252,43 @@ def load_teacher(directory: str | os.PathLike
   variables_path = directory / VARIABLES_DIR
   if not variables_path.is_dir():
     raise FileNotFoundError(f"{variables_path} not found: incomplete teacher checkpoint")
-  with ocp.StandardCheckpointer() as checkpointer:
-    target = None
-    if jax.process_count() > 1:
-      # Without a target orbax refuses a checkpoint saved by another process count;
-      # every process reads the whole (small) teacher onto its first local device.
-      local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-      target = jax.tree.map(
-          lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=local),
-          checkpointer.metadata(variables_path).item_metadata.tree)
-    restored = checkpointer.restore(variables_path, target)
+  try:
+    with ocp.StandardCheckpointer() as checkpointer:
+      target = None
+      if jax.process_count() > 1:
+        # Without a target orbax refuses a checkpoint saved by another process count;
+        # every process reads the whole (small) teacher onto its first local device.
+        local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        target = jax.tree.map(
+            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=local),
+            checkpointer.metadata(variables_path).item_metadata.tree)
+      restored = checkpointer.restore(variables_path, target)
+  except Exception as e:  # pylint: disable=broad-except
+    # orbax, tensorstore and json each fail in their own way (many lines); one line.
+    raise ValueError(_damaged_teacher_message(directory, meta, e)) from None
   variables = {"params": restored.get("params", {}) or {},
                "batch_stats": restored.get("batch_stats", {}) or {}}
   _check_variables(_abstract_variables(module, meta), variables, meta.arch)
   return module, variables, meta
 
+
+
+def _damaged_teacher_message(directory: pathlib.Path, meta: TeacherMeta,
+                             error: Exception) -> str:
+  """One line for a teacher whose ``variables/`` cannot be read: which file, the fix."""
+  damaged = None
+  for path in sorted((directory / VARIABLES_DIR).rglob("*")):
+    if path.is_file() and (path.name.startswith("_") or path.parent.name
+                           == "array_metadatas"):  # orbax's JSON files.
+      try:
+        json.loads(path.read_bytes())
+      except (ValueError, OSError):
+        damaged = path
+        break
+  what = (f"{damaged} is not valid JSON" if damaged else
+          f"the arrays under {directory / VARIABLES_DIR} cannot be read (orbax: "
+          f"{type(error).__name__}; a file is truncated or corrupt)")
+  return (f"the teacher at {directory} is damaged: {what}. Make it again: "
+          f"`python -m dfkd_jax.train_teacher --config=configs/teacher/{meta.dataset}.py "
+          f"--workdir={directory} --config.overwrite=True` (a converted teacher: rerun "
+          "`python -m dfkd_jax.convert ... --overwrite`)")

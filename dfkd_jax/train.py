@@ -24,12 +24,14 @@ job steps with several tasks, or from the flags::
       --num_processes=2 --process_id=0     # and --process_id=1 on the other host
 
 A SIGTERM (preemption) saves a checkpoint at the next iteration boundary and exits with
-status 75; rerunning the same command resumes.
+status 75; so does a first Ctrl-C, with status 130 (a second Ctrl-C stops at once,
+without saving). Rerunning the same command resumes.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import sys
 from typing import Sequence
 
@@ -104,13 +106,38 @@ def parse_flags(argv: Sequence[str]) -> Sequence[str]:
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
-    raise SystemExit(f"error: {e}; see --help") from None
+    raise SystemExit(f"error: {_config_file_error(str(e)) or e}; see --help") from None
   except (AttributeError, KeyError, TypeError, ValueError, OSError) as e:
     lines = [l.strip() for l in str(e).replace("\\n", "\n").splitlines() if l.strip()]
-    message = " ".join(lines[-1:] if isinstance(e, OSError) else lines).strip("'\"")
+    message = _unquote(" ".join(lines[-1:] if isinstance(e, OSError) else lines))
     raise SystemExit(f"error: in --config: {message.replace(chr(92), '')} (every field is "
                      "listed in docs/config_fields.md; --print_config shows a "
                      "command line's config)") from None
+
+
+def _unquote(text: str) -> str:
+  """``text`` without the quotes ``repr`` puts around a whole message (a KeyError's)."""
+  if len(text) > 1 and text[0] == text[-1] and text[0] in "'\"":
+    return text[1:-1]
+  return text
+
+
+def _config_file_error(message: str) -> str | None:
+  """The last line of the traceback ml_collections puts in a config file's load error.
+
+  ``--config=FILE:ARG`` runs ``get_config(ARG)`` while the flags are parsed; its
+  exception arrives as a flag error holding the whole traceback. The line kept names
+  the flag and the exception (a bad ``:ARG``: the accepted forms, from
+  :func:`dfkd_jax.experiment.parse_arg`).
+  """
+  head, sep, rest = message.partition(": Error whilst parsing config file")
+  lines = [l.strip() for l in rest.splitlines() if l.strip()]
+  if not sep or not lines:
+    return None
+  last = re.sub(r"^[A-Za-z_.]*(Error|Exception): ", "", lines[-1])
+  if "get_config() takes 0 positional arguments" in last:
+    last = "this config file takes no ':ARG' (only --config.FIELD=VALUE overrides)"
+  return f"{head.removeprefix('flag ')}: {last}"
 
 
 def main(argv: Sequence[str]) -> None:
@@ -128,12 +155,20 @@ def main(argv: Sequence[str]) -> None:
     raise SystemExit(f"error: {' '.join(str(e).split())}") from None
   if config is None:
     raise app.UsageError("--config is required")
+  logging.set_verbosity(logging.WARNING)  # Orbax logs every checkpoint step at INFO.
   if _PRINT_CONFIG.value:
-    print(_CONFIG.value)
+    try:  # Only values a run would accept.
+      experiment.validate(config, parallel.make_mesh())
+    except ValueError as e:
+      raise SystemExit(f"error: {' '.join(str(e).split())}") from None
+    print(config)
     return
   if not _WORKDIR.value:
     raise app.UsageError("--workdir is required")
-  logging.set_verbosity(logging.WARNING)  # Orbax logs every checkpoint step at INFO.
+  try:
+    workdir.check_allowed(_ALLOW_CONFIG_CHANGE.value)
+  except ValueError as e:
+    raise SystemExit(f"error: {e}") from None
   sys.stdout.reconfigure(line_buffering=True)  # Progress lines reach a log file at once.
   if _COMPILATION_CACHE_DIR.value:
     jax.config.update("jax_compilation_cache_dir",
@@ -146,8 +181,13 @@ def main(argv: Sequence[str]) -> None:
     train_teacher_on_first_use(_CONFIG.value)
     result = trainer.run(_CONFIG.value, _WORKDIR.value,
                          allow_config_change=_ALLOW_CONFIG_CHANGE.value)
-  except trainer.Preempted:  # run() logged where it saved.
-    raise SystemExit(distributed.PREEMPTED_EXIT_CODE) from None
+  except trainer.Preempted as e:  # run() logged where it saved.
+    raise SystemExit(e.exit_code) from None
+  except KeyboardInterrupt:  # Ctrl-C before training (the loop saves on Ctrl-C).
+    print("Ctrl-C: stopped before training started; nothing of this run was saved "
+          "beyond what the workdir already held: rerun the same command to start",
+          file=sys.stderr)
+    raise SystemExit(distributed.INTERRUPTED_EXIT_CODE) from None
   except (ValueError, OSError, workdir.WorkdirInUseError,
           trainer.NonFiniteLossError) as e:  # OSError: permissions, a full disk.
     raise SystemExit(f"error: {' '.join(str(e).split())}") from None

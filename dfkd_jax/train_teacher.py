@@ -281,12 +281,24 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   if config is None or not workdir:
     raise app.UsageError("--config and --workdir are required")
+  try:
+    config.keys()  # A file that failed to load is a stand-in that raises on first use.
+  except OSError as e:
+    path = config_flags.get_config_filename(flags.FLAGS["config"]).split(":")[0]
+    if not os.path.isfile(path):
+      raise SystemExit(f"error: --config={path}: no such file (from {os.getcwd()}); the "
+                       "teacher configs are in configs/teacher/ of the repository") from None
+    raise SystemExit(f"error: {' '.join(str(e).split())}") from None
   logging.set_verbosity(logging.WARNING)  # As train: orbax logs every save at INFO.
   sys.stdout.reconfigure(line_buffering=True)  # Progress lines reach a log file at once.
   try:
     train_and_save(config, workdir)
   except (ValueError, FileNotFoundError, FileExistsError) as e:
     raise SystemExit(f"error: {e}") from None
+  except KeyboardInterrupt:  # The teacher is written at the end, atomically: no half.
+    print(f"Ctrl-C: stopped; no new teacher was written to {workdir}: rerun the same command "
+          "to train it", file=sys.stderr)
+    raise SystemExit(130) from None
 
 
 if __name__ == "__main__":

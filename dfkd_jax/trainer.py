@@ -67,10 +67,12 @@ class Preempted(Exception):
   Rerunning the same command resumes from that checkpoint.
   """
 
-  def __init__(self, step: int, checkpoint_dir: pathlib.Path):
+  def __init__(self, step: int, checkpoint_dir: pathlib.Path,
+               exit_code: int = distributed.PREEMPTED_EXIT_CODE):
     super().__init__(f"preempted: saved iteration {step} to {checkpoint_dir}; rerun the "
                      "same command to resume")
     self.step = step
+    self.exit_code = exit_code  # 130 after Ctrl-C.
 
 
 @dataclasses.dataclass
@@ -189,7 +191,12 @@ class Outputs:
       self._metrics = open(workdir / METRICS_FILE, "a")
       tb_dirs = ([workdir / "tensorboard" / f"seed_{seed}" for seed in self.seeds]
                  if self.replicas else [workdir / "tensorboard"])
-      self._tensorboard = [_tensorboard_writer(d, config.tensorboard) for d in tb_dirs]
+      left = completed_iterations < config.num_epochs * config.iterations_per_epoch
+      self._tensorboard = [_tensorboard_writer(d, config.tensorboard and left)
+                           for d in tb_dirs]
+      if config.tensorboard and left:
+        log(f"TensorBoard: every iteration's metrics in {workdir / 'tensorboard'} "
+            f"(view them with: tensorboard --logdir {workdir / 'tensorboard'})")
       for seed in self.seeds if self.replicas else ():
         replica_dir(workdir, seed).mkdir(exist_ok=True)
 
@@ -207,10 +214,14 @@ class Outputs:
       if value is not None:
         writer.add_scalar(name, value, step)
 
-  def iteration(self, epoch: int, i: int, per_replica: Sequence[dict]) -> None:
-    """Writes an iteration's metrics (:func:`_per_replica`: one dict per replica)."""
+  def iteration(self, epoch: int, i: int, per_replica: Sequence[dict],
+                skip: Sequence[int] = ()) -> None:
+    """Writes an iteration's metrics (:func:`_per_replica`: one dict per replica)
+    but those of the replicas in ``skip`` (failed at an earlier iteration)."""
     step = epoch * self.config.iterations_per_epoch + i + 1
     for k, (seed, values) in enumerate(zip(self.seeds, per_replica)):
+      if k in skip:
+        continue
       if self._tensorboard[k]:
         self._scalars(self._tensorboard[k], step, values)
       if self._metrics:
@@ -256,7 +267,9 @@ def _epoch_line(epoch: int, num_epochs: int, histories: Sequence[History], seeds
                 metrics, eta: str) -> str:
   """The log line of a finished epoch: the student's accuracy, or each replica's."""
   teacher = histories[0].teacher_accuracy
-  loss = float(np.nanmean(metrics["student_loss"]))
+  live = [k for k, h in enumerate(histories) if h.failed is None]  # Failed: junk losses.
+  loss = float(np.nanmean(np.asarray(metrics["student_loss"]).reshape(-1)[live]
+                          if len(histories) > 1 else metrics["student_loss"]))
   if len(histories) == 1:
     h = histories[0]
     return (f"epoch {epoch + 1}/{num_epochs}: student {h.test_accuracy[-1]:.2f}% "
@@ -327,15 +340,17 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
   if not primary:
     log = lambda message: None  # pylint: disable=unnecessary-lambda-assignment
   workdir_lib.check_writable(workdir)
+  workdir_lib.check_allowed(allow_config_change)
   with progress.Heartbeat(log, "loading", "loading the teacher, building the models ...",
                           config.progress_seconds):
     setup = experiment.build(config, log, mesh)
   workdir.mkdir(parents=True, exist_ok=True)
   with workdir_lib.Lock(workdir, enabled=primary), \
-      distributed.PreemptionWatch() as preemption:
+      distributed.PreemptionWatch(log) as preemption:
     changed = workdir_lib.check_record(
         workdir, config.to_dict(), dataclasses.asdict(setup.teacher_meta),
-        allow_config_change, write=primary)
+        allow_config_change, write=primary, log=log,
+        trained=workdir_lib.has_checkpoint(workdir / CHECKPOINT_DIR))
     for field in changed:
       log(f"config.{field} changed with --allow_config_change (recorded in "
           f"{workdir / workdir_lib.RECORD_FILE})")
@@ -395,28 +410,36 @@ def _non_finite(metrics) -> str | None:
 
 def _check_finite(per_replica: Sequence[dict], epoch: int, i: int,
                   checkpoints: checkpoints_lib.Checkpoints, histories: Sequence[History],
-                  seeds: Sequence[int], log) -> None:
+                  seeds: Sequence[int], log, compute_dtype: str = "float32") -> list[int]:
   """Marks a replica whose loss is NaN/Inf failed; stops the run when none is left.
 
   A failed replica's History keeps its last good epoch and records nothing more. A
   single run is one replica: its NaN stops it (:class:`NonFiniteLossError`).
+
+  Returns:
+    The replicas that failed at this iteration.
   """
   where = f"at epoch {epoch + 1}, iteration {i + 1}"
-  fix = "Lower the learning rates or meta.alpha, or use compute_dtype=float32."
+  fix = ("Lower the learning rates or meta.alpha" + (
+      "." if compute_dtype == "float32" else ", or use compute_dtype=float32."))
   newly = [(k, bad) for k, (history, metrics) in enumerate(zip(histories, per_replica))
            if history.failed is None and (bad := _non_finite(metrics))]
   for k, bad in newly:
     histories[k].failed = f"{bad} {where}"
   if newly and all(h.failed is not None for h in histories):
     which = "every replica failed, the last: " if len(histories) > 1 else ""
+    latest = checkpoints.latest_step()
+    kept = (f"the last good checkpoint ({latest}) in {checkpoints.directory} is intact"
+            if latest is not None else "no checkpoint was saved before it (a rerun "
+            "starts from the beginning)")
     raise NonFiniteLossError(
-        f"{which}{newly[-1][1]} {where}; the run stopped without saving, and the last "
-        f"good checkpoint ({checkpoints.latest_step()}) in {checkpoints.directory} is "
-        f"intact. {fix}")
+        f"{which}{newly[-1][1]} {where}; the run stopped without saving, and {kept}. "
+        f"{fix}")
   for k, bad in newly:
     log(f"replica {k} (seed {seeds[k]}): {bad} {where}; it is marked failed in its "
         f"summary.json (which keeps its last good epoch), the other replicas go on. "
         f"{fix}")
+  return [k for k, _ in newly]
 
 
 def _accuracy(setup: experiment.Setup, eval_step, variables, split
@@ -452,10 +475,12 @@ def _progress(epoch, i, per_epoch, num_epochs, throughput, metrics, remaining) -
   """The rate-limited progress line (with replicas, the losses' mean over replicas)."""
   rate = throughput.per_second
   loss = lambda name: float(np.nanmean(metrics[name]))  # pylint: disable=unnecessary-lambda-assignment
+  # No rate (nor ETA) until one is measured: the compiling first call does not count.
   return (f"epoch {epoch + 1}/{num_epochs}, iteration {i + 1}/{per_epoch}: "
-          f"{rate or 0:.2f} it/s, student loss {loss('student_loss'):.4f}, "
-          f"generator loss {loss('generator_loss'):.4f}, "
-          f"{throughput.eta(remaining)}")
+          + (f"{rate:.2f} it/s, " if rate else "")
+          + f"student loss {loss('student_loss'):.4f}, "
+          f"generator loss {loss('generator_loss'):.4f}"
+          + (f", {throughput.eta(remaining)}" if rate else ""))
 
 
 def _run(setup: experiment.Setup, workdir: pathlib.Path, log, primary: bool,
@@ -505,8 +530,10 @@ def _run(setup: experiment.Setup, workdir: pathlib.Path, log, primary: bool,
         metrics = jax.device_get(metrics)  # Blocks: one small transfer per iteration.
         throughput.add(time.time() - t0)
       per_replica = _per_replica(metrics, replicas)
-      _check_finite(per_replica, epoch, i, checkpoints, histories, seeds, log)
-      outputs.iteration(epoch, i, per_replica)
+      newly_failed = _check_finite(per_replica, epoch, i, checkpoints, histories, seeds,
+                                   log, config.compute_dtype)
+      outputs.iteration(epoch, i, per_replica, skip=[  # Failed before this iteration.
+          k for k, h in enumerate(histories) if h.failed and k not in newly_failed])
       progress_line(lambda: _progress(epoch, i, per_epoch, config.num_epochs, throughput,
                                       metrics, total - step - 1))
       _record_cosines(histories, per_replica)
@@ -528,10 +555,10 @@ def _run(setup: experiment.Setup, workdir: pathlib.Path, log, primary: bool,
         if not saved:
           checkpoints.save(step + 1, state, _histories_to_json(histories))
         checkpoints.close()
-        log(f"preemption notice (SIGTERM): stopped at epoch {epoch + 1}, iteration "
+        log(f"{preemption.notice}: stopped at epoch {epoch + 1}, iteration "
             f"{i + 1} of {per_epoch}, checkpoint saved in {checkpoints.directory}; "
             "rerun the same command to resume")
-        raise Preempted(step + 1, checkpoints.directory)
+        raise Preempted(step + 1, checkpoints.directory, preemption.exit_code)
     checkpoints.close()
     return outputs.finish(histories)
 

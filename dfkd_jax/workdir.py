@@ -6,7 +6,9 @@
   process never blocks a rerun (the file stays, with the last holder's pid and host).
   A second process gets a one-line error naming the holder.
 * :func:`check_record` -- ``WORKDIR/run_config.json`` records the resolved config of
-  the run the workdir holds and a fingerprint of the fields that decide its result.
+  the run the workdir holds and a fingerprint of the fields that decide its result; it
+  binds the workdir once the run has saved its first checkpoint (a run that failed
+  before, e.g. on missing data, does not block the corrected command).
   Resuming or rerunning with a different value of such a field is an error before
   anything is written, naming the fields, old and new values and the two ways out (a
   new workdir, or ``--allow_config_change=FIELD`` for the fields in
@@ -131,11 +133,33 @@ def _show(v) -> str:
   return json.dumps(v, default=str)
 
 
+def check_allowed(allowed: Iterable[str]) -> set[str]:
+  """``allowed`` as a set, checked before anything is loaded or written.
+
+  Raises:
+    ValueError: ``allowed`` names a field outside :data:`CHANGEABLE`.
+  """
+  allowed = set(allowed)
+  if allowed - CHANGEABLE:
+    raise ValueError(f"--allow_config_change={','.join(sorted(allowed))}: only "
+                     f"{', '.join(sorted(CHANGEABLE))} may change in an existing run")
+  return allowed
+
+
+def has_checkpoint(checkpoint_dir: pathlib.Path) -> bool:
+  """Whether ``checkpoint_dir`` holds a finished checkpoint (a folder named by its step)."""
+  return checkpoint_dir.is_dir() and any(
+      p.name.isdigit() and p.is_dir() for p in checkpoint_dir.iterdir())
+
+
 def check_record(workdir: pathlib.Path, config: dict[str, Any], teacher: dict[str, Any],
-                 allowed: Iterable[str] = (), write: bool = True) -> list[str]:
+                 allowed: Iterable[str] = (), write: bool = True, trained: bool = True,
+                 log=lambda message: None) -> list[str]:
   """Compares ``config`` with the run the workdir holds, then records it.
 
   A workdir without a record (a new run, or one made before records existed) gets one.
+  A record binds the workdir only once its run has saved a checkpoint: the record of a
+  run that failed or was stopped before (``trained=False``) is replaced, with a note.
 
   Args:
     workdir: the run directory.
@@ -143,6 +167,8 @@ def check_record(workdir: pathlib.Path, config: dict[str, Any], teacher: dict[st
     teacher: the teacher's metadata (``TeacherMeta`` as a dict).
     allowed: fields of :data:`CHANGEABLE` whose change the user allows.
     write: write the record (process 0 only).
+    trained: whether the workdir holds a checkpoint of the recorded run.
+    log: where the note on a replaced record goes.
 
   Returns:
     The allowed fields that changed (empty for an unchanged run).
@@ -154,12 +180,15 @@ def check_record(workdir: pathlib.Path, config: dict[str, Any], teacher: dict[st
   # JSON's view of both sides: tuples and lists compare equal after a reload.
   config, teacher = json.loads(json.dumps(config, default=str)), json.loads(
       json.dumps(teacher, default=str))
-  allowed = set(allowed)
-  if allowed - CHANGEABLE:
-    raise ValueError(f"--allow_config_change={','.join(sorted(allowed))}: only "
-                     f"{', '.join(sorted(CHANGEABLE))} may change in an existing run")
+  allowed = check_allowed(allowed)
   path = workdir / RECORD_FILE
   record = json.loads(path.read_text()) if path.is_file() else None
+  if record is not None and not trained:
+    if _result_fields(record["config"]) != _result_fields(config) or record.get(
+        "teacher") != teacher:
+      log(f"workdir {workdir} holds no checkpoint: the record of the run that failed or "
+          "stopped there before training is replaced by this command's config")
+    record = None
   changed = []
   if record is not None:
     # Fields added after a record was written take their default, the value those runs

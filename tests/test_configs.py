@@ -129,3 +129,28 @@ def test_recipes_quote_a_published_number_and_its_source(path):
   assert re.search(r"(Published|reports)[^%]{0,200}\d%", text), path
   assert re.search(r"Table \d", text), path
   assert DOCUMENTED.search(text) or "train_teacher" in text, path
+
+
+def _fields(config, prefix=""):
+  out = set()
+  for key, value in config.items():
+    out |= (_fields(value, f"{prefix}{key}.") if hasattr(value, "items")
+            else {f"{prefix}{key}"})
+  return out
+
+
+PROTOCOL = [p for p in DISTILLATION if p.count("/") == 1]
+
+
+def test_protocol_configs_take_the_same_overrides():
+  """Issue 26, item 18: e.g. --config.generator_options.base_width=32 in every one."""
+  fields = {path: _fields(load(path)) for path in PROTOCOL}
+  reference = fields["configs/mnist.py"]
+  assert "generator_options.base_width" in reference
+  for path, names in fields.items():
+    assert names == reference, (path, names ^ reference)
+
+
+@pytest.mark.parametrize("path", PROTOCOL)
+def test_protocol_configs_say_which_values_were_measured(path):
+  assert re.search(r"\bMeasured( here)?[: ]", docstring(path)), path

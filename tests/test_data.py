@@ -162,10 +162,26 @@ def test_unprepared_dataset_names_archives_and_command(tmp_path):
   assert "cifar-10-binary.tar.gz" in message and str(tmp_path) in message
   assert "python -m dfkd_jax.data prepare --dataset=cifar10" in message
   assert info.value.__cause__ is None and info.value.__context__ is None
-  with pytest.raises(FileNotFoundError, match=r"train-images-idx3-ubyte.gz"):
+  # Where the archives come from (issue 26, item 7).
+  assert "cifar-10-binary.tar.gz (from https://www.cs.toronto.edu/~kriz/)" in message
+  with pytest.raises(FileNotFoundError, match=r"train-images-idx3-ubyte.gz.*the official "
+                     r"files from https://storage.googleapis.com/cvdf-datasets/mnist/\)"):
     data.prepare("mnist", tmp_path / "no_archives", tmp_path)
   with pytest.raises(FileNotFoundError, match=r"tiny-imagenet-200"):
     data.load_split("tiny_imagenet", "test", data_dir=tmp_path)
+
+
+def test_an_unprepared_dataset_is_one_message_without_tfds_warnings(tmp_path):
+  """Issue 26, item 7: TFDS's warning about a folder that does not exist stays out."""
+  result = subprocess.run(
+      [sys.executable, "-c", "import sys\nfrom dfkd_jax import data\n"
+       "data.load_split('mnist', 'test', data_dir=sys.argv[1])", str(tmp_path / "tfds")],
+      capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)),
+      timeout=300, check=False)
+  assert result.returncode == 1 and "FileNotFoundError: dataset 'mnist' is not " \
+      "prepared" in result.stderr
+  assert "Variant folder" not in result.stderr and "WARNING" not in result.stderr, (
+      result.stderr)
 
 
 def _meta(**overrides):

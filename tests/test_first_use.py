@@ -6,6 +6,7 @@ import subprocess
 import time
 
 from dfkd_jax import progress
+from dfkd_jax import trainer
 
 from test_trainer import cli_args, teacher_dir, tiny_config  # pylint: disable=unused-import
 
@@ -30,6 +31,19 @@ def test_eta_leaves_the_compile_out():
   assert throughput.per_second == 2.0 and throughput.eta(120) == "ETA 1.0 min"
 
 
+def test_no_rate_until_one_is_measured():
+  """Issue 26, item 14: the first progress line has no "0.00 it/s" and no ETA."""
+  throughput = progress.Throughput()
+  metrics = {"student_loss": 0.5, "generator_loss": 1.5}
+  line = trainer._progress(0, 0, 10, 2, throughput, metrics, 19)  # pylint: disable=protected-access
+  assert line == ("epoch 1/2, iteration 1/10: student loss 0.5000, generator loss "
+                  "1.5000")
+  throughput.add(0.25)
+  line = trainer._progress(0, 1, 10, 2, throughput, metrics, 18)  # pylint: disable=protected-access
+  assert line == ("epoch 1/2, iteration 2/10: 4.00 it/s, student loss 0.5000, generator "
+                  "loss 1.5000, ETA 0.1 min")
+
+
 def _train(config, workdir, cache_dir, *extra):
   args = cli_args(config, workdir) + [f"--compilation_cache_dir={cache_dir}", *extra]
   out = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=1200,
@@ -51,6 +65,15 @@ def test_second_run_loads_the_iteration_from_the_cache_and_writes_tensorboard(
   scalars = _read_scalars(tmp_path / "a" / "tensorboard")
   assert {"student_loss", "generator_loss", "epoch/test_accuracy"} <= set(scalars)
   assert [step for step, _ in scalars["student_loss"]] == [1, 2]
+  # The log says where they are (issue 26, item 17) ...
+  assert (f"TensorBoard: every iteration's metrics in {tmp_path / 'a' / 'tensorboard'} "
+          f"(view them with: tensorboard --logdir {tmp_path / 'a' / 'tensorboard'})"
+          in first)
+  # ... and rerunning the finished run adds no empty event file (item 13).
+  events = sorted((tmp_path / "a" / "tensorboard").glob("events.out.tfevents.*"))
+  again = _train(config, tmp_path / "a", tmp_path / "xla", "--config.tensorboard=True")
+  assert "holds the finished run" in again and "TensorBoard:" not in again
+  assert sorted((tmp_path / "a" / "tensorboard").glob("events.out.tfevents.*")) == events
 
 
 def _read_scalars(folder):
@@ -68,3 +91,11 @@ def _read_scalars(folder):
       for value in event.summary.value:
         scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
   return scalars
+
+
+def test_the_readme_says_where_tensorboard_writes():
+  """Issue 26, item 17: the outputs section names the folder and how to view it."""
+  text = (REPO / "README.md").read_text()
+  outputs = " ".join(text[text.index("## Outputs"):text.index("## Report")].split())
+  assert "`WORKDIR/tensorboard`" in outputs
+  assert "`tensorboard --logdir WORKDIR/tensorboard`" in outputs

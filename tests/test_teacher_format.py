@@ -88,3 +88,25 @@ def test_meta_validation():
   with pytest.raises(ValueError, match="one value per channel"):
     teacher.TeacherMeta(arch="resnet18", num_classes=10, input_shape=(32, 32, 3),
                         mean=(0.5,), std=(0.5,), dataset="cifar10")
+
+
+@pytest.mark.parametrize("damage", ["largest", "every"])
+def test_a_damaged_teacher_is_one_line_naming_it_and_the_fix(tmp_path, damage):
+  """Issue 26, item 2: truncated files under variables/ (a disk filled while copying)."""
+  _, variables, meta = _digits_teacher()
+  out = teacher.save_teacher(tmp_path / "t", variables, meta)
+  files = sorted((p for p in (out / "variables").rglob("*") if p.is_file()),
+                 key=lambda p: p.stat().st_size)
+  for path in files[-1:] if damage == "largest" else files:
+    path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
+  with pytest.raises(ValueError) as e:
+    teacher.load_teacher(out)
+  message = str(e.value)
+  assert "\n" not in message and e.value.__cause__ is None
+  assert message.startswith(f"the teacher at {out} is damaged: ")
+  assert (f"python -m dfkd_jax.train_teacher --config=configs/teacher/digits.py "
+          f"--workdir={out} --config.overwrite=True") in message
+  if damage == "every":  # A JSON file of orbax's, by name.
+    assert "/variables/_CHECKPOINT_METADATA is not valid JSON" in message
+  else:
+    assert f"the arrays under {out / 'variables'} cannot be read" in message

@@ -326,6 +326,90 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(teacher_dir, tmp_path)
   assert strip(read_metrics(workdir)) == strip(read_metrics(tmp_path / "reference"))
 
 
+def _start(args, **kwargs):
+  """A real training process whose merged stdout/stderr the test reads line by line."""
+  return subprocess.Popen(args, cwd=REPO, env=dict(os.environ, JAX_PLATFORMS="cpu"),
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          **kwargs)
+
+
+def _read_until(proc, words, lines):
+  """Appends ``proc``'s lines to ``lines`` until one holds ``words`` (or it ends)."""
+  for line in proc.stdout:
+    lines.append(line.rstrip("\n"))
+    if words in line:
+      return
+  raise AssertionError(f"{words!r} never came:\n" + "\n".join(lines[-30:]))
+
+
+def test_ctrl_c_saves_at_the_next_iteration_and_the_rerun_resumes(teacher_dir, tmp_path):
+  """Issue 26, item 1: a real SIGINT to a real process, as a terminal's Ctrl-C sends."""
+  # 40 iterations: the SIGINT, sent as the first one ends, lands long before the last.
+  config = tiny_config(teacher_dir, "dfkd", num_epochs=1, iterations_per_epoch=40)
+  workdir = tmp_path / "run"
+  args = cli_args(config, workdir) + ["--config.iterations_per_epoch=40"]
+  proc, lines = _start(args), []
+  try:
+    _read_until(proc, "compiled and ran the first iteration", lines)
+    proc.send_signal(signal.SIGINT)
+    lines += proc.communicate(timeout=300)[0].splitlines()
+  finally:
+    proc.kill()
+  text = "\n".join(lines)
+  assert proc.returncode == 130, text
+  assert "Traceback" not in text and "KeyboardInterrupt" not in text, text
+  assert "Ctrl-C: stopping with a checkpoint at the end of the current iteration" in text
+  assert lines[-1].startswith("Ctrl-C: stopped at epoch 1, iteration ") and lines[
+      -1].endswith("rerun the same command to resume"), text
+  step = int(lines[-1].split("iteration ")[1].split(" ")[0])
+  assert 1 <= step < 40, "the run ended before the Ctrl-C; the test proves nothing"
+  assert (workdir / trainer.CHECKPOINT_DIR / str(step)).is_dir()
+  assert len(read_metrics(workdir)) == step
+  resumed = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert f"resumed from {workdir / trainer.CHECKPOINT_DIR}: epoch 1, iteration " \
+         f"{step + 1} of 40" in resumed.stdout
+  assert len(read_metrics(workdir)) == 40
+
+
+def test_a_second_ctrl_c_stops_at_once_even_while_compiling(teacher_dir, tmp_path):
+  """Issue 26, item 1: the main thread is inside XLA's compile when both arrive."""
+  workdir = tmp_path / "run"
+  proc, lines = _start(cli_args(tiny_config(teacher_dir, "dfkd"), workdir)
+                       + ["--compilation_cache_dir="]), []
+  try:
+    _read_until(proc, "compiling the training iteration", lines)
+    proc.send_signal(signal.SIGINT)
+    _read_until(proc, "press Ctrl-C again to stop at once", lines)
+    proc.send_signal(signal.SIGINT)
+    lines += proc.communicate(timeout=60)[0].splitlines()
+  finally:
+    proc.kill()
+  text = "\n".join(lines)
+  assert proc.returncode == 130, text
+  assert "Traceback" not in text and "compiled and ran" not in text, text
+  assert lines[-1] == ("Ctrl-C again: stopped at once, without saving; the checkpoints "
+                       "saved so far are kept: rerun the same command to resume from "
+                       "the latest")
+  assert not (workdir / trainer.CHECKPOINT_DIR).exists() or not any(
+      (workdir / trainer.CHECKPOINT_DIR).iterdir())
+
+
+def test_ctrl_c_while_loading_is_one_line(teacher_dir, tmp_path):
+  """Issue 26, item 1: before the training loop, Ctrl-C stops with one line too."""
+  proc, lines = _start(cli_args(tiny_config(teacher_dir, "dfkd"), tmp_path / "run")), []
+  try:
+    _read_until(proc, "loading the teacher", lines)
+    proc.send_signal(signal.SIGINT)
+    lines += proc.communicate(timeout=300)[0].splitlines()
+  finally:
+    proc.kill()
+  text = "\n".join(lines)
+  assert proc.returncode == 130, text
+  assert "Traceback" not in text and "KeyboardInterrupt" not in text, text
+  assert lines[-1].startswith("Ctrl-C"), text
+
+
 def test_four_devices_match_one_device(teacher_dir, tmp_path):
   """Sharded over 4 fake CPU devices: same global batch, same numbers (float32)."""
   config = tiny_config(teacher_dir, "lra_mb")
@@ -389,10 +473,30 @@ def test_bad_config_values_are_clear_errors(teacher_dir, overrides, message):
 def test_missing_teacher_is_a_clear_error_before_compiling(tmp_path):
   config = tiny_config(tmp_path / "no_teacher")
   start = time.time()
-  with pytest.raises(FileNotFoundError, match="no teacher at .*train_teacher"):
+  with pytest.raises(FileNotFoundError, match="no teacher at .*train_teacher") as e:
     trainer.run(config, tmp_path / "run", log=lambda s: None)
   assert time.time() - start < 30
   assert not (tmp_path / "run").exists()
+  # The teacher config of the dataset, by name (issue 26, item 6); digits needs no data.
+  assert "--config=configs/teacher/digits.py" in str(e.value)
+  assert "prepare" not in str(e.value)
+  mnist = tiny_config(tmp_path / "no_teacher", dataset="mnist", student="lenet5_half")
+  with pytest.raises(FileNotFoundError) as e:
+    trainer.run(mnist, tmp_path / "run", log=lambda s: None)
+  assert "--config=configs/teacher/mnist.py" in str(e.value)
+  assert "evaluates the student on the mnist test split, so prepare the dataset too " \
+         "(`python -m dfkd_jax.data prepare --dataset=mnist" in str(e.value)
+
+
+def test_an_unknown_student_lists_the_models_that_can_be_students(teacher_dir):
+  """Issue 26, item 9: generators and the VAE are no students."""
+  with pytest.raises(ValueError, match="config.student='resnet' is not a classifier") as e:
+    experiment.validate(tiny_config(teacher_dir, student="resnet"), parallel.make_mesh())
+  valid = str(e.value).split("valid: ")[1].split(", ")
+  assert "lenet5_half" in valid and "resnet18" in valid
+  assert not {"vae", "dafl_generator", "dfad_generator", "mad_generator"} & set(valid)
+  with pytest.raises(ValueError, match="config.student='vae' is not a classifier"):
+    experiment.validate(tiny_config(teacher_dir, student="vae"), parallel.make_mesh())
 
 
 def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(teacher_dir, tmp_path,
@@ -427,7 +531,7 @@ def test_config_argument_names_the_method(arg, method):
 
 
 def test_config_argument_other_than_the_method_is_a_clear_error():
-  with pytest.raises(ValueError, match="method=NAME"):
+  with pytest.raises(ValueError, match="accepted forms are :METHOD and :method=METHOD"):
     experiment.load_config_file("configs/digits.py:seed=3")
 
 

@@ -14,7 +14,7 @@ import pytest
 from dfkd_jax import trainer
 from dfkd_jax import workdir as workdir_lib
 
-from test_trainer import teacher_dir, tiny_config  # pylint: disable=unused-import  # fixture
+from test_trainer import cli_args, teacher_dir, tiny_config  # pylint: disable=unused-import  # fixture
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -194,7 +194,12 @@ def test_a_real_full_disk_is_one_line_and_the_rerun_resumes_exactly(teacher_dir,
 
 @pytest.mark.parametrize("flag, words", [
     ("--config.num_epoch=3", 'Did you mean "num_epochs"'),
-    ("--config.num_epochs=x", "invalid literal"),
+    # The quotes of the value stay balanced (issue 26, item 11).
+    ("--config.num_epochs=x", "invalid literal for int() with base 10: 'x';"),
+    # A misspelt config argument: the accepted forms, no traceback (issue 26, item 3).
+    ("--config=configs/digits.py:methd=lra_mb",
+     "'methd=lra_mb': the accepted forms are :METHOD and :method=METHOD"),
+    ("--config=configs/teacher/digits.py:mlp", "takes no ':ARG'"),
     ("--bogus=1", "Unknown command line flag 'bogus'"),
     ("--config=configs/nope.py:dfkd", "--config=configs/nope.py: no such file"),
 ])
@@ -214,3 +219,69 @@ def test_print_config_shows_the_resolved_command_line():
        "--config.seed=4", "--print_config"], cwd=REPO, capture_output=True, text=True,
       timeout=300, check=True)
   assert "method: dfkd" in out.stdout and "seed: 4" in out.stdout
+
+
+def test_print_config_refuses_values_the_run_would_refuse():
+  """Issue 26, item 8: --print_config validates."""
+  out = subprocess.run(
+      [sys.executable, "-m", "dfkd_jax.train", "--config=configs/digits.py",
+       "--config.compute_dtype=bf16", "--print_config"], cwd=REPO, capture_output=True,
+      text=True, timeout=300, check=False)
+  assert out.returncode != 0 and "compute_dtype: bf16" not in out.stdout
+  assert out.stderr.strip().splitlines() == [
+      "error: config.compute_dtype='bf16' must be one of: float32, bfloat16; set "
+      "--config.compute_dtype to one"]
+
+
+def test_an_unknown_teacher_config_file_is_one_line():
+  """Issue 26, item 11: train_teacher's message for a config file that is not there."""
+  out = subprocess.run(
+      [sys.executable, "-m", "dfkd_jax.train_teacher", "--config=configs/teacher/nope.py",
+       "--workdir=/nonexistent/teacher"], cwd=REPO, capture_output=True, text=True,
+      timeout=300, check=False)
+  assert out.returncode != 0 and "Traceback" not in out.stderr
+  assert out.stderr.strip().splitlines() == [
+      f"error: --config=configs/teacher/nope.py: no such file (from {REPO}); the teacher "
+      "configs are in configs/teacher/ of the repository"]
+
+
+def test_a_bad_allow_config_change_is_refused_before_the_workdir_exists(teacher_dir,
+                                                                        tmp_path):
+  """Issue 26, item 5: validated before run.lock (and the folder) are created."""
+  workdir = tmp_path / "run"
+  out = subprocess.run(cli_args(tiny_config(teacher_dir, "dfkd"), workdir)
+                       + ["--allow_config_change=seed"], cwd=REPO, capture_output=True,
+                       text=True, timeout=300, check=False)
+  assert out.returncode != 0 and out.stderr.strip().splitlines()[-1] == (
+      "error: --allow_config_change=seed: only num_epochs may change in an existing run")
+  assert "Traceback" not in out.stderr and not workdir.exists()
+  with pytest.raises(ValueError, match="only num_epochs may change"):
+    trainer.run(tiny_config(teacher_dir, "dfkd"), workdir, log=lambda s: None,
+                allow_config_change=["seed"])
+  assert not workdir.exists()
+
+
+def test_a_run_that_failed_before_training_does_not_bind_the_workdir(teacher_dir,
+                                                                     tmp_path):
+  """Issue 26, item 4: the record binds the workdir once a checkpoint exists."""
+  # A real failure after the record is written and before the first iteration: the
+  # checkpoint folder cannot be made (a file has its name).
+  (tmp_path / trainer.CHECKPOINT_DIR).write_text("")
+  with pytest.raises(OSError):
+    trainer.run(tiny_config(teacher_dir, "dfkd", num_epochs=1), tmp_path,
+                log=lambda s: None)
+  assert json.loads((tmp_path / workdir_lib.RECORD_FILE).read_text())["config"][
+      "seed"] == 0
+  (tmp_path / trainer.CHECKPOINT_DIR).unlink()
+  # The corrected command, with another result-deciding value, is taken.
+  lines = []
+  trainer.run(tiny_config(teacher_dir, "dfkd", num_epochs=1, seed=3), tmp_path,
+              log=lines.append)
+  assert any("holds no checkpoint: the record of the run that failed or stopped there "
+             "before training is replaced" in line for line in lines)
+  assert json.loads((tmp_path / workdir_lib.RECORD_FILE).read_text())["config"][
+      "seed"] == 3
+  # Now the workdir holds a trained run: other values are refused again.
+  with pytest.raises(workdir_lib.ConfigChangedError, match="seed: 3 -> 4"):
+    trainer.run(tiny_config(teacher_dir, "dfkd", num_epochs=1, seed=4), tmp_path,
+                log=lambda s: None)
