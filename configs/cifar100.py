@@ -9,12 +9,12 @@ points on digits and ~47 on MNIST with the exact meta-gradient). CIFAR values ar
 not yet measured here.
 """
 
-from dfkd_jax import experiment
+from dfkd_jax import run_config
 
 
 def get_config(arg: str | None = None):
-  config = experiment.default_config()
-  config.method = experiment.method_from_arg(arg)
+  config = run_config.default_config()
+  config.method = run_config.method_from_arg(arg)
   config.dataset = "cifar100"
   config.teacher_dir = "teachers/cifar100_resnet34"
   config.student = "resnet18"

@@ -7,12 +7,12 @@ Trains the teacher first (configs/teacher/digits.py, into runs/teachers/digits) 
 there is none. The argument after ':' is the method, ``NAME`` or ``method=NAME`` (default lra_mb).
 """
 
-from dfkd_jax import experiment
+from dfkd_jax import run_config
 
 
 def get_config(arg: str | None = None):
-  config = experiment.default_config()
-  config.method = experiment.method_from_arg(arg)
+  config = run_config.default_config()
+  config.method = run_config.method_from_arg(arg)
   config.dataset = "digits"
   config.teacher_dir = "runs/teachers/digits"
   config.teacher_config = "configs/teacher/digits.py"

@@ -12,12 +12,12 @@ student's learning rate (0.1; the paper's 0.9 cost ~8 points on digits, see
 configs/cifar10.py); the rest as in the paper. Not yet measured on Fashion-MNIST.
 """
 
-from dfkd_jax import experiment
+from dfkd_jax import run_config
 
 
 def get_config(arg: str | None = None):
-  config = experiment.default_config()
-  config.method = experiment.method_from_arg(arg)
+  config = run_config.default_config()
+  config.method = run_config.method_from_arg(arg)
   config.dataset = "fashion_mnist"
   config.teacher_dir = "teachers/fashion_mnist_lenet5"
   config.student = "lenet5_half"

@@ -39,7 +39,7 @@ import optax
 from dfkd_jax import data
 from dfkd_jax import distributed
 from dfkd_jax import evaluation
-from dfkd_jax import experiment
+from dfkd_jax import run_config
 from dfkd_jax import models
 from dfkd_jax import optimizers
 from dfkd_jax import parallel
@@ -100,7 +100,7 @@ def model_from_arg(arg: str | None, config_file: str, default: str = "resnet34",
   Raises:
     ValueError: ``arg`` is not one of ``valid``.
   """
-  return experiment.parse_arg(arg, key="model", default=default, valid=valid,
+  return run_config.parse_arg(arg, key="model", default=default, valid=valid,
                               config_file=config_file)
 
 
