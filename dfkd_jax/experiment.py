@@ -68,7 +68,7 @@ def _generator_options(config, log) -> dict[str, Any]:
 
 def _kd_loss(student_loss: str, zeta: float, delta: float) -> objectives.KDLoss:
   """The per-example student loss, plus MAD's logit bound ``zeta * max(|s| - delta, 0)``."""
-  base = {"mae": losses.mae, "kl": losses.kl_divergence}[student_loss]
+  base = losses.STUDENT_LOSSES.get(student_loss)
   if not zeta:
     return base
   return lambda s, t: base(s, t) + zeta * losses.bound_penalty(s, delta)
@@ -143,7 +143,8 @@ def _assemble(config, log, mesh, method: methods.Method) -> Setup:
   generator = models.get(config.generator, num_classes=meta.num_classes,
                          latent_dim=config.latent_dim, image_shape=input_shape,
                          **_generator_options(config, log))
-  if generator_objectives.uses_batchnorm_moments(method.generator_loss):
+  if generator_objectives.GENERATOR_LOSSES.get(method.generator_loss
+                                                ).uses_batchnorm_moments:
     _, features = jax.eval_shape(
         lambda v, x: teacher.apply(v, x, train=False, features=True), teacher_variables,
         jax.ShapeDtypeStruct((2, *input_shape), jnp.float32))
@@ -154,6 +155,7 @@ def _assemble(config, log, mesh, method: methods.Method) -> Setup:
   meta_options = objectives.MetaOptions(m.alpha, objectives.InnerStep(m.inner_step),
                                         m.weight_decay)
   output_range = models.output_range(config.generator)
+  update_rule = objectives.UPDATE_RULES.get(method.student_update)
   return Setup(
       record=config.to_dict(), method=method, mesh=mesh, teacher=teacher,
       teacher_variables=teacher_variables, teacher_meta=meta, student=student,
@@ -175,11 +177,11 @@ def _assemble(config, log, mesh, method: methods.Method) -> Setup:
           learning_rate=g_opt.learning_rate, b1=g_opt.b1, b2=g_opt.b2),
       generator_loss_weights=_generator_loss_weights(config),
       student_update=objectives.get(method.student_update, meta_options),
+      needs_retention=update_rule.needs_retention,
       kd_loss=_kd_loss(method.student_loss, config.student_logit_bound,
                        config.generator_loss.logit_bound),
       retention_weight=config.retention_weight,
-      meta_alignment=(method.student_update.startswith("meta")
-                      and bool(m.with_alignment)),
+      meta_alignment=update_rule.is_meta and bool(m.with_alignment),
       replay=_replay(config, method, input_shape),
       compute_dtype=jnp.dtype(config.compute_dtype),
       unroll=_unroll(config.step_loop, mesh),

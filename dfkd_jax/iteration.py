@@ -38,6 +38,7 @@ import optax
 
 from dfkd_jax import generator_objectives
 from dfkd_jax import objectives
+from dfkd_jax import optimizers
 from dfkd_jax import parallel
 from dfkd_jax.models import layers
 from dfkd_jax.replay import ema as ema_lib
@@ -282,8 +283,8 @@ def generator_step(gen: ModelState, student: ModelState, teacher_vars, key,
 
   (loss, (new_stats, terms)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
       gen.params)
-  updates, opt_state = update.optimizer.update(grads, gen.opt_state, gen.params)
-  gen = ModelState(optax.apply_updates(gen.params, updates), new_stats, opt_state)
+  params, opt_state = optimizers.apply(update.optimizer, grads, gen.opt_state, gen.params)
+  gen = ModelState(params, new_stats, opt_state)
   metrics = {"generator_loss": loss, "disagreement": terms.pop("disagreement")}
   metrics.update({f"generator_{k}": v for k, v in terms.items()})
   return gen, metrics
@@ -323,9 +324,9 @@ def student_step(carry, xs, *, gen: ModelState, teacher_vars,
   out = update.update(student.params, student.batch_stats, nets.student, acq, ret,
                       retention_weight=weight, with_alignment=align,
                       kd_loss=update.kd_loss, axis_name=AXIS)
-  updates, opt_state = update.optimizer.update(out.grads, student.opt_state,
-                                               student.params)
-  student = ModelState(optax.apply_updates(student.params, updates), out.batch_stats,
+  params, opt_state = optimizers.apply(update.optimizer, out.grads, student.opt_state,
+                                       student.params)
+  student = ModelState(params, out.batch_stats,
                        opt_state)
   replay, replay_metrics = source.after_student_step(ctx, replay, index, k_u, acq)
   d = out.diagnostics
@@ -383,7 +384,7 @@ def make_iteration(setup: Setup, state: TrainState):
       setup.generator_loss_weights, setup.generator_optimizer, setup.batch_size,
       setup.conditional_generator)
   stu_update = StudentUpdate(
-      setup.student_update, objectives.needs_retention(setup.method.student_update),
+      setup.student_update, setup.needs_retention,
       setup.kd_loss, setup.retention_weight, setup.student_optimizer, setup.batch_size)
   local_batch = setup.batch_size // setup.mesh.devices.size
   unroll, num_steps = setup.unroll, setup.student_steps

@@ -29,11 +29,14 @@ class Registry(Generic[T]):
     kind: what an entry is, for errors (``"method"``, ``"generator loss"``).
     valid: the words before the list of valid names in the unknown-name error.
     sort_names: list the names sorted (else in registration order).
+    unknown: the words before an unknown name (default ``"unknown <kind>"``).
   """
 
-  def __init__(self, kind: str, *, valid: str = "valid", sort_names: bool = False):
+  def __init__(self, kind: str, *, valid: str = "valid", sort_names: bool = False,
+               unknown: str = ""):
     self.kind = kind
     self._valid = valid
+    self._unknown = unknown or f"unknown {kind}"
     self._sort = sort_names
     self._entries: dict[str, T] = {}
 
@@ -57,7 +60,7 @@ class Registry(Generic[T]):
     try:
       return self._entries[name]
     except (KeyError, TypeError):
-      raise ValueError(f"unknown {self.kind} {name!r}; {self._valid}: "
+      raise ValueError(f"{self._unknown} {name!r}; {self._valid}: "
                        f"{', '.join(self.names())}") from None
 
   def names(self) -> tuple[str, ...]:

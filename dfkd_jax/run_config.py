@@ -22,6 +22,7 @@ from dfkd_jax import config_checks as checks
 from dfkd_jax import data
 from dfkd_jax import distributed
 from dfkd_jax import generator_objectives
+from dfkd_jax import losses
 from dfkd_jax import methods
 from dfkd_jax import models
 from dfkd_jax import objectives
@@ -174,26 +175,22 @@ def validate(config: ml_collections.ConfigDict, mesh) -> methods.Method:
   """Checks config values before anything is built; errors name the value and the fix."""
   method = methods.resolve(config.method, config.student_update)
   checks.check(config, FIELD_RULES)
-  if method.student_update.startswith("meta"):
+  if objectives.UPDATE_RULES.get(method.student_update).is_meta:
     checks.check(config, META_RULES)
   replay = replay_sources.REPLAYS.get(method.replay)
   checks.check(config, replay.rules)
   if replay.section:
     replay.check(config[replay.section].to_dict(), config.batch_size, mesh)
   checks.check_finite(config)  # Also the sections this method does not use.
-  if method.generator_loss not in generator_objectives.KINDS:
-    raise ValueError(f"method {config.method!r}: unknown generator loss "
-                     f"{method.generator_loss!r}; valid: "
-                     f"{', '.join(generator_objectives.KINDS)}")
-  for name in (config.student, config.generator):
-    if name not in models.names():
-      raise ValueError(f"unknown model {name!r}; valid: {', '.join(models.names())}")
-  if config.conditional_generator and not models.can_be_conditional(config.generator):
+  generator_objectives.GENERATOR_LOSSES.get(method.generator_loss)
+  losses.STUDENT_LOSSES.get(method.student_loss)
+  models.MODELS.get(config.student)
+  generator = models.MODELS.get(config.generator)
+  if config.conditional_generator and not generator.conditional:
     raise ValueError(f"config.conditional_generator=True needs a class-conditional "
                      f"generator, but config.generator={config.generator!r}; use "
                      "mad_generator (G(z + e_y), MAD Sec. 3.2)")
-  if (config.generator_loss.output_bound
-      and models.output_range(config.generator) != "unit"):
+  if config.generator_loss.output_bound and generator.output_range != "unit":
     raise ValueError(f"config.generator_loss.output_bound="
                      f"{config.generator_loss.output_bound} bounds the pre-sigmoid output "
                      f"of mad_generator, but config.generator={config.generator!r}; set "

@@ -59,6 +59,7 @@ class Setup:
   generator_optimizer: optax.GradientTransformation
   generator_loss_weights: generator_objectives.GeneratorLossWeights
   student_update: objectives.StudentUpdate
+  needs_retention: bool                # The update rule takes a retention batch.
   kd_loss: objectives.KDLoss           # Per-example student loss (+ MAD's logit bound).
   retention_weight: float
   meta_alignment: bool                 # Log cos(grad L_acq, grad L_ret) (meta updates).

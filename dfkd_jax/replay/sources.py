@@ -105,9 +105,11 @@ class ReplaySource:
   Class-level traits (read by the config layer and the assembler):
     section: the config section of the kind's options (``""``: none).
     rules: ``(field, rule)`` rows of that section (:mod:`dfkd_jax.config_checks`).
+    provides_retention: it gives retention batches (all but :class:`NoReplay`).
   """
 
   section: ClassVar[str] = ""
+  provides_retention: ClassVar[bool] = True
   rules: ClassVar[tuple[tuple[str, config_checks.Rule], ...]] = ()
 
   @classmethod
@@ -156,6 +158,8 @@ class ReplaySource:
 @dataclasses.dataclass(frozen=True)
 class NoReplay(ReplaySource):
   """No replay: no retention batches, no state (``dfkd``, ``dafl``, ...)."""
+
+  provides_retention: ClassVar[bool] = False
 
 
 @dataclasses.dataclass(frozen=True)
