@@ -74,7 +74,7 @@ class GeneratorBatch(NamedTuple):
 class GeneratorLossWeights(NamedTuple):
   """Coefficients of the generator losses.
 
-  No defaults here: ``config.generator_loss`` (:func:`dfkd_jax.experiment.default_config`)
+  No defaults here: ``config.generator_loss`` (:func:`dfkd_jax.run_config.default_config`)
   holds the one default of every field, the official LRA code's and MAD's values.
 
   Attributes:
