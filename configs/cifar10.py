@@ -19,12 +19,12 @@ not as a reproduced result. The official
 code's own setting, with the published numbers: ``configs/recipes/lra_cifar10.py``.
 """
 
-from dfkd_jax import experiment
+from dfkd_jax import run_config
 
 
 def get_config(arg: str | None = None):
-  config = experiment.default_config()
-  config.method = experiment.method_from_arg(arg)
+  config = run_config.default_config()
+  config.method = run_config.method_from_arg(arg)
   config.dataset = "cifar10"
   config.teacher_dir = "teachers/cifar10_resnet34"
   config.student = "resnet18"

@@ -11,12 +11,12 @@ stalls near 75%) and meta.alpha = 0.1 (the paper's 0.9 costs ~8 points); the siz
 chosen to run in minutes on a CPU, the rest is the paper's.
 """
 
-from dfkd_jax import experiment
+from dfkd_jax import run_config
 
 
 def get_config(arg: str | None = None):
-  config = experiment.default_config()
-  config.method = experiment.method_from_arg(arg)
+  config = run_config.default_config()
+  config.method = run_config.method_from_arg(arg)
   config.dataset = "digits"
   config.teacher_dir = "runs/teachers/digits"
   config.teacher_config = "configs/teacher/digits.py"

@@ -16,12 +16,12 @@ alpha = 0.01 were measured on MNIST (LRA's 0.1 stalled there; alpha = 0.1 with i
 ~50 points, docs/results.md) and are taken over, not re-measured.
 """
 
-from dfkd_jax import experiment
+from dfkd_jax import run_config
 
 
 def get_config(arg: str | None = None):
-  config = experiment.default_config()
-  config.method = experiment.method_from_arg(arg)
+  config = run_config.default_config()
+  config.method = run_config.method_from_arg(arg)
   config.dataset = "fashion_mnist"
   config.teacher_dir = "teachers/fashion_mnist_lenet5"
   config.student = "lenet5_half"

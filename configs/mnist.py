@@ -32,12 +32,12 @@ peers' own MNIST settings, with their published numbers: configs/recipes/dfad_mn
 and configs/recipes/dafl_mnist.py.
 """
 
-from dfkd_jax import experiment
+from dfkd_jax import run_config
 
 
 def get_config(arg: str | None = None):
-  config = experiment.default_config()
-  config.method = experiment.method_from_arg(arg)
+  config = run_config.default_config()
+  config.method = run_config.method_from_arg(arg)
   config.dataset = "mnist"
   config.teacher_dir = "teachers/mnist_lenet5"
   config.student = "lenet5_half"

@@ -10,12 +10,12 @@ Measured: none of these values on SVHN yet; alpha's rule comes from digits and
 MNIST.
 """
 
-from dfkd_jax import experiment
+from dfkd_jax import run_config
 
 
 def get_config(arg: str | None = None):
-  config = experiment.default_config()
-  config.method = experiment.method_from_arg(arg)
+  config = run_config.default_config()
+  config.method = run_config.method_from_arg(arg)
   config.dataset = "svhn_cropped"
   config.teacher_dir = "teachers/svhn_resnet34"
   config.student = "resnet18"

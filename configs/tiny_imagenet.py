@@ -12,12 +12,12 @@ Measured: none of these values on Tiny-ImageNet yet; alpha's rule comes from dig
 MNIST.
 """
 
-from dfkd_jax import experiment
+from dfkd_jax import run_config
 
 
 def get_config(arg: str | None = None):
-  config = experiment.default_config()
-  config.method = experiment.method_from_arg(arg)
+  config = run_config.default_config()
+  config.method = run_config.method_from_arg(arg)
   config.dataset = "tiny_imagenet"
   config.teacher_dir = "teachers/tiny_imagenet_resnet34"
   config.student = "resnet18_64"

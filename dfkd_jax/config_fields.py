@@ -1,7 +1,7 @@
 r"""Every field of a distillation config, its default and its meaning, as Markdown.
 
 The meanings are the comments written beside (or on the lines just above) each field in
-the source of :func:`dfkd_jax.experiment.default_config`, read with :mod:`ast` and
+the source of :func:`dfkd_jax.run_config.default_config`, read with :mod:`ast` and
 :mod:`tokenize`, and the defaults are the values ``default_config()`` returns, so the
 list cannot drift from the code. A field that has no comment there takes its meaning
 from :data:`UNCOMMENTED` below; a test fails when a field has neither, or when a comment
@@ -80,7 +80,7 @@ HEADER = """\
 # Config fields
 
 Every field of a distillation config (`python -m dfkd_jax.train --config=...`), its
-default in `dfkd_jax.experiment.default_config()` and its meaning. Set any of them on the
+default in `dfkd_jax.run_config.default_config()` and its meaning. Set any of them on the
 command line with `--config.FIELD=VALUE`, e.g. `--config.num_epochs=3
 --config.meta.alpha=0.1`. The files in `configs/` start from these defaults and change
 some (their docstrings say which and why); `configs/recipes/` holds the peers' published
@@ -235,15 +235,15 @@ def rows(default_config: Callable[[], ml_collections.ConfigDict]) -> list[
     result.append((name, "" if is_group else _default(value), meaning))
   if missing:
     raise ValueError(f"config fields without a meaning: {', '.join(missing)}; write a "
-                     "comment beside each in experiment.default_config")
+                     "comment beside each in run_config.default_config")
   return result
 
 
 def markdown() -> str:
   """``docs/config_fields.md``: the table of every distillation config field."""
-  from dfkd_jax import experiment  # pylint: disable=g-import-not-at-top
+  from dfkd_jax import run_config  # pylint: disable=g-import-not-at-top
   lines = [f"| `{name}` | {default} | {_cell(meaning)} |"
-           for name, default, meaning in rows(experiment.default_config)]
+           for name, default, meaning in rows(run_config.default_config)]
   return HEADER + "\n".join(lines) + "\n"
 
 

@@ -42,10 +42,10 @@ import chex
 import jax
 
 from dfkd_jax import losses
+from dfkd_jax import registry
 from dfkd_jax.models.layers import ClassifierFeatures
 
 Array = chex.Array
-KINDS = ("lra", "dafl", "dfad", "zskt", "dfq", "mad")
 JS_FORMS = ("exact", "lra_reference")  # GeneratorLossWeights.js_form.
 
 
@@ -74,7 +74,7 @@ class GeneratorBatch(NamedTuple):
 class GeneratorLossWeights(NamedTuple):
   """Coefficients of the generator losses.
 
-  No defaults here: ``config.generator_loss`` (:func:`dfkd_jax.experiment.default_config`)
+  No defaults here: ``config.generator_loss`` (:func:`dfkd_jax.run_config.default_config`)
   holds the one default of every field, the official LRA code's and MAD's values.
 
   Attributes:
@@ -251,21 +251,31 @@ def mad(batch: GeneratorBatch, w: GeneratorLossWeights,
   return loss, terms
 
 
-_KINDS: dict[str, GeneratorLoss] = {"lra": lra, "dafl": dafl, "dfad": dfad,
-                                    "zskt": zskt, "dfq": dfq, "mad": mad}
+class GeneratorLossEntry(NamedTuple):
+  """A registered generator loss and its traits.
+
+  Attributes:
+    loss: the :data:`GeneratorLoss`.
+    uses_batchnorm_moments: it has a BatchNorm-moment term (used when the teacher has
+      BatchNorm).
+  """
+
+  loss: GeneratorLoss
+  uses_batchnorm_moments: bool = False
+
+
+#: The generator losses (a method's ``generator_loss``).
+GENERATOR_LOSSES: registry.Registry[GeneratorLossEntry] = registry.Registry(
+    "generator loss")
+GENERATOR_LOSSES.register("lra", GeneratorLossEntry(lra))
+GENERATOR_LOSSES.register("dafl", GeneratorLossEntry(dafl))
+GENERATOR_LOSSES.register("dfad", GeneratorLossEntry(dfad))
+GENERATOR_LOSSES.register("zskt", GeneratorLossEntry(zskt))
+GENERATOR_LOSSES.register("dfq", GeneratorLossEntry(dfq, uses_batchnorm_moments=True))
+GENERATOR_LOSSES.register("mad", GeneratorLossEntry(mad, uses_batchnorm_moments=True))
+KINDS = GENERATOR_LOSSES.names()
 
 
 def get(kind: str) -> GeneratorLoss:
-  """The generator loss named ``kind`` (one of :data:`KINDS`).
-
-  Raises:
-    ValueError: unknown kind, listing the valid ones.
-  """
-  if kind not in _KINDS:
-    raise ValueError(f"unknown generator loss {kind!r}; valid: {', '.join(KINDS)}")
-  return _KINDS[kind]
-
-
-def uses_batchnorm_moments(kind: str) -> bool:
-  """Whether the kind has a BatchNorm-moment term (used when the teacher has BN)."""
-  return kind in ("dfq", "mad")
+  """The generator loss named ``kind`` (``ValueError`` listing the valid ones)."""
+  return GENERATOR_LOSSES.get(kind).loss

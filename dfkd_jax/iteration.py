@@ -21,7 +21,7 @@ and its share of each replica's batch (the batch, not the replicas, is sharded, 
 divisibility rules are those of one run). Replica k computes what a single run with seed
 ``seed + k`` computes; its metrics come out with a leading ``[N]`` axis.
 
-Everything here takes resolved values (an :class:`~dfkd_jax.experiment.Setup`, or the
+Everything here takes resolved values (a :class:`~dfkd_jax.run_setup.Setup`, or the
 plain values it holds); nothing reads the config.
 """
 
@@ -36,15 +36,16 @@ from jax.sharding import PartitionSpec as P
 import numpy as np
 import optax
 
-from dfkd_jax import experiment
 from dfkd_jax import generator_objectives
 from dfkd_jax import objectives
+from dfkd_jax import optimizers
 from dfkd_jax import parallel
 from dfkd_jax.models import layers
 from dfkd_jax.replay import ema as ema_lib
 from dfkd_jax.replay import generative
 from dfkd_jax.replay import memory as memory_lib
 from dfkd_jax.replay import sources as replay_sources
+from dfkd_jax.run_setup import Setup
 
 AXIS = parallel.DATA_AXIS
 
@@ -66,11 +67,11 @@ class TrainState(NamedTuple):
   generator: ModelState
   student: ModelState
   # The replay source's state (dfkd_jax.replay.sources): the memory buffer, the VAE or
-  # the EMA generator; None without replay.
+  # the EMA generator; None without replay (replay_sources.NoReplay).
   replay: (memory_lib.MemoryState | generative.VAEState | ema_lib.EMAState | None)
 
 
-def init_state(setup: experiment.Setup, seed: int | None = None) -> TrainState:
+def init_state(setup: Setup, seed: int | None = None) -> TrainState:
   """A fresh state of the run with ``seed`` (default ``setup.seed``), on the host's
   default device; :func:`state_specs` shards it."""
   seed = setup.seed if seed is None else seed
@@ -95,12 +96,12 @@ def init_state(setup: experiment.Setup, seed: int | None = None) -> TrainState:
                     generator, model_state(stu_vars, setup.student_optimizer), replay)
 
 
-def replicated(setup: experiment.Setup) -> bool:
+def replicated(setup: Setup) -> bool:
   """Whether the run's state has a replica axis (``config.num_seeds > 1``)."""
   return len(setup.seeds) > 1
 
 
-def init_replicas(setup: experiment.Setup) -> TrainState:
+def init_replicas(setup: Setup) -> TrainState:
   """The fresh state of the run: :func:`init_state`, or with several seeds the states
   of ``setup.seeds`` stacked on a leading replica axis (each exactly its seed's)."""
   if not replicated(setup):
@@ -171,7 +172,7 @@ class Networks(NamedTuple):
   student: objectives.ApplyFn
 
 
-def make_networks(setup: experiment.Setup) -> Networks:
+def make_networks(setup: Setup) -> Networks:
   """The :class:`Networks` of ``setup`` on its mesh, in its compute dtype."""
   num_devices = setup.mesh.devices.size
   dtype = setup.compute_dtype
@@ -282,16 +283,16 @@ def generator_step(gen: ModelState, student: ModelState, teacher_vars, key,
 
   (loss, (new_stats, terms)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
       gen.params)
-  updates, opt_state = update.optimizer.update(grads, gen.opt_state, gen.params)
-  gen = ModelState(optax.apply_updates(gen.params, updates), new_stats, opt_state)
+  params, opt_state = optimizers.apply(update.optimizer, grads, gen.opt_state, gen.params)
+  gen = ModelState(params, new_stats, opt_state)
   metrics = {"generator_loss": loss, "disagreement": terms.pop("disagreement")}
   metrics.update({f"generator_{k}": v for k, v in terms.items()})
   return gen, metrics
 
 
 def student_step(carry, xs, *, gen: ModelState, teacher_vars,
-                 source: replay_sources.ReplaySource | None, nets: Networks,
-                 update: StudentUpdate, align: bool):
+                 source: replay_sources.ReplaySource, ctx: replay_sources.Context,
+                 nets: Networks, update: StudentUpdate, align: bool):
   """One student update (a ``lax.scan`` body): fresh ``G(z)`` plus a retention batch.
 
   Args:
@@ -299,7 +300,8 @@ def student_step(carry, xs, *, gen: ModelState, teacher_vars,
     xs: ``(key, index)`` of this step.
     gen: the generator (frozen during the student steps).
     teacher_vars: the frozen teacher's variables.
-    source: the replay source, or ``None``.
+    source: the replay source (:class:`~dfkd_jax.replay.sources.NoReplay` for none).
+    ctx: the iteration's :class:`~dfkd_jax.replay.sources.Context` for the source.
     nets: the iteration's networks.
     update: the update rule and optimiser.
     align: also compute cos(grad L_acq, grad L_ret) for the meta updates (Sec. 3.4).
@@ -317,18 +319,16 @@ def student_step(carry, xs, *, gen: ModelState, teacher_vars,
   ret, retention_valid, weight = None, jnp.zeros((), jnp.bool_), 0.0
   if update.needs_retention:
     # The student update sees a KDBatch and a weight, whatever the replay source.
-    ret, retention_valid = source.retention(replay, k_r)
+    ret, retention_valid = source.retention(ctx, replay, k_r)
     weight = retention_valid.astype(jnp.float32) * update.retention_weight
   out = update.update(student.params, student.batch_stats, nets.student, acq, ret,
                       retention_weight=weight, with_alignment=align,
                       kd_loss=update.kd_loss, axis_name=AXIS)
-  updates, opt_state = update.optimizer.update(out.grads, student.opt_state,
-                                               student.params)
-  student = ModelState(optax.apply_updates(student.params, updates), out.batch_stats,
+  params, opt_state = optimizers.apply(update.optimizer, out.grads, student.opt_state,
+                                       student.params)
+  student = ModelState(params, out.batch_stats,
                        opt_state)
-  replay_metrics = {}
-  if source is not None:
-    replay, replay_metrics = source.after_student_step(replay, index, k_u, acq)
+  replay, replay_metrics = source.after_student_step(ctx, replay, index, k_u, acq)
   d = out.diagnostics
   nan = jnp.full((), jnp.nan, jnp.float32)
   # NaN/Inf images need not show in the losses (XLA:CPU's max-pooling turns NaN into
@@ -372,7 +372,7 @@ def _reduce_metrics(gen_metrics, stu_metrics) -> dict[str, jax.Array]:
   return metrics
 
 
-def make_iteration(setup: experiment.Setup, state: TrainState):
+def make_iteration(setup: Setup, state: TrainState):
   """The jitted ``(state, teacher_variables) -> (state, metrics)`` training iteration.
 
   With replicas (:func:`replicated`), ``state`` is :func:`init_replicas`' stacked state,
@@ -384,7 +384,7 @@ def make_iteration(setup: experiment.Setup, state: TrainState):
       setup.generator_loss_weights, setup.generator_optimizer, setup.batch_size,
       setup.conditional_generator)
   stu_update = StudentUpdate(
-      setup.student_update, objectives.needs_retention(setup.method.student_update),
+      setup.student_update, setup.needs_retention,
       setup.kd_loss, setup.retention_weight, setup.student_optimizer, setup.batch_size)
   local_batch = setup.batch_size // setup.mesh.devices.size
   unroll, num_steps = setup.unroll, setup.student_steps
@@ -397,16 +397,14 @@ def make_iteration(setup: experiment.Setup, state: TrainState):
         teacher=functools.partial(nets.teacher, teacher_vars), draw=nets.draw,
         generate=nets.generate, normal=nets.normal, global_batch=setup.batch_size,
         axis_name=AXIS)
-    source = setup.replay.source(ctx)
+    source = setup.replay
     with layers.batch_stats_axis(AXIS):
       k_gen, k_student = jax.random.split(jax.random.fold_in(state.rng, state.step))
       gen, gen_metrics = _loop(
           lambda g, k: generator_step(g, state.student, teacher_vars, k, nets,
                                       gen_update),
           state.generator, jax.random.split(k_gen, setup.generator_steps), unroll)
-      replay = state.replay
-      if source is not None:
-        replay = source.after_generator(replay, gen)
+      replay = source.after_generator(ctx, state.replay, gen)
       # Placeholders for the last generated batch (per device, hence "varying").
       x0, t0 = jax.lax.pcast(
           (jnp.zeros((local_batch, *setup.input_shape), jnp.float32),
@@ -416,7 +414,7 @@ def make_iteration(setup: experiment.Setup, state: TrainState):
       steps = (jax.random.split(k_student, num_steps),
                np.arange(num_steps, dtype=np.int32))
       step = functools.partial(student_step, gen=gen, teacher_vars=teacher_vars,
-                               source=source, nets=nets, update=stu_update)
+                               source=source, ctx=ctx, nets=nets, update=stu_update)
       carry, stu_metrics = _loop(functools.partial(step, align=False),
                                  (state.student, replay, x0, t0),
                                  jax.tree.map(lambda a: a[:plain_steps], steps), unroll)
@@ -425,9 +423,8 @@ def make_iteration(setup: experiment.Setup, state: TrainState):
         stu_metrics = jax.tree.map(lambda a, b: jnp.concatenate([a, b[None]]),
                                    stu_metrics, last)
       student, replay, last_x, last_t = carry
-      if source is not None:
-        replay = source.end_of_iteration(replay, state.step,
-                                         objectives.KDBatch(last_x, last_t))
+      replay = source.end_of_iteration(ctx, replay, state.step,
+                                       objectives.KDBatch(last_x, last_t))
     new_state = TrainState(state.step + 1, state.rng, gen, student, replay)
     return new_state, _reduce_metrics(gen_metrics, stu_metrics)
 

@@ -22,11 +22,13 @@ Conventions (as in ``optax.losses``):
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import chex
 import jax
 import jax.numpy as jnp
+
+from dfkd_jax import registry
 
 Array = chex.Array
 
@@ -358,3 +360,11 @@ def bound_penalty(values: Array, bound: float) -> Array:
   """
   hinge = jnp.maximum(jnp.abs(values) - bound, 0.0)
   return jnp.mean(hinge.reshape(hinge.shape[0], -1), axis=-1)
+
+
+#: The student's per-example KD losses (a method's ``student_loss``): ``mae`` (LRA
+#: eq. 2) and ``kl`` (MAD eq. 3).
+STUDENT_LOSSES: registry.Registry[Callable[[Array, Array], Array]] = registry.Registry(
+    "student loss")
+STUDENT_LOSSES.register("mae", mae)
+STUDENT_LOSSES.register("kl", kl_divergence)

@@ -38,26 +38,27 @@ from __future__ import annotations
 import dataclasses
 
 from dfkd_jax import objectives
-
-STUDENT_UPDATES = objectives.UPDATES
-REPLAYS = ("none", "memory", "generative", "ema")
-STUDENT_LOSSES = ("mae", "kl")
-GENERATOR_LOSSES = ("lra", "dafl", "dfad", "zskt", "dfq", "mad")
+from dfkd_jax import registry
+from dfkd_jax.replay import sources as replay_sources
 
 
 @dataclasses.dataclass(frozen=True)
 class Method:
   """One preset.
 
+  Each choice names an entry of its kind's registry.
+
   Attributes:
-    student_update: ``acquire`` (eq. 3), ``joint`` (eq. 5), ``meta`` (eq. 6, exact) or
+    student_update: an update rule of :data:`dfkd_jax.objectives.UPDATE_RULES`:
+      ``acquire`` (eq. 3), ``joint`` (eq. 5), ``meta`` (eq. 6, exact) or
       ``meta_first_order``.
-    replay: where retention samples come from: ``none``, ``memory`` (buffer),
+    replay: where retention samples come from, a kind of
+      :data:`dfkd_jax.replay.sources.REPLAYS`: ``none``, ``memory`` (buffer),
       ``generative`` (VAE decoder) or ``ema`` (EMA generator).
-    student_loss: the KD loss of the student steps: ``mae`` (LRA eq. 2) or ``kl`` (MAD
-      eq. 3).
-    generator_loss: the kind of :mod:`dfkd_jax.generator_objectives` (``lra`` = ``-JS +
-      L_P``, LRA eq. 15).
+    student_loss: the KD loss of the student steps, of
+      :data:`dfkd_jax.losses.STUDENT_LOSSES`: ``mae`` (LRA eq. 2) or ``kl`` (MAD eq. 3).
+    generator_loss: a loss of :data:`dfkd_jax.generator_objectives.GENERATOR_LOSSES`
+      (``lra`` = ``-JS + L_P``, LRA eq. 15).
     description: one line for listings.
   """
 
@@ -68,7 +69,9 @@ class Method:
   description: str
 
 
-METHODS: dict[str, Method] = {
+#: The presets (``config.method``).
+METHODS: registry.Registry[Method] = registry.Registry("method", valid="valid methods")
+for _name, _method in {
     "dafl": Method("acquire", "none", "kl", "dafl",
                    "DAFL: priors only (one-hot, activation, entropy), no adversarial term"),
     "dfad": Method("acquire", "none", "mae", "dfad",
@@ -94,28 +97,23 @@ METHODS: dict[str, Method] = {
                        "lra_ema's control, as mb_dfkd is lra_mb's"),
     "lra_ema": Method("meta", "ema", "mae", "lra",
                       "meta update (eq. 6) with MAD's EMA generator as retention source"),
-}
+}.items():
+  METHODS.register(_name, _method)
+del _name, _method
 
 
 def get(name: str) -> Method:
-  """The preset ``name``.
-
-  Raises:
-    ValueError: unknown name, listing the valid ones.
-  """
-  if name not in METHODS:
-    raise ValueError(f"unknown method {name!r}; valid methods: {', '.join(METHODS)}")
-  return METHODS[name]
+  """The preset ``name`` (``ValueError`` listing the valid ones)."""
+  return METHODS.get(name)
 
 
 def resolve(name: str, student_update: str = "") -> Method:
   """The preset with an optional student-update override, validated."""
   method = get(name)
   if student_update:
-    if student_update not in STUDENT_UPDATES:
-      raise ValueError(f"unknown student_update {student_update!r}; valid: "
-                       f"{', '.join(STUDENT_UPDATES)}")
-    if student_update != "acquire" and method.replay == "none":
+    rule = objectives.UPDATE_RULES.get(student_update)
+    if (rule.needs_retention
+        and not replay_sources.REPLAYS.get(method.replay).provides_retention):
       raise ValueError(f"student_update={student_update!r} needs retention samples, but "
                        f"method {name!r} has no replay; use a method with replay "
                        "(e.g. mb_dfkd, lra_mb)")

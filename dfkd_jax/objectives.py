@@ -49,6 +49,7 @@ import jax
 import jax.numpy as jnp
 
 from dfkd_jax import losses
+from dfkd_jax import registry
 
 Array = chex.Array
 Params = Any
@@ -285,12 +286,72 @@ class MetaOptions(NamedTuple):
 # kd_loss, axis_name) -> ObjectiveOutput``; ``ret`` is ``None`` for ``acquire``.
 StudentUpdate = Callable[..., ObjectiveOutput]
 
-UPDATES = ("acquire", "joint", "meta", "meta_first_order")
+
+class UpdateRule(NamedTuple):
+  """A registered student update rule and its traits.
+
+  Attributes:
+    make: ``meta_options -> StudentUpdate`` (``meta_options`` is ignored by the rules
+      that are not meta rules).
+    needs_retention: whether it takes a retention batch (all but ``acquire``).
+    is_meta: whether it is a meta rule (eq. 6): it reads ``config.meta`` and can log
+      the gradient alignment of Section 3.4.
+  """
+
+  make: Callable[["MetaOptions | None"], StudentUpdate]
+  needs_retention: bool
+  is_meta: bool
 
 
-def needs_retention(name: str) -> bool:
-  """Whether the update ``name`` takes a retention batch (all but ``acquire``)."""
-  return name != "acquire"
+def _acquire_rule(meta_options):
+  del meta_options
+
+  def update(params, batch_stats, apply_fn, acq, ret, *, retention_weight,
+             with_alignment, kd_loss, axis_name):
+    del ret, retention_weight, with_alignment
+    return acquire(params, batch_stats, apply_fn, acq, kd_loss=kd_loss,
+                   axis_name=axis_name)
+
+  return update
+
+
+def _joint_rule(meta_options):
+  del meta_options
+
+  def update(params, batch_stats, apply_fn, acq, ret, *, retention_weight,
+             with_alignment, kd_loss, axis_name):
+    del with_alignment
+    return joint(params, batch_stats, apply_fn, acq, ret,
+                 retention_weight=retention_weight, kd_loss=kd_loss,
+                 axis_name=axis_name)
+
+  return update
+
+
+def _meta_rule(first_order: bool):
+  """The meta update (eq. 6), exact or first-order, with its inner step."""
+
+  def make(meta_options):
+    def update(params, batch_stats, apply_fn, acq, ret, *, retention_weight,
+               with_alignment, kd_loss, axis_name):
+      return meta(params, batch_stats, apply_fn, acq, ret, alpha=meta_options.alpha,
+                  inner_step=meta_options.inner_step,
+                  weight_decay=meta_options.weight_decay, first_order=first_order,
+                  retention_weight=retention_weight, with_alignment=with_alignment,
+                  kd_loss=kd_loss, axis_name=axis_name)
+
+    return update
+
+  return make
+
+
+#: The student update rules (``config.student_update``, a method's ``student_update``).
+UPDATE_RULES: registry.Registry[UpdateRule] = registry.Registry("student update")
+UPDATE_RULES.register("acquire", UpdateRule(_acquire_rule, False, False))
+UPDATE_RULES.register("joint", UpdateRule(_joint_rule, True, False))
+UPDATE_RULES.register("meta", UpdateRule(_meta_rule(first_order=False), True, True))
+UPDATE_RULES.register("meta_first_order",
+                      UpdateRule(_meta_rule(first_order=True), True, True))
 
 
 def get(name: str, meta_options: MetaOptions | None = None) -> StudentUpdate:
@@ -304,24 +365,7 @@ def get(name: str, meta_options: MetaOptions | None = None) -> StudentUpdate:
   Raises:
     ValueError: an unknown name, or a meta update without ``meta_options``.
   """
-  if name not in UPDATES:
-    raise ValueError(f"unknown student update {name!r}; valid: {', '.join(UPDATES)}")
-  if name.startswith("meta") and meta_options is None:
+  rule = UPDATE_RULES.get(name)
+  if rule.is_meta and meta_options is None:
     raise ValueError(f"the {name!r} update needs MetaOptions (alpha, inner step)")
-
-  def update(params, batch_stats, apply_fn, acq, ret, *, retention_weight,
-             with_alignment, kd_loss, axis_name):
-    common = dict(kd_loss=kd_loss, axis_name=axis_name)
-    if name == "acquire":
-      return acquire(params, batch_stats, apply_fn, acq, **common)
-    if name == "joint":
-      return joint(params, batch_stats, apply_fn, acq, ret,
-                   retention_weight=retention_weight, **common)
-    return meta(params, batch_stats, apply_fn, acq, ret, alpha=meta_options.alpha,
-                inner_step=meta_options.inner_step,
-                weight_decay=meta_options.weight_decay,
-                first_order=name == "meta_first_order",
-                retention_weight=retention_weight, with_alignment=with_alignment,
-                **common)
-
-  return update
+  return rule.make(meta_options)

@@ -8,7 +8,8 @@ resolved by :mod:`dfkd_jax.experiment` and :mod:`dfkd_jax.train_teacher`):
   (PyTorch ``CosineAnnealingLR(T_max=num_epochs)`` stepped once per epoch) or constant;
 * :func:`generator`: Adam (the peers' generator optimiser);
 * :func:`classifier`: the teacher's SGD or Adam with a per-step constant, cosine or step
-  schedule.
+  schedule;
+* :func:`apply`: one update of parameters with any of them (every trainer's step).
 
 Weight decay is added to the gradient before the update, as PyTorch's optimisers do
 (``optax.add_decayed_weights`` first in the chain).
@@ -16,13 +17,20 @@ Weight decay is added to the gradient before the update, as PyTorch's optimisers
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import optax
 
 STUDENT_SCHEDULES = ("cosine", "constant")
 CLASSIFIER_SCHEDULES = ("constant", "cosine", "step")
 CLASSIFIER_OPTIMIZERS = ("sgd", "adam")
+
+
+def apply(optimizer: optax.GradientTransformation, grads: Any, opt_state: Any,
+          params: Any) -> tuple[Any, Any]:
+  """One optimiser step: ``(new_params, new_opt_state)`` from ``grads`` at ``params``."""
+  updates, opt_state = optimizer.update(grads, opt_state, params)
+  return optax.apply_updates(params, updates), opt_state
 
 
 def _with_weight_decay(base: optax.GradientTransformation,

@@ -16,7 +16,7 @@ import os
 import pathlib
 from typing import Any, Sequence
 
-from dfkd_jax import evaluation
+from dfkd_jax import curves
 
 SUMMARY_FILE = "summary.json"
 
@@ -33,7 +33,7 @@ class Summary:
     test_accuracy: per-epoch test accuracy (%).
     acc_max: the best of ``test_accuracy`` (``None`` before the first epoch).
     learning_evolution: ``{percentile: (mean, var)}`` (LRA Table 1,
-      :func:`dfkd_jax.evaluation.learning_evolution`).
+      :func:`dfkd_jax.curves.learning_evolution`).
     cumulative_mean_accuracy: the running mean of ``test_accuracy``.
     alignment: per-epoch mean of cos(grad L_acq, grad L_ret) (``None`` for epochs
       without retention steps), or ``None`` when no epoch has one.
@@ -63,10 +63,10 @@ class Summary:
              teacher_accuracy: float | None, test_accuracy: Sequence[float],
              alignment: Sequence[float | None], student_steps_per_second: float | None,
              config: dict[str, Any], failed: str | None = None) -> "Summary":
-    """The summary of a run's per-epoch history (metrics by :mod:`dfkd_jax.evaluation`)."""
+    """The summary of a run's per-epoch history (metrics by :mod:`dfkd_jax.curves`)."""
     acc = tuple(float(a) for a in test_accuracy)
     if acc:
-      metrics = evaluation.summarize(acc)
+      metrics = curves.summarize(acc)
       evolution = {int(k): (v["mean"], v["var"])
                    for k, v in metrics["learning_evolution"].items()}
       acc_max, cumulative = metrics["acc_max"], tuple(metrics["cumulative_mean_accuracy"])

@@ -42,8 +42,8 @@ import jax
 from ml_collections import config_flags
 
 from dfkd_jax import distributed
-from dfkd_jax import experiment
 from dfkd_jax import parallel
+from dfkd_jax import run_config
 from dfkd_jax import train_teacher
 from dfkd_jax import trainer
 from dfkd_jax import workdir
@@ -82,9 +82,9 @@ def train_teacher_on_first_use(config, log=print) -> None:
     FileNotFoundError: a multi-process run without its teacher (every process would
       train one): train it once, in one process, first.
   """
-  if not config.teacher_config or experiment.has_teacher(config):
+  if not config.teacher_config or run_config.has_teacher(config):
     return
-  teacher_dir = experiment.teacher_dir(config)
+  teacher_dir = run_config.teacher_dir(config)
   if jax.process_count() > 1:
     raise FileNotFoundError(
         f"no teacher at config.teacher_dir={str(teacher_dir)!r}; a multi-process run "
@@ -93,7 +93,7 @@ def train_teacher_on_first_use(config, log=print) -> None:
         f"--workdir={teacher_dir}` once, in a single process, first")
   log(f"no teacher at {teacher_dir}: training one with {config.teacher_config} "
       "(first use; later runs reuse it)")
-  train_teacher.train_and_save(experiment.load_config_file(config.teacher_config),
+  train_teacher.train_and_save(run_config.load_config_file(config.teacher_config),
                                teacher_dir, log=log)
 
 
@@ -176,10 +176,12 @@ def main(argv: Sequence[str]) -> None:
   try:
     distributed.initialize(_COORDINATOR_ADDRESS.value, _NUM_PROCESSES.value,
                            _PROCESS_ID.value)
-    # Bad values fail before a first-use teacher trains for minutes.
-    experiment.validate(_CONFIG.value, parallel.make_mesh())
+    # Bad values fail before a first-use teacher trains for minutes; the run reuses
+    # the validated method and the mesh.
+    mesh = parallel.make_mesh()
+    method = run_config.validate(_CONFIG.value, mesh)
     train_teacher_on_first_use(_CONFIG.value)
-    result = trainer.run(_CONFIG.value, _WORKDIR.value,
+    result = trainer.run(_CONFIG.value, _WORKDIR.value, mesh=mesh, method=method,
                          allow_config_change=_ALLOW_CONFIG_CHANGE.value)
   except trainer.Preempted as e:  # run() logged where it saved.
     raise SystemExit(e.exit_code) from None

@@ -39,11 +39,11 @@ import optax
 from dfkd_jax import data
 from dfkd_jax import distributed
 from dfkd_jax import evaluation
-from dfkd_jax import experiment
 from dfkd_jax import models
 from dfkd_jax import optimizers
 from dfkd_jax import parallel
 from dfkd_jax import progress
+from dfkd_jax import run_config
 from dfkd_jax import teacher as teacher_lib
 
 State = dict[str, Any]  # {"params", "batch_stats", "opt_state"}.
@@ -105,7 +105,7 @@ def model_from_arg(arg: str | None, config_file: str, default: str = "resnet34",
   Raises:
     ValueError: ``arg`` is not one of ``valid``.
   """
-  return experiment.parse_arg(arg, key="model", default=default, valid=valid,
+  return run_config.parse_arg(arg, key="model", default=default, valid=valid,
                               config_file=config_file)
 
 
@@ -140,8 +140,8 @@ def make_train_step(module: flax.linen.Module, optimizer: optax.GradientTransfor
   def train_step(state, images, labels):
     (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state["params"], state["batch_stats"], images, labels)
-    updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
-    params = optax.apply_updates(state["params"], updates)
+    params, opt_state = optimizers.apply(optimizer, grads, state["opt_state"],
+                                         state["params"])
     return {"params": params, "batch_stats": batch_stats, "opt_state": opt_state}, loss
 
   return train_step

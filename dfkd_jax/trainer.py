@@ -1,6 +1,7 @@
 """The adversarial DFKD training loop as a library: ``run(config, workdir)``.
 
-The host side of a run: it builds the :class:`~dfkd_jax.experiment.Setup`, compiles the
+The host side of a run: it builds the :class:`~dfkd_jax.run_setup.Setup`
+(:func:`dfkd_jax.experiment.build`; below that nothing reads the config), compiles the
 iteration of :mod:`dfkd_jax.iteration`, and per epoch of ``iterations_per_epoch``
 iterations evaluates the student on the real test set, writes a checkpoint,
 ``metrics.jsonl`` and ``summary.json``. A SIGTERM (preemption) saves a checkpoint at the
@@ -13,7 +14,10 @@ the iteration counter). Multi-process runs: see :func:`run` and
 :mod:`dfkd_jax.distributed`.
 
 Replicas (``config.num_seeds = N > 1``): N runs with seeds ``seed .. seed + N - 1`` in
-one program (:func:`dfkd_jax.iteration.init_replicas`). Each has its own History and
+one program (:func:`dfkd_jax.iteration.init_replicas`). The host loop keeps one
+History (and one metrics dict per iteration) per replica whether there is one seed or
+many; only the output paths and the summary layout differ (:class:`Layout`). Each
+replica has its own History and
 ``WORKDIR/seed_<seed>/summary.json`` (the one-run contract), ``metrics.jsonl`` is shared
 (a ``replica`` and a ``seed`` field per line), TensorBoard writes
 ``WORKDIR/tensorboard/seed_<seed>``, and each checkpoint holds all replicas. A replica
@@ -43,10 +47,12 @@ from dfkd_jax import distributed
 from dfkd_jax import evaluation
 from dfkd_jax import experiment
 from dfkd_jax import iteration as iteration_lib
+from dfkd_jax import methods
 from dfkd_jax import parallel
 from dfkd_jax import progress
 from dfkd_jax import summary as summary_lib
 from dfkd_jax import workdir as workdir_lib
+from dfkd_jax.run_setup import Setup
 
 SUMMARY_FILE = summary_lib.SUMMARY_FILE
 METRICS_FILE = "metrics.jsonl"
@@ -112,13 +118,6 @@ class History:
     self.epoch_cosines = []
 
 
-def _histories_to_json(histories: Sequence[History]) -> dict[str, Any]:
-  """A checkpoint's ``history``: one History's JSON, or ``{"replicas": [...]}``."""
-  if len(histories) == 1:
-    return histories[0].to_json()
-  return {"replicas": [h.to_json() for h in histories]}
-
-
 def _histories_from_json(d: dict[str, Any], num_replicas: int) -> list[History]:
   histories = ([History.from_json(h) for h in d["replicas"]] if "replicas" in d
                else [History.from_json(d)])
@@ -128,14 +127,18 @@ def _histories_from_json(d: dict[str, Any], num_replicas: int) -> list[History]:
   return histories
 
 
-def summary(config, history: History, seed: int | None = None) -> summary_lib.Summary:
-  """The :class:`~dfkd_jax.summary.Summary` of the run (or of its replica with
-  ``seed``; its config then records that seed), see ``docs/contracts.md``."""
-  record = config.to_dict()
+def summary(record: dict[str, Any] | ml_collections.ConfigDict, history: History,
+            seed: int | None = None) -> summary_lib.Summary:
+  """The :class:`~dfkd_jax.summary.Summary` of the run with config ``record``
+  (``config.to_dict()``; a ConfigDict is converted), or of its replica with ``seed``
+  (its config then records that seed); see ``docs/contracts.md``."""
+  if isinstance(record, ml_collections.ConfigDict):
+    record = record.to_dict()
+  record = dict(record)
   if seed is not None:
     record["seed"] = seed
   return summary_lib.Summary.of_run(
-      method=config.method, dataset=config.dataset, seed=record["seed"],
+      method=record["method"], dataset=record["dataset"], seed=record["seed"],
       teacher_accuracy=history.teacher_accuracy, test_accuracy=history.test_accuracy,
       alignment=history.alignment,
       student_steps_per_second=history.student_steps_per_second,
@@ -145,6 +148,54 @@ def summary(config, history: History, seed: int | None = None) -> summary_lib.Su
 def replica_dir(workdir: pathlib.Path, seed: int) -> pathlib.Path:
   """Where replica ``seed`` of a ``num_seeds > 1`` run writes its summary."""
   return workdir / f"seed_{seed}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+  """Where the outputs of replica ``k`` go, and the run's result layout: the only
+  places where one seed and many differ.
+
+  One seed: ``WORKDIR/summary.json``, ``WORKDIR/tensorboard``, metric lines without ids,
+  the summary itself as the result. Many: ``WORKDIR/seed_<s>/summary.json``,
+  ``WORKDIR/tensorboard/seed_<s>``, ``replica`` and ``seed`` fields per metric line,
+  ``{"replicas": [summary, ...]}``.
+  """
+
+  workdir: pathlib.Path
+  seeds: tuple[int, ...]
+
+  @property
+  def replicas(self) -> bool:
+    return len(self.seeds) > 1
+
+  def summary_path(self, k: int) -> pathlib.Path:
+    if not self.replicas:
+      return self.workdir / SUMMARY_FILE
+    return replica_dir(self.workdir, self.seeds[k]) / SUMMARY_FILE
+
+  def summary_seed(self, k: int) -> int | None:
+    """The seed replica ``k``'s summary records (``None``: the config's)."""
+    return self.seeds[k] if self.replicas else None
+
+  def tensorboard_dir(self, k: int) -> pathlib.Path:
+    if not self.replicas:
+      return self.workdir / "tensorboard"
+    return self.workdir / "tensorboard" / f"seed_{self.seeds[k]}"
+
+  def metric_ids(self, k: int) -> dict[str, int]:
+    return {"replica": k, "seed": self.seeds[k]} if self.replicas else {}
+
+  def make_dirs(self) -> None:
+    for seed in self.seeds if self.replicas else ():
+      replica_dir(self.workdir, seed).mkdir(exist_ok=True)
+
+  def result(self, summaries: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The run's result: the summary, or ``{"replicas": [...]}``."""
+    return {"replicas": list(summaries)} if self.replicas else summaries[0]
+
+  def history_json(self, histories: Sequence[History]) -> dict[str, Any]:
+    """A checkpoint's ``history``: one History's JSON, or ``{"replicas": [...]}``."""
+    return self.result([h.to_json() for h in histories])
 
 
 def _json_float(x) -> float | None:
@@ -178,35 +229,32 @@ class Outputs:
   rewritten after every epoch.
   """
 
-  def __init__(self, workdir: pathlib.Path, config, log, primary: bool,
-               completed_iterations: int, seeds: Sequence[int]):
-    self.workdir, self.config, self.log, self.primary = workdir, config, log, primary
-    self.seeds = list(seeds)
-    self.replicas = len(self.seeds) > 1
+  def __init__(self, layout: Layout, setup: Setup, log, primary: bool,
+               completed_iterations: int):
+    self.layout, self.log, self.primary = layout, log, primary
+    self.record, self.seeds = setup.record, list(layout.seeds)
+    self.per_epoch, self.num_epochs = setup.iterations_per_epoch, setup.num_epochs
     self._metrics = None
     self._tensorboard = [None] * len(self.seeds)
     if primary:
-      _truncate_metrics(workdir / METRICS_FILE, completed_iterations,
-                        config.iterations_per_epoch)
-      self._metrics = open(workdir / METRICS_FILE, "a")
-      tb_dirs = ([workdir / "tensorboard" / f"seed_{seed}" for seed in self.seeds]
-                 if self.replicas else [workdir / "tensorboard"])
-      left = completed_iterations < config.num_epochs * config.iterations_per_epoch
-      self._tensorboard = [_tensorboard_writer(d, config.tensorboard and left)
-                           for d in tb_dirs]
-      if config.tensorboard and left:
-        log(f"TensorBoard: every iteration's metrics in {workdir / 'tensorboard'} "
-            f"(view them with: tensorboard --logdir {workdir / 'tensorboard'})")
-      for seed in self.seeds if self.replicas else ():
-        replica_dir(workdir, seed).mkdir(exist_ok=True)
+      _truncate_metrics(layout.workdir / METRICS_FILE, completed_iterations,
+                        self.per_epoch)
+      self._metrics = open(layout.workdir / METRICS_FILE, "a")
+      left = completed_iterations < self.num_epochs * self.per_epoch
+      self._tensorboard = [_tensorboard_writer(layout.tensorboard_dir(k),
+                                               setup.tensorboard and left)
+                           for k in range(len(self.seeds))]
+      if setup.tensorboard and left:
+        tensorboard = layout.workdir / "tensorboard"
+        log(f"TensorBoard: every iteration's metrics in {tensorboard} "
+            f"(view them with: tensorboard --logdir {tensorboard})")
+      layout.make_dirs()
 
   def summary_path(self, k: int) -> pathlib.Path:
-    if not self.replicas:
-      return self.workdir / SUMMARY_FILE
-    return replica_dir(self.workdir, self.seeds[k]) / SUMMARY_FILE
+    return self.layout.summary_path(k)
 
   def _summary(self, k: int, history: History) -> summary_lib.Summary:
-    return summary(self.config, history, self.seeds[k] if self.replicas else None)
+    return summary(self.record, history, self.layout.summary_seed(k))
 
   def _scalars(self, writer, step: int, scalars) -> None:
     for name, value in scalars.items():
@@ -218,22 +266,21 @@ class Outputs:
                 skip: Sequence[int] = ()) -> None:
     """Writes an iteration's metrics (:func:`_per_replica`: one dict per replica)
     but those of the replicas in ``skip`` (failed at an earlier iteration)."""
-    step = epoch * self.config.iterations_per_epoch + i + 1
-    for k, (seed, values) in enumerate(zip(self.seeds, per_replica)):
+    step = epoch * self.per_epoch + i + 1
+    for k, values in enumerate(per_replica):
       if k in skip:
         continue
       if self._tensorboard[k]:
         self._scalars(self._tensorboard[k], step, values)
       if self._metrics:
-        ids = {"replica": k, "seed": seed} if self.replicas else {}
-        record = {"epoch": epoch + 1, "iteration": i + 1, **ids,
+        record = {"epoch": epoch + 1, "iteration": i + 1, **self.layout.metric_ids(k),
                   **{n: _json_float(v) for n, v in values.items()}}
         self._metrics.write(json.dumps(record) + "\n")
     if self._metrics:
       self._metrics.flush()
 
   def epoch(self, epoch: int, histories: Sequence[History], metrics, eta: str) -> None:
-    step = (epoch + 1) * self.config.iterations_per_epoch
+    step = (epoch + 1) * self.per_epoch
     for k, history in enumerate(histories):
       if self.primary:
         self._summary(k, history).write(self.summary_path(k))
@@ -243,17 +290,14 @@ class Outputs:
                       {"epoch/test_accuracy": history.test_accuracy[-1],
                        "epoch/alignment": history.alignment[-1]})
         self._tensorboard[k].flush()
-    self.log(_epoch_line(epoch, self.config.num_epochs, histories, self.seeds, metrics,
-                         eta))
+    self.log(_epoch_line(epoch, self.num_epochs, histories, self.seeds, metrics, eta))
 
   def finish(self, histories: Sequence[History]) -> dict[str, Any]:
     results = [self._summary(k, h) for k, h in enumerate(histories)]
     if self.primary:
       for k, result in enumerate(results):
         result.write(self.summary_path(k))
-    if not self.replicas:
-      return results[0].to_json()
-    return {"replicas": [r.to_json() for r in results]}
+    return self.layout.result([r.to_json() for r in results])
 
   def close(self) -> None:
     if self._metrics:
@@ -305,7 +349,8 @@ def _truncate_metrics(path: pathlib.Path, completed_iterations: int,
 
 def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
         log: Callable[[str], None] = print, mesh=None,
-        allow_config_change: Sequence[str] = ()) -> dict[str, Any]:
+        allow_config_change: Sequence[str] = (),
+        method: methods.Method | None = None) -> dict[str, Any]:
   """Trains (or resumes) the run in ``workdir`` and returns its summary.
 
   Checkpoints are numbered by iterations done (``state.step``): one at the end of every
@@ -326,6 +371,10 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
   and a resume or rerun whose result-deciding fields differ from the recorded run's
   is refused unless the field is in ``allow_config_change`` (``num_epochs`` only).
 
+  ``method`` is :func:`dfkd_jax.run_config.validate`'s result for ``config`` on ``mesh``
+  when the caller validated already (the entry point, before a first-use teacher);
+  without it the config is validated here.
+
   Raises:
     ValueError, FileNotFoundError: bad config or missing teacher/dataset, before any
       compilation; workdir.ConfigChangedError: the workdir holds another run.
@@ -341,14 +390,12 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
     log = lambda message: None  # pylint: disable=unnecessary-lambda-assignment
   workdir_lib.check_writable(workdir)
   workdir_lib.check_allowed(allow_config_change)
-  with progress.Heartbeat(log, "loading", "loading the teacher, building the models ...",
-                          config.progress_seconds):
-    setup = experiment.build(config, log, mesh)
+  setup = experiment.build(config, log, mesh, method)
   workdir.mkdir(parents=True, exist_ok=True)
   with workdir_lib.Lock(workdir, enabled=primary), \
       distributed.PreemptionWatch(log) as preemption:
     changed = workdir_lib.check_record(
-        workdir, config.to_dict(), dataclasses.asdict(setup.teacher_meta),
+        workdir, setup.record, dataclasses.asdict(setup.teacher_meta),
         allow_config_change, write=primary, log=log,
         trained=workdir_lib.has_checkpoint(workdir / CHECKPOINT_DIR))
     for field in changed:
@@ -442,16 +489,14 @@ def _check_finite(per_replica: Sequence[dict], epoch: int, i: int,
   return [k for k, _ in newly]
 
 
-def _accuracy(setup: experiment.Setup, eval_step, variables, split
-              ) -> float | list[float]:
+def _accuracy(setup: Setup, eval_step, variables, split) -> float | list[float]:
   """Test accuracy (%) of a classifier fed as the teacher is (its preprocessing); a
   list, one per replica, for a replicas eval step."""
   meta = setup.teacher_meta
-  return evaluation.accuracy(eval_step, variables, split,
-                             data.evaluation_dataset(meta, setup.config.dataset),
+  return evaluation.accuracy(eval_step, variables, split, setup.evaluation_dataset,
                              image_shape=meta.input_shape,
                              normalization=(meta.mean, meta.std),
-                             batch_size=setup.config.eval_batch_size, mesh=setup.mesh)
+                             batch_size=setup.eval_batch_size, mesh=setup.mesh)
 
 
 def _first_call(iteration, state, teacher_vars, log, every: float):
@@ -483,58 +528,58 @@ def _progress(epoch, i, per_epoch, num_epochs, throughput, metrics, remaining) -
           + (f", {throughput.eta(remaining)}" if rate else ""))
 
 
-def _run(setup: experiment.Setup, workdir: pathlib.Path, log, primary: bool,
+def _run(setup: Setup, workdir: pathlib.Path, log, primary: bool,
          preemption: distributed.PreemptionWatch) -> dict[str, Any]:
-  """The host loop of :func:`run`."""
-  config, mesh, meta = setup.config, setup.mesh, setup.teacher_meta
-  per_epoch = setup.iterations_per_epoch
-  total = config.num_epochs * per_epoch
-  replicas, seeds = iteration_lib.replicated(setup), setup.seeds
+  """The host loop of :func:`run`: one History per replica, one seed or many."""
+  mesh, meta, seeds = setup.mesh, setup.teacher_meta, setup.seeds
+  per_epoch, num_epochs = setup.iterations_per_epoch, setup.num_epochs
+  total = num_epochs * per_epoch
+  replicas = iteration_lib.replicated(setup)
+  layout = Layout(workdir, seeds)
   with progress.Heartbeat(log, "preparing the run", "preparing the run: test set, "
                           "models, checkpoints, teacher accuracy ...",
-                          config.progress_seconds):
-    test_split = data.load_split(data.evaluation_dataset(meta, config.dataset), "test",
-                                 data_dir=config.data_dir or None,
-                                 image_size=config.image_size)
+                          setup.progress_seconds):
+    test_split = data.load_split(setup.evaluation_dataset, "test",
+                                 data_dir=setup.data_dir, image_size=setup.image_size)
     state = iteration_lib.init_replicas(setup)
     state = parallel.put(state, mesh,
                          iteration_lib.state_specs(state, setup.replay, replicas))
     teacher_vars = parallel.replicate(setup.teacher_variables, mesh)
     checkpoints = checkpoints_lib.Checkpoints(workdir / CHECKPOINT_DIR,
-                                              config.checkpoints_to_keep, log, primary)
+                                              setup.checkpoints_to_keep, log, primary)
     state, histories, start = _restore(checkpoints, state, len(seeds), per_epoch,
-                                       config.num_epochs, log)
+                                       num_epochs, log)
     if histories[0].teacher_accuracy is None:
       teacher_accuracy = _accuracy(
           setup, evaluation.make_eval_step(setup.teacher), teacher_vars, test_split)
       for history in histories:
         history.teacher_accuracy = teacher_accuracy
       log(f"teacher {meta.arch}: {teacher_accuracy:.2f}% on the "
-          f"{data.evaluation_dataset(meta, config.dataset)} test set")
+          f"{setup.evaluation_dataset} test set")
   if replicas:
     log(f"{len(seeds)} replicas in one program: seeds {seeds[0]}-{seeds[-1]}, summaries "
         f"in {replica_dir(workdir, seeds[0]).parent}/seed_<seed>")
   iteration = iteration_lib.make_iteration(setup, state)
   eval_student = evaluation.make_eval_step(setup.student, replicas)
   throughput = progress.Throughput()
-  progress_line = progress.RateLimited(log, config.progress_seconds)
-  with contextlib.closing(Outputs(workdir, config, log, primary, start, seeds)) as outputs:
+  progress_line = progress.RateLimited(log, setup.progress_seconds)
+  with contextlib.closing(Outputs(layout, setup, log, primary, start)) as outputs:
     for step in range(start, total):
       epoch, i = divmod(step, per_epoch)
       t0 = time.time()
       if step == start:  # The first call compiles.
         state, metrics = _first_call(iteration, state, teacher_vars, log,
-                                     config.progress_seconds)
+                                     setup.progress_seconds)
       else:
         state, metrics = iteration(state, teacher_vars)
         metrics = jax.device_get(metrics)  # Blocks: one small transfer per iteration.
         throughput.add(time.time() - t0)
       per_replica = _per_replica(metrics, replicas)
       newly_failed = _check_finite(per_replica, epoch, i, checkpoints, histories, seeds,
-                                   log, config.compute_dtype)
+                                   log, setup.compute_dtype.name)
       outputs.iteration(epoch, i, per_replica, skip=[  # Failed before this iteration.
           k for k, h in enumerate(histories) if h.failed and k not in newly_failed])
-      progress_line(lambda: _progress(epoch, i, per_epoch, config.num_epochs, throughput,
+      progress_line(lambda: _progress(epoch, i, per_epoch, num_epochs, throughput,
                                       metrics, total - step - 1))
       _record_cosines(histories, per_replica)
       saved = i + 1 == per_epoch
@@ -542,18 +587,14 @@ def _run(setup: experiment.Setup, workdir: pathlib.Path, log, primary: bool,
         student = {"params": state.student.params,
                    "batch_stats": state.student.batch_stats}
         accuracies = _accuracy(setup, eval_student, student, test_split)
-        for history, acc in zip(histories, accuracies if replicas else [accuracies]):
-          if history.failed is None:
-            history.end_epoch(acc)
-            if throughput.per_second:
-              history.student_steps_per_second = (throughput.per_second
-                                                  * setup.student_steps)
-        checkpoints.save(step + 1, state, _histories_to_json(histories))
+        _end_epoch(histories, accuracies if replicas else [accuracies],
+                   throughput.per_second, setup.student_steps)
+        checkpoints.save(step + 1, state, layout.history_json(histories))
         outputs.epoch(epoch, histories, metrics, throughput.eta(total - step - 1))
       # Every process asks at every iteration (the sync protocol needs it).
       if preemption.reached(step + 1) and step + 1 < total:
         if not saved:
-          checkpoints.save(step + 1, state, _histories_to_json(histories))
+          checkpoints.save(step + 1, state, layout.history_json(histories))
         checkpoints.close()
         log(f"{preemption.notice}: stopped at epoch {epoch + 1}, iteration "
             f"{i + 1} of {per_epoch}, checkpoint saved in {checkpoints.directory}; "
@@ -561,6 +602,16 @@ def _run(setup: experiment.Setup, workdir: pathlib.Path, log, primary: bool,
         raise Preempted(step + 1, checkpoints.directory, preemption.exit_code)
     checkpoints.close()
     return outputs.finish(histories)
+
+
+def _end_epoch(histories: Sequence[History], accuracies: Sequence[float],
+               iterations_per_second: float | None, student_steps: int) -> None:
+  """Records a finished epoch in each live replica's History."""
+  for history, accuracy in zip(histories, accuracies):
+    if history.failed is None:
+      history.end_epoch(accuracy)
+      if iterations_per_second:
+        history.student_steps_per_second = iterations_per_second * student_steps
 
 
 def _record_cosines(histories: Sequence[History], per_replica: Sequence[dict]) -> None:

@@ -1,4 +1,4 @@
-"""Tests for dfkd_jax.evaluation (LRA Sec. 4.1 / Table 1 metrics)."""
+"""Tests for dfkd_jax.evaluation and dfkd_jax.curves (LRA Sec. 4.1 / Table 1 metrics)."""
 
 import fractions
 import json
@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from dfkd_jax import curves
 from dfkd_jax import evaluation
 
 # ---------------------------------------------------------------------------
@@ -94,7 +95,7 @@ def _consecutive(k: int, last: float) -> tuple[float, float]:
           "80": _consecutive(40, 200)}),
     ])
 def test_learning_evolution_hand_computed(acc, expected):
-  got = evaluation.learning_evolution(acc)
+  got = curves.learning_evolution(acc)
   assert list(got) == ["0", "20", "40", "60", "80"]
   for key, (mean, var) in expected.items():
     assert set(got[key]) == {"mean", "var"}
@@ -104,7 +105,7 @@ def test_learning_evolution_hand_computed(acc, expected):
 
 
 def test_learning_evolution_custom_percentiles_and_order():
-  got = evaluation.learning_evolution(list(range(1, 11)), percentiles=(99, 50, 90))
+  got = curves.learning_evolution(list(range(1, 11)), percentiles=(99, 50, 90))
   assert list(got) == ["99", "50", "90"]
   assert got["50"] == {"mean": 8.0, "var": 2.0}    # epochs 6..10
   assert got["90"] == {"mean": 10.0, "var": 0.0}   # epoch 10
@@ -117,7 +118,7 @@ def test_percentile_start_matches_definition(num_epochs, n):
   """Epochs counted are exactly the 1-based e with e > n * E / 100 (exact)."""
   threshold = fractions.Fraction(n * num_epochs, 100)
   expected = [e for e in range(1, num_epochs + 1) if e > threshold]
-  start = evaluation.percentile_start(num_epochs, n)
+  start = curves.percentile_start(num_epochs, n)
   assert list(range(start + 1, num_epochs + 1)) == expected
   assert expected  # never empty for n < 100
 
@@ -125,7 +126,7 @@ def test_percentile_start_matches_definition(num_epochs, n):
 def test_learning_evolution_matches_numpy_on_random_curve():
   rng = np.random.default_rng(1)
   acc = rng.uniform(10, 95, size=37)
-  got = evaluation.learning_evolution(acc)
+  got = curves.learning_evolution(acc)
   for n in (0, 20, 40, 60, 80):
     tail = acc[n * 37 // 100:]
     assert got[str(n)]["mean"] == pytest.approx(np.mean(tail))
@@ -146,7 +147,7 @@ def test_learning_evolution_matches_numpy_on_random_curve():
     ])
 def test_learning_evolution_rejects_bad_input(acc, percentiles, error):
   with pytest.raises(error):
-    evaluation.learning_evolution(acc, percentiles)
+    curves.learning_evolution(acc, percentiles)
 
 
 # ---------------------------------------------------------------------------
@@ -163,7 +164,7 @@ def test_learning_evolution_rejects_bad_input(acc, percentiles, error):
         ([50., 60., 55., 70., 65.], [50., 55., 55., 58.75, 60.]),
     ])
 def test_cumulative_mean_accuracy(acc, expected):
-  got = evaluation.cumulative_mean_accuracy(acc)
+  got = curves.cumulative_mean_accuracy(acc)
   assert isinstance(got, list) and all(isinstance(v, float) for v in got)
   np.testing.assert_allclose(got, expected, rtol=1e-12)
 
@@ -171,13 +172,13 @@ def test_cumulative_mean_accuracy(acc, expected):
 @pytest.mark.parametrize("acc, expected", [([3.], 3.), ([1., 9., 4.], 9.),
                                            ([50., 60., 55., 70., 65.], 70.)])
 def test_acc_max(acc, expected):
-  got = evaluation.acc_max(acc)
+  got = curves.acc_max(acc)
   assert isinstance(got, float) and got == expected
 
 
 def test_acc_max_rejects_empty():
   with pytest.raises(ValueError):
-    evaluation.acc_max([])
+    curves.acc_max([])
 
 
 @pytest.mark.parametrize("as_array", [list, np.asarray,
@@ -185,12 +186,12 @@ def test_acc_max_rejects_empty():
                                       jnp.asarray])
 def test_summarize_fields_and_json(as_array):
   acc = [50., 60., 55., 70., 65.]
-  summary = evaluation.summarize(as_array(acc))
+  summary = curves.summarize(as_array(acc))
   assert set(summary) == {"test_accuracy", "acc_max", "learning_evolution",
                           "cumulative_mean_accuracy"}
   assert summary["test_accuracy"] == acc
   assert summary["acc_max"] == 70.
-  assert summary["learning_evolution"] == evaluation.learning_evolution(acc)
+  assert summary["learning_evolution"] == curves.learning_evolution(acc)
   assert summary["cumulative_mean_accuracy"] == pytest.approx(
       [50., 55., 55., 58.75, 60.])
   # Strict JSON (no NaN) round trip with plain Python types.
@@ -198,7 +199,7 @@ def test_summarize_fields_and_json(as_array):
 
 
 def test_summarize_single_epoch():
-  summary = evaluation.summarize([12.5])
+  summary = curves.summarize([12.5])
   assert summary["acc_max"] == 12.5
   assert summary["cumulative_mean_accuracy"] == [12.5]
   assert all(v == {"mean": 12.5, "var": 0.0}
@@ -208,4 +209,4 @@ def test_summarize_single_epoch():
 
 def test_summarize_rejects_empty():
   with pytest.raises(ValueError):
-    evaluation.summarize([])
+    curves.summarize([])

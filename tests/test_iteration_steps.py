@@ -112,8 +112,8 @@ def _student_step(parts, update_name, memory, lr=0.1):
   student = _model_state(parts.s_vars, opt)
   gen = _model_state(parts.g_vars, optax.adam(1e-3))
   update = iteration.StudentUpdate(
-      objectives.get(update_name), objectives.needs_retention(update_name), losses.mae,
-      1.0, opt, BATCH)
+      objectives.get(update_name),
+      objectives.UPDATE_RULES.get(update_name).needs_retention, losses.mae, 1.0, opt, BATCH)
   replay = sources.MemoryReplay(num_slots=2, samples_per_slot=BATCH,
                                 push_every_epochs=1, iterations_per_epoch=1,
                                 dtype="float32")
@@ -126,7 +126,7 @@ def _student_step(parts, update_name, memory, lr=0.1):
     zeros = (jnp.zeros((BATCH, *SHAPE)), jnp.zeros((BATCH, CLASSES)))
     carry, metrics = iteration.student_step(
         (student, memory, *zeros), (key, 0), gen=gen, teacher_vars=t_vars,
-        source=replay.source(ctx), nets=parts.nets, update=update, align=False)
+        source=replay, ctx=ctx, nets=parts.nets, update=update, align=False)
     return carry[0], metrics
 
   new, metrics = _on_one_device(step, parts.mesh, student, memory, gen, parts.t_vars, key)

@@ -507,9 +507,10 @@ def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(teacher_dir, tmp_p
   before = json.loads((tmp_path / trainer.SUMMARY_FILE).read_text())
 
   # Fault injection: the generator's loss (LRA eq. 15) turns NaN in the second run.
-  lra = generator_objectives.get("lra")
-  monkeypatch.setitem(generator_objectives._KINDS, "lra",  # pylint: disable=protected-access
-                      lambda *args: jax.tree.map(lambda v: v * np.nan, lra(*args)))
+  lra = generator_objectives.GENERATOR_LOSSES.get("lra")
+  monkeypatch.setitem(
+      generator_objectives.GENERATOR_LOSSES._entries, "lra",  # pylint: disable=protected-access
+      lra._replace(loss=lambda *args: jax.tree.map(lambda v: v * np.nan, lra.loss(*args))))
   broken = tiny_config(teacher_dir, "mb_dfkd", num_epochs=2)
   with pytest.raises(trainer.NonFiniteLossError, match="generator_loss .* epoch 2"):
     trainer.run(broken, tmp_path, log=lambda s: None, allow_config_change=["num_epochs"])

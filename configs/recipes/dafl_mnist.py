@@ -25,12 +25,12 @@ PyTorch's default initialisation (``dafl_generator`` uses LRA's U(-0.08, 0.08)).
 run here.
 """
 
-from dfkd_jax import experiment
+from dfkd_jax import run_config
 
 
 def get_config(arg: str | None = None):
-  config = experiment.default_config()
-  config.method = experiment.method_from_arg(arg, default="dafl")
+  config = run_config.default_config()
+  config.method = run_config.method_from_arg(arg, default="dafl")
   config.dataset = "mnist"
   config.teacher_dir = "teachers/mnist_lenet5"
   config.student = "lenet5_half"

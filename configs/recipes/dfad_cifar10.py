@@ -24,12 +24,12 @@ generator step of an iteration (here: after). Not yet run here.
 
 import ml_collections
 
-from dfkd_jax import experiment
+from dfkd_jax import run_config
 
 
 def get_config(arg: str | None = None):
-  config = experiment.default_config()
-  config.method = experiment.method_from_arg(arg, default="dfad")
+  config = run_config.default_config()
+  config.method = run_config.method_from_arg(arg, default="dfad")
   config.dataset = "cifar10"
   config.teacher_dir = "teachers/cifar10_resnet34_dfad"
   config.student = "resnet18"

@@ -29,12 +29,12 @@ track each other (checked against DFAD's code). Not yet run to the end here: a
 
 import ml_collections
 
-from dfkd_jax import experiment
+from dfkd_jax import run_config
 
 
 def get_config(arg: str | None = None):
-  config = experiment.default_config()
-  config.method = experiment.method_from_arg(arg, default="dfad")
+  config = run_config.default_config()
+  config.method = run_config.method_from_arg(arg, default="dfad")
   config.dataset = "mnist"
   config.teacher_dir = "teachers/mnist_lenet5_dfad"
   config.student = "lenet5_half"

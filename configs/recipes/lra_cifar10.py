@@ -27,12 +27,12 @@ student's learning rate) cost ~8 points on digits and ~47 on MNIST
 (docs/results.md); ``configs/cifar10.py`` uses alpha = 0.1. Not yet run here.
 """
 
-from dfkd_jax import experiment
+from dfkd_jax import run_config
 
 
 def get_config(arg: str | None = None):
-  config = experiment.default_config()
-  config.method = experiment.method_from_arg(arg)
+  config = run_config.default_config()
+  config.method = run_config.method_from_arg(arg)
   config.dataset = "cifar10"
   config.teacher_dir = "teachers/cifar10_resnet34"
   config.student = "resnet18"

@@ -13,12 +13,12 @@ caveat as in ``configs/recipes/lra_cifar10.py``. Not yet run here.
 
 import pathlib
 
-from dfkd_jax import experiment
+from dfkd_jax import run_config
 
 
 def get_config(arg: str | None = None):
   cifar10 = pathlib.Path(__file__).with_name("lra_cifar10.py")
-  config = experiment.load_config_file(f"{cifar10}:{arg}" if arg else str(cifar10))
+  config = run_config.load_config_file(f"{cifar10}:{arg}" if arg else str(cifar10))
   config.dataset = "cifar100"
   config.teacher_dir = "teachers/cifar100_resnet34"
   config.num_epochs = 400

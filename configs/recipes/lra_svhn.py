@@ -15,12 +15,12 @@ picks the data and the teacher), so every setting and every caveat of
 
 import pathlib
 
-from dfkd_jax import experiment
+from dfkd_jax import run_config
 
 
 def get_config(arg: str | None = None):
   cifar10 = pathlib.Path(__file__).with_name("lra_cifar10.py")
-  config = experiment.load_config_file(f"{cifar10}:{arg}" if arg else str(cifar10))
+  config = run_config.load_config_file(f"{cifar10}:{arg}" if arg else str(cifar10))
   config.dataset = "svhn_cropped"
   config.teacher_dir = "teachers/svhn_resnet34"
   return config

@@ -19,6 +19,7 @@ from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 
+from dfkd_jax import registry
 from dfkd_jax.models.digits import DigitsCNN
 from dfkd_jax.models.generators import DAFLGenerator, MADGenerator, MAD_IMAGE_SIZES
 from dfkd_jax.models.layers import BatchNorm, ClassifierFeatures
@@ -28,13 +29,14 @@ from dfkd_jax.models.vae import VAE
 from dfkd_jax.models.wrn import WideResNet
 
 __all__ = ["BatchNorm", "ClassifierFeatures", "DAFLGenerator", "DigitsCNN", "LeNet5",
-           "MADGenerator", "ResNet", "VAE", "WideResNet", "get", "input_shape",
+           "MADGenerator", "MODELS", "ModelEntry", "ResNet", "VAE", "WideResNet", "get",
+           "input_shape",
            "can_be_conditional", "is_classifier", "names", "options", "output_range"]
 
 
 @dataclasses.dataclass(frozen=True)
-class _Entry:
-  """How to build one registered model.
+class ModelEntry:
+  """How to build one registered model, and its traits.
 
   Attributes:
     build: ``build(num_classes, **kwargs) -> nn.Module``.
@@ -107,72 +109,73 @@ def _vae(num_classes: int, latent_dim: int = 100,
   return VAE(latent_dim, _image_shape("vae", image_shape, 8))
 
 
-_REGISTRY: dict[str, _Entry] = {
-    "resnet18": _Entry(lambda num_classes: ResNet(num_classes, 18, 32), "classifier",
+#: The models (``config.student``, ``config.generator``, a teacher's ``model``). A user
+#: model plugs in with ``MODELS.register("my_net", ModelEntry(build, "classifier",
+#: (H, W, C)))``.
+MODELS: registry.Registry[ModelEntry] = registry.Registry(
+    "model", valid="valid names", sort_names=True, unknown="Unknown model")
+for _name, _model in {
+    "resnet18": ModelEntry(lambda num_classes: ResNet(num_classes, 18, 32), "classifier",
                        (32, 32, None)),
-    "resnet34": _Entry(lambda num_classes: ResNet(num_classes, 34, 32), "classifier",
+    "resnet34": ModelEntry(lambda num_classes: ResNet(num_classes, 34, 32), "classifier",
                        (32, 32, None)),
-    "resnet18_64": _Entry(lambda num_classes: ResNet(num_classes, 18, 64),
+    "resnet18_64": ModelEntry(lambda num_classes: ResNet(num_classes, 18, 64),
                           "classifier", (64, 64, None)),
-    "resnet34_64": _Entry(lambda num_classes: ResNet(num_classes, 34, 64),
+    "resnet34_64": ModelEntry(lambda num_classes: ResNet(num_classes, 34, 64),
                           "classifier", (64, 64, None)),
-    "wrn16_1": _Entry(lambda num_classes: WideResNet(num_classes, 16, 1), "classifier",
+    "wrn16_1": ModelEntry(lambda num_classes: WideResNet(num_classes, 16, 1), "classifier",
                       (32, 32, None)),
-    "wrn16_2": _Entry(lambda num_classes: WideResNet(num_classes, 16, 2), "classifier",
+    "wrn16_2": ModelEntry(lambda num_classes: WideResNet(num_classes, 16, 2), "classifier",
                       (32, 32, None)),
-    "wrn40_1": _Entry(lambda num_classes: WideResNet(num_classes, 40, 1), "classifier",
+    "wrn40_1": ModelEntry(lambda num_classes: WideResNet(num_classes, 40, 1), "classifier",
                       (32, 32, None)),
-    "wrn40_2": _Entry(lambda num_classes: WideResNet(num_classes, 40, 2), "classifier",
+    "wrn40_2": ModelEntry(lambda num_classes: WideResNet(num_classes, 40, 2), "classifier",
                       (32, 32, None)),
-    "lenet5": _Entry(lambda num_classes: LeNet5(num_classes, 1), "classifier",
+    "lenet5": ModelEntry(lambda num_classes: LeNet5(num_classes, 1), "classifier",
                      (32, 32, 1)),
-    "lenet5_half": _Entry(lambda num_classes: LeNet5(num_classes, 2), "classifier",
+    "lenet5_half": ModelEntry(lambda num_classes: LeNet5(num_classes, 2), "classifier",
                           (32, 32, 1)),
-    "lenet5_bn": _Entry(lambda num_classes: LeNet5(num_classes, 1, batch_norm=True),
+    "lenet5_bn": ModelEntry(lambda num_classes: LeNet5(num_classes, 1, batch_norm=True),
                         "classifier", (32, 32, 1)),
-    "digits_cnn": _Entry(lambda num_classes: DigitsCNN(num_classes, (32, 32, 64)),
+    "digits_cnn": ModelEntry(lambda num_classes: DigitsCNN(num_classes, (32, 32, 64)),
                          "classifier", (8, 8, 1)),
-    "digits_cnn_half": _Entry(lambda num_classes: DigitsCNN(num_classes, (16, 16, 32)),
+    "digits_cnn_half": ModelEntry(lambda num_classes: DigitsCNN(num_classes, (16, 16, 32)),
                               "classifier", (8, 8, 1)),
-    "dafl_generator": _Entry(_dafl_generator, "generator",
+    "dafl_generator": ModelEntry(_dafl_generator, "generator",
                              options=_GENERATOR_OPTIONS + ("spectral_norm", "base_width")),
-    "dfad_generator": _Entry(_dfad_generator, "generator",
+    "dfad_generator": ModelEntry(_dfad_generator, "generator",
                              options=_GENERATOR_OPTIONS + ("base_width",)),
-    "mad_generator": _Entry(_mad_generator, "generator", options=_GENERATOR_OPTIONS,
+    "mad_generator": ModelEntry(_mad_generator, "generator", options=_GENERATOR_OPTIONS,
                             output_range="unit", conditional=True),
-    "vae": _Entry(_vae, "vae", options=_GENERATOR_OPTIONS),
-}
+    "vae": ModelEntry(_vae, "vae", options=_GENERATOR_OPTIONS),
+}.items():
+  MODELS.register(_name, _model)
+del _name, _model
 
 
 def names() -> tuple[str, ...]:
   """All registered model names, sorted."""
-  return tuple(sorted(_REGISTRY))
-
-
-def _entry(name: str) -> _Entry:
-  if name not in _REGISTRY:
-    raise ValueError(f"Unknown model {name!r}; valid names: {', '.join(names())}")
-  return _REGISTRY[name]
+  return MODELS.names()
 
 
 def options(name: str) -> tuple[str, ...]:
   """The keyword options :func:`get` accepts for ``name`` besides ``num_classes``."""
-  return _entry(name).options
+  return MODELS.get(name).options
 
 
 def output_range(name: str) -> str:
-  """A generator's output range: ``"normalized"`` or ``"unit"`` (see ``_Entry``)."""
-  return _entry(name).output_range
+  """A generator's output range: ``"normalized"`` or ``"unit"`` (see :class:`ModelEntry`)."""
+  return MODELS.get(name).output_range
 
 
 def can_be_conditional(name: str) -> bool:
   """Whether the generator ``name`` can be class-conditional (``G(z, y)``)."""
-  return _entry(name).conditional
+  return MODELS.get(name).conditional
 
 
 def is_classifier(name: str) -> bool:
   """Whether ``name`` is a registered classifier (``ValueError`` if unknown)."""
-  return _entry(name).kind == "classifier"
+  return MODELS.get(name).kind == "classifier"
 
 
 def input_shape(name: str, channels: int | None = None) -> tuple[int, int, int]:
@@ -190,9 +193,9 @@ def input_shape(name: str, channels: int | None = None) -> tuple[int, int, int]:
     ValueError: unknown name, a generator/VAE name, or a channel count the classifier
       cannot take.
   """
-  entry = _entry(name)
+  entry = MODELS.get(name)
   if entry.kind != "classifier":
-    classifiers = [n for n in names() if _REGISTRY[n].kind == "classifier"]
+    classifiers = [n for n in names() if MODELS.get(n).kind == "classifier"]
     raise ValueError(f"{name!r} is a {entry.kind}, not a classifier; classifiers: "
                      f"{', '.join(classifiers)}")
   h, w, c = entry.input_shape
@@ -204,13 +207,13 @@ def input_shape(name: str, channels: int | None = None) -> tuple[int, int, int]:
 
 
 def _check_classifier_shape(name: str, shape: Sequence[int]) -> None:
-  expected = _REGISTRY[name].input_shape
+  expected = MODELS.get(name).input_shape
   shape = tuple(shape)
   ok = len(shape) == 3 and shape[:2] == expected[:2] and (
       expected[2] is None or shape[2] == expected[2])
   if not ok:
-    matching = [n for n in names() if _REGISTRY[n].kind == "classifier" and
-                len(shape) == 3 and _REGISTRY[n].input_shape[:2] == shape[:2]]
+    matching = [n for n in names() if MODELS.get(n).kind == "classifier" and
+                len(shape) == 3 and MODELS.get(n).input_shape[:2] == shape[:2]]
     raise ValueError(
         f"{name!r} takes input_shape {expected} (None = any channels), not {shape}; "
         f"classifiers for this resolution: {', '.join(matching) or 'none'}")
@@ -234,7 +237,7 @@ def get(name: str, *, num_classes: int = 10, **kwargs: Any) -> nn.Module:
     ValueError: unknown name, unknown option, or an impossible shape, with the valid
       choices in the message.
   """
-  entry = _entry(name)
+  entry = MODELS.get(name)
   if not isinstance(num_classes, int) or num_classes < 1:
     raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
   if entry.kind == "classifier":

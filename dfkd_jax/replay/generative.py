@@ -44,6 +44,7 @@ import jax.numpy as jnp
 import optax
 
 from dfkd_jax import losses
+from dfkd_jax import optimizers
 
 Array = chex.Array
 TeacherFn = Callable[[Array], Array]
@@ -123,10 +124,9 @@ def train_step(state: VAEState, vae, learning_rate: float, x: Array,
   (loss, (new_stats, terms)), grads = jax.value_and_grad(vae_loss, has_aux=True)(
       state.params, state.batch_stats, vae, jax.lax.stop_gradient(x), teacher_logits,
       teacher, rng, kl_weight, axis_name)
-  updates, opt_state = optimizer(learning_rate).update(grads, state.opt_state,
-                                                       state.params)
-  new_state = VAEState(optax.apply_updates(state.params, updates), new_stats, opt_state,
-                       state.num_updates + 1)
+  params, opt_state = optimizers.apply(optimizer(learning_rate), grads, state.opt_state,
+                                       state.params)
+  new_state = VAEState(params, new_stats, opt_state, state.num_updates + 1)
   return new_state, {"vae_loss": loss, **{f"vae_{k}": v for k, v in terms.items()}}
 
 
