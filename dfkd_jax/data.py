@@ -38,7 +38,6 @@ NHWC float32 images, int32 labels, float32 mask.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import logging
 import os
@@ -49,44 +48,11 @@ from typing import Iterator, NamedTuple, Sequence
 import numpy as np
 
 from dfkd_jax import data_cache
+from dfkd_jax import file_datasets
+from dfkd_jax.dataset_spec import ArraySplit, DatasetSpec, cached_split
 
 DEFAULT_DATA_DIR = os.environ.get("TFDS_DATA_DIR",
                                   os.path.expanduser("~/tensorflow_datasets"))
-
-
-@dataclasses.dataclass(frozen=True)
-class DatasetSpec:
-  """What is fixed about one image classification source.
-
-  Attributes:
-    name: source name (``mnist``, ``cifar10``, ...).
-    num_classes: number of classes.
-    image_shape: native ``(H, W, C)`` of the stored images.
-    mean: per-channel mean of the [0, 1]-scaled pixels, used to normalise.
-    std: per-channel standard deviation, used to normalise.
-    crop: whether training augmentation takes random 4-pixel-padded crops.
-    flip: whether training augmentation flips horizontally.
-    tfds_name: the TFDS builder name, or ``None`` when not read through TFDS.
-    pixel_max: the stored value of white (255 for uint8 images).
-  """
-
-  name: str
-  num_classes: int
-  image_shape: tuple[int, int, int]
-  mean: tuple[float, ...]
-  std: tuple[float, ...]
-  crop: bool = False
-  flip: bool = False
-  tfds_name: str | None = None
-  pixel_max: float = 255.0
-
-  def stored_shape(self, image_size: int = 0) -> tuple[int, int, int]:
-    """``(H, W, C)`` of the loaded images; only file datasets take an ``image_size``."""
-    if image_size:
-      raise ValueError(f"config.image_size={image_size!r} resizes folder: and npz: "
-                       f"datasets only; {self.name!r} has fixed {self.image_shape[0]}x"
-                       f"{self.image_shape[1]} images: set it to 0")
-    return self.image_shape
 
 
 SPECS: dict[str, DatasetSpec] = {
@@ -121,14 +87,6 @@ class Dataset(NamedTuple):
     return self.spec.name + (":pad" if self.upscale == "pad" else "")
 
 
-class ArraySplit(NamedTuple):
-  """One split in memory, as stored: ``images [N, H, W, C]`` (``pixel_max`` = white)."""
-
-  images: np.ndarray
-  labels: np.ndarray  # int32 [N].
-  pixel_max: float
-
-
 class Batch(NamedTuple):
   """One batch: ``images [B, H, W, C]`` float32, ``labels [B]`` int32, ``mask [B]``."""
 
@@ -147,7 +105,6 @@ def get_dataset(dataset_id: str) -> Dataset:
     FileNotFoundError: the folder or file of a file dataset is missing.
   """
   name, _, option = dataset_id.partition(":")
-  from dfkd_jax import file_datasets  # pylint: disable=g-import-not-at-top
   if name in file_datasets.PREFIXES:
     return Dataset(file_datasets.parse(dataset_id), "bilinear")
   if name not in SPECS:
@@ -202,7 +159,6 @@ def load_split(dataset_id: str, split: str, *,
   spec.stored_shape(image_size)  # Checks image_size.
   data_dir = pathlib.Path(data_dir or DEFAULT_DATA_DIR).expanduser()
   cache_root = data_cache.cache_root(data_dir) if cache else None
-  from dfkd_jax import file_datasets  # pylint: disable=g-import-not-at-top
   if isinstance(spec, file_datasets.FileSpec):
     return spec.load(split, cache_root, image_size)
   if spec.name == "digits":
@@ -210,12 +166,6 @@ def load_split(dataset_id: str, split: str, *,
   if spec.name == "tiny_imagenet":
     return _load_tiny_imagenet(data_dir, split, cache_root)
   return _load_tfds(spec, split, data_dir, cache_root)
-
-
-def _cached_split(path: pathlib.Path | None, key: dict, decode) -> ArraySplit:
-  """``decode()`` through :func:`dfkd_jax.data_cache.cached`."""
-  arrays = data_cache.cached(path, key, lambda: dict(zip(ArraySplit._fields, decode())))
-  return ArraySplit(arrays["images"], arrays["labels"], float(arrays["pixel_max"]))
 
 
 def _load_digits(split: str, test_fraction: float = 0.2, seed: int = 0) -> ArraySplit:
@@ -269,7 +219,7 @@ def _load_tfds(spec: DatasetSpec, split: str, data_dir: pathlib.Path,
   key = {"source": spec.tfds_name, "tfds_version": version, "split": split,
          "files": data_cache.fingerprint(prepared, (p for p in prepared.iterdir()
                                                     if p.is_file()))}
-  return _cached_split(cache_root / spec.tfds_name / version / f"{split}.npz", key,
+  return cached_split(cache_root / spec.tfds_name / version / f"{split}.npz", key,
                        lambda: _decode_tfds(spec, split, data_dir))
 
 
@@ -340,7 +290,7 @@ def _load_tiny_imagenet(data_dir: pathlib.Path, split: str,
     listing.append(root / "val" / "val_annotations.txt")
   key = {"source": _TINY_IMAGENET_DIR, "split": split,
          "files": data_cache.fingerprint(root, listing)}
-  return _cached_split(cache_root / _TINY_IMAGENET_DIR / f"{split}.npz", key, decode)
+  return cached_split(cache_root / _TINY_IMAGENET_DIR / f"{split}.npz", key, decode)
 
 
 # ---------------------------------------------------------------------------

@@ -46,7 +46,7 @@ import zipfile
 
 import numpy as np
 
-from dfkd_jax import data
+from dfkd_jax.dataset_spec import ArraySplit, DatasetSpec, cached_split
 from dfkd_jax import data_cache
 
 PREFIXES = ("folder", "npz")
@@ -58,7 +58,7 @@ SPLITS = ("train", "test")
 
 
 @dataclasses.dataclass(frozen=True)
-class FileSpec(data.DatasetSpec):
+class FileSpec(DatasetSpec):
   """A ``folder:`` or ``npz:`` dataset, as found on disk.
 
   ``name`` is the id with the absolute path; ``image_shape`` the native ``(H, W, C)``
@@ -98,7 +98,7 @@ class FileSpec(data.DatasetSpec):
     return self.image_shape
 
   def load(self, split: str, cache_root: pathlib.Path | None,
-           image_size: int = 0) -> data.ArraySplit:
+           image_size: int = 0) -> ArraySplit:
     """Loads ``split`` (resized to ``image_size`` if given) through the data cache.
 
     Raises:
@@ -120,13 +120,13 @@ class FileSpec(data.DatasetSpec):
       listing, base = [path], path.parent
       decode = lambda: _decode_npz(self, split, image_size)
     if cache_root is None:
-      return data.ArraySplit(*decode())
+      return ArraySplit(*decode())
     key = {"source": self.name, "split": split, "image_size": int(image_size),
            "classes": list(self.classes),
            "files": data_cache.fingerprint(base, listing)}
     digest = hashlib.sha256(self.name.encode()).hexdigest()[:16]
     folder = cache_root / "files" / f"{self.source}-{path.name}-{digest}"
-    return data._cached_split(  # pylint: disable=protected-access
+    return cached_split(
         folder / f"{split}-{image_size or 'native'}.npz", key, decode)
 
 
@@ -154,7 +154,7 @@ def parse(dataset_id: str) -> FileSpec:
   return _scan_npz(path, (stat.st_size, stat.st_mtime_ns))
 
 
-def normalization(split: data.ArraySplit) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def normalization(split: ArraySplit) -> tuple[tuple[float, ...], tuple[float, ...]]:
   """Per-channel ``(mean, std)`` of a split's images scaled to [0, 1].
 
   Accumulated in float64 over chunks, so a large split needs no float copy.
