@@ -158,7 +158,7 @@ def main(argv: Sequence[str]) -> None:
   logging.set_verbosity(logging.WARNING)  # Orbax logs every checkpoint step at INFO.
   if _PRINT_CONFIG.value:
     try:  # Only values a run would accept.
-      experiment.validate(config, parallel.make_mesh())
+      run_config.validate(config, parallel.make_mesh())
     except ValueError as e:
       raise SystemExit(f"error: {' '.join(str(e).split())}") from None
     print(config)

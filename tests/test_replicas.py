@@ -117,8 +117,8 @@ def test_replicas_resume_after_a_preemption_equals_the_uninterrupted_run(
                        tensorboard=True)
   written = trainer.Outputs.iteration
 
-  def iteration_then_sigterm(self, epoch, i, metrics):
-    written(self, epoch, i, metrics)
+  def iteration_then_sigterm(self, epoch, i, metrics, **kwargs):
+    written(self, epoch, i, metrics, **kwargs)
     if (epoch, i) == (1, 0):  # A preemption notice in epoch 2: saved at iteration 3.
       os.kill(os.getpid(), signal.SIGTERM)
 
