@@ -95,9 +95,14 @@ def _generator_loss_weights(config) -> generator_objectives.GeneratorLossWeights
   return generator_objectives.GeneratorLossWeights(**weights)
 
 
-def _unroll(step_loop: str, mesh) -> bool:
-  """Unrolled steps for ``unroll``, and for ``auto`` on CPU (see ``config.step_loop``)."""
-  return step_loop == "unroll" or (step_loop == "auto"
+def _unroll(step_loop: str) -> bool:
+  """Unrolled steps for ``unroll`` only; ``auto`` scans (see ``config.step_loop``)."""
+  return step_loop == "unroll"
+
+
+def _map_replicas(replica_loop: str, mesh) -> bool:
+  """``lax.map`` over replicas for ``map``, and for ``auto`` on CPU (``config.replica_loop``)."""
+  return replica_loop == "map" or (replica_loop == "auto"
                                    and mesh.devices.flat[0].platform == "cpu")
 
 
@@ -194,7 +199,8 @@ def _assemble(config, log, mesh, method: methods.Method) -> Setup:
       meta_alignment=update_rule.is_meta and bool(m.with_alignment),
       replay=_replay(config, method, input_shape),
       compute_dtype=jnp.dtype(config.compute_dtype),
-      unroll=_unroll(config.step_loop, mesh),
+      unroll=_unroll(config.step_loop),
+      map_replicas=_map_replicas(config.replica_loop, mesh),
       num_epochs=config.num_epochs, eval_batch_size=config.eval_batch_size,
       evaluation_dataset=data.evaluation_dataset(meta, config.dataset),
       image_size=config.image_size, data_dir=config.data_dir or None,

@@ -372,6 +372,17 @@ def _reduce_metrics(gen_metrics, stu_metrics) -> dict[str, jax.Array]:
   return metrics
 
 
+def _over_replicas(iteration, sequential: bool):
+  """``iteration`` over the leading replica axis of its state (the teacher shared):
+  ``lax.map`` (each replica with the single run's operations) or ``jax.vmap``."""
+  if not sequential:
+    return jax.vmap(iteration, in_axes=(0, None))
+
+  def mapped(states, teacher_vars):
+    return jax.lax.map(lambda s: iteration(s, teacher_vars), states)
+  return mapped
+
+
 def make_iteration(setup: Setup, state: TrainState):
   """The jitted ``(state, teacher_variables) -> (state, metrics)`` training iteration.
 
@@ -430,7 +441,7 @@ def make_iteration(setup: Setup, state: TrainState):
 
   replicas = replicated(setup)
   if replicas:  # One program, N runs; the teacher is shared.
-    iteration = jax.vmap(iteration, in_axes=(0, None))
+    iteration = _over_replicas(iteration, setup.map_replicas)
   specs = state_specs(state, setup.replay, replicas)
   sharded = parallel.shard(iteration, mesh=setup.mesh, in_specs=(specs, P()),
                            out_specs=(specs, P()))

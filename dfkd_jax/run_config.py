@@ -34,6 +34,7 @@ from dfkd_jax.replay import sources as replay_sources
 INNER_STEPS = tuple(s.value for s in objectives.InnerStep)
 COMPUTE_DTYPES = ("float32", "bfloat16")
 STEP_LOOPS = ("auto", "scan", "unroll")
+REPLICA_LOOPS = ("auto", "map", "vmap")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -115,9 +116,16 @@ def default_config() -> ml_collections.ConfigDict:
   c.compute_dtype = "float32"    # "bfloat16" on accelerators; parameters stay float32.
   # How the g generator and s student steps are looped inside the one jitted iteration:
   # "scan" (lax.scan), "unroll" (a Python loop traced into one program) or "auto" =
-  # scan on accelerators, unroll on CPU, where XLA runs the convolution weight-gradient
-  # ~90x slower inside a loop body (measured: 10.8 s vs 120 ms, jax 0.10.2).
+  # scan. CPUs once unrolled (XLA ran the convolution weight-gradient ~90x slower in a
+  # loop body); with models/conv.py's gradients a scanned digits iteration runs at
+  # 0.94-1.04x the unrolled one's time and compiles 2.2-3.3x faster (issue 27).
   c.step_loop = "auto"
+  # How the replicas of a many-seed program (num_seeds > 1) share it: "vmap" (batched
+  # operations over the replica axis), "map" (lax.map: one replica after another, each
+  # with the single run's operations) or "auto" = map on CPU, where the batched
+  # operations cost 1.5-1.8x more per replica (per-replica kernels become grouped
+  # convolutions and batched products), vmap on accelerators.
+  c.replica_loop = "auto"
   c.eval_batch_size = 1000
   c.checkpoints_to_keep = 3
   c.tensorboard = True           # TensorBoard event files (tensorboardX), per iteration.
@@ -161,6 +169,7 @@ FIELD_RULES: tuple[tuple[str, checks.Rule], ...] = (
     ("retention_weight", checks.NON_NEGATIVE),
     ("compute_dtype", checks.one_of(COMPUTE_DTYPES)),
     ("step_loop", checks.one_of(STEP_LOOPS)),
+    ("replica_loop", checks.one_of(REPLICA_LOOPS)),
     ("tensorboard", checks.BOOL),
     ("progress_seconds", checks.NON_NEGATIVE),
 )

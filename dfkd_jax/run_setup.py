@@ -65,7 +65,8 @@ class Setup:
   meta_alignment: bool                 # Log cos(grad L_acq, grad L_ret) (meta updates).
   replay: replay_sources.Replay
   compute_dtype: Any                   # jnp dtype of activations.
-  unroll: bool                         # Unrolled steps (CPU) or lax.scan.
+  unroll: bool                         # Unrolled steps or lax.scan.
+  map_replicas: bool                   # Replicas one after another (lax.map), or vmap.
   # The host loop (dfkd_jax.trainer).
   num_epochs: int
   eval_batch_size: int                 # Global batch of the test-set evaluation.

@@ -43,7 +43,7 @@ def test_smoke_run_reports_every_case_with_sane_numbers(smoke):
       ("mb_dfkd", "digits", 32), ("lra_mb", "digits", 32)]
   for r in results:
     assert r["generator_steps"] == 1 and r["student_steps"] == 1
-    assert r["input_shape"] == [8, 8, 1] and r["step_loop"] == "unroll"
+    assert r["input_shape"] == [8, 8, 1] and r["step_loop"] == "scan"
     assert r["compile_seconds"] > 0
     times = r["seconds_per_iteration_all"]
     assert len(times) == 2 and all(t > 0 for t in times)

@@ -1,8 +1,9 @@
-"""Replicas: ``config.num_seeds = N`` runs N seeds in one vmapped program.
+"""Replicas: ``config.num_seeds = N`` runs N seeds in one program.
 
-Each replica must be the single run of its seed (up to float rounding: vmap batches the
-convolutions differently), write the one-run ``summary.json`` contract in
-``seed_<seed>/``, resume exactly, and fail alone on a NaN.
+The replicas share the program one after another (``lax.map``, the CPU default) or
+batched (``jax.vmap``, accelerators). Each replica must be the single run of its seed
+(up to float rounding: a loop body or a batch fuses differently), write the one-run
+``summary.json`` contract in ``seed_<seed>/``, resume exactly, and fail alone on a NaN.
 """
 
 import json
@@ -16,8 +17,10 @@ import numpy as np
 import pytest
 
 from dfkd_jax import data
+from dfkd_jax import experiment
 from dfkd_jax import iteration
 from dfkd_jax import losses
+from dfkd_jax import parallel
 from dfkd_jax import report
 from dfkd_jax import summary as summary_lib
 from dfkd_jax import trainer
@@ -80,6 +83,36 @@ def test_replica_k_equals_the_single_run_with_seed_k(teacher_dir, tmp_path,
     for key in ("generator_loss", "student_loss", "loss_acq"):
       np.testing.assert_allclose(mine[0][key], theirs[0][key], rtol=FIRST_ITERATION_RTOL,
                                  err_msg=key)
+
+
+def test_mapped_and_vmapped_replicas_are_the_same_computation(teacher_dir,
+                                                             kl_student_loss):
+  """``replica_loop="map"`` and ``"vmap"``: two iterations (the memory is written, then
+  replayed) give every replica the same metrics and parameters up to rounding."""
+  results = {}
+  for loop in ("map", "vmap"):
+    config = tiny_config(teacher_dir, "lra_mb", seed=SEEDS[0], num_seeds=2,
+                         replica_loop=loop, iterations_per_epoch=1)
+    setup = experiment.build(config, log=lambda s: None)
+    assert setup.map_replicas == (loop == "map")
+    state = iteration.init_replicas(setup)
+    state = parallel.put(state, setup.mesh, iteration.state_specs(state, setup.replay, True))
+    step = iteration.make_iteration(setup, state)
+    metrics = []
+    for _ in range(2):
+      state, m = step(state, setup.teacher_variables)
+      metrics.append(jax.device_get(m))
+    results[loop] = (jax.device_get(state.student.params), metrics)
+  (map_params, map_metrics), (vmap_params, vmap_metrics) = results["map"], results["vmap"]
+  assert vmap_metrics[1]["retention_steps"].shape == (2,)
+  assert np.all(vmap_metrics[1]["retention_steps"] > 0)  # Replay happened.
+  for mapped, batched in zip(map_metrics, vmap_metrics):
+    for key in ("generator_loss", "student_loss", "loss_acq"):
+      np.testing.assert_allclose(mapped[key], batched[key], rtol=LOSS_RTOL, err_msg=key)
+  np.testing.assert_allclose(map_metrics[0]["student_loss"],
+                             vmap_metrics[0]["student_loss"], rtol=FIRST_ITERATION_RTOL)
+  for a, b in zip(jax.tree.leaves(map_params), jax.tree.leaves(vmap_params)):
+    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
 
 
 def test_the_readme_says_replicas_drift_apart_by_rounding():

@@ -590,7 +590,7 @@ def test_iteration_compiles_once_and_donates_the_state(teacher_dir):
     "lra_mb", pytest.param("lra_pre", marks=pytest.mark.slow),
     pytest.param("mad", marks=pytest.mark.slow)])
 def test_scanned_steps_equal_unrolled_steps(teacher_dir, method, monkeypatch):
-  """Accelerators loop the student steps with ``lax.scan``, CPUs unroll them.
+  """The steps loop with ``lax.scan`` by default; ``step_loop="unroll"`` unrolls them.
 
   Both must be the same computation (per-step keys, the replay source's per-step hooks,
   the last-step alignment), so the CPU-tested numbers hold on a GPU/TPU. Two
