@@ -36,9 +36,10 @@ def test_an_import_path_builds_the_class_or_the_factory_with_its_kind():
   assert isinstance(net, own_models.TinyNet) and net.num_classes == 7
   small = models.get("own_models:tiny_net", num_classes=3, input_shape=DIGITS)
   assert isinstance(small, own_models.TinyNet) and (small.num_classes, small.width) == (3, 8)
-  x = jnp.ones((5, *DIGITS))
-  variables = net.init(jax.random.key(0), x)
-  logits, features = net.apply(variables, x, features=True)
+  x = jax.ShapeDtypeStruct((5, *DIGITS), jnp.float32)
+  variables = jax.eval_shape(net.init, jax.random.key(0), x)
+  logits, features = jax.eval_shape(
+      lambda v, x: net.apply(v, x, features=True), variables, x)
   assert logits.shape == (5, 7) and len(features.bn_moments) == 2
   assert models.is_classifier("own_models:TinyNet")
   assert models.input_shape("own_models:TinyNet", data_shape=(28, 28, 1)) == (28, 28, 1)
@@ -46,8 +47,9 @@ def test_an_import_path_builds_the_class_or_the_factory_with_its_kind():
   assert models.options("own_models:TinyGenerator") == ("image_shape", "latent_dim")
   assert models.output_range("own_models:TinyGenerator") == "normalized"
   generator = models.get("own_models:TinyGenerator", latent_dim=4, image_shape=DIGITS)
-  images = generator.apply(generator.init(jax.random.key(0), jnp.ones((2, 4))),
-                           jnp.ones((2, 4)), train=False)
+  z = jax.ShapeDtypeStruct((2, 4), jnp.float32)
+  images = jax.eval_shape(
+      lambda z: generator.apply(generator.init(jax.random.key(0), z), z, train=False), z)
   assert images.shape == (2, *DIGITS)
 
 
