@@ -17,8 +17,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import dfkd_jax
 import own_models
+from dfkd_jax import data
 from dfkd_jax import experiment
+from dfkd_jax import export
 from dfkd_jax import models
 from dfkd_jax import parallel
 from dfkd_jax import run_config
@@ -167,6 +170,17 @@ def test_an_own_teacher_trains_and_distils_into_an_own_student(own_teacher, tmp_
   assert len(summary["test_accuracy"]) == 2 and result["epochs_completed"] == 2
   assert summary["config"]["student"] == "own_models:tiny_net"
   assert np.isfinite(summary["acc_max"])
+  # The student out: a Flax folder whose predictions give the run's accuracy.
+  export.export(tmp_path / "run", "flax", tmp_path / "student", log=lambda line: None)
+  predict = dfkd_jax.load_student(tmp_path / "student")
+  assert predict.card.arch == "own_models:tiny_net"
+  test = data.load_split("digits", "test")
+  logits = np.asarray(predict(test.images / test.pixel_max))
+  accuracy = 100.0 * float(np.mean(np.argmax(logits, -1) == test.labels))
+  assert accuracy == pytest.approx(summary["test_accuracy"][-1], abs=1e-9)
+  with pytest.raises(export.ExportError, match=r"--format=torch does not cover the "
+                     r"student 'own_models:tiny_net'; it covers .*; use --format=onnx"):
+    export.export(tmp_path / "run", "torch", tmp_path / "student.pth")
 
 
 def test_a_teacher_whose_module_is_gone_is_one_line(own_teacher, tmp_path):
