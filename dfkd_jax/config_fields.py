@@ -43,8 +43,9 @@ UNCOMMENTED: dict[str, Any] = {
     "generator": ("Generator architecture: `dafl_generator` (LRA/DAFL), `dfad_generator` "
                   "(DFAD's GeneratorA) or `mad_generator` (MAD); or your own Flax Linen "
                   "generator as `package.module:Name` (a class or factory taking "
-                  "`latent_dim` and `image_shape`, called as `model(z, train=...)` -> "
-                  "`[N, H, W, C]` normalised images; docs/contracts.md, \"Your models\")."),
+                  "`latent_dim` and `image_shape`, called as `model(z, train=...)` "
+                  "-> `[N, H, W, C]` normalised images; docs/contracts.md, \"Your "
+                  "models\")."),
     "generator_options": ("Keyword options of the generator (`models.options(NAME)`); "
                           "those the chosen generator does not take are ignored, with a "
                           "note in the log."),

@@ -38,7 +38,8 @@ def test_an_import_path_builds_the_class_or_the_factory_with_its_kind():
   net = models.get("own_models:TinyNet", num_classes=7, input_shape=DIGITS)
   assert isinstance(net, own_models.TinyNet) and net.num_classes == 7
   small = models.get("own_models:tiny_net", num_classes=3, input_shape=DIGITS)
-  assert isinstance(small, own_models.TinyNet) and (small.num_classes, small.width) == (3, 8)
+  assert isinstance(small, own_models.TinyNet)
+  assert (small.num_classes, small.width) == (3, 8)
   x = jax.ShapeDtypeStruct((5, *DIGITS), jnp.float32)
   variables = jax.eval_shape(net.init, jax.random.key(0), x)
   logits, features = jax.eval_shape(
@@ -58,6 +59,7 @@ def test_an_import_path_builds_the_class_or_the_factory_with_its_kind():
 
 def test_register_names_a_model_like_the_zoos(monkeypatch):
   monkeypatch.setattr(models.MODELS, "_entries", dict(models.MODELS.items()))
+  models.register("any_size", own_models.TinyNet)  # Listed nowhere by resolution.
   entry = models.register("tiny_own", own_models.TinyNet, input_shape=(8, 8, None))
   assert entry.kind == "classifier" and entry.check_contract
   assert "tiny_own" in models.names("classifier")
@@ -65,7 +67,10 @@ def test_register_names_a_model_like_the_zoos(monkeypatch):
   assert models.input_shape("tiny_own") == (8, 8, 3)
   assert isinstance(models.get("tiny_own", num_classes=2, input_shape=DIGITS),
                     own_models.TinyNet)
-  with pytest.raises(ValueError, match=r"'tiny_own' takes input_shape \(8, 8, None\)"):
+  assert models.input_shape("any_size", data_shape=(5, 6, 2)) == (5, 6, 2)
+  with pytest.raises(ValueError, match=r"'tiny_own' takes input_shape \(8, 8, None\) "
+                     r"\(None = any channels\), not \(16, 16, 1\); classifiers for this "
+                     r"resolution: none"):
     models.get("tiny_own", input_shape=(16, 16, 1))
   with pytest.raises(ValueError, match="model 'tiny_own' is already registered"):
     models.register("tiny_own", own_models.TinyNet)
@@ -79,13 +84,15 @@ def test_register_names_a_model_like_the_zoos(monkeypatch):
 
 # (config field, value, the one line's pattern); every line also names the value.
 BAD_MODELS = [
-    ("student", "no_such_package.nets:Net", r"cannot import module 'no_such_package.nets' "
-     r"\(ModuleNotFoundError: .*\); put the folder that holds it on PYTHONPATH"),
+    ("student", "no_such_package.nets:Net", r"cannot import module "
+     r"'no_such_package.nets' \(ModuleNotFoundError: .*\); put the folder that holds it "
+     r"on PYTHONPATH"),
     ("student", "own_models:Missing", r"module 'own_models' has no attribute 'Missing'; "
      r"it has: .*TinyNet"),
     ("student", "own_models:PlainClass", r"is the class PlainClass, not a "
      r"flax.linen.Module subclass; pass a Linen module class or a factory"),
-    ("student", "own_models:NOT_CALLABLE", r"is an object of type int, not a Linen module"),
+    ("student", "own_models:NOT_CALLABLE", r"is an object of type int, not a Linen "
+     r"module"),
     ("student", "my_pkg.MyNet", r"is not a registered classifier; classifiers: "
      r"digits_cnn, .*wrn40_2; or your own Flax module as 'package.module:Name' \(did you "
      r"mean 'my_pkg:MyNet'\?\)"),
@@ -138,7 +145,8 @@ def test_the_cli_refuses_a_bad_student_in_one_line(tmp_path):
       capture_output=True, text=True, timeout=120, check=False, cwd=tmp_path)
   assert proc.returncode == 1
   assert proc.stderr.strip().splitlines()[-1].startswith(
-      "error: config.student='my_pkg.MyNet' is not a registered classifier; classifiers: ")
+      "error: config.student='my_pkg.MyNet' is not a registered classifier; "
+      "classifiers: ")
   assert "dafl_generator" not in proc.stderr
   assert not (tmp_path / "run" / "checkpoints").exists()
 

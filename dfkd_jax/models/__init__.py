@@ -312,8 +312,8 @@ def _check_classifier_shape(name: str, shape: Sequence[int]) -> None:
   ok = len(shape) == 3 and shape[:2] == expected[:2] and (
       expected[2] is None or shape[2] == expected[2])
   if not ok:
-    matching = [n for n in names("classifier") if len(shape) == 3 and
-                MODELS.get(n).input_shape[:2] == shape[:2]]
+    matching = [n for n in names("classifier")
+                if (MODELS.get(n).input_shape or (None, None))[:2] == shape[:2]]
     raise ValueError(
         f"{name!r} takes input_shape {expected} (None = any channels), not {shape}; "
         f"classifiers for this resolution: {', '.join(matching) or 'none'}")
