@@ -35,9 +35,17 @@ UNCOMMENTED: dict[str, Any] = {
                        + ", ".join(_methods().METHODS)
                        + ". `--config=configs/NAME.py:METHOD` sets it."),
     "student": lambda: ("Student architecture, a classifier of `dfkd_jax.models`: "
-                        + ", ".join(_classifiers()) + "."),
+                        + ", ".join(_classifiers()) + "; or your own Flax Linen "
+                        "classifier as `package.module:Name` (a class or factory taking "
+                        "`num_classes`, called as `model(x, train=..., features=...)`; "
+                        "the contract, checked before anything compiles: "
+                        "docs/contracts.md, \"Your models\")."),
     "generator": ("Generator architecture: `dafl_generator` (LRA/DAFL), `dfad_generator` "
-                  "(DFAD's GeneratorA) or `mad_generator` (MAD)."),
+                  "(DFAD's GeneratorA) or `mad_generator` (MAD); or your own Flax Linen "
+                  "generator as `package.module:Name` (a class or factory taking "
+                  "`latent_dim` and `image_shape`, called as `model(z, train=...)` "
+                  "-> `[N, H, W, C]` normalised images; docs/contracts.md, \"Your "
+                  "models\")."),
     "generator_options": ("Keyword options of the generator (`models.options(NAME)`); "
                           "those the chosen generator does not take are ignored, with a "
                           "note in the log."),
@@ -105,7 +113,7 @@ def _methods():
 
 def _classifiers() -> list[str]:
   from dfkd_jax import models  # pylint: disable=g-import-not-at-top
-  return [n for n in models.names() if models.is_classifier(n)]
+  return list(models.names("classifier"))
 
 
 def _comments(source: str) -> tuple[dict[int, str], dict[int, str]]:

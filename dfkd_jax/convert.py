@@ -37,7 +37,11 @@ PyTorch names understood per architecture (:mod:`dfkd_jax.torch_layout`):
   layer{s}.{b}.downsample.{0,1}, resnet.fc``;
 * ``wrn*``: CMI ``conv1, block{g}.layer.{b}.{bn1,conv1,bn2,conv2,convShortcut}, bn1,
   fc``;
-* ``lenet5*``: DAFL/DFAD ``conv1..3, fc1, fc2``; ``digits_cnn*``: ``conv{i}, bn{i}, fc``.
+* ``lenet5*``: DAFL/DFAD ``conv1..3, fc1, fc2``; ``digits_cnn*``: ``conv{i}, bn{i}, fc``;
+* your own classifier (``--arch=package.module:Name``, ``docs/contracts.md``): the Flax
+  module path joined with dots (a submodule ``fc`` is PyTorch's ``fc``, ``block1`` >
+  ``conv`` is ``block1.conv``), ``kernel``/``scale`` as ``weight``, BatchNorm ``mean``/
+  ``var`` as ``running_mean``/``running_var``.
 """
 
 from __future__ import annotations
@@ -79,7 +83,9 @@ DEFAULT_CHECK_TOLERANCE = 1e-2
 
 _FLAGS = flags.FLAGS
 flags.DEFINE_string("torch_checkpoint", None, "PyTorch .pth/.pt file to convert.")
-flags.DEFINE_string("arch", None, "Registered classifier name, e.g. resnet34.")
+flags.DEFINE_string("arch", None, "Registered classifier name, e.g. resnet34, or your "
+                    "own Flax classifier as package.module:Name (its submodule names "
+                    "are the PyTorch module names).")
 flags.DEFINE_integer("num_classes", None, "Number of classes.")
 flags.DEFINE_string("out", None, "Teacher directory to write.")
 flags.DEFINE_string("dataset", None, "Dataset id the teacher was trained on; sets the "
@@ -135,7 +141,8 @@ def state_dict_to_variables(state_dict: Mapping[str, Any], arch: str, num_classe
   Raises:
     ValueError: naming missing, unexpected and mis-shaped PyTorch arrays.
   """
-  module = models.get(arch, num_classes=num_classes, input_shape=input_shape)
+  module = models.get(arch, num_classes=num_classes, input_shape=input_shape,
+                      label="--arch")
   abstract = jax.eval_shape(module.init, jax.random.key(0),
                             jax.ShapeDtypeStruct((1, *input_shape), jnp.float32))
   source = {}
@@ -408,9 +415,7 @@ def convert(torch_checkpoint: str | os.PathLike, arch: str, num_classes: int,
     FileNotFoundError: missing checkpoint or check file.
     ModuleNotFoundError: torch is not installed.
   """
-  if not models.is_classifier(arch):
-    raise ValueError(f"--arch {arch!r} is not a classifier; classifiers: "
-                     f"{', '.join(n for n in models.names() if models.is_classifier(n))}")
+  models.resolve(arch, "classifier", "--arch")
   parsed = data.get_dataset(dataset)
   dataset_spec, dataset_id = parsed.spec, parsed.id
   if mean is None or std is None:
@@ -419,7 +424,7 @@ def convert(torch_checkpoint: str | os.PathLike, arch: str, num_classes: int,
     std = default_std if std is None else std
   channels = dataset_spec.image_shape[2] if channels is None else channels
   try:
-    input_shape = models.input_shape(arch, channels)
+    input_shape = models.input_shape(arch, channels, data_shape=dataset_spec.image_shape)
   except ValueError as e:
     raise ValueError(f"--arch={arch} does not fit --dataset={dataset_id} ({channels} "
                      f"channels): {e}") from None

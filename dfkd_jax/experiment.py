@@ -154,15 +154,22 @@ def _assemble(config, log, mesh, method: methods.Method) -> Setup:
                      f"{config.teacher_dir} has none; set it to 0")
   input_shape = tuple(meta.input_shape)
   student = models.get(config.student, num_classes=meta.num_classes,
-                       input_shape=input_shape)
+                       input_shape=input_shape, label="config.student")
   generator = models.get(config.generator, num_classes=meta.num_classes,
                          latent_dim=config.latent_dim, image_shape=input_shape,
-                         **_generator_options(config, log))
-  if generator_objectives.GENERATOR_LOSSES.get(method.generator_loss
-                                                ).uses_batchnorm_moments:
+                         label="config.generator", **_generator_options(config, log))
+  uses_moments = generator_objectives.GENERATOR_LOSSES.get(
+      method.generator_loss).uses_batchnorm_moments
+  if uses_moments or config.generator_loss.bn_prior:
     _, features = jax.eval_shape(
         lambda v, x: teacher.apply(v, x, train=False, features=True), teacher_variables,
         jax.ShapeDtypeStruct((2, *input_shape), jnp.float32))
+    if not features.bn_moments and config.generator_loss.bn_prior:
+      raise ValueError(f"config.generator_loss.bn_prior={config.generator_loss.bn_prior}"
+                       f" needs the BatchNorm moments of the teacher, but {meta.arch} "
+                       "returns none in ClassifierFeatures.bn_moments (use "
+                       "dfkd_jax.models.BatchNorm layers and return their moments, "
+                       "docs/contracts.md); or set it to 0")
     if not features.bn_moments:
       log(f"teacher {meta.arch} has no BatchNorm: the {method.generator_loss!r} generator "
           "loss runs without its BatchNorm-moment term")

@@ -12,7 +12,7 @@ testing its name::
 
 :meth:`Registry.get` is the one lookup: an unknown name is a ``ValueError`` that lists
 the valid names of that kind only. User code registers its own entries the same way
-(e.g. a model: ``models.MODELS.register("my_net", models.ModelEntry(...))``).
+(a model: :func:`dfkd_jax.models.register`, ``models.register("my_net", MyNet)``).
 """
 
 from __future__ import annotations

@@ -194,11 +194,8 @@ def validate(config: ml_collections.ConfigDict, mesh) -> methods.Method:
   checks.check_finite(config)  # Also the sections this method does not use.
   generator_objectives.GENERATOR_LOSSES.get(method.generator_loss)
   losses.STUDENT_LOSSES.get(method.student_loss)
-  students = [n for n in models.names() if models.is_classifier(n)]
-  if config.student not in students:
-    raise ValueError(f"config.student={config.student!r} is not a classifier that can be "
-                     f"a student; valid: {', '.join(students)}")
-  generator = models.MODELS.get(config.generator)
+  models.resolve(config.student, "classifier", "config.student")
+  generator = models.resolve(config.generator, "generator", "config.generator")
   if config.conditional_generator and not generator.conditional:
     raise ValueError(f"config.conditional_generator=True needs a class-conditional "
                      f"generator, but config.generator={config.generator!r}; use "

@@ -44,7 +44,8 @@ class TeacherMeta:
   """Metadata of a teacher checkpoint, stored as ``teacher.json``.
 
   Attributes:
-    arch: registered classifier name (:func:`dfkd_jax.models.names`).
+    arch: registered classifier name (:func:`dfkd_jax.models.names`) or
+      ``package.module:Name`` import path (:func:`dfkd_jax.models.resolve`).
     num_classes: number of logits.
     input_shape: ``(H, W, C)`` of the normalised input images.
     mean: per-channel mean subtracted from ``[0, 1]`` images before the teacher.
@@ -170,10 +171,9 @@ def save_teacher(directory: str | os.PathLike, variables: Variables, meta: Teach
   if directory.exists() and not overwrite:
     raise FileExistsError(f"Teacher directory {directory} already exists; pass "
                           "overwrite=True to replace it")
-  if not models.is_classifier(meta.arch):
-    raise ValueError(f"arch {meta.arch!r} is not a classifier")
+  models.resolve(meta.arch, "classifier", "arch")
   module = models.get(meta.arch, num_classes=meta.num_classes,
-                      input_shape=meta.input_shape)
+                      input_shape=meta.input_shape, label="arch")
   to_save = {"params": flax.core.unfreeze(variables["params"]),
              "batch_stats": flax.core.unfreeze(variables.get("batch_stats", {}))}
   _check_variables(_abstract_variables(module, meta), to_save, meta.arch)
@@ -244,11 +244,10 @@ def load_teacher(directory: str | os.PathLike
   """
   directory = pathlib.Path(directory).absolute()
   meta = load_meta(directory)
-  if meta.arch not in models.names():
-    raise ValueError(f"{directory / META_FILE} names unknown arch {meta.arch!r}; "
-                     f"valid names: {', '.join(models.names())}")
+  label = f"{directory / META_FILE}: arch"
+  models.resolve(meta.arch, "classifier", label)
   module = models.get(meta.arch, num_classes=meta.num_classes,
-                      input_shape=meta.input_shape)
+                      input_shape=meta.input_shape, label=label)
   variables_path = directory / VARIABLES_DIR
   if not variables_path.is_dir():
     raise FileNotFoundError(f"{variables_path} not found: incomplete teacher checkpoint")

@@ -178,8 +178,10 @@ def train_and_save(config: ml_collections.ConfigDict, workdir: str | os.PathLike
   _check_workdir(workdir, config.overwrite)
   dataset = data.get_dataset(config.dataset)
   spec = dataset.spec
-  channels = spec.stored_shape(config.image_size)[2]
-  input_shape = models.input_shape(config.model, channels=channels)
+  data_shape = spec.stored_shape(config.image_size)
+  channels = data_shape[2]
+  models.resolve(config.model, "classifier", "config.model")
+  input_shape = models.input_shape(config.model, channels=channels, data_shape=data_shape)
   given = _given_normalization(config, spec, channels)
   meta = teacher_lib.TeacherMeta(  # Normalisation from the train split: filled below.
       arch=config.model, num_classes=spec.num_classes, input_shape=input_shape,
@@ -188,7 +190,7 @@ def train_and_save(config: ml_collections.ConfigDict, workdir: str | os.PathLike
       source="train_teacher")
   data.check_teacher_fits(meta, dataset.id, config.image_size)
   module = models.get(config.model, num_classes=spec.num_classes,
-                      input_shape=input_shape)
+                      input_shape=input_shape, label="config.model")
 
   start = time.time()
   data_dir = config.data_dir or None

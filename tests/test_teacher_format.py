@@ -76,7 +76,9 @@ def test_load_errors(tmp_path):
   out = teacher.save_teacher(tmp_path / "t", variables, meta)
   data = json.loads((out / "teacher.json").read_text())
   (out / "teacher.json").write_text(json.dumps({**data, "arch": "resnet99"}))
-  with pytest.raises(ValueError, match="resnet99.*valid names"):
+  with pytest.raises(ValueError, match=r"teacher.json: arch='resnet99' is not a "
+                     r"registered classifier; classifiers: digits_cnn, .*; or your own "
+                     r"Flax module"):
     teacher.load_teacher(out)
   # Arrays that do not fit the recorded architecture (a half-width net's weights).
   (out / "teacher.json").write_text(json.dumps({**data, "arch": "digits_cnn_half"}))

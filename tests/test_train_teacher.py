@@ -93,7 +93,7 @@ def test_existing_teacher_or_files_are_refused_unless_overwrite(digits_teacher, 
 
 
 @pytest.mark.parametrize("overrides,match", [
-    (dict(model="resnet99"), r"Unknown model 'resnet99'"),
+    (dict(model="resnet99"), r"config.model='resnet99' is not a registered classifier"),
     (dict(model="lenet5"), r"lenet5.*\(32, 32, 1\).*'digits'"),
     (dict(dataset="cifar10", model="lenet5"), r"lenet5.*1-channel"),
     (dict(optimizer="rmsprop"), r"unknown optimizer 'rmsprop'"),

@@ -490,12 +490,14 @@ def test_missing_teacher_is_a_clear_error_before_compiling(tmp_path):
 
 def test_an_unknown_student_lists_the_models_that_can_be_students(teacher_dir):
   """Issue 26, item 9: generators and the VAE are no students."""
-  with pytest.raises(ValueError, match="config.student='resnet' is not a classifier") as e:
+  with pytest.raises(ValueError, match="config.student='resnet' is not a registered "
+                     "classifier") as e:
     experiment.validate(tiny_config(teacher_dir, student="resnet"), parallel.make_mesh())
-  valid = str(e.value).split("valid: ")[1].split(", ")
+  valid = str(e.value).split("classifiers: ")[1].split(";")[0].split(", ")
   assert "lenet5_half" in valid and "resnet18" in valid
   assert not {"vae", "dafl_generator", "dfad_generator", "mad_generator"} & set(valid)
-  with pytest.raises(ValueError, match="config.student='vae' is not a classifier"):
+  assert "'package.module:Name'" in str(e.value)  # Your own model (issue 28).
+  with pytest.raises(ValueError, match="config.student='vae' is a vae, not a classifier"):
     experiment.validate(tiny_config(teacher_dir, student="vae"), parallel.make_mesh())
 
 
