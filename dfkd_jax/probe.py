@@ -108,11 +108,11 @@ def scores(student_logits, teacher_logits, weight) -> tuple[jax.Array, jax.Array
 
 
 def make_epoch_end(setup: Setup, state):
-  """The jitted ``(state, probe, teacher_variables, epoch) -> (probe, criteria)``.
+  """The jitted ``(state, probe, teacher_variables) -> (probe, criteria)`` of an epoch's
+  end (the 0-based epoch just finished is ``state.step // iterations_per_epoch - 1``).
 
-  ``epoch`` is the 0-based epoch just finished (an int32 scalar); ``probe`` is donated;
-  ``criteria`` maps the names of :func:`dfkd_jax.selection.measured` to scalars (``[N]``
-  with replicas).
+  ``probe`` is donated; ``criteria`` maps the names of
+  :func:`dfkd_jax.selection.measured` to scalars (``[N]`` with replicas).
   """
   nets = iteration_lib.make_networks(setup)
   slots = setup.probe_epochs
@@ -124,7 +124,8 @@ def make_epoch_end(setup: Setup, state):
     return setup.student.apply({"params": student.params,
                                 "batch_stats": student.batch_stats}, x, train=False)
 
-  def epoch_end(state, probe: ProbeState, teacher_vars, epoch):
+  def epoch_end(state, probe: ProbeState, teacher_vars):
+    epoch = state.step // setup.iterations_per_epoch - 1
     key = jax.random.fold_in(probe.key, epoch)
     k_probe, k_replay = jax.random.split(key)
     slot = epoch % slots
@@ -157,11 +158,11 @@ def make_epoch_end(setup: Setup, state):
 
   replicas = iteration_lib.replicated(setup)
   if replicas:
-    epoch_end = jax.vmap(epoch_end, in_axes=(0, 0, None, None))
+    epoch_end = jax.vmap(epoch_end, in_axes=(0, 0, None))
   state_specs = iteration_lib.state_specs(state, setup.replay, replicas)
   probe_specs = specs(replicas)
   sharded = parallel.shard(epoch_end, mesh=setup.mesh,
-                           in_specs=(state_specs, probe_specs, P(), P()),
+                           in_specs=(state_specs, probe_specs, P()),
                            out_specs=(probe_specs, P()))
   return jax.jit(sharded, donate_argnums=1,
                  out_shardings=(parallel.shardings(setup.mesh, probe_specs),

@@ -628,7 +628,7 @@ def _run(setup: Setup, workdir: pathlib.Path, log, primary: bool,
         accuracies = _accuracy(setup, eval_student, student, test_split)
         criteria = [{}] * len(seeds)
         if epoch_end is not None:  # The data-free criteria, on the device.
-          probe, values = epoch_end(state, probe, teacher_vars, np.int32(epoch))
+          probe, values = epoch_end(state, probe, teacher_vars)
           criteria = _per_replica(jax.device_get(values), replicas)
         _end_epoch(histories, accuracies if replicas else [accuracies],
                    throughput.per_second, setup, criteria)
@@ -664,9 +664,9 @@ def _probe(setup: Setup, checkpoints: checkpoints_lib.Checkpoints, start: int):
   or a fresh one; ``None`` without criteria (``probe_size`` 0)."""
   if not setup.probe_size:
     return None
-  probe = probe_lib.init_replicas(setup)
+  probe = probe_lib.put(probe_lib.init_replicas(setup), setup)
   restored = checkpoints.restore_probe(probe) if start else None
-  return probe_lib.put(probe if restored is None else restored, setup)
+  return probe if restored is None else restored
 
 
 def _selected_steps(histories: Sequence[History], criterion: str,
