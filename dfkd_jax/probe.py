@@ -103,7 +103,10 @@ def scores(student_logits, teacher_logits, weight) -> tuple[jax.Array, jax.Array
   js = 0.5 * (jnp.sum(jnp.exp(log_p) * (log_p - log_m), -1)
               + jnp.sum(jnp.exp(log_q) * (log_q - log_m), -1))
   total = jax.lax.psum(jnp.sum(weight), AXIS)
-  mean = lambda v: jax.lax.psum(jnp.sum(v * weight), AXIS) / total  # pylint: disable=unnecessary-lambda-assignment
+
+  def mean(v):
+    return jax.lax.psum(jnp.sum(v * weight), AXIS) / total
+
   return mean(agree.astype(jnp.float32)), jnp.clip(mean(js), 0.0, jnp.log(2.0))
 
 

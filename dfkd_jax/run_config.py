@@ -131,7 +131,8 @@ def default_config() -> ml_collections.ConfigDict:
       criterion="agreement",
       probe_size=256,            # Generated samples held out for the criteria; 0 = none.
       probe_epochs=8,            # The probe holds the last N epochs' generator samples.
-      collapse_epochs=3))        # Chance-level agreement this many epochs = collapsed; 0 = off.
+      # Probe agreement at chance level for this many epochs = collapsed; 0 = off.
+      collapse_epochs=3))
   return c
 
 

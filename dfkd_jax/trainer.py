@@ -3,8 +3,11 @@
 The host side of a run: it builds the :class:`~dfkd_jax.run_setup.Setup`
 (:func:`dfkd_jax.experiment.build`; below that nothing reads the config), compiles the
 iteration of :mod:`dfkd_jax.iteration`, and per epoch of ``iterations_per_epoch``
-iterations evaluates the student on the real test set, writes a checkpoint,
-``metrics.jsonl`` and ``summary.json``. A SIGTERM (preemption) saves a checkpoint at the
+iterations evaluates the student on the real test set, records the data-free selection
+criteria (:mod:`dfkd_jax.probe`, :mod:`dfkd_jax.selection`: one more jitted call, which
+reads the training state and never writes it), writes a checkpoint (never rotating out
+the one of the epoch the criterion in force keeps), ``metrics.jsonl`` and
+``summary.json``. A SIGTERM (preemption) saves a checkpoint at the
 next iteration boundary and raises :class:`Preempted`; checkpoints are numbered by
 iterations done.
 
@@ -243,12 +246,12 @@ class Outputs:
 
   TensorBoard event files (``WORKDIR/tensorboard``, or ``WORKDIR/tensorboard/seed_<s>``
   per replica; tensorboardX) get every iteration's metrics and each epoch's
-  ``epoch/test_accuracy`` and ``epoch/alignment``, at the iteration count;
-  ``metrics.jsonl`` stays the contract. ``metrics.jsonl`` gets one line per iteration
-  (per replica, with ``replica`` and ``seed`` fields), flushed before any checkpoint
-  that covers it; on resume the lines after the checkpoint's iteration are dropped (the
-  run redoes them). ``summary.json`` (per replica: ``seed_<s>/summary.json``) is
-  rewritten after every epoch.
+  ``epoch/test_accuracy``, ``epoch/alignment`` and ``epoch/<criterion>``, at the
+  iteration count; ``metrics.jsonl`` stays the contract. ``metrics.jsonl`` gets one
+  line per iteration (per replica, with ``replica`` and ``seed`` fields), flushed
+  before any checkpoint that covers it; on resume the lines after the checkpoint's
+  iteration are dropped (the run redoes them). ``summary.json`` (per replica:
+  ``seed_<s>/summary.json``) is rewritten after every epoch.
   """
 
   def __init__(self, layout: Layout, setup: Setup, log, primary: bool,
@@ -310,7 +313,9 @@ class Outputs:
         # At the epoch's last iteration, beside its losses.
         self._scalars(self._tensorboard[k], step,
                       {"epoch/test_accuracy": history.test_accuracy[-1],
-                       "epoch/alignment": history.alignment[-1]})
+                       "epoch/alignment": history.alignment[-1],
+                       **{f"epoch/{name}": values[-1]
+                          for name, values in history.criteria.items()}})
         self._tensorboard[k].flush()
     self.log(_epoch_line(epoch, self.num_epochs, histories, self.seeds, metrics, eta))
 

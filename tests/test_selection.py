@@ -149,7 +149,8 @@ def test_a_criterion_that_tracks_the_curve_chooses_its_best_epoch():
   assert selection.selected_epoch("last", criteria, len(CURVE)) == len(CURVE) - 1
   assert selection.selected_epoch("replay_agreement", criteria, len(CURVE)) == 0
   assert selection.rank_correlation(agreement, CURVE) == pytest.approx(1.0)
-  assert selection.rank_correlation(js, CURVE, higher_is_better=False) == pytest.approx(1.0)
+  assert selection.rank_correlation(js, CURVE, higher_is_better=False) == pytest.approx(
+      1.0)
   # Epochs without values (a run resumed from before criteria) are never chosen; ties
   # go to the latest epoch.
   assert selection.select_epoch([None, 0.5, float("nan"), 0.5]) == 3
