@@ -114,7 +114,7 @@ def check(options: Mapping[str, Any], has_replay: bool, batch_size: int,
         f"config.selection.probe_size={size} does not fit: it must be "
         f"config.selection.probe_epochs={slots} slots of at most config.batch_size="
         f"{batch_size} samples each, a multiple of the device count ({num_devices}); "
-        f"e.g. probe_size={slots * min(batch_size, 128) // num_devices * num_devices}")
+        f"e.g. probe_size={slots * (min(batch_size, 32) // num_devices * num_devices)}")
 
 
 def select_epoch(values: Sequence[float | None], higher_is_better: bool = True
