@@ -10,6 +10,12 @@
   folder and raises one line naming the last good checkpoint; orbax's and tensorstore's
   own reports of it (a traceback per failed write, ~150 lines) are not printed.
 
+* The keep-latest-N rotation never deletes the steps named by :meth:`Checkpoints.keep`
+  (the data-free selection's chosen epochs, :mod:`dfkd_jax.selection`): an orbax
+  preservation policy keeps a checkpoint that is among the latest N *or* kept.
+* A checkpoint may hold a third item, ``probe`` (:mod:`dfkd_jax.probe`); checkpoints
+  made before it existed restore without it.
+
 The trainer owns what the history means (:class:`dfkd_jax.trainer.History`); here it is
 a JSON-able dict.
 """
@@ -130,15 +136,55 @@ def _quiet_failed_save():
         previous_hook(unraisable)
 
 
+class _KeptSteps(ocp.checkpoint_managers.PreservationPolicy):
+  """Preserves the steps in a set the owner updates (read at every rotation)."""
+
+  def __init__(self):
+    self.steps: set[int] = set()
+
+  def should_preserve(self, checkpoints, *, context):
+    del context
+    return [c.step in self.steps for c in checkpoints]
+
+
 class Checkpoints:
-  """The orbax checkpoints of one run: ``state`` and a JSON ``history`` per step."""
+  """The orbax checkpoints of one run: ``state``, a JSON ``history`` and optionally a
+  ``probe`` per step; the latest ``max_to_keep`` and the :meth:`keep` steps are kept."""
 
   def __init__(self, directory: pathlib.Path, max_to_keep: int,
                log: Callable[[str], None], primary: bool):
     self.directory, self.log, self.primary = pathlib.Path(directory), log, primary
+    self._kept = _KeptSteps()
+    policies = ocp.checkpoint_managers
     self.manager = ocp.CheckpointManager(
         directory, options=ocp.CheckpointManagerOptions(
-            max_to_keep=max_to_keep, create=True, enable_async_checkpointing=False))
+            create=True, enable_async_checkpointing=False,
+            preservation_policy=policies.AnyPreservationPolicy(
+                [policies.LatestN(n=max_to_keep), self._kept])))
+    self.restored_step: int | None = None
+
+  def keep(self, steps) -> None:
+    """Steps never rotated out from now on (those kept before and not named here are
+    rotated out as usual at the next save)."""
+    self._kept.steps = {int(s) for s in steps}
+
+  def restore_probe(self, probe):
+    """The ``probe`` item of the restored step in ``probe``'s structure, or ``None``
+    when that checkpoint has none (made before probes existed) or another shape (the
+    probe's size changed: a fresh probe is used, with a note)."""
+    step = self.restored_step
+    if step is None or not (self.directory / str(step) / "probe").is_dir():
+      return None
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, probe)
+    try:
+      restored = self.manager.restore(step, args=ocp.args.Composite(
+          probe=ocp.args.StandardRestore(abstract)))
+    except Exception as e:  # pylint: disable=broad-except  # orbax/tensorstore errors.
+      cause = (str(e).strip().splitlines() or [""])[0][:200]
+      self.log(f"the probe set of checkpoint {step} does not restore ({cause}); the "
+               "selection criteria start from a fresh probe")
+      return None
+    return restored.probe
 
   def _restore_step(self, step: int, abstract):
     restored = self.manager.restore(step, args=ocp.args.Composite(
@@ -162,6 +208,7 @@ class Checkpoints:
       if failed:
         self._move_aside(failed)
         self.log(f"resuming from checkpoint {step} instead")
+      self.restored_step = step
       return restored
     if failed:
       raise ValueError(f"no checkpoint in {self.directory} restores (steps "
@@ -183,8 +230,8 @@ class Checkpoints:
       multihost_utils.sync_global_devices("dfkd_jax: corrupt checkpoints moved")
     self.manager.reload()
 
-  def save(self, step: int, state, history: dict[str, Any]) -> None:
-    """Saves checkpoint ``step`` and waits for it.
+  def save(self, step: int, state, history: dict[str, Any], probe=None) -> None:
+    """Saves checkpoint ``step`` (with ``probe`` unless ``None``) and waits for it.
 
     Raises:
       OSError: the filesystem is full (one line, naming the last good checkpoint);
@@ -193,8 +240,11 @@ class Checkpoints:
     """
     try:
       with _quiet_failed_save():
-        self.manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), history=ocp.args.JsonSave(history)))
+        items = dict(state=ocp.args.StandardSave(state),
+                     history=ocp.args.JsonSave(history))
+        if probe is not None:
+          items["probe"] = ocp.args.StandardSave(probe)
+        self.manager.save(step, args=ocp.args.Composite(**items))
         self.manager.wait_until_finished()
     except Exception as e:  # pylint: disable=broad-except  # orbax/tensorstore errors.
       for partial in self.directory.glob(f"{step}.orbax-checkpoint-tmp*"):

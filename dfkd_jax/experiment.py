@@ -213,4 +213,7 @@ def _assemble(config, log, mesh, method: methods.Method) -> Setup:
       image_size=config.image_size, data_dir=config.data_dir or None,
       checkpoints_to_keep=config.checkpoints_to_keep,
       tensorboard=bool(config.tensorboard),
-      progress_seconds=config.progress_seconds)
+      progress_seconds=config.progress_seconds,
+      criterion=config.selection.criterion, probe_size=config.selection.probe_size,
+      probe_epochs=config.selection.probe_epochs,
+      collapse_epochs=config.selection.collapse_epochs)

@@ -24,7 +24,9 @@ The run is read from its files alone: ``run_config.json`` (the student's archite
 the teacher's classes, input shape and normalisation, the seeds) and the student's
 ``params``/``batch_stats`` of one orbax checkpoint (the rest of the training state is
 not read; nothing is compiled but the student). ``--checkpoint`` defaults to the
-newest. A run of replicas (``config.num_seeds > 1``) exports one seed per call
+student the run's data-free selection kept (``config.selection.criterion``,
+:mod:`dfkd_jax.selection`; its checkpoint is never rotated out), and to the newest for
+``last`` and runs made before selection. A run of replicas (``config.num_seeds > 1``) exports one seed per call
 (``--seed``). Bad input (no run or no checkpoint yet, an unknown seed or step, an
 architecture the torch format does not cover, an existing ``--out`` without
 ``--overwrite``) is one line, before anything is written; the output is written into a
@@ -54,6 +56,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from dfkd_jax import data
+from dfkd_jax import selection
 from dfkd_jax import student_card
 from dfkd_jax import torch_layout
 from dfkd_jax import workdir as workdir_lib
@@ -134,6 +137,34 @@ def choose_step(run: Run, requested: int | None) -> int:
   return requested
 
 
+def _history(step_dir: pathlib.Path) -> dict[str, Any]:
+  with ocp.Checkpointer(ocp.JsonCheckpointHandler()) as checkpointer:
+    return checkpointer.restore(step_dir / "history")
+
+
+def selected_step(run: Run, index: int | None) -> int:
+  """The checkpoint of the epoch the run's selection criterion chose for replica
+  ``index`` (read from the newest checkpoint's history); the newest checkpoint for the
+  ``last`` criterion, runs made before selection, or a chosen step not on disk.
+
+  Raises:
+    ExportError: no checkpoint yet.
+  """
+  newest = choose_step(run, None)
+  criterion = (run.config.get("selection") or {}).get("criterion", "last")
+  if criterion == "last":
+    return newest
+  history = _history(run.workdir / CHECKPOINT_DIR / str(newest))
+  if index is not None:
+    history = history["replicas"][index]
+  epoch = selection.selected_epoch(criterion, history.get("criteria") or {},
+                                   len(history.get("test_accuracy", [])))
+  if epoch is None:
+    return newest
+  step = (epoch + 1) * int(run.config["iterations_per_epoch"])
+  return step if step in checkpoint_steps(run) else newest
+
+
 def replica_index(run: Run, seed: int | None) -> int | None:
   """The replica of ``seed`` (``None`` for a run without replicas).
 
@@ -163,8 +194,7 @@ def _restore(step_dir: pathlib.Path) -> tuple[dict[str, Any], dict[str, Any]]:
   with ocp.PyTreeCheckpointer() as checkpointer:
     restored = checkpointer.restore(state_dir, args=ocp.args.PyTreeRestore(
         item=wanted, restore_args=restore_args, partial_restore=True))
-  with ocp.Checkpointer(ocp.JsonCheckpointHandler()) as checkpointer:
-    history = checkpointer.restore(step_dir / "history")
+  history = _history(step_dir)
   student = restored["student"]
   return {"params": student["params"], "batch_stats": student.get("batch_stats") or {}
           }, history
@@ -370,7 +400,8 @@ def export(workdir: str | os.PathLike, fmt: str, out: str | os.PathLike,
     fmt: one of :data:`FORMATS`.
     out: the file (onnx, torch) or folder (flax) to write.
     seed: the replica to export (a run of replicas needs one).
-    checkpoint: the step to export; default the newest checkpoint.
+    checkpoint: the step to export; default the selected epoch's
+      (:func:`selected_step`).
     overwrite: replace an existing ``out``.
     log: receives the check's line (onnx).
 
@@ -399,8 +430,9 @@ def export(workdir: str | os.PathLike, fmt: str, out: str | os.PathLike,
     _import_torch()
   elif fmt == "onnx":
     _onnx_libraries()
-  replica_index(run, seed)
-  step = choose_step(run, checkpoint)
+  index = replica_index(run, seed)
+  step = (choose_step(run, checkpoint) if checkpoint is not None
+          else selected_step(run, index))
   student = restore_student(run, step, seed)
   if fmt == "onnx":
     write_onnx(run, student, out, log)
@@ -425,7 +457,8 @@ def define_flags() -> None:
   flags.DEFINE_string("out", None, "The file (onnx, torch) or folder (flax) to write.")
   flags.DEFINE_integer("seed", None, "The replica to export (runs with num_seeds > 1).")
   flags.DEFINE_integer("checkpoint", None, "The checkpoint (step) to export; default "
-                       "the newest.")
+                       "the one the run's selection criterion kept (the newest for "
+                       "criterion last).")
   flags.DEFINE_bool("overwrite", False, "Replace an existing --out.")
 
 

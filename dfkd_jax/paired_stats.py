@@ -237,23 +237,30 @@ def holm(p_values: Sequence[float]) -> np.ndarray:
 
 
 def column_values(run) -> dict[str, float]:
-  """A run's Table 1 columns: ``acc_max``, ``mean_above_p<p>``, ``var_above_p<p>``.
+  """A run's Table 1 columns: ``acc_max``, ``acc_sel`` and ``acc_last`` (runs that
+  record a data-free selection), ``mean_above_p<p>``, ``var_above_p<p>``.
 
   Args:
     run: a :class:`dfkd_jax.report.Run` (anything with ``acc_max`` and
-      ``learning_evolution``).
+      ``learning_evolution``; ``selected_accuracy`` and ``acc_last`` optional).
   """
   out = {"acc_max": run.acc_max}
+  if getattr(run, "selected_accuracy", None) is not None:
+    out["acc_sel"] = run.selected_accuracy
+    out["acc_last"] = run.acc_last
   for p, (mean, var) in run.learning_evolution.items():
     out[f"mean_above_p{p}"] = mean
     out[f"var_above_p{p}"] = var
   return out
 
 
+TITLES = {"acc_max": "Acc_max", "acc_sel": "Acc_sel", "acc_last": "Acc_last"}
+
+
 def column_title(column: str) -> str:
   """The Table 1 header of a :func:`column_values` key."""
-  if column == "acc_max":
-    return "Acc_max"
+  if column in TITLES:
+    return TITLES[column]
   kind, p = column.split("_above_p")
   return f"{'μ' if kind == 'mean' else 'σ²'}[S_Acc] >{p}th"
 

@@ -33,6 +33,11 @@ and writes to ``--out``:
   black line, integer epoch ticks; and
   ``<dataset>_alignment.png``, the per-epoch cosine between the acquisition and retention
   gradients (Section 3.4) of the methods that log it.
+* Runs that record a data-free selection (:mod:`dfkd_jax.selection`): ``Acc_sel`` and
+  ``Acc_last`` beside ``Acc_max`` in Table 1 (and in ``paired.md`` as paired columns),
+  and per method and criterion its regret ``Acc_max - Acc_sel`` and its Spearman rank
+  correlation with the test accuracy over the epochs, averaged over runs
+  (:mod:`dfkd_jax.selection_report`; ``selection.csv``).
 
 Runs of different datasets get separate tables and figures. Curves of runs of one method
 with different lengths (e.g. a run still in progress) are averaged over the epochs they
@@ -53,6 +58,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from dfkd_jax import paired_stats
+from dfkd_jax import selection_report
 from dfkd_jax import summary as summary_lib
 
 SUMMARY_FILE = summary_lib.SUMMARY_FILE
@@ -60,6 +66,7 @@ TABLE_MARKDOWN = "table1.md"
 TABLE_CSV = "table1.csv"
 PAIRED_MARKDOWN = "paired.md"
 PAIRED_CSV = "paired.csv"
+SELECTION_CSV = "selection.csv"
 #: Row order of the table and legend order of the figures (LRA Table 1 order, then the
 #: rest of the presets); methods not listed follow in alphabetical order.
 METHOD_ORDER = ("dafl", "dfad", "zskt", "dfq", "dfkd", "mb_dfkd", "pre_dfkd", "mad",
@@ -82,6 +89,11 @@ class Run:
     alignment: ``[E]`` per-epoch gradient cosine (NaN where not logged), or ``None``.
     teacher_accuracy: the teacher's test accuracy (%), or ``None``.
     student_steps_per_second: training throughput, or ``None``.
+    selected_accuracy: the test accuracy (%) of the epoch the run's data-free
+      criterion kept (``Acc_sel``), or ``None`` for runs made before selection.
+    criterion: that criterion, or ``None``.
+    criteria: per criterion its per-epoch values (NaN where not measured).
+    collapsed: why the run is collapsed, or ``None``.
   """
 
   path: pathlib.Path
@@ -95,10 +107,19 @@ class Run:
   alignment: np.ndarray | None
   teacher_accuracy: float | None
   student_steps_per_second: float | None
+  selected_accuracy: float | None = None
+  criterion: str | None = None
+  criteria: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+  collapsed: str | None = None
 
   @property
   def num_epochs(self) -> int:
     return int(self.test_accuracy.size)
+
+  @property
+  def acc_last(self) -> float:
+    """The last epoch's test accuracy (``Acc_last``)."""
+    return float(self.test_accuracy[-1])
 
 
 # ---------------------------------------------------------------------------
@@ -168,7 +189,12 @@ def _run(summary: summary_lib.Summary, path) -> Run:
              alignment=None if alignment is None else np.array(
                  [np.nan if a is None else a for a in alignment], np.float64),
              teacher_accuracy=summary.teacher_accuracy,
-             student_steps_per_second=summary.student_steps_per_second)
+             student_steps_per_second=summary.student_steps_per_second,
+             selected_accuracy=summary.selected_accuracy, criterion=summary.criterion,
+             criteria={k: np.array([np.nan if v is None else v for v in values],
+                                   np.float64)
+                       for k, values in summary.criteria.items()},
+             collapsed=summary.collapsed)
 
 
 _LABEL = re.compile(r"^([A-Za-z][A-Za-z0-9_.+-]*)=(.+)$")
@@ -274,6 +300,8 @@ class Row:
   acc_max: Stat
   teacher_accuracy: Stat | None
   student_steps_per_second: Stat | None
+  acc_sel: Stat | None = None     # Over the runs that record a selection.
+  acc_last: Stat | None = None    # Shown beside Acc_sel.
 
 
 def _optional_stat(values) -> Stat | None:
@@ -301,7 +329,10 @@ def table_row(method: str, runs: Sequence[Run]) -> Row:
              acc_max=mean_std([r.acc_max for r in runs]),
              teacher_accuracy=_optional_stat(r.teacher_accuracy for r in runs),
              student_steps_per_second=_optional_stat(
-                 r.student_steps_per_second for r in runs))
+                 r.student_steps_per_second for r in runs),
+             acc_sel=_optional_stat(r.selected_accuracy for r in runs),
+             acc_last=_optional_stat(r.acc_last for r in runs
+                                     if r.selected_accuracy is not None))
 
 
 def table_rows(by_method: Mapping[str, Sequence[Run]]) -> list[Row]:
@@ -376,13 +407,18 @@ def markdown_table(rows: Sequence[Row]) -> str:
   header = ["Method", "Runs (seeds)", "Epochs"]
   for p in percentiles:
     header += [f"μ[S_Acc] >{p}th", f"σ²[S_Acc] >{p}th"]
-  header += ["Acc_max", "Student steps/s"]
+  selected = any(row.acc_sel is not None for row in rows)
+  header += ["Acc_max"] + (["Acc_sel", "Acc_last"] if selected else []) + [
+      "Student steps/s"]
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for row in rows:
     cells = [row.method, seeds_text(row.seeds), _epochs_text(row.epochs)]
     for p in percentiles:
       cells += [format_stat(row.evolution[p][0]), format_stat(row.evolution[p][1])]
-    cells += [format_stat(row.acc_max), format_stat(row.student_steps_per_second, 1)]
+    cells += [format_stat(row.acc_max)]
+    if selected:
+      cells += [format_stat(row.acc_sel), format_stat(row.acc_last)]
+    cells += [format_stat(row.student_steps_per_second, 1)]
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
 
@@ -404,6 +440,9 @@ def csv_records(dataset: str, rows: Sequence[Row]) -> list[dict[str, Any]]:
       put(f"mean_above_p{p}", m)
       put(f"var_above_p{p}", v)
     put("acc_max", row.acc_max)
+    if row.acc_sel is not None:
+      put("acc_sel", row.acc_sel)
+      put("acc_last", row.acc_last)
     put("teacher_accuracy", row.teacher_accuracy)
     put("student_steps_per_second", row.student_steps_per_second)
     records.append(rec)
@@ -581,8 +620,10 @@ def write_report(workdirs: Iterable[str | os.PathLike], out_dir: str | os.PathLi
         "Each cell is the mean ± the sample standard deviation over the runs (seeds) of "
         "a method; μ[S_Acc] >nth / σ²[S_Acc] >nth are the mean / variance (%, %²) of "
         "the per-epoch test accuracy over the epochs above the nth epoch percentile; "
-        "Acc_max is the best epoch's accuracy.", ""]
-  records = []
+        "Acc_max is the best epoch's accuracy; Acc_sel (runs that record a data-free "
+        "selection) the accuracy of the epoch their criterion kept without labels, "
+        "Acc_last the last epoch's.", ""]
+  records, selection_records = [], []
   for dataset, rows in tables.items():
     by_method = grouped[dataset]
     md += [f"## {dataset}", ""]
@@ -595,6 +636,10 @@ def write_report(workdirs: Iterable[str | os.PathLike], out_dir: str | os.PathLi
       md += [f"Runs of {', '.join(uneven)} have different epoch counts; their curves "
              "are averaged over the epochs all runs have.", ""]
     records += csv_records(dataset, rows)
+    choice = selection_report.rows(by_method)
+    if choice:
+      md += [selection_report.markdown(choice), ""]
+      selection_records += selection_report.csv_records(dataset, choice)
     teacher_mean = None if teacher is None else teacher.mean
     figures = [
         ("test_accuracy", lambda r: r.test_accuracy, "Test accuracy", "accuracy (%)",
@@ -625,6 +670,9 @@ def write_report(workdirs: Iterable[str | os.PathLike], out_dir: str | os.PathLi
   md_path.write_text("\n".join(md))
   csv_path = out / TABLE_CSV
   _write_csv(csv_path, records)
+  if selection_records:
+    written.insert(0, out / SELECTION_CSV)
+    _write_csv(out / SELECTION_CSV, selection_records)
   return {"runs": [str(r.path) for r in runs],
           "files": [md_path, csv_path, *paired, *written]}
 

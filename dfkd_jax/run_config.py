@@ -28,6 +28,7 @@ from dfkd_jax import models
 from dfkd_jax import objectives
 from dfkd_jax import optimizers
 from dfkd_jax import parallel
+from dfkd_jax import selection
 from dfkd_jax import teacher as teacher_lib
 from dfkd_jax.replay import sources as replay_sources
 
@@ -130,6 +131,16 @@ def default_config() -> ml_collections.ConfigDict:
   c.checkpoints_to_keep = 3
   c.tensorboard = True           # TensorBoard event files (tensorboardX), per iteration.
   c.progress_seconds = 8.0       # Progress/heartbeat line at most this often; 0 = off.
+  # Data-free model selection (dfkd_jax.selection): criteria recorded every epoch end,
+  # on the device, from no real data; the one in force chooses the kept student.
+  c.selection = ml_collections.ConfigDict(dict(
+      # Chooses the epoch whose student is kept, exported and reported: last, agreement,
+      # js (probe set), replay_agreement, replay_js (methods with replay).
+      criterion="agreement",
+      probe_size=256,            # Generated samples held out for the criteria; 0 = none.
+      probe_epochs=8,            # The probe holds the last N epochs' generator samples.
+      # Probe agreement at chance level for this many epochs = collapsed; 0 = off.
+      collapse_epochs=3))
   return c
 
 
@@ -172,6 +183,9 @@ FIELD_RULES: tuple[tuple[str, checks.Rule], ...] = (
     ("replica_loop", checks.one_of(REPLICA_LOOPS)),
     ("tensorboard", checks.BOOL),
     ("progress_seconds", checks.NON_NEGATIVE),
+    ("selection.probe_size", checks.NON_NEGATIVE_INT),
+    ("selection.probe_epochs", checks.POSITIVE_INT),
+    ("selection.collapse_epochs", checks.NON_NEGATIVE_INT),
 )
 META_RULES: tuple[tuple[str, checks.Rule], ...] = (
     ("meta.alpha", checks.POSITIVE),
@@ -206,6 +220,8 @@ def validate(config: ml_collections.ConfigDict, mesh) -> methods.Method:
                      f"of mad_generator, but config.generator={config.generator!r}; set "
                      "it to 0 or use mad_generator")
   parallel.check_divisible(config.batch_size, "config.batch_size", mesh)
+  selection.check(config.selection.to_dict(), replay.provides_retention,
+                  config.batch_size, mesh.devices.size)
   parallel.check_divisible(config.eval_batch_size, "config.eval_batch_size", mesh)
   data.get_dataset(config.dataset)
   return method

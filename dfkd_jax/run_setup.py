@@ -79,3 +79,10 @@ class Setup:
   checkpoints_to_keep: int
   tensorboard: bool                    # TensorBoard event files per iteration.
   progress_seconds: float              # Progress line at most this often; 0 = off.
+  # Data-free model selection (dfkd_jax.selection, dfkd_jax.probe): the criterion that
+  # chooses the kept epoch, the probe set (0 = none) in probe_epochs slots, and the
+  # consecutive chance-level epochs that mark a run collapsed (0 = never).
+  criterion: str = "last"
+  probe_size: int = 0
+  probe_epochs: int = 1
+  collapse_epochs: int = 0

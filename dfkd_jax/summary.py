@@ -17,6 +17,7 @@ import pathlib
 from typing import Any, Sequence
 
 from dfkd_jax import curves
+from dfkd_jax import selection
 
 SUMMARY_FILE = "summary.json"
 
@@ -42,6 +43,14 @@ class Summary:
     config: the run's config as a dict.
     failed: why the run stopped early (a replica whose loss became NaN/Inf while the
       others went on; its curves end at its last good epoch), or ``None``.
+    criteria: per data-free selection criterion (:mod:`dfkd_jax.selection`), its
+      per-epoch values (``None`` where not measured); empty for runs made before
+      criteria existed.
+    criterion: the criterion in force, or ``None`` (runs made before selection).
+    selected_epoch: the 1-based epoch the criterion chose (never by a label), or
+      ``None``.
+    selected_accuracy: the test accuracy (%) of that epoch, for evaluation only.
+    collapsed: why the run is collapsed (chance-level agreement), or ``None``.
   """
 
   method: str
@@ -57,13 +66,22 @@ class Summary:
   epochs_completed: int
   config: dict[str, Any]
   failed: str | None = None
+  criteria: dict[str, tuple[float | None, ...]] = dataclasses.field(default_factory=dict)
+  criterion: str | None = None
+  selected_epoch: int | None = None
+  selected_accuracy: float | None = None
+  collapsed: str | None = None
 
   @classmethod
   def of_run(cls, *, method: str, dataset: str, seed: int,
              teacher_accuracy: float | None, test_accuracy: Sequence[float],
              alignment: Sequence[float | None], student_steps_per_second: float | None,
-             config: dict[str, Any], failed: str | None = None) -> "Summary":
-    """The summary of a run's per-epoch history (metrics by :mod:`dfkd_jax.curves`)."""
+             config: dict[str, Any], failed: str | None = None,
+             criteria: dict[str, Sequence[float | None]] | None = None,
+             criterion: str | None = None, collapsed: str | None = None) -> "Summary":
+    """The summary of a run's per-epoch history (metrics by :mod:`dfkd_jax.curves`);
+    ``criterion`` (of ``criteria``) chooses ``selected_epoch``
+    (:func:`dfkd_jax.selection.selected_epoch`)."""
     acc = tuple(float(a) for a in test_accuracy)
     if acc:
       metrics = curves.summarize(acc)
@@ -73,8 +91,13 @@ class Summary:
     else:
       evolution, acc_max, cumulative = {}, None, ()
     aligned = tuple(alignment) if any(a is not None for a in alignment) else None
+    criteria = {k: tuple(v) for k, v in (criteria or {}).items()}
+    chosen = (selection.selected_epoch(criterion, criteria, len(acc))
+              if criterion is not None else None)
     return cls(method, dataset, seed, teacher_accuracy, acc, acc_max, evolution,
-               cumulative, aligned, student_steps_per_second, len(acc), config, failed)
+               cumulative, aligned, student_steps_per_second, len(acc), config, failed,
+               criteria, criterion, None if chosen is None else chosen + 1,
+               None if chosen is None else acc[chosen], collapsed)
 
   def to_json(self) -> dict[str, Any]:
     """The JSON object of ``summary.json`` (``alignment`` and ``failed`` only when set)."""
@@ -90,6 +113,10 @@ class Summary:
                epochs_completed=self.epochs_completed, config=self.config)
     if self.failed is not None:
       out["failed"] = self.failed
+    if self.criterion is not None:
+      out.update(criteria={k: list(v) for k, v in self.criteria.items()},
+                 criterion=self.criterion, selected_epoch=self.selected_epoch,
+                 selected_accuracy=self.selected_accuracy, collapsed=self.collapsed)
     return out
 
   @classmethod
@@ -190,6 +217,7 @@ def _parse(data: Any, path) -> Summary:
     raise ValueError(f"{path}: failed must be a string (why the run stopped), got "
                      f"{failed!r}")
   return Summary(
+      **_selection(data, acc, path),
       method=data["method"], dataset=data["dataset"], seed=data["seed"],
       teacher_accuracy=_number(data.get("teacher_accuracy"), "teacher_accuracy", path,
                                allow_none=True),
@@ -202,3 +230,27 @@ def _parse(data: Any, path) -> Summary:
                                        allow_none=True),
       epochs_completed=int(data.get("epochs_completed", len(acc))), config=config,
       failed=failed)
+
+
+def _selection(data: dict[str, Any], acc: tuple, path) -> dict[str, Any]:
+  """The data-free selection fields (absent in summaries made before them)."""
+  criteria = data.get("criteria") or {}
+  if not isinstance(criteria, dict):
+    raise ValueError(f"{path}: criteria must be an object {{name: [per epoch]}}")
+  parsed = {str(k): _curve(v, f"criteria[{k!r}]", path, allow_none=True)
+            for k, v in criteria.items()}
+  criterion = data.get("criterion")
+  if criterion is not None and not isinstance(criterion, str):
+    raise ValueError(f"{path}: criterion must be a string, got {criterion!r}")
+  epoch = data.get("selected_epoch")
+  if epoch is not None and (isinstance(epoch, bool) or not isinstance(epoch, int)
+                            or not 1 <= epoch <= len(acc)):
+    raise ValueError(f"{path}: selected_epoch must be an epoch in 1..{len(acc)}, got "
+                     f"{epoch!r}")
+  collapsed = data.get("collapsed")
+  if collapsed is not None and not isinstance(collapsed, str):
+    raise ValueError(f"{path}: collapsed must be a string or null, got {collapsed!r}")
+  return dict(criteria=parsed, criterion=criterion, selected_epoch=epoch,
+              selected_accuracy=_number(data.get("selected_accuracy"),
+                                        "selected_accuracy", path, allow_none=True),
+              collapsed=collapsed)

@@ -198,12 +198,23 @@ def main(argv: Sequence[str]) -> None:
   if "replicas" in result:  # config.num_seeds > 1.
     best = ", ".join("failed" if r.get("failed") else f"{r['acc_max']:.2f}%"
                      for r in result["replicas"])
-    print(f"done: acc_max {best} (seeds {result['replicas'][0]['seed']}-"
-          f"{result['replicas'][-1]['seed']}), summaries in "
-          f"{_WORKDIR.value}/seed_<seed>/{trainer.SUMMARY_FILE}")
+    kept = ", ".join("failed" if r.get("failed") else _kept(r)
+                     for r in result["replicas"])
+    print(f"done: acc_max {best}; kept students {kept} (seeds "
+          f"{result['replicas'][0]['seed']}-{result['replicas'][-1]['seed']}), summaries "
+          f"in {_WORKDIR.value}/seed_<seed>/{trainer.SUMMARY_FILE}")
     return
-  print(f"done: acc_max {result['acc_max']:.2f}%, summary in "
-        f"{_WORKDIR.value}/{trainer.SUMMARY_FILE}")
+  print(f"done: acc_max {result['acc_max']:.2f}%; kept student {_kept(result)}, summary "
+        f"in {_WORKDIR.value}/{trainer.SUMMARY_FILE}")
+
+
+def _kept(summary) -> str:
+  """The student the run keeps (and export exports): the epoch its selection criterion
+  chose and that epoch's test accuracy, and the collapse warning, if any."""
+  text = (f"epoch {summary['selected_epoch']} by {summary['criterion']} "
+          f"{summary['selected_accuracy']:.2f}%" if summary.get("selected_epoch")
+          else "the last epoch")
+  return text + (" (COLLAPSED: see its summary)" if summary.get("collapsed") else "")
 
 
 if __name__ == "__main__":

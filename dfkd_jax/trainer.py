@@ -3,8 +3,11 @@
 The host side of a run: it builds the :class:`~dfkd_jax.run_setup.Setup`
 (:func:`dfkd_jax.experiment.build`; below that nothing reads the config), compiles the
 iteration of :mod:`dfkd_jax.iteration`, and per epoch of ``iterations_per_epoch``
-iterations evaluates the student on the real test set, writes a checkpoint,
-``metrics.jsonl`` and ``summary.json``. A SIGTERM (preemption) saves a checkpoint at the
+iterations evaluates the student on the real test set, records the data-free selection
+criteria (:mod:`dfkd_jax.probe`, :mod:`dfkd_jax.selection`: one more jitted call, which
+reads the training state and never writes it), writes a checkpoint (never rotating out
+the one of the epoch the criterion in force keeps), ``metrics.jsonl`` and
+``summary.json``. A SIGTERM (preemption) saves a checkpoint at the
 next iteration boundary and raises :class:`Preempted`; checkpoints are numbered by
 iterations done.
 
@@ -49,7 +52,9 @@ from dfkd_jax import experiment
 from dfkd_jax import iteration as iteration_lib
 from dfkd_jax import methods
 from dfkd_jax import parallel
+from dfkd_jax import probe as probe_lib
 from dfkd_jax import progress
+from dfkd_jax import selection
 from dfkd_jax import summary as summary_lib
 from dfkd_jax import workdir as workdir_lib
 from dfkd_jax.run_setup import Setup
@@ -94,6 +99,11 @@ class History:
       mid-epoch ends with the uninterrupted run's epoch mean.
     failed: why a replica stopped (a loss or its images became NaN/Inf), or ``None``;
       a failed replica records nothing more.
+    criteria: per data-free selection criterion (:mod:`dfkd_jax.selection`), its value
+      after each completed epoch (``None``: not measured, e.g. epochs of a run resumed
+      from a checkpoint made before criteria existed, or NaN).
+    collapsed: why the run is collapsed (:func:`dfkd_jax.selection.collapse`), or
+      ``None``.
   """
 
   teacher_accuracy: float | None = None
@@ -102,6 +112,8 @@ class History:
   student_steps_per_second: float | None = None
   epoch_cosines: list[float] = dataclasses.field(default_factory=list)
   failed: str | None = None
+  criteria: dict[str, list[float | None]] = dataclasses.field(default_factory=dict)
+  collapsed: str | None = None
 
   def to_json(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
@@ -110,12 +122,23 @@ class History:
   def from_json(cls, d: dict[str, Any]) -> "History":
     return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
 
-  def end_epoch(self, accuracy: float) -> None:
-    """Records a finished epoch: its accuracy and its cosines' mean."""
+  def end_epoch(self, accuracy: float, criteria: dict[str, float] | None = None,
+                num_classes: int = 0, collapse_epochs: int = 0) -> None:
+    """Records a finished epoch: its accuracy, its cosines' mean and its criteria (a
+    criterion missing for earlier epochs is padded with ``None``); marks the run
+    collapsed when its probe agreement says so."""
+    done = len(self.test_accuracy)
     self.test_accuracy.append(accuracy)
     self.alignment.append(float(np.mean(self.epoch_cosines)) if self.epoch_cosines
                           else None)
     self.epoch_cosines = []
+    for name, value in (criteria or {}).items():
+      values = self.criteria.setdefault(name, [])
+      values.extend([None] * (done - len(values)))
+      values.append(_json_float(value))
+    if self.collapsed is None and "agreement" in self.criteria:
+      self.collapsed = selection.collapse(self.criteria["agreement"], num_classes,
+                                          collapse_epochs)
 
 
 def _histories_from_json(d: dict[str, Any], num_replicas: int) -> list[History]:
@@ -142,7 +165,9 @@ def summary(record: dict[str, Any] | ml_collections.ConfigDict, history: History
       teacher_accuracy=history.teacher_accuracy, test_accuracy=history.test_accuracy,
       alignment=history.alignment,
       student_steps_per_second=history.student_steps_per_second,
-      config=record, failed=history.failed)
+      config=record, failed=history.failed, criteria=history.criteria,
+      criterion=record.get("selection", {}).get("criterion", "last"),
+      collapsed=history.collapsed)
 
 
 def replica_dir(workdir: pathlib.Path, seed: int) -> pathlib.Path:
@@ -221,12 +246,12 @@ class Outputs:
 
   TensorBoard event files (``WORKDIR/tensorboard``, or ``WORKDIR/tensorboard/seed_<s>``
   per replica; tensorboardX) get every iteration's metrics and each epoch's
-  ``epoch/test_accuracy`` and ``epoch/alignment``, at the iteration count;
-  ``metrics.jsonl`` stays the contract. ``metrics.jsonl`` gets one line per iteration
-  (per replica, with ``replica`` and ``seed`` fields), flushed before any checkpoint
-  that covers it; on resume the lines after the checkpoint's iteration are dropped (the
-  run redoes them). ``summary.json`` (per replica: ``seed_<s>/summary.json``) is
-  rewritten after every epoch.
+  ``epoch/test_accuracy``, ``epoch/alignment`` and ``epoch/<criterion>``, at the
+  iteration count; ``metrics.jsonl`` stays the contract. ``metrics.jsonl`` gets one
+  line per iteration (per replica, with ``replica`` and ``seed`` fields), flushed
+  before any checkpoint that covers it; on resume the lines after the checkpoint's
+  iteration are dropped (the run redoes them). ``summary.json`` (per replica:
+  ``seed_<s>/summary.json``) is rewritten after every epoch.
   """
 
   def __init__(self, layout: Layout, setup: Setup, log, primary: bool,
@@ -288,7 +313,9 @@ class Outputs:
         # At the epoch's last iteration, beside its losses.
         self._scalars(self._tensorboard[k], step,
                       {"epoch/test_accuracy": history.test_accuracy[-1],
-                       "epoch/alignment": history.alignment[-1]})
+                       "epoch/alignment": history.alignment[-1],
+                       **{f"epoch/{name}": values[-1]
+                          for name, values in history.criteria.items()}})
         self._tensorboard[k].flush()
     self.log(_epoch_line(epoch, self.num_epochs, histories, self.seeds, metrics, eta))
 
@@ -318,11 +345,25 @@ def _epoch_line(epoch: int, num_epochs: int, histories: Sequence[History], seeds
     h = histories[0]
     return (f"epoch {epoch + 1}/{num_epochs}: student {h.test_accuracy[-1]:.2f}% "
             f"(max {max(h.test_accuracy):.2f}%, teacher {teacher:.2f}%), student loss "
-            f"{loss:.4f}, {eta}")
+            f"{loss:.4f}{_criteria_text(h)}, {eta}" + _collapsed_text(histories, seeds))
   accs = ", ".join(f"{h.test_accuracy[-1]:.2f}%" if h.failed is None else "failed"
                    for h in histories)
   return (f"epoch {epoch + 1}/{num_epochs}: students (seeds {seeds[0]}-{seeds[-1]}) "
-          f"{accs} (teacher {teacher:.2f}%), mean student loss {loss:.4f}, {eta}")
+          f"{accs} (teacher {teacher:.2f}%), mean student loss {loss:.4f}, {eta}"
+          + _collapsed_text(histories, seeds))
+
+
+def _criteria_text(history: History) -> str:
+  """``, probe agreement 0.93`` when the epoch has one (one run's epoch line)."""
+  value = history.criteria.get("agreement", [None])[-1]
+  return "" if value is None else f", probe agreement {value:.3f}"
+
+
+def _collapsed_text(histories: Sequence[History], seeds) -> str:
+  """The epoch line's note on collapsed runs (empty when none is)."""
+  notes = [(f"seed {seeds[k]} " if len(histories) > 1 else "") + h.collapsed
+           for k, h in enumerate(histories) if h.collapsed and h.failed is None]
+  return "".join(f"; WARNING {note}" for note in notes)
 
 
 def _truncate_metrics(path: pathlib.Path, completed_iterations: int,
@@ -549,6 +590,8 @@ def _run(setup: Setup, workdir: pathlib.Path, log, primary: bool,
                                               setup.checkpoints_to_keep, log, primary)
     state, histories, start = _restore(checkpoints, state, len(seeds), per_epoch,
                                        num_epochs, log)
+    probe = _probe(setup, checkpoints, start)
+    checkpoints.keep(_selected_steps(histories, setup.criterion, per_epoch))
     if histories[0].teacher_accuracy is None:
       teacher_accuracy = _accuracy(
           setup, evaluation.make_eval_step(setup.teacher), teacher_vars, test_split)
@@ -560,6 +603,7 @@ def _run(setup: Setup, workdir: pathlib.Path, log, primary: bool,
     log(f"{len(seeds)} replicas in one program: seeds {seeds[0]}-{seeds[-1]}, summaries "
         f"in {replica_dir(workdir, seeds[0]).parent}/seed_<seed>")
   iteration = iteration_lib.make_iteration(setup, state)
+  epoch_end = probe_lib.make_epoch_end(setup, state) if probe is not None else None
   eval_student = evaluation.make_eval_step(setup.student, replicas)
   throughput = progress.Throughput()
   progress_line = progress.RateLimited(log, setup.progress_seconds)
@@ -587,14 +631,19 @@ def _run(setup: Setup, workdir: pathlib.Path, log, primary: bool,
         student = {"params": state.student.params,
                    "batch_stats": state.student.batch_stats}
         accuracies = _accuracy(setup, eval_student, student, test_split)
+        criteria = [{}] * len(seeds)
+        if epoch_end is not None:  # The data-free criteria, on the device.
+          probe, values = epoch_end(state, probe, teacher_vars)
+          criteria = _per_replica(jax.device_get(values), replicas)
         _end_epoch(histories, accuracies if replicas else [accuracies],
-                   throughput.per_second, setup.student_steps)
-        checkpoints.save(step + 1, state, layout.history_json(histories))
+                   throughput.per_second, setup, criteria)
+        checkpoints.keep(_selected_steps(histories, setup.criterion, per_epoch))
+        checkpoints.save(step + 1, state, layout.history_json(histories), probe)
         outputs.epoch(epoch, histories, metrics, throughput.eta(total - step - 1))
       # Every process asks at every iteration (the sync protocol needs it).
       if preemption.reached(step + 1) and step + 1 < total:
         if not saved:
-          checkpoints.save(step + 1, state, layout.history_json(histories))
+          checkpoints.save(step + 1, state, layout.history_json(histories), probe)
         checkpoints.close()
         log(f"{preemption.notice}: stopped at epoch {epoch + 1}, iteration "
             f"{i + 1} of {per_epoch}, checkpoint saved in {checkpoints.directory}; "
@@ -605,13 +654,36 @@ def _run(setup: Setup, workdir: pathlib.Path, log, primary: bool,
 
 
 def _end_epoch(histories: Sequence[History], accuracies: Sequence[float],
-               iterations_per_second: float | None, student_steps: int) -> None:
-  """Records a finished epoch in each live replica's History."""
-  for history, accuracy in zip(histories, accuracies):
+               iterations_per_second: float | None, setup: Setup,
+               criteria: Sequence[dict[str, float]]) -> None:
+  """Records a finished epoch (accuracy, criteria) in each live replica's History."""
+  for history, accuracy, values in zip(histories, accuracies, criteria):
     if history.failed is None:
-      history.end_epoch(accuracy)
+      history.end_epoch(accuracy, values, setup.num_classes, setup.collapse_epochs)
       if iterations_per_second:
-        history.student_steps_per_second = iterations_per_second * student_steps
+        history.student_steps_per_second = iterations_per_second * setup.student_steps
+
+
+def _probe(setup: Setup, checkpoints: checkpoints_lib.Checkpoints, start: int):
+  """The run's probe set on the mesh (:mod:`dfkd_jax.probe`): the restored checkpoint's,
+  or a fresh one; ``None`` without criteria (``probe_size`` 0)."""
+  if not setup.probe_size:
+    return None
+  probe = probe_lib.put(probe_lib.init_replicas(setup), setup)
+  restored = checkpoints.restore_probe(probe) if start else None
+  return probe if restored is None else restored
+
+
+def _selected_steps(histories: Sequence[History], criterion: str,
+                    per_epoch: int) -> set[int]:
+  """The checkpoint steps of the epochs the criterion chooses, one per replica."""
+  steps = set()
+  for history in histories:
+    epoch = selection.selected_epoch(criterion, history.criteria,
+                                     len(history.test_accuracy))
+    if epoch is not None:
+      steps.add((epoch + 1) * per_epoch)
+  return steps
 
 
 def _record_cosines(histories: Sequence[History], per_replica: Sequence[dict]) -> None:

@@ -33,10 +33,12 @@ LOCK_FILE = "run.lock"
 RECORD_FILE = "run_config.json"
 
 # Fields that do not change a run's numbers: where files are, how often they are kept,
-# how the exact evaluation is batched, whether event files are written, and the
-# first-use teacher recipe (the teacher itself is fingerprinted through its metadata).
+# how the exact evaluation is batched, whether event files are written, the
+# first-use teacher recipe (the teacher itself is fingerprinted through its metadata),
+# and the data-free selection (its probe never touches training; records made before
+# it existed lack it).
 FREE = frozenset({"checkpoints_to_keep", "tensorboard", "eval_batch_size", "data_dir",
-                  "teacher_dir", "teacher_config", "progress_seconds"})
+                  "teacher_dir", "teacher_config", "progress_seconds", "selection"})
 # Result-deciding fields that older records lack, with the value their runs had.
 ADDED_DEFAULTS = {"num_seeds": 1}
 # Fields that may change with an explicit --allow_config_change=FIELD: num_epochs extends

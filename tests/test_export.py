@@ -69,11 +69,16 @@ TORCH_MODELS = {
 }
 
 
+LAST = {"selection.criterion": "last"}
+
+
 @pytest.fixture(scope="module")
 def run_dir(teacher_dir, tmp_path_factory):
   """A finished tiny dfkd run: 2 epochs of 2 iterations, checkpoints 2 and 4."""
   workdir = tmp_path_factory.mktemp("run")
-  trainer.run(tiny_config(teacher_dir, "dfkd"), workdir, log=lambda s: None)
+  # Criterion last: the default export is the newest checkpoint (test_selection.py
+  # covers the default of another criterion).
+  trainer.run(tiny_config(teacher_dir, "dfkd", **LAST), workdir, log=lambda s: None)
   return workdir
 
 
@@ -81,7 +86,7 @@ def run_dir(teacher_dir, tmp_path_factory):
 def replicas_dir(teacher_dir, tmp_path_factory):
   """A finished tiny mb_dfkd run of 2 replicas, seeds 0 and 1."""
   workdir = tmp_path_factory.mktemp("replicas")
-  trainer.run(tiny_config(teacher_dir, "mb_dfkd", seed=0, num_seeds=2), workdir,
+  trainer.run(tiny_config(teacher_dir, "mb_dfkd", seed=0, num_seeds=2, **LAST), workdir,
               log=lambda s: None)
   return workdir
 

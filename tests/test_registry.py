@@ -16,6 +16,7 @@ from dfkd_jax import methods
 from dfkd_jax import models
 from dfkd_jax import objectives
 from dfkd_jax import registry
+from dfkd_jax import selection
 from dfkd_jax.replay import sources
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "dfkd_jax"
@@ -26,6 +27,7 @@ REGISTRIES = {
     "student loss": losses.STUDENT_LOSSES,
     "generator loss": generator_objectives.GENERATOR_LOSSES,
     "replay": sources.REPLAYS,
+    "selection criterion": selection.CRITERIA,
 }
 
 
@@ -98,7 +100,8 @@ def _imports(path: pathlib.Path) -> set[str]:
   return names
 
 
-@pytest.mark.parametrize("module", ["trainer.py", "iteration.py", "replay/sources.py",
+@pytest.mark.parametrize("module", ["trainer.py", "iteration.py", "probe.py",
+                                    "selection.py", "replay/sources.py",
                                     "replay/memory.py", "replay/generative.py",
                                     "replay/ema.py"])
 def test_below_the_assembler_nothing_reads_the_config(module):

@@ -77,10 +77,13 @@ def sample_std(values):
 
 
 def markdown_rows(text):
-  """{method: [cells]} of the Markdown table rows."""
-  rows = {}
+  """{method: [cells]} of the rows of the Table 1 Markdown tables (not the data-free
+  selection tables that may follow them)."""
+  rows, table1 = {}, False
   for line in text.splitlines():
-    if line.startswith("| ") and not line.startswith("| Method"):
+    if line.startswith("| Method"):
+      table1 = line.startswith("| Method | Runs (seeds)")
+    elif line.startswith("| ") and table1:
       cells = [c.strip() for c in line.strip("|").split("|")]
       rows[cells[0]] = cells
   return rows

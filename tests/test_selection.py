@@ -1,0 +1,246 @@
+"""Data-free model selection (issue 29): criteria, the kept checkpoint, the report.
+
+One tiny 2-replica mb_dfkd run with the criteria (module-scoped) serves the end-to-end
+tests; the same run without criteria and a resumed one hit the session's compilation
+cache. The rest works on synthetic curves and summaries.
+"""
+
+import csv
+import json
+import math
+import pathlib
+
+import numpy as np
+import pytest
+
+from dfkd_jax import checkpoints as checkpoints_lib
+from dfkd_jax import export
+from dfkd_jax import parallel
+from dfkd_jax import report
+from dfkd_jax import run_config
+from dfkd_jax import selection
+from dfkd_jax import summary as summary_lib
+from dfkd_jax import trainer
+from test_trainer import teacher_dir, tiny_config  # pylint: disable=unused-import  # fixture
+
+SEEDS = (0, 1)
+EPOCHS = 3
+# Two probe slots of 16 samples (<= the tiny batch of 32); a constant learning rate so
+# that a run extended with --allow_config_change=num_epochs equals an uninterrupted one.
+SELECTION = {"selection.probe_size": 32, "selection.probe_epochs": 2,
+             "student_optimizer.schedule": "constant", "iterations_per_epoch": 1,
+             "student_steps": 1, "checkpoints_to_keep": 1, "num_seeds": len(SEEDS)}
+OFF = {"selection.probe_size": 0, "selection.criterion": "last"}
+
+
+def config(teacher_dir, **overrides):
+  return tiny_config(teacher_dir, "mb_dfkd", **{**SELECTION, "num_epochs": EPOCHS,
+                                                **overrides})
+
+
+def summaries(result):
+  return result["replicas"]
+
+
+@pytest.fixture(scope="module")
+def with_criteria(teacher_dir, tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("with_criteria")
+  lines = []
+  result = trainer.run(config(teacher_dir), workdir, log=lines.append)
+  return workdir, summaries(result), lines
+
+
+def disk_steps(workdir):
+  return sorted(int(p.name) for p in (workdir / trainer.CHECKPOINT_DIR).iterdir()
+                if p.name.isdigit())
+
+
+def test_criteria_are_finite_in_range_and_per_replica(with_criteria):
+  workdir, runs, lines = with_criteria
+  assert [r["seed"] for r in runs] == list(SEEDS)
+  for run in runs:
+    criteria = run["criteria"]
+    assert set(criteria) == {"agreement", "js", "replay_agreement", "replay_js"}
+    assert all(len(v) == EPOCHS for v in criteria.values())
+    assert all(0.0 <= a <= 1.0 for a in criteria["agreement"])
+    assert all(0.0 <= j <= math.log(2) + 1e-6 for j in criteria["js"])
+    # The memory is written at the end of epoch 1, before its criteria: every epoch
+    # has a replay batch.
+    assert all(v is not None and 0.0 <= v <= 1.0 for v in criteria["replay_agreement"])
+    assert run["criterion"] == "agreement"
+    chosen = selection.select_epoch(criteria["agreement"])
+    assert run["selected_epoch"] == chosen + 1
+    assert run["selected_accuracy"] == run["test_accuracy"][chosen]
+    assert "collapsed" in run
+    on_disk = json.loads((workdir / f"seed_{run['seed']}" / "summary.json").read_text())
+    assert on_disk["criteria"] == criteria
+  # Each replica is scored on its own probe (its seed's key) and its own student.
+  assert runs[0]["criteria"]["js"] != runs[1]["criteria"]["js"]
+  assert any(line.startswith("epoch 3/3: students") for line in lines)
+
+
+def test_training_numbers_are_unchanged_by_the_criteria(teacher_dir, tmp_path,
+                                                        with_criteria):
+  _, runs, _ = with_criteria
+  plain = summaries(trainer.run(config(teacher_dir, **OFF), tmp_path, log=lambda s: None))
+  for with_, without in zip(runs, plain):
+    assert with_["test_accuracy"] == without["test_accuracy"]
+    assert "criteria" not in without or not without["criteria"]
+    assert without["selected_epoch"] == EPOCHS  # last.
+  assert not (tmp_path / trainer.CHECKPOINT_DIR / str(EPOCHS) / "probe").exists()
+
+
+def test_the_selected_checkpoint_survives_rotation_and_resume(teacher_dir, tmp_path,
+                                                              with_criteria):
+  workdir, runs, _ = with_criteria
+  selected = {r["selected_epoch"] for r in runs}  # iterations_per_epoch = 1.
+  assert disk_steps(workdir) == sorted(selected | {EPOCHS})  # checkpoints_to_keep = 1.
+  # The same run in two parts: the probe and the kept steps come back on resume.
+  trainer.run(config(teacher_dir, num_epochs=EPOCHS - 1), tmp_path, log=lambda s: None)
+  resumed = summaries(trainer.run(config(teacher_dir), tmp_path, log=lambda s: None,
+                                  allow_config_change=("num_epochs",)))
+  for one, two in zip(runs, resumed):
+    assert two["test_accuracy"] == one["test_accuracy"]
+    assert two["criteria"] == one["criteria"]
+    assert two["selected_epoch"] == one["selected_epoch"]
+  assert disk_steps(tmp_path) == disk_steps(workdir)
+  # export's default is the kept student.
+  run = export.read_run(workdir)
+  for k, seed in enumerate(SEEDS):
+    assert export.selected_step(run, k) == runs[k]["selected_epoch"]
+
+
+def test_kept_steps_are_never_rotated_out_and_are_kept_again_after_a_restart(tmp_path):
+  state = {"w": np.zeros(3, np.float32)}
+  directory = tmp_path / "checkpoints"
+  checkpoints = checkpoints_lib.Checkpoints(directory, 1, print, True)
+  for step in range(1, 6):
+    if step == 3:
+      checkpoints.keep({2})
+    checkpoints.save(step, state, {"step": step})
+  checkpoints.close()
+  assert sorted(int(p.name) for p in directory.iterdir()) == [2, 5]
+  again = checkpoints_lib.Checkpoints(directory, 1, print, True)  # A resumed run.
+  assert again.restore(state)[1] == {"step": 5} and again.restore_probe(state) is None
+  again.keep({2, 6})
+  again.save(6, state, {"step": 6}, probe=state)
+  again.keep({6})
+  again.save(7, state, {"step": 7})
+  again.close()
+  assert sorted(int(p.name) for p in directory.iterdir()) == [6, 7]
+
+
+# ---------------------------------------------------------------------------
+# Synthetic curves, bad input, the report.
+# ---------------------------------------------------------------------------
+
+
+BEST = 4  # 0-based best epoch of the synthetic curve below.
+CURVE = [40.0, 55.0, 61.0, 58.0, 72.0, 66.0, 60.0]
+
+
+def test_a_criterion_that_tracks_the_curve_chooses_its_best_epoch():
+  agreement = [a / 100 - 0.05 for a in CURVE]       # Higher is better.
+  js = [0.7 - a / 200 for a in CURVE]               # Lower is better.
+  noise = [0.9, 0.1, 0.5, 0.3, 0.2, 0.8, 0.4]       # Does not track it.
+  criteria = {"agreement": agreement, "js": js, "replay_agreement": noise}
+  assert selection.selected_epoch("agreement", criteria, len(CURVE)) == BEST
+  assert selection.selected_epoch("js", criteria, len(CURVE)) == BEST
+  assert selection.selected_epoch("last", criteria, len(CURVE)) == len(CURVE) - 1
+  assert selection.selected_epoch("replay_agreement", criteria, len(CURVE)) == 0
+  assert selection.rank_correlation(agreement, CURVE) == pytest.approx(1.0)
+  assert selection.rank_correlation(js, CURVE, higher_is_better=False) == pytest.approx(
+      1.0)
+  # Epochs without values (a run resumed from before criteria) are never chosen; ties
+  # go to the latest epoch.
+  assert selection.select_epoch([None, 0.5, float("nan"), 0.5]) == 3
+  assert selection.selected_epoch("agreement", {}, 3) == 2
+  summary = summary_lib.Summary.of_run(
+      method="dfkd", dataset="digits", seed=0, teacher_accuracy=99.0, test_accuracy=CURVE,
+      alignment=[None] * len(CURVE), student_steps_per_second=None, config={},
+      criteria=criteria, criterion="js")
+  assert summary.selected_epoch == BEST + 1 and summary.selected_accuracy == 72.0
+  assert summary_lib.Summary.from_json(summary.to_json()) == summary
+
+
+def test_a_run_at_chance_agreement_for_several_epochs_is_collapsed():
+  chance = [0.1, 0.12, 0.09, 0.11]
+  assert "epochs 1-3" in selection.collapse(chance, 10, 3)
+  assert selection.collapse([0.1, 0.5, 0.1, 0.1], 10, 3) is None
+  assert selection.collapse(chance, 10, 0) is None
+  history = trainer.History(teacher_accuracy=99.0)
+  for a in chance[:3]:
+    history.end_epoch(10.0, {"agreement": a}, num_classes=10, collapse_epochs=3)
+  assert history.collapsed and "collapsed" in history.collapsed
+  line = trainer._epoch_line(2, 3, [history], [0], {"student_loss": 1.0}, "ETA 0")
+  assert "WARNING collapsed" in line
+
+
+@pytest.mark.parametrize("overrides, error", [
+    ({"selection.criterion": "best"}, "config.selection.criterion='best' is unknown"),
+    ({"selection.criterion": "replay_js"}, "needs a replay source"),
+    ({"selection.probe_size": 0}, "needs the probe set"),
+    ({"selection.probe_size": 33}, "does not fit"),
+    ({"selection.probe_size": 128, "selection.probe_epochs": 2}, "does not fit"),
+    ({"selection.probe_epochs": 0}, "config.selection.probe_epochs=0 must be"),
+])
+def test_bad_selection_input_is_one_line_before_any_compile(tmp_path, overrides, error):
+  cfg = tiny_config(tmp_path, "dfkd", **overrides)  # dfkd: no replay.
+  with pytest.raises(ValueError, match=error) as info:
+    run_config.validate(cfg, parallel.make_mesh())
+  assert "\n" not in str(info.value)
+
+
+def test_a_probe_that_does_not_divide_over_the_devices_is_refused():
+  options = {"criterion": "agreement", "probe_size": 64, "probe_epochs": 4,
+             "collapse_epochs": 3}
+  selection.check(options, False, 32, 4)
+  with pytest.raises(ValueError, match="multiple of the device count"):
+    selection.check(options, False, 32, 3)
+
+
+def write_run(root, method, seed, acc, agreement):
+  path = pathlib.Path(root) / f"{method}_s{seed}"
+  path.mkdir(parents=True)
+  summary_lib.Summary.of_run(
+      method=method, dataset="digits", seed=seed, teacher_accuracy=99.0,
+      test_accuracy=acc, alignment=[None] * len(acc), student_steps_per_second=1.0,
+      config={}, criteria={"agreement": agreement}, criterion="agreement"
+  ).write(path / report.SUMMARY_FILE)
+
+
+def test_report_adds_acc_sel_acc_last_and_each_criterions_regret(tmp_path):
+  rng = np.random.default_rng(0)
+  regrets = {"lra_mb": [], "mb_dfkd": []}
+  for seed in range(3):
+    for method, shift in (("lra_mb", 2.0), ("mb_dfkd", 0.0)):
+      acc = list(60 + shift + rng.normal(0, 3, 6))
+      write_run(tmp_path / "runs", method, seed, acc, [a / 100 for a in acc])
+      regrets[method].append(max(acc) - acc[-1])
+  # A run made before selection still loads and reports.
+  summary_lib.Summary.of_run(
+      method="dfkd", dataset="digits", seed=0, teacher_accuracy=99.0,
+      test_accuracy=[50.0, 60.0], alignment=[None, None], student_steps_per_second=1.0,
+      config={}).write((tmp_path / "runs" / "old").mkdir() or
+                       tmp_path / "runs" / "old" / report.SUMMARY_FILE)
+  report.write_report([tmp_path / "runs"], tmp_path / "out")
+  table = (tmp_path / "out" / report.TABLE_MARKDOWN).read_text()
+  assert "| Acc_max | Acc_sel | Acc_last |" in table
+  assert "### Data-free model selection" in table
+  with open(tmp_path / "out" / report.SELECTION_CSV) as f:
+    rows = {(r["method"], r["criterion"]): r for r in csv.DictReader(f)}
+  assert ("dfkd", "last") not in rows  # No criteria recorded.
+  for method, values in regrets.items():
+    np.testing.assert_allclose(float(rows[method, "last"]["regret_mean"]),
+                               np.mean(values))
+    # agreement tracks the accuracy exactly: no regret, rank correlation 1.
+    assert float(rows[method, "agreement"]["regret_mean"]) == 0.0
+    np.testing.assert_allclose(float(rows[method, "agreement"]["spearman_mean"]), 1.0)
+  with open(tmp_path / "out" / report.TABLE_CSV) as f:
+    records = {r["method"]: r for r in csv.DictReader(f)}
+  assert records["dfkd"]["acc_sel_mean"] == ""
+  np.testing.assert_allclose(float(records["lra_mb"]["acc_sel_mean"]),
+                             float(records["lra_mb"]["acc_max_mean"]))
+  with open(tmp_path / "out" / report.PAIRED_CSV) as f:
+    columns = {r["column"] for r in csv.DictReader(f)}
+  assert {"acc_sel", "acc_last", "acc_max"} <= columns
