@@ -219,6 +219,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                       help="the official LRA checkout (the folder that holds src/)")
   parser.add_argument("--out", default="", help="write the JSON here (after every case)")
   parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--cases", default="",
+                      help="comma-separated PAIR:BATCH to time instead of the default "
+                           f"{','.join(f'{p}:{b}' for p, b in CASES)} (e.g. lenet5:512 on a CPU)")
   parser.add_argument("--tiny", action="store_true",
                       help="LeNet-5 at batch 8, one student step, one timed iteration (a CPU check)")
   args = parser.parse_args(argv)
@@ -233,6 +236,16 @@ def main(argv: Sequence[str] | None = None) -> int:
           "wheelhouse (bash benchmarks/accelerator/install.sh)", file=sys.stderr)
     return 1
   cases, kd_iter, repeats = CASES, 10, args.repeats
+  if args.cases:
+    try:
+      cases = tuple((pair, int(batch)) for pair, batch in
+                    (case.split(":") for case in args.cases.split(",")))
+    except ValueError:
+      parser.error(f"--cases={args.cases}: expected PAIR:BATCH[,PAIR:BATCH...]")
+    unknown = sorted({pair for pair, _ in cases} - {pair for pair, _ in CASES})
+    if unknown:
+      parser.error(f"--cases={args.cases}: unknown pair {unknown[0]!r}; "
+                   f"pairs: {', '.join(sorted({p for p, _ in CASES}))}")
   if args.tiny:
     cases, kd_iter, repeats = TINY_CASES, 1, 1
   result = run(checkout, cases, kd_iter, repeats,
