@@ -193,6 +193,19 @@ def _shape(out: Any) -> tuple[int, ...] | str:
   return tuple(out.shape) if hasattr(out, "shape") else type(out).__name__
 
 
+def _init_and_train_call(module: nn.Module, label: str, arg: str, dummy_input,
+                         dummy: str, contract: str):
+  """``module.init`` then ``module(arg, train=True)``, abstractly: (variables, output)."""
+  variables = _with_stats(_abstract(
+      label, f"init {dummy}", contract,
+      functools.partial(module.init, train=False), jax.random.key(0), dummy_input))
+  out, _ = _abstract(
+      label, f"model({arg}, train=True) {dummy}", contract,
+      lambda v, a: module.apply(v, a, train=True, mutable=["batch_stats"]),
+      variables, dummy_input)
+  return variables, out
+
+
 def check_classifier(module: nn.Module, label: str, num_classes: int,
                      input_shape: Sequence[int]) -> None:
   """Checks a classifier's contract abstractly on a dummy ``[2, H, W, C]`` input.
@@ -208,13 +221,8 @@ def check_classifier(module: nn.Module, label: str, num_classes: int,
   """
   x = jax.ShapeDtypeStruct((2, *input_shape), jnp.float32)
   dummy = f"on a dummy input [2, {', '.join(map(str, input_shape))}]"
-  variables = _with_stats(_abstract(
-      label, f"init {dummy}", CLASSIFIER_CONTRACT,
-      functools.partial(module.init, train=False), jax.random.key(0), x))
-  logits, _ = _abstract(
-      label, f"model(x, train=True) {dummy}", CLASSIFIER_CONTRACT,
-      lambda v, x: module.apply(v, x, train=True, mutable=["batch_stats"]),
-      variables, x)
+  variables, logits = _init_and_train_call(module, label, "x", x, dummy,
+                                           CLASSIFIER_CONTRACT)
   if _shape(logits) != (2, num_classes):
     raise ValueError(f"{label}: model(x, train=True) {dummy} returned {_shape(logits)}, "
                      f"not logits (2, {num_classes}) = (batch, num_classes); "
@@ -248,12 +256,7 @@ def check_generator(module: nn.Module, label: str, latent_dim: int,
   """
   z = jax.ShapeDtypeStruct((2, latent_dim), jnp.float32)
   dummy = f"on a dummy z [2, {latent_dim}]"
-  variables = _with_stats(_abstract(
-      label, f"init {dummy}", GENERATOR_CONTRACT,
-      functools.partial(module.init, train=False), jax.random.key(0), z))
-  images, _ = _abstract(
-      label, f"model(z, train=True) {dummy}", GENERATOR_CONTRACT,
-      lambda v, z: module.apply(v, z, train=True, mutable=["batch_stats"]), variables, z)
+  _, images = _init_and_train_call(module, label, "z", z, dummy, GENERATOR_CONTRACT)
   want = (2, *image_shape)
   if _shape(images) != want:
     raise ValueError(f"{label}: model(z, train=True) {dummy} returned {_shape(images)}, "
