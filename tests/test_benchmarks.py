@@ -14,6 +14,7 @@ import pytest
 
 from benchmarks import iteration_speed
 from benchmarks import tables
+from test_trainer import teacher_dir  # pylint: disable=unused-import  # fixture
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -230,10 +231,36 @@ def test_whole_run_benchmarks_train_the_teacher_of_the_config_with_its_settings(
   assert len(seen) == 1
 
 
-@pytest.mark.parametrize("module", ["benchmarks.replicas", "benchmarks.first_epoch"])
+@pytest.mark.parametrize("module", ["benchmarks.replicas", "benchmarks.first_epoch",
+                                    "benchmarks.replica_speed"])
 def test_whole_run_benchmarks_parse_their_flags(module, tmp_path):
   out = tmp_path / "exists.json"
   out.write_text("{}")
   proc = subprocess.run([sys.executable, "-m", module, f"--out={out}"], cwd=REPO,
                         capture_output=True, text=True, timeout=300, check=False)
   assert proc.returncode == 2 and "results are never overwritten" in proc.stderr
+
+
+def test_replica_speed_times_the_single_run_and_each_replica_loop(teacher_dir, tmp_path):
+  """A tiny ``benchmarks.replica_speed``: the single run and N = 2 under both loops,
+  with the per-replica ratio to the single run (not asserted: a report, not a test)."""
+  from benchmarks import replica_speed  # pylint: disable=g-import-not-at-top
+  out = tmp_path / "speed.json"
+  replica_speed.main([
+      "--methods=dfkd", "--replicas=2", "--repeats=2", f"--out={out}",
+      f"--set=teacher_dir={teacher_dir}", "--set=teacher_config=", "--set=latent_dim=16",
+      "--set=batch_size=32", "--set=student_steps=1"])
+  result = json.loads(out.read_text())
+  assert result["repeats"] == 2 and len(result["host"]["load_average_after"]) == 3
+  [method] = result["methods"]
+  cases = {(c["num_seeds"], c["replica_loop"]): c for c in method["cases"]}
+  assert method["method"] == "dfkd" and set(cases) == {(1, None), (2, "map"), (2, "vmap")}
+  assert cases[(1, None)]["ratio_to_single"] == 1.0
+  for (n, _), case in cases.items():
+    assert len(case["times"]) == 2 and case["compile_seconds"] > 0
+    assert math.isclose(case["seconds_per_replica_iteration"] * n,
+                        case["seconds_per_iteration"])
+    single = cases[(1, None)]["seconds_per_iteration"]
+    assert math.isclose(case["ratio_to_single"],
+                        case["seconds_per_iteration"] / n / single)
+
