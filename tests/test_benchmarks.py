@@ -241,6 +241,7 @@ def test_whole_run_benchmarks_parse_their_flags(module, tmp_path):
   assert proc.returncode == 2 and "results are never overwritten" in proc.stderr
 
 
+@pytest.mark.slow  # Three compiles: minutes on a loaded 2-core host (CI's budget).
 def test_replica_speed_times_the_single_run_and_each_replica_loop(teacher_dir, tmp_path):
   """A tiny ``benchmarks.replica_speed``: the single run and N = 2 under both loops,
   with the per-replica ratio to the single run (not asserted: a report, not a test)."""
