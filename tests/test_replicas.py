@@ -20,11 +20,10 @@ from dfkd_jax import data
 from dfkd_jax import experiment
 from dfkd_jax import iteration
 from dfkd_jax import losses
-from dfkd_jax import parallel
 from dfkd_jax import report
 from dfkd_jax import summary as summary_lib
 from dfkd_jax import trainer
-from test_trainer import read_metrics, teacher_dir, tiny_config  # pylint: disable=unused-import  # fixture
+from test_trainer import read_metrics, run_iterations, teacher_dir, tiny_config  # pylint: disable=unused-import  # fixture
 
 SEEDS = (3, 4, 5)
 # The per-step losses of replica k and of the single run of its seed: float32 rounding
@@ -95,14 +94,7 @@ def test_mapped_and_vmapped_replicas_are_the_same_computation(teacher_dir,
                          replica_loop=loop, iterations_per_epoch=1)
     setup = experiment.build(config, log=lambda s: None)
     assert setup.map_replicas == (loop == "map")
-    state = iteration.init_replicas(setup)
-    state = parallel.put(state, setup.mesh, iteration.state_specs(state, setup.replay, True))
-    step = iteration.make_iteration(setup, state)
-    metrics = []
-    for _ in range(2):
-      state, m = step(state, setup.teacher_variables)
-      metrics.append(jax.device_get(m))
-    results[loop] = (jax.device_get(state.student.params), metrics)
+    results[loop] = run_iterations(setup, iteration.init_replicas(setup), 2)
   (map_params, map_metrics), (vmap_params, vmap_metrics) = results["map"], results["vmap"]
   assert vmap_metrics[1]["retention_steps"].shape == (2,)
   assert np.all(vmap_metrics[1]["retention_steps"] > 0)  # Replay happened.

@@ -38,6 +38,19 @@ def teacher_dir(tmp_path_factory) -> pathlib.Path:
   return path
 
 
+def run_iterations(setup, state, count):
+  """Places ``state`` and runs ``count`` trainer iterations on it: (the final student
+  parameters, each iteration's metrics), on the host."""
+  specs = iteration.state_specs(state, setup.replay, iteration.replicated(setup))
+  state = parallel.put(state, setup.mesh, specs)
+  step = iteration.make_iteration(setup, state)
+  metrics = []
+  for _ in range(count):
+    state, m = step(state, setup.teacher_variables)
+    metrics.append(jax.device_get(m))
+  return jax.device_get(state.student.params), metrics
+
+
 def tiny_config(teacher_dir, method="lra_mb", **overrides):
   config = experiment.load_config_file(f"{REPO / 'configs/digits.py'}:{method}")
   config.teacher_dir = str(teacher_dir)
@@ -612,13 +625,7 @@ def test_scanned_steps_equal_unrolled_steps(teacher_dir, method, monkeypatch):
     setup = experiment.build(config, log=lambda s: None)
     state = iteration.init_state(setup)
     initial = jax.device_get(state.student.params)
-    state = parallel.put(state, setup.mesh, iteration.state_specs(state, setup.replay))
-    step = iteration.make_iteration(setup, state)
-    metrics = []
-    for _ in range(2):
-      state, m = step(state, setup.teacher_variables)
-      metrics.append(jax.device_get(m))
-    results[loop] = (jax.device_get(state.student.params), metrics)
+    results[loop] = run_iterations(setup, state, 2)
   (scan_params, scan_metrics), (unroll_params, unroll_metrics) = (results["scan"],
                                                                   results["unroll"])
   assert unroll_metrics[-1]["retention_steps"] == 3
