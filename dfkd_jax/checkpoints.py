@@ -16,7 +16,7 @@
 * A checkpoint may hold a third item, ``probe`` (:mod:`dfkd_jax.probe`); checkpoints
   made before it existed restore without it.
 
-The trainer owns what the history means (:class:`dfkd_jax.trainer.History`); here it is
+The trainer owns what the history means (:class:`dfkd_jax.run_outputs.History`); here it is
 a JSON-able dict.
 """
 

@@ -241,7 +241,7 @@ def column_values(run) -> dict[str, float]:
   record a data-free selection), ``mean_above_p<p>``, ``var_above_p<p>``.
 
   Args:
-    run: a :class:`dfkd_jax.report.Run` (anything with ``acc_max`` and
+    run: a :class:`dfkd_jax.study_runs.Run` (anything with ``acc_max`` and
       ``learning_evolution``; ``selected_accuracy`` and ``acc_last`` optional).
   """
   out = {"acc_max": run.acc_max}

@@ -39,7 +39,8 @@ and writes to ``--out``:
   correlation with the test accuracy over the epochs, averaged over runs
   (:mod:`dfkd_jax.selection_report`; ``selection.csv``).
 
-Runs of different datasets get separate tables and figures. Curves of runs of one method
+Loading and grouping the runs: :mod:`dfkd_jax.study_runs`; the figures:
+:mod:`dfkd_jax.figures`. Runs of different datasets get separate tables and figures. Curves of runs of one method
 with different lengths (e.g. a run still in progress) are averaged over the epochs they
 all have; the table states every run's epoch count.
 """
@@ -51,14 +52,15 @@ import csv
 import dataclasses
 import os
 import pathlib
-import re
 import sys
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from dfkd_jax import figures
 from dfkd_jax import paired_stats
 from dfkd_jax import selection_report
+from dfkd_jax import study_runs
 from dfkd_jax import summary as summary_lib
 
 SUMMARY_FILE = summary_lib.SUMMARY_FILE
@@ -67,209 +69,6 @@ TABLE_CSV = "table1.csv"
 PAIRED_MARKDOWN = "paired.md"
 PAIRED_CSV = "paired.csv"
 SELECTION_CSV = "selection.csv"
-#: Row order of the table and legend order of the figures (LRA Table 1 order, then the
-#: rest of the presets); methods not listed follow in alphabetical order.
-METHOD_ORDER = ("dafl", "dfad", "zskt", "dfq", "dfkd", "mb_dfkd", "pre_dfkd", "mad",
-                "ema_dfkd", "lra_mb", "lra_pre", "lra_ema")
-
-
-@dataclasses.dataclass(frozen=True)
-class Run:
-  """One run's ``summary.json``, validated.
-
-  Attributes:
-    path: the ``summary.json`` file.
-    method: method name (any string; the report does not restrict it).
-    dataset: dataset the student was evaluated on.
-    seed: the run's seed.
-    test_accuracy: ``[E]`` per-epoch test accuracy (%).
-    cumulative_mean_accuracy: ``[E]`` running mean of ``test_accuracy``.
-    learning_evolution: ``{percentile: (mean, var)}``, percentiles as ints.
-    acc_max: best test accuracy (%).
-    alignment: ``[E]`` per-epoch gradient cosine (NaN where not logged), or ``None``.
-    teacher_accuracy: the teacher's test accuracy (%), or ``None``.
-    student_steps_per_second: training throughput, or ``None``.
-    selected_accuracy: the test accuracy (%) of the epoch the run's data-free
-      criterion kept (``Acc_sel``), or ``None`` for runs made before selection.
-    criterion: that criterion, or ``None``.
-    criteria: per criterion its per-epoch values (NaN where not measured).
-    collapsed: why the run is collapsed, or ``None``.
-  """
-
-  path: pathlib.Path
-  method: str
-  dataset: str
-  seed: int
-  test_accuracy: np.ndarray
-  cumulative_mean_accuracy: np.ndarray
-  learning_evolution: dict[int, tuple[float, float]]
-  acc_max: float
-  alignment: np.ndarray | None
-  teacher_accuracy: float | None
-  student_steps_per_second: float | None
-  selected_accuracy: float | None = None
-  criterion: str | None = None
-  criteria: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
-  collapsed: str | None = None
-
-  @property
-  def num_epochs(self) -> int:
-    return int(self.test_accuracy.size)
-
-  @property
-  def acc_last(self) -> float:
-    """The last epoch's test accuracy (``Acc_last``)."""
-    return float(self.test_accuracy[-1])
-
-
-# ---------------------------------------------------------------------------
-# Loading.
-# ---------------------------------------------------------------------------
-
-
-def find_summaries(workdirs: Iterable[str | os.PathLike]) -> list[pathlib.Path]:
-  """The ``summary.json`` files of ``workdirs``, in a stable order, without duplicates.
-
-  A directory that holds ``summary.json`` is one run; any other directory is searched
-  recursively; a path to a ``summary.json`` file is taken as it is.
-
-  Raises:
-    FileNotFoundError: a path does not exist or holds no ``summary.json``.
-  """
-  found: dict[pathlib.Path, None] = {}
-  for workdir in workdirs:
-    path = pathlib.Path(workdir)
-    if path.is_file() and path.name == SUMMARY_FILE:
-      paths = [path]
-    elif path.is_dir():
-      paths = ([path / SUMMARY_FILE] if (path / SUMMARY_FILE).is_file()
-               else sorted(path.rglob(SUMMARY_FILE)))
-    elif path.exists():
-      raise FileNotFoundError(f"{path} is neither a run directory nor a {SUMMARY_FILE} "
-                              "file")
-    else:
-      raise FileNotFoundError(f"run directory {path} does not exist")
-    if not paths:
-      raise FileNotFoundError(f"no {SUMMARY_FILE} in {path} or below it; pass the "
-                              "--workdir of finished `python -m dfkd_jax.train` runs")
-    for p in paths:
-      found.setdefault(p.resolve(), None)
-  return list(found)
-
-
-def parse_summary(data: Any, path: str | os.PathLike) -> Run:
-  """Validates one decoded ``summary.json`` (:class:`~dfkd_jax.summary.Summary`) as a run.
-
-  Raises:
-    ValueError: a missing or malformed field, or no finished epoch, naming ``path``.
-  """
-  return _run(summary_lib.Summary.from_json(data, path), path)
-
-
-def load_summary(path: str | os.PathLike) -> Run:
-  """Reads and validates one ``summary.json``.
-
-  Raises:
-    FileNotFoundError: no such file.
-    ValueError: not JSON, or not the trainer's contract; the message names the path.
-  """
-  return _run(summary_lib.Summary.load(path), path)
-
-
-def _run(summary: summary_lib.Summary, path) -> Run:
-  if not summary.test_accuracy:
-    raise ValueError(f"{path}: test_accuracy is empty (no epoch finished yet)")
-  alignment = summary.alignment
-  return Run(path=pathlib.Path(path), method=summary.method, dataset=summary.dataset,
-             seed=summary.seed,
-             test_accuracy=np.asarray(summary.test_accuracy, np.float64),
-             cumulative_mean_accuracy=np.asarray(summary.cumulative_mean_accuracy,
-                                                 np.float64),
-             learning_evolution=summary.learning_evolution, acc_max=summary.acc_max,
-             alignment=None if alignment is None else np.array(
-                 [np.nan if a is None else a for a in alignment], np.float64),
-             teacher_accuracy=summary.teacher_accuracy,
-             student_steps_per_second=summary.student_steps_per_second,
-             selected_accuracy=summary.selected_accuracy, criterion=summary.criterion,
-             criteria={k: np.array([np.nan if v is None else v for v in values],
-                                   np.float64)
-                       for k, values in summary.criteria.items()},
-             collapsed=summary.collapsed)
-
-
-_LABEL = re.compile(r"^([A-Za-z][A-Za-z0-9_.+-]*)=(.+)$")
-
-
-def split_label(workdir: str | os.PathLike) -> tuple[str | None, str | os.PathLike]:
-  """``"LABEL=PATH"`` -> ``(LABEL, PATH)``; anything else (or an existing path that
-  holds a ``=``) -> ``(None, workdir)``.
-
-  A label names the runs under ``PATH`` in the tables instead of their method, so that
-  an ablation of one method (e.g. ``lra_mb`` with ``meta_first_order``) gets its own
-  row and can be paired with the method: ``lra_mb_fo=runs/ablation/first_order``.
-  """
-  m = _LABEL.match(str(workdir))
-  if m is None or pathlib.Path(workdir).exists():
-    return None, workdir
-  return m.group(1), m.group(2)
-
-
-def load_runs(workdirs: Iterable[str | os.PathLike],
-              log: Callable[[str], None] = print) -> list[Run]:
-  """Every run under ``workdirs`` (see :func:`find_summaries`); a ``LABEL=PATH`` entry
-  names its runs ``LABEL`` instead of their method (:func:`split_label`).
-
-  A replica marked ``failed`` (its loss became NaN/Inf, docs/contracts.md) is left out
-  of the tables, with a line naming it and why: its curve stops early.
-
-  Raises:
-    FileNotFoundError, ValueError: as :func:`find_summaries` and :func:`load_summary`;
-      also two runs of the same dataset, method and seed (naming both paths).
-  """
-  runs, loaded = [], set()
-  for workdir in workdirs:
-    label, workdir = split_label(workdir)
-    for path in find_summaries([workdir]):
-      if path in loaded:
-        continue
-      loaded.add(path)
-      summary = summary_lib.Summary.load(path)
-      if summary.failed is not None:
-        log(f"left out {path}: the run failed ({summary.failed}) after "
-            f"{summary.epochs_completed} epoch(s)")
-        continue
-      run = _run(summary, path)
-      runs.append(run if label is None else dataclasses.replace(run, method=label))
-  seen: dict[tuple[str, str, int], pathlib.Path] = {}
-  for run in runs:
-    key = (run.dataset, run.method, run.seed)
-    if key in seen:
-      raise ValueError(f"two runs of method {run.method!r} on {run.dataset!r} with seed "
-                       f"{run.seed}: {seen[key]} and {run.path}; pass only one of them")
-    seen[key] = run.path
-  return runs
-
-
-# ---------------------------------------------------------------------------
-# Grouping and aggregation (pure).
-# ---------------------------------------------------------------------------
-
-
-def method_sort_key(method: str) -> tuple[int, str]:
-  """Position of ``method`` in :data:`METHOD_ORDER`; unknown names after, by name."""
-  if method in METHOD_ORDER:
-    return (METHOD_ORDER.index(method), "")
-  return (len(METHOD_ORDER), method)
-
-
-def group_runs(runs: Sequence[Run]) -> dict[str, dict[str, list[Run]]]:
-  """``{dataset: {method: [runs by seed]}}``, methods in table order."""
-  out: dict[str, dict[str, list[Run]]] = {}
-  for run in runs:
-    out.setdefault(run.dataset, {}).setdefault(run.method, []).append(run)
-  return {dataset: {m: sorted(by_method[m], key=lambda r: r.seed)
-                    for m in sorted(by_method, key=method_sort_key)}
-          for dataset, by_method in sorted(out.items())}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -309,7 +108,7 @@ def _optional_stat(values) -> Stat | None:
   return mean_std(values) if values else None
 
 
-def table_row(method: str, runs: Sequence[Run]) -> Row:
+def table_row(method: str, runs: Sequence[study_runs.Run]) -> Row:
   """Aggregates one method's runs (mean ± std over seeds).
 
   Raises:
@@ -335,7 +134,7 @@ def table_row(method: str, runs: Sequence[Run]) -> Row:
                                      if r.selected_accuracy is not None))
 
 
-def table_rows(by_method: Mapping[str, Sequence[Run]]) -> list[Row]:
+def table_rows(by_method: Mapping[str, Sequence[study_runs.Run]]) -> list[Row]:
   """Table 1 of one dataset.
 
   Raises:
@@ -348,22 +147,6 @@ def table_rows(by_method: Mapping[str, Sequence[Run]]) -> list[Row]:
                        f"learning_evolution percentiles ({list(rows[0].evolution)} vs "
                        f"{list(row.evolution)})")
   return rows
-
-
-def curve_stats(curves: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-  """Per-epoch mean and sample std (0 for one curve) over the common epochs.
-
-  NaN entries (epochs without a value) are ignored; an epoch no curve has is NaN.
-  """
-  length = min(c.size for c in curves)
-  stacked = np.stack([c[:length] for c in curves])
-  valid = (~np.isnan(stacked)).sum(axis=0)
-  with np.errstate(invalid="ignore", divide="ignore"):
-    total = np.nansum(stacked, axis=0)
-    mean = np.where(valid > 0, total / np.maximum(valid, 1), np.nan)
-    sq = np.nansum((stacked - mean) ** 2, axis=0)
-    std = np.where(valid > 1, np.sqrt(sq / np.maximum(valid - 1, 1)), 0.0)
-  return mean, np.where(valid > 0, std, np.nan)
 
 
 # ---------------------------------------------------------------------------
@@ -449,76 +232,6 @@ def csv_records(dataset: str, rows: Sequence[Row]) -> list[dict[str, Any]]:
   return records
 
 
-def line_styles(methods: Sequence[str]) -> dict[str, tuple[str, str]]:
-  """A distinct ``(colour, line style)`` per method, the same in every figure.
-
-  Matplotlib's cycle has 10 colours; the 11th method on (all of Table 1 has 11) reuses
-  them dashed, then dotted, then dash-dotted.
-  """
-  return {m: (f"C{i % 10}", ("-", "--", ":", "-.")[i // 10 % 4])
-          for i, m in enumerate(methods)}
-
-
-def curve_figure(by_method: Mapping[str, Sequence[Run]], curve_of, title: str,
-                 ylabel: str, teacher_accuracy: float | None = None):
-  """A figure of one curve per run (thin) and the mean over a method's runs (markers).
-
-  Args:
-    teacher_accuracy: drawn as a dashed black horizontal line labelled with it (the
-      accuracy figures); ``None``: no line.
-
-  Returns:
-    The matplotlib figure, or ``None`` when no run has the curve. Epoch ticks are
-    integers and every point has a marker, so a one-epoch run shows as a dot.
-  """
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
-  from matplotlib import ticker  # pylint: disable=g-import-not-at-top
-
-  styles = line_styles(list(by_method))
-  series = {}
-  for method, runs in by_method.items():
-    curves = [c for c in (curve_of(r) for r in runs) if c is not None]
-    if curves and not all(np.all(np.isnan(c)) for c in curves):
-      series[method] = (curves, curve_stats(curves)[0])
-  if not series:
-    return None
-  fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
-  for method, (curves, mean) in series.items():
-    color, linestyle = styles[method]
-    if len(curves) > 1:
-      for curve in curves:
-        ax.plot(np.arange(1, curve.size + 1), curve, color=color, linestyle=linestyle,
-                linewidth=0.6, alpha=0.35, marker=".", markersize=2)
-    ax.plot(np.arange(1, mean.size + 1), mean, label=method, color=color,
-            linestyle=linestyle, linewidth=1.5, marker="o", markersize=3)
-  if teacher_accuracy is not None:
-    ax.axhline(teacher_accuracy, color="black", linestyle="--", linewidth=1.0,
-               label=f"teacher ({teacher_accuracy:.2f}%)")
-  ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
-  ax.set_xlabel("epoch")
-  ax.set_ylabel(ylabel)
-  ax.set_title(title)
-  ax.grid(alpha=0.3)
-  ax.legend(loc="best", fontsize="small")
-  fig.tight_layout()
-  return fig
-
-
-def _plot_curves(by_method: Mapping[str, Sequence[Run]], curve_of, title: str,
-                 ylabel: str, path: pathlib.Path,
-                 teacher_accuracy: float | None = None) -> bool:
-  """Writes :func:`curve_figure` as a PNG to ``path``; False if nothing to plot."""
-  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
-  fig = curve_figure(by_method, curve_of, title, ylabel, teacher_accuracy)
-  if fig is None:
-    return False
-  fig.savefig(path, format="png")
-  plt.close(fig)
-  return True
-
-
 def _shown(path: pathlib.Path) -> str:
   """``path`` relative to the working directory when it lies below it."""
   try:
@@ -535,7 +248,7 @@ def _write_csv(path: pathlib.Path, records: Sequence[Mapping[str, Any]]) -> None
     writer.writerows(records)
 
 
-def write_paired(grouped: Mapping[str, Mapping[str, Sequence[Run]]],
+def write_paired(grouped: Mapping[str, Mapping[str, Sequence[study_runs.Run]]],
                  pairs: Sequence[tuple[str, str]],
                  out: pathlib.Path, interval: str = "t") -> list[pathlib.Path]:
   """Writes ``paired.md`` / ``paired.csv`` (:mod:`dfkd_jax.paired_stats`).
@@ -583,7 +296,7 @@ def write_report(workdirs: Iterable[str | os.PathLike], out_dir: str | os.PathLi
   """Loads the runs under ``workdirs`` and writes the tables and figures to ``out_dir``.
 
   Args:
-    workdirs: run directories (see :func:`find_summaries`).
+    workdirs: run directories (see :func:`dfkd_jax.study_runs.find_summaries`).
     out_dir: output directory (created).
     pairs: ``(A, B)`` methods whose paired differences ``A - B`` go to ``paired.md``;
       ``None``: :data:`dfkd_jax.paired_stats.DEFAULT_PAIRS` (those without runs are
@@ -595,13 +308,13 @@ def write_report(workdirs: Iterable[str | os.PathLike], out_dir: str | os.PathLi
     ``{"runs": [...], "files": [written paths]}``.
 
   Raises:
-    FileNotFoundError, ValueError: as :func:`load_runs`, or a method of ``pairs`` that no
-      run has, before anything is written.
+    FileNotFoundError, ValueError: as :func:`dfkd_jax.study_runs.load_runs`, or a
+      method of ``pairs`` that no run has, before anything is written.
   """
   if interval not in paired_stats.INTERVALS:
     raise ValueError(f"unknown interval {interval!r}; valid: "
                      f"{', '.join(paired_stats.INTERVALS)}")
-  runs = load_runs(workdirs)
+  runs = study_runs.load_runs(workdirs)
   if pairs is None:
     pairs = paired_stats.DEFAULT_PAIRS
   else:
@@ -609,8 +322,8 @@ def write_report(workdirs: Iterable[str | os.PathLike], out_dir: str | os.PathLi
     unknown = sorted({m for pair in pairs for m in pair} - known)
     if unknown:
       raise ValueError(f"--pairs names method(s) {unknown} that no run has; the runs' "
-                       f"methods are {sorted(known, key=method_sort_key)}")
-  grouped = group_runs(runs)
+                       f"methods are {sorted(known, key=study_runs.method_sort_key)}")
+  grouped = study_runs.group_runs(runs)
   tables = {dataset: table_rows(by_method) for dataset, by_method in grouped.items()}
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
@@ -641,7 +354,7 @@ def write_report(workdirs: Iterable[str | os.PathLike], out_dir: str | os.PathLi
       md += [selection_report.markdown(choice), ""]
       selection_records += selection_report.csv_records(dataset, choice)
     teacher_mean = None if teacher is None else teacher.mean
-    figures = [
+    curves = [
         ("test_accuracy", lambda r: r.test_accuracy, "Test accuracy", "accuracy (%)",
          teacher_mean),
         ("cumulative_mean_accuracy", lambda r: r.cumulative_mean_accuracy,
@@ -649,10 +362,10 @@ def write_report(workdirs: Iterable[str | os.PathLike], out_dir: str | os.PathLi
         ("alignment", lambda r: r.alignment, "Gradient alignment cos(∇L_acq, ∇L_ret)",
          "cosine", None),
     ]
-    for name, curve_of, title, ylabel, reference in figures:
+    for name, curve_of, title, ylabel, reference in curves:
       path = out / f"{dataset}_{name}.png"
-      if _plot_curves(by_method, curve_of, f"{title} ({dataset})", ylabel, path,
-                      reference):
+      if figures.plot_curves(by_method, curve_of, f"{title} ({dataset})", ylabel, path,
+                             reference):
         written.append(path)
         md += [f"![{title}]({path.name})", ""]
       else:

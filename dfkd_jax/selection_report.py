@@ -47,7 +47,7 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float | None]:
 
 
 def criterion_row(method: str, name: str, runs: Sequence[Any]) -> Row:
-  """The :class:`Row` of criterion ``name`` over ``runs`` (:class:`dfkd_jax.report.Run`
+  """The :class:`Row` of criterion ``name`` over ``runs`` (:class:`dfkd_jax.study_runs.Run`
   with ``criteria`` and ``test_accuracy``)."""
   higher = selection.CRITERIA.get(name).higher_is_better
   regrets, rhos, best = [], [], 0

@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 
 from dfkd_jax import distributed
+from dfkd_jax import run_outputs
 from dfkd_jax import trainer
 
 from test_trainer import teacher_dir  # pylint: disable=unused-import  # fixture
@@ -141,7 +142,7 @@ def read_run(workdir):
   summary = json.loads((workdir / trainer.SUMMARY_FILE).read_text())
   summary.pop("student_steps_per_second")  # Wall-clock.
   metrics = [json.loads(line) for line in
-             (workdir / trainer.METRICS_FILE).read_text().splitlines()]
+             (workdir / run_outputs.METRICS_FILE).read_text().splitlines()]
   return summary, metrics
 
 

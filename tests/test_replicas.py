@@ -20,7 +20,8 @@ from dfkd_jax import data
 from dfkd_jax import experiment
 from dfkd_jax import iteration
 from dfkd_jax import losses
-from dfkd_jax import report
+from dfkd_jax import run_outputs
+from dfkd_jax import study_runs
 from dfkd_jax import summary as summary_lib
 from dfkd_jax import trainer
 from test_trainer import read_metrics, run_iterations, teacher_dir, tiny_config  # pylint: disable=unused-import  # fixture
@@ -119,7 +120,7 @@ def test_replicas_write_one_summary_each_that_the_report_reads(replicas_run):
   workdir, result = replicas_run
   assert not (workdir / trainer.SUMMARY_FILE).exists()
   for seed, replica in zip(SEEDS, result["replicas"]):
-    path = trainer.replica_dir(workdir, seed) / trainer.SUMMARY_FILE
+    path = run_outputs.replica_dir(workdir, seed) / trainer.SUMMARY_FILE
     loaded = summary_lib.Summary.load(path)
     assert loaded.seed == seed and loaded.config["seed"] == seed
     assert loaded.failed is None and loaded.epochs_completed == 2
@@ -129,7 +130,7 @@ def test_replicas_write_one_summary_each_that_the_report_reads(replicas_run):
       (e, i, k) for e in (1, 2) for i in (1, 2) for k in range(len(SEEDS))]
   for seed in SEEDS:  # One TensorBoard run per replica.
     assert list((workdir / "tensorboard" / f"seed_{seed}").glob("events.out.tfevents.*"))
-  runs = report.load_runs([workdir])
+  runs = study_runs.load_runs([workdir])
   assert sorted(r.seed for r in runs) == list(SEEDS)
   # Different seeds are different runs.
   assert len({tuple(r["test_accuracy"]) + (r["seed"],) for r in result["replicas"]}) == 3
@@ -140,14 +141,14 @@ def test_replicas_resume_after_a_preemption_equals_the_uninterrupted_run(
   reference_dir, reference = replicas_run
   config = tiny_config(teacher_dir, "lra_mb", seed=SEEDS[0], num_seeds=len(SEEDS),
                        tensorboard=True)
-  written = trainer.Outputs.iteration
+  written = run_outputs.Outputs.iteration
 
   def iteration_then_sigterm(self, epoch, i, metrics, **kwargs):
     written(self, epoch, i, metrics, **kwargs)
     if (epoch, i) == (1, 0):  # A preemption notice in epoch 2: saved at iteration 3.
       os.kill(os.getpid(), signal.SIGTERM)
 
-  monkeypatch.setattr(trainer.Outputs, "iteration", iteration_then_sigterm)
+  monkeypatch.setattr(run_outputs.Outputs, "iteration", iteration_then_sigterm)
   with pytest.raises(trainer.Preempted):
     trainer.run(config, tmp_path, log=lambda s: None)
   monkeypatch.undo()
@@ -187,7 +188,7 @@ def test_a_nan_in_one_replica_marks_it_failed_and_the_others_go_on(teacher_dir, 
           if m["replica"] == 1] == [(1, 1)]
   assert len([m for m in read_metrics(tmp_path) if m["replica"] == 0]) == 4
   notes = []
-  assert [r.seed for r in report.load_runs([tmp_path], log=notes.append)] == [0]
+  assert [r.seed for r in study_runs.load_runs([tmp_path], log=notes.append)] == [0]
   assert len(notes) == 1 and "seed_1" in notes[0] and "failed" in notes[0]
 
   # With every replica broken the run stops, as a single run does.
@@ -208,9 +209,9 @@ def test_a_nan_in_one_replica_marks_it_failed_and_the_others_go_on(teacher_dir, 
 
 def test_the_epoch_line_leaves_a_failed_replicas_loss_out():
   """Issue 26, item 12: a failed replica's finite junk loss is not in the mean."""
-  histories = [trainer.History(teacher_accuracy=90.0, test_accuracy=[50.0],
+  histories = [run_outputs.History(teacher_accuracy=90.0, test_accuracy=[50.0],
                                alignment=[None]) for _ in range(3)]
   histories[1].failed = "student_loss became [nan] at epoch 1, iteration 1"
-  line = trainer._epoch_line(  # pylint: disable=protected-access
+  line = run_outputs._epoch_line(  # pylint: disable=protected-access
       0, 2, histories, [0, 1, 2], {"student_loss": np.array([0.5, 7.0, 0.25])}, "ETA")
   assert "50.00%, failed, 50.00%" in line and "mean student loss 0.3750" in line

@@ -13,9 +13,11 @@ import pytest
 from scipy import stats
 
 from dfkd_jax import experiment
+from dfkd_jax import figures
 from dfkd_jax import methods
 from dfkd_jax import paired_stats
 from dfkd_jax import report
+from dfkd_jax import study_runs
 from dfkd_jax import summary as summary_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -150,9 +152,9 @@ def test_figures_are_written_as_non_empty_pngs(runs_dir, tmp_path):
 
 def test_every_method_of_table_1_gets_its_own_line_style():
   names = [f"method{i}" for i in range(11)]
-  styles = report.line_styles(names)
+  styles = figures.line_styles(names)
   assert len(set(styles.values())) == len(names) == len(styles)
-  assert report.line_styles(names[:3]) == {n: styles[n] for n in names[:3]}
+  assert figures.line_styles(names[:3]) == {n: styles[n] for n in names[:3]}
 
 
 def test_no_alignment_figure_when_no_run_logs_it(tmp_path):
@@ -164,11 +166,11 @@ def test_no_alignment_figure_when_no_run_logs_it(tmp_path):
 
 
 def test_curve_stats_ignore_missing_epochs_and_cut_to_the_common_length():
-  mean, std = report.curve_stats([np.array([1.0, np.nan, 3.0, 9.0]),
-                                  np.array([3.0, 4.0, 5.0])])
+  mean, std = figures.curve_stats([np.array([1.0, np.nan, 3.0, 9.0]),
+                                   np.array([3.0, 4.0, 5.0])])
   np.testing.assert_allclose(mean, [2.0, 4.0, 4.0])
   np.testing.assert_allclose(std, [math.sqrt(2), 0.0, math.sqrt(2)])
-  mean, std = report.curve_stats([np.array([np.nan, 1.0])])
+  mean, std = figures.curve_stats([np.array([np.nan, 1.0])])
   assert np.isnan(mean[0]) and np.isnan(std[0])
   np.testing.assert_allclose(mean[1:], [1.0])
 
@@ -242,10 +244,10 @@ def test_invalid_summary_is_a_clear_error_naming_the_path(tmp_path, content, mes
 
 def test_missing_and_empty_directories_are_clear_errors(tmp_path):
   with pytest.raises(FileNotFoundError, match="run directory .*nowhere does not exist"):
-    report.load_runs([tmp_path / "nowhere"])
+    study_runs.load_runs([tmp_path / "nowhere"])
   (tmp_path / "empty").mkdir()
   with pytest.raises(FileNotFoundError, match=r"no summary.json in .*empty"):
-    report.load_runs([tmp_path / "empty"])
+    study_runs.load_runs([tmp_path / "empty"])
 
 
 def test_two_runs_with_the_same_method_and_seed_are_an_error(tmp_path):
@@ -253,9 +255,10 @@ def test_two_runs_with_the_same_method_and_seed_are_an_error(tmp_path):
   write(tmp_path, "a", data)
   write(tmp_path, "b", data)
   with pytest.raises(ValueError, match=r"seed 3: .*a/summary.json and .*b/summary.json"):
-    report.load_runs([tmp_path / "a", tmp_path / "b"])
+    study_runs.load_runs([tmp_path / "a", tmp_path / "b"])
   # The same run passed twice (directory and its parent) is read once.
-  assert len(report.load_runs([tmp_path / "a", tmp_path / "a" / "summary.json"])) == 1
+  both = [tmp_path / "a", tmp_path / "a" / "summary.json"]
+  assert len(study_runs.load_runs(both)) == 1
 
 
 def test_runs_of_a_method_with_different_percentiles_are_an_error(tmp_path):
@@ -270,13 +273,13 @@ def test_runs_of_a_method_with_different_percentiles_are_an_error(tmp_path):
 
 def test_reads_what_the_trainer_writes(tmp_path):
   """The trainer's own summary() output (the contract) goes through the report."""
-  from dfkd_jax import trainer  # pylint: disable=g-import-not-at-top
+  from dfkd_jax import run_outputs  # pylint: disable=g-import-not-at-top
   for seed, acc in enumerate(([50.0, 70.0, 60.0], [55.0, 65.0, 75.0])):
     config = experiment.default_config()
     config.method, config.seed = "mb_dfkd", seed
-    history = trainer.History(teacher_accuracy=98.0, test_accuracy=acc,
+    history = run_outputs.History(teacher_accuracy=98.0, test_accuracy=acc,
                               alignment=[None, 0.25, -0.5], student_steps_per_second=3.0)
-    write(tmp_path / "runs", f"s{seed}", trainer.summary(config, history).to_json())
+    write(tmp_path / "runs", f"s{seed}", run_outputs.summary(config, history).to_json())
   report.write_report([tmp_path / "runs"], tmp_path / "out")
   rows = markdown_rows((tmp_path / "out" / report.TABLE_MARKDOWN).read_text())
   # 0th percentile = whole run: means 60 and 65 -> 62.50 ± 3.54; Acc_max 70 and 75.
@@ -485,8 +488,8 @@ def test_figures_show_one_epoch_runs_per_seed_lines_and_integer_epochs(tmp_path)
   png = tmp_path / "out" / "mnist_test_accuracy.png"
   assert png in result["files"] and png.read_bytes().startswith(PNG_SIGNATURE)
 
-  by_method = report.group_runs(report.load_runs([tmp_path / "runs"]))["mnist"]
-  fig = report.curve_figure(by_method, lambda r: r.test_accuracy, "t", "y")
+  by_method = study_runs.group_runs(study_runs.load_runs([tmp_path / "runs"]))["mnist"]
+  fig = figures.curve_figure(by_method, lambda r: r.test_accuracy, "t", "y")
   ax = fig.axes[0]
   fig.canvas.draw()
   # A thin line per seed plus the mean, for each method: 2 + 1 and 3 + 1.
@@ -507,12 +510,13 @@ def test_a_labelled_workdir_is_its_own_row_and_pairs_with_its_method(tmp_path):
   for seed in range(4):  # lra_mb again, another variant of it.
     write_run(tmp_path / "ablation", "lra_mb", seed, [40.0 + seed] * EPOCHS)
   with pytest.raises(ValueError, match="two runs of method 'lra_mb'"):
-    report.load_runs([tmp_path / "runs", tmp_path / "ablation"])
-  assert report.split_label(f"lra_mb_fo={tmp_path}") == ("lra_mb_fo", str(tmp_path))
-  assert report.split_label(tmp_path) == (None, tmp_path)
+    study_runs.load_runs([tmp_path / "runs", tmp_path / "ablation"])
+  assert study_runs.split_label(f"lra_mb_fo={tmp_path}") == ("lra_mb_fo", str(tmp_path))
+  assert study_runs.split_label(tmp_path) == (None, tmp_path)
   odd = tmp_path / "a=b"
   odd.mkdir()
-  assert report.split_label(str(odd)) == (None, str(odd))  # An existing path stays one.
+  # An existing path stays one.
+  assert study_runs.split_label(str(odd)) == (None, str(odd))
   result = report.write_report(
       [tmp_path / "runs", f"lra_mb_fo={tmp_path / 'ablation'}"], tmp_path / "out",
       pairs=[("lra_mb_fo", "lra_mb")])
@@ -703,9 +707,9 @@ def test_pairs_with_few_seeds_carry_a_caveat(tmp_path, seeds, caveat):
 def test_accuracy_figures_draw_the_teacher_line(tmp_path):
   for seed in range(2):
     write_run(tmp_path / "runs", "dfkd", seed, [40.0 + seed, 50.0])
-  by_method = report.group_runs(report.load_runs([tmp_path / "runs"]))["mnist"]
-  fig = report.curve_figure(by_method, lambda r: r.test_accuracy, "t", "y",
-                            teacher_accuracy=99.0)
+  by_method = study_runs.group_runs(study_runs.load_runs([tmp_path / "runs"]))["mnist"]
+  fig = figures.curve_figure(by_method, lambda r: r.test_accuracy, "t", "y",
+                             teacher_accuracy=99.0)
   teacher = [line for line in fig.axes[0].lines
              if line.get_label().startswith("teacher")]
   assert len(teacher) == 1 and teacher[0].get_label() == "teacher (99.00%)"
@@ -714,13 +718,13 @@ def test_accuracy_figures_draw_the_teacher_line(tmp_path):
   assert "teacher (99.00%)" in legend
   # write_report passes the runs' teacher accuracy to both accuracy figures only.
   calls = []
-  original = report.curve_figure
+  original = figures.curve_figure
   def spy(by_method, curve_of, title, ylabel, teacher_accuracy=None):
     calls.append((title, teacher_accuracy))
     return original(by_method, curve_of, title, ylabel, teacher_accuracy)
-  report.curve_figure = spy
+  figures.curve_figure = spy
   try:
     report.write_report([tmp_path / "runs"], tmp_path / "out")
   finally:
-    report.curve_figure = original
+    figures.curve_figure = original
   assert [t for _, t in calls] == [99.0, 99.0, None], calls

@@ -18,6 +18,7 @@ from dfkd_jax import export
 from dfkd_jax import parallel
 from dfkd_jax import report
 from dfkd_jax import run_config
+from dfkd_jax import run_outputs
 from dfkd_jax import selection
 from dfkd_jax import summary as summary_lib
 from dfkd_jax import trainer
@@ -168,11 +169,11 @@ def test_a_run_at_chance_agreement_for_several_epochs_is_collapsed():
   assert "epochs 1-3" in selection.collapse(chance, 10, 3)
   assert selection.collapse([0.1, 0.5, 0.1, 0.1], 10, 3) is None
   assert selection.collapse(chance, 10, 0) is None
-  history = trainer.History(teacher_accuracy=99.0)
+  history = run_outputs.History(teacher_accuracy=99.0)
   for a in chance[:3]:
     history.end_epoch(10.0, {"agreement": a}, num_classes=10, collapse_epochs=3)
   assert history.collapsed and "collapsed" in history.collapsed
-  line = trainer._epoch_line(2, 3, [history], [0], {"student_loss": 1.0}, "ETA 0")
+  line = run_outputs._epoch_line(2, 3, [history], [0], {"student_loss": 1.0}, "ETA 0")
   assert "WARNING collapsed" in line
 
 

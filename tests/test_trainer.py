@@ -21,6 +21,7 @@ from dfkd_jax import iteration
 from dfkd_jax import losses
 from dfkd_jax import methods
 from dfkd_jax import parallel
+from dfkd_jax import run_outputs
 from dfkd_jax import train_teacher
 from dfkd_jax import trainer
 
@@ -85,7 +86,7 @@ def cli_args(config, workdir):
 
 
 def read_metrics(workdir):
-  return [json.loads(l) for l in (workdir / trainer.METRICS_FILE).read_text().splitlines()]
+  return [json.loads(l) for l in (workdir / run_outputs.METRICS_FILE).read_text().splitlines()]
 
 
 @pytest.mark.parametrize("method", ["dfkd", "mb_dfkd", "lra_mb"])
