@@ -323,7 +323,8 @@ def family_size(comparisons: Sequence[Comparison]) -> int:
   return sum(len(c.differences) for c in comparisons)
 
 
-def _p_text(p: float) -> str:
+def p_text(p: float) -> str:
+  """A p-value as the tables print it (``-`` for NaN)."""
   return "-" if math.isnan(p) else f"{p:.2g}" if p < 1e-3 else f"{p:.3g}"
 
 
@@ -361,8 +362,8 @@ def markdown(comparison: Comparison) -> str:
       mean = f"**{mean}** *"
     mdd = "-" if d.significant else f"{d.mdd:.2f}"
     lines.append(f"| {column_title(column)} | {mean} | [{d.ci_low:+.2f}, "
-                 f"{d.ci_high:+.2f}] | {_p_text(d.t_p)} | {_p_text(d.adjusted_p)} | "
-                 f"{_p_text(d.wilcoxon_p)} | {mdd} |")
+                 f"{d.ci_high:+.2f}] | {p_text(d.t_p)} | {p_text(d.adjusted_p)} | "
+                 f"{p_text(d.wilcoxon_p)} | {mdd} |")
   return "\n".join(lines) + "\n"
 
 

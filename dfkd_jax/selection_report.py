@@ -11,7 +11,16 @@ record (plus ``last``, the baseline), over the runs of that method on one datase
   of a run, mean ± std over the runs where it is defined (3 or more epochs with values,
   neither side constant);
 * how many runs the criterion chooses the best epoch for, and how many runs are
-  collapsed (chance-level agreement, :func:`dfkd_jax.selection.collapse`).
+  collapsed (chance-level agreement, :func:`dfkd_jax.selection.collapse`);
+* with 2 or more runs: the regret's 95% t interval, and **against the last epoch** the
+  paired difference ``regret(criterion) - regret(last)`` over the same runs (negative:
+  the criterion loses less than keeping the last epoch) with its 95% t interval, its
+  paired t-test p and that p Holm-adjusted over every criterion-vs-last cell of the
+  dataset's table (:mod:`dfkd_jax.paired_stats`).
+
+Rows named ``all methods`` pool every run of the dataset (each run is one pair: the
+criterion's choice and the last epoch of the same run): the basis for choosing the
+default criterion.
 
 The choice is recomputed here from each run's recorded per-epoch criteria
 (:func:`dfkd_jax.selection.selected_epoch`), so every criterion is compared on the same
@@ -25,6 +34,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from dfkd_jax import paired_stats
 from dfkd_jax import selection
 
 
@@ -39,6 +49,12 @@ class Row:
   rank_correlation: tuple[float, float | None, int] | None
   best_chosen: int
   collapsed: int
+  regrets: tuple[float, ...] = ()
+  regret_interval: tuple[float, float] | None = None
+  versus_last: paired_stats.Difference | None = None
+
+#: The method name of the rows that pool every run of a dataset.
+ALL_METHODS = "all methods"
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float | None]:
@@ -62,42 +78,88 @@ def criterion_row(method: str, name: str, runs: Sequence[Any]) -> Row:
       if rho is not None:
         rhos.append(rho)
   correlation = (*_mean_std(rhos), len(rhos)) if rhos else None
+  interval = (paired_stats.t_interval(np.asarray(regrets, np.float64))
+              if len(regrets) >= paired_stats.MIN_SHARED_SEEDS else None)
   return Row(method, name, len(runs), _mean_std(regrets), correlation, best,
-             sum(run.collapsed is not None for run in runs))
+             sum(run.collapsed is not None for run in runs), tuple(regrets), interval)
+
+
+def _versus_last(table: Sequence[Row]) -> list[Row]:
+  """Sets each criterion row's paired difference against its method's ``last`` row,
+  Holm-adjusted over the table's criterion-vs-last cells."""
+  last = {row.method: row for row in table if row.criterion == "last"}
+  cells = [i for i, row in enumerate(table)
+           if row.criterion != "last" and row.runs >= paired_stats.MIN_SHARED_SEEDS]
+  differences = {i: paired_stats.paired_difference(table[i].regrets,
+                                                   last[table[i].method].regrets)
+                 for i in cells}
+  adjusted = paired_stats.holm([differences[i].t_p for i in cells]) if cells else []
+  out = list(table)
+  for i, p in zip(cells, adjusted, strict=True):
+    out[i] = dataclasses.replace(
+        table[i], versus_last=dataclasses.replace(differences[i], adjusted_p=float(p)))
+  return out
 
 
 def rows(by_method: Mapping[str, Sequence[Any]]) -> list[Row]:
-  """Every method's rows, ``last`` first, for the runs that record criteria; empty
-  when no run does (runs made before selection)."""
+  """Every method's rows, ``last`` first, for the runs that record criteria, then
+  (with two or more such methods) the :data:`ALL_METHODS` rows; empty when no run
+  records criteria (runs made before selection)."""
   out = []
-  for method, runs in by_method.items():
-    runs = [r for r in runs if r.criterion is not None]
-    if not runs:
-      continue
+  selected = {m: [r for r in runs if r.criterion is not None]
+              for m, runs in by_method.items()}
+  selected = {m: runs for m, runs in selected.items() if runs}
+  if len(selected) > 1:
+    selected[ALL_METHODS] = [r for runs in selected.values() for r in runs]
+  for method, runs in selected.items():
+    # Pooled rows: only the criteria every method records (a default must fit all).
+    recorded = all if method == ALL_METHODS else any
     names = [n for n in selection.CRITERIA.names()
-             if n == "last" or any(n in r.criteria for r in runs)]
+             if n == "last" or recorded(n in r.criteria for r in runs)]
     out += [criterion_row(method, name, runs) for name in names]
-  return out
+  return _versus_last(out)
 
 
 def _stat(mean: float, std: float | None, digits: int = 2) -> str:
   return f"{mean:.{digits}f}" if std is None else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
+def _interval(row: Row) -> str:
+  if row.regret_interval is None:
+    return _stat(*row.regret)
+  low, high = row.regret_interval
+  return f"{row.regret[0]:.2f} [{low:.2f}, {high:.2f}]"
+
+
+def _versus_last_text(row: Row) -> str:
+  d = row.versus_last
+  if d is None:
+    return "-"
+  cell = (f"{d.mean:+.2f} [{d.ci_low:+.2f}, {d.ci_high:+.2f}] "
+          f"{paired_stats.p_text(d.t_p)} / {paired_stats.p_text(d.adjusted_p)}")
+  return f"**{cell}**" if d.significant else cell
+
+
 def markdown(table: Sequence[Row]) -> str:
   """The selection table (one dataset) as Markdown, with its heading and legend."""
+  cells = sum(row.versus_last is not None for row in table)
   lines = ["### Data-free model selection", "",
            "Regret = Acc_max − the test accuracy of the epoch the criterion keeps (%, "
-           "mean ± std over runs; the choice reads no label); ρ = Spearman rank "
+           "mean [95% t interval] over runs, or mean ± std with one run; the choice "
+           "reads no label). vs last = the paired difference regret(criterion) − "
+           "regret(last) over the same runs (negative: better than keeping the last "
+           "epoch), [95% t interval] p / p_H, p_H Holm-adjusted over the table's "
+           f"{cells} criterion-vs-last cells; **bold**: p_H < 0.05. ρ = Spearman rank "
            "correlation of the criterion with the test accuracy over a run's epochs "
-           "(mean ± std over runs where defined); last = the last epoch, the baseline.",
-           "", "| Method | Criterion | Runs | Regret | ρ (runs) | Best epoch chosen | "
-           "Collapsed |", "|---|---|---|---|---|---|---|"]
+           "(mean ± std over runs where defined). last = the last epoch, the baseline; "
+           f"'{ALL_METHODS}' pools every run (the criteria all methods record).",
+           "", "| Method | Criterion | Runs | Regret | vs last | ρ (runs) | "
+           "Best epoch chosen | Collapsed |", "|---|---|---|---|---|---|---|---|"]
   for row in table:
     rho = ("-" if row.rank_correlation is None else
            f"{_stat(*row.rank_correlation[:2])} ({row.rank_correlation[2]})")
-    lines.append(f"| {row.method} | {row.criterion} | {row.runs} | "
-                 f"{_stat(*row.regret)} | {rho} | {row.best_chosen}/{row.runs} | "
+    lines.append(f"| {row.method} | {row.criterion} | {row.runs} | {_interval(row)} | "
+                 f"{_versus_last_text(row)} | {rho} | {row.best_chosen}/{row.runs} | "
                  f"{row.collapsed} |")
   return "\n".join(lines) + "\n"
 
@@ -114,5 +176,18 @@ def csv_records(dataset: str, table: Sequence[Row]) -> list[dict[str, Any]]:
         "spearman_mean": "" if rho is None else rho[0],
         "spearman_std": "" if rho is None or rho[1] is None else rho[1],
         "spearman_runs": 0 if rho is None else rho[2],
-        "best_epoch_chosen": row.best_chosen, "collapsed": row.collapsed})
+        "best_epoch_chosen": row.best_chosen, "collapsed": row.collapsed,
+        **_interval_record(row)})
   return records
+
+
+def _interval_record(row: Row) -> dict[str, Any]:
+  """The CSV fields of the regret's interval and the difference against ``last``."""
+  low, high = row.regret_interval or ("", "")
+  d = row.versus_last
+  return {"regret_ci_low": low, "regret_ci_high": high,
+          "vs_last_mean": "" if d is None else d.mean,
+          "vs_last_ci_low": "" if d is None else d.ci_low,
+          "vs_last_ci_high": "" if d is None else d.ci_high,
+          "vs_last_t_p": "" if d is None else d.t_p,
+          "vs_last_holm_p": "" if d is None else d.adjusted_p}

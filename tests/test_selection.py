@@ -12,6 +12,7 @@ import pathlib
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from dfkd_jax import checkpoints as checkpoints_lib
 from dfkd_jax import export
@@ -20,6 +21,8 @@ from dfkd_jax import report
 from dfkd_jax import run_config
 from dfkd_jax import run_outputs
 from dfkd_jax import selection
+from dfkd_jax import selection_report
+from dfkd_jax import study_runs
 from dfkd_jax import summary as summary_lib
 from dfkd_jax import trainer
 from test_trainer import teacher_dir, tiny_config  # pylint: disable=unused-import  # fixture
@@ -200,13 +203,14 @@ def test_a_probe_that_does_not_divide_over_the_devices_is_refused():
     selection.check(options, False, 32, 3)
 
 
-def write_run(root, method, seed, acc, agreement):
+def write_run(root, method, seed, acc, agreement, **more_criteria):
   path = pathlib.Path(root) / f"{method}_s{seed}"
   path.mkdir(parents=True)
   summary_lib.Summary.of_run(
       method=method, dataset="digits", seed=seed, teacher_accuracy=99.0,
       test_accuracy=acc, alignment=[None] * len(acc), student_steps_per_second=1.0,
-      config={}, criteria={"agreement": agreement}, criterion="agreement"
+      config={}, criteria={"agreement": agreement, **more_criteria},
+      criterion="agreement"
   ).write(path / report.SUMMARY_FILE)
 
 
@@ -245,3 +249,46 @@ def test_report_adds_acc_sel_acc_last_and_each_criterions_regret(tmp_path):
   with open(tmp_path / "out" / report.PAIRED_CSV) as f:
     columns = {r["column"] for r in csv.DictReader(f)}
   assert {"acc_sel", "acc_last", "acc_max"} <= columns
+
+
+def test_regret_against_the_last_epoch_has_t_intervals_holm_p_and_a_pooled_row(tmp_path):
+  """A criterion that tracks the curve has regret 0; against ``last`` its paired
+  difference is minus the last epoch's regret, with the paired t interval and p; the
+  pooled row has only the criteria every method records."""
+  rng = np.random.default_rng(1)
+  last_regrets = {"lra_mb": [], "mb_dfkd": []}
+  for seed in range(4):
+    for method in last_regrets:
+      acc = list(60 + rng.normal(0, 3, 6))
+      replay = ({"replay_agreement": [a / 100 for a in acc[::-1]]}
+                if method == "lra_mb" else {})
+      write_run(tmp_path / "runs", method, seed, acc, [a / 100 for a in acc], **replay)
+      last_regrets[method].append(max(acc) - acc[-1])
+  runs = study_runs.group_runs(study_runs.load_runs([tmp_path / "runs"]))["digits"]
+  table = {(row.method, row.criterion): row for row in selection_report.rows(runs)}
+  pooled = selection_report.ALL_METHODS
+  assert {c for m, c in table if m == pooled} == {"last", "agreement"}
+  assert ("lra_mb", "replay_agreement") in table
+  last_regrets[pooled] = last_regrets["lra_mb"] + last_regrets["mb_dfkd"]
+  cells = [row for row in table.values() if row.versus_last is not None]
+  assert len(cells) == 4  # agreement x 3 rows, replay_agreement x 1; none for last.
+  p_values = []
+  for method, regrets in last_regrets.items():
+    regrets = np.asarray(regrets)
+    last, agreement = table[method, "last"], table[method, "agreement"]
+    assert last.versus_last is None
+    np.testing.assert_allclose(last.regret_interval,
+                               stats.ttest_1samp(regrets, 0).confidence_interval())
+    assert agreement.regret == (0.0, 0.0)
+    d = agreement.versus_last
+    np.testing.assert_allclose(d.mean, -regrets.mean())
+    expected = stats.ttest_rel(np.zeros_like(regrets), regrets)
+    np.testing.assert_allclose([d.ci_low, d.ci_high], expected.confidence_interval())
+    np.testing.assert_allclose(d.t_p, expected.pvalue)
+    p_values.append(d.t_p)
+  # Holm over the table's four cells: the smallest p is multiplied by 4.
+  p_values.append(table["lra_mb", "replay_agreement"].versus_last.t_p)
+  smallest = min(cells, key=lambda row: row.versus_last.t_p).versus_last
+  np.testing.assert_allclose(smallest.adjusted_p, min(1.0, 4 * min(p_values)))
+  text = selection_report.markdown(list(table.values()))
+  assert "4 criterion-vs-last cells" in text and f"| {pooled} | agreement | 8 |" in text
