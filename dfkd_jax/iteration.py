@@ -290,13 +290,25 @@ def generator_step(gen: ModelState, student: ModelState, teacher_vars, key,
   return gen, metrics
 
 
+class StepInputs(NamedTuple):
+  """What a student step started from, for the gradient alignment taken after the
+  loop (:func:`dfkd_jax.objectives.alignment`): the student's parameters and BatchNorm
+  statistics before the step, its retention batch and whether that batch was valid."""
+
+  params: Any
+  batch_stats: Any
+  ret: objectives.KDBatch
+  retention_valid: jax.Array
+
+
 def student_step(carry, xs, *, gen: ModelState, teacher_vars,
                  source: replay_sources.ReplaySource, ctx: replay_sources.Context,
-                 nets: Networks, update: StudentUpdate, align: bool):
+                 nets: Networks, update: StudentUpdate, keep_inputs: bool):
   """One student update (a ``lax.scan`` body): fresh ``G(z)`` plus a retention batch.
 
   Args:
-    carry: ``(student, replay, last_x, last_teacher_logits)``.
+    carry: ``(student, replay, last_x, last_teacher_logits)``, and with
+      ``keep_inputs`` the previous step's :class:`StepInputs` last.
     xs: ``(key, index)`` of this step.
     gen: the generator (frozen during the student steps).
     teacher_vars: the frozen teacher's variables.
@@ -304,14 +316,16 @@ def student_step(carry, xs, *, gen: ModelState, teacher_vars,
     ctx: the iteration's :class:`~dfkd_jax.replay.sources.Context` for the source.
     nets: the iteration's networks.
     update: the update rule and optimiser.
-    align: also compute cos(grad L_acq, grad L_ret) for the meta updates (Sec. 3.4).
+    keep_inputs: carry this step's :class:`StepInputs` (for the meta updates'
+      alignment, Sec. 3.4, taken once after the loop).
 
   Returns:
     The new carry (with this step's fresh batch) and the step's metrics; retention
-    metrics are NaN on steps without a valid retention batch.
+    metrics are NaN on steps without a valid retention batch, and the alignment
+    metrics NaN (the loop fills in the last step's).
   """
   key, index = xs
-  student, replay, _, _ = carry
+  student, replay = carry[:2]
   k_z, k_r, k_u = jax.random.split(key, 3)
   x = jax.lax.stop_gradient(nets.generate(gen.params, gen.batch_stats,
                                           *nets.draw(k_z, update.batch_size)))
@@ -322,8 +336,9 @@ def student_step(carry, xs, *, gen: ModelState, teacher_vars,
     ret, retention_valid = source.retention(ctx, replay, k_r)
     weight = retention_valid.astype(jnp.float32) * update.retention_weight
   out = update.update(student.params, student.batch_stats, nets.student, acq, ret,
-                      retention_weight=weight, with_alignment=align,
+                      retention_weight=weight, with_alignment=False,
                       kd_loss=update.kd_loss, axis_name=AXIS)
+  inputs = (StepInputs(student.params, student.batch_stats, ret, retention_valid),)
   params, opt_state = optimizers.apply(update.optimizer, out.grads, student.opt_state,
                                        student.params)
   student = ModelState(params, out.batch_stats,
@@ -342,7 +357,8 @@ def student_step(carry, xs, *, gen: ModelState, teacher_vars,
              "grad_dot": jnp.where(retention_valid, d.grad_dot, nan),
              "retention_valid": retention_valid.astype(jnp.float32),
              **replay_metrics}
-  return (student, replay, acq.x, acq.teacher_logits), metrics
+  return (student, replay, acq.x, acq.teacher_logits,
+          *(inputs if keep_inputs else ())), metrics
 
 
 # ---------------------------------------------------------------------------
@@ -359,6 +375,29 @@ def _loop(step, carry, xs, unroll: bool):
     carry, out = step(carry, jax.tree.map(lambda a, i=i: a[i], xs))
     outputs.append(out)
   return carry, jax.tree.map(lambda *ys: jnp.stack(ys), *outputs)
+
+
+def _placeholder_inputs(student: ModelState, source: replay_sources.ReplaySource,
+                       ctx: replay_sources.Context, replay) -> StepInputs:
+  """The :class:`StepInputs` a loop starts from (replaced by its first step)."""
+  ret, _ = jax.eval_shape(lambda: source.retention(ctx, replay, jax.random.key(0)))
+  ret = jax.lax.pcast(jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), ret), (AXIS,),
+                      to="varying")
+  return StepInputs(student.params, student.batch_stats, ret, jnp.zeros((), jnp.bool_))
+
+
+def _last_step_alignment(stu_metrics, inputs: StepInputs, acq: objectives.KDBatch,
+                         nets: Networks, kd_loss) -> dict[str, jax.Array]:
+  """The step metrics with the last step's ``loss_ret``, ``grad_dot`` and
+  ``grad_cosine`` (Sec. 3.4) at the parameters that step started from."""
+  loss_ret, dot, cosine = objectives.alignment(
+      inputs.params, inputs.batch_stats, nets.student, acq, inputs.ret,
+      kd_loss=kd_loss, axis_name=AXIS)
+  nan = jnp.full((), jnp.nan, jnp.float32)
+  last = {"loss_ret": loss_ret, "grad_dot": dot, "grad_cosine": cosine}
+  return {**stu_metrics, **{
+      name: stu_metrics[name].at[-1].set(jnp.where(inputs.retention_valid, value, nan))
+      for name, value in last.items()}}
 
 
 def _reduce_metrics(gen_metrics, stu_metrics) -> dict[str, jax.Array]:
@@ -399,9 +438,10 @@ def make_iteration(setup: Setup, state: TrainState):
       setup.kd_loss, setup.retention_weight, setup.student_optimizer, setup.batch_size)
   local_batch = setup.batch_size // setup.mesh.devices.size
   unroll, num_steps = setup.unroll, setup.student_steps
-  # The meta update's alignment costs one more forward/backward on the replayed batch,
-  # so only the last student step of the iteration pays it.
-  plain_steps = num_steps - int(setup.meta_alignment)
+  # The meta update's alignment costs two more forward/backward passes, so only the
+  # last student step of the iteration pays it, after the loop (one copy of the meta
+  # step in the program, not two: a faster compile).
+  align = setup.meta_alignment and num_steps > 0
 
   def iteration(state: TrainState, teacher_vars):
     ctx = replay_sources.Context(
@@ -425,15 +465,17 @@ def make_iteration(setup: Setup, state: TrainState):
       steps = (jax.random.split(k_student, num_steps),
                np.arange(num_steps, dtype=np.int32))
       step = functools.partial(student_step, gen=gen, teacher_vars=teacher_vars,
-                               source=source, ctx=ctx, nets=nets, update=stu_update)
-      carry, stu_metrics = _loop(functools.partial(step, align=False),
-                                 (state.student, replay, x0, t0),
-                                 jax.tree.map(lambda a: a[:plain_steps], steps), unroll)
-      if setup.meta_alignment:
-        carry, last = step(carry, jax.tree.map(lambda a: a[-1], steps), align=True)
-        stu_metrics = jax.tree.map(lambda a, b: jnp.concatenate([a, b[None]]),
-                                   stu_metrics, last)
-      student, replay, last_x, last_t = carry
+                               source=source, ctx=ctx, nets=nets, update=stu_update,
+                               keep_inputs=align)
+      carry = (state.student, replay, x0, t0)
+      if align:
+        carry += (_placeholder_inputs(state.student, source, ctx, replay),)
+      carry, stu_metrics = _loop(step, carry, steps, unroll)
+      student, replay, last_x, last_t = carry[:4]
+      if align:
+        stu_metrics = _last_step_alignment(stu_metrics, carry[4],
+                                           objectives.KDBatch(last_x, last_t), nets,
+                                           stu_update.kd_loss)
       replay = source.end_of_iteration(ctx, replay, state.step,
                                        objectives.KDBatch(last_x, last_t))
     new_state = TrainState(state.step + 1, state.rng, gen, student, replay)

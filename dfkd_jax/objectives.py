@@ -142,6 +142,25 @@ def _tree_vdot(a: Params, b: Params) -> Array:
   return sum(leaves, jnp.zeros((), jnp.result_type(*leaves)))
 
 
+def alignment(params: Params, batch_stats: BatchStats, apply_fn: ApplyFn,
+              acq: KDBatch, ret: KDBatch, *, kd_loss: KDLoss = losses.mae,
+              axis_name: str | None = None) -> tuple[Array, Array, Array]:
+  """The gradient alignment of Sec. 3.4 at ``params``: ``L_ret(theta)``,
+  ``<grad L_acq, grad L_ret>`` and their cosine (0 when a gradient is 0).
+
+  What :func:`meta` computes ``with_alignment``, as a first-order computation of its
+  own (two forward/backward passes), so that the training loop can take it once per
+  iteration outside its loop of meta steps.
+
+  Returns:
+    ``(loss_ret, dot, cosine)``.
+  """
+  grad_fn = jax.value_and_grad(kd_loss_value, has_aux=True)
+  _, g_acq = grad_fn(params, batch_stats, apply_fn, acq, kd_loss, axis_name)
+  (loss_ret, _), g_ret = grad_fn(params, batch_stats, apply_fn, ret, kd_loss, axis_name)
+  return (loss_ret, *_alignment(g_acq, g_ret))
+
+
 def acquire(params: Params, batch_stats: BatchStats, apply_fn: ApplyFn,
             acq: KDBatch, *, kd_loss: KDLoss = losses.mae,
             axis_name: str | None = None) -> ObjectiveOutput:

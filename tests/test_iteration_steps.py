@@ -126,7 +126,7 @@ def _student_step(parts, update_name, memory, lr=0.1):
     zeros = (jnp.zeros((BATCH, *SHAPE)), jnp.zeros((BATCH, CLASSES)))
     carry, metrics = iteration.student_step(
         (student, memory, *zeros), (key, 0), gen=gen, teacher_vars=t_vars,
-        source=replay, ctx=ctx, nets=parts.nets, update=update, align=False)
+        source=replay, ctx=ctx, nets=parts.nets, update=update, keep_inputs=False)
     return carry[0], metrics
 
   new, metrics = _on_one_device(step, parts.mesh, student, memory, gen, parts.t_vars, key)

@@ -246,6 +246,18 @@ def test_meta_diagnostics():
 
 
 @in_float64
+def test_alignment_on_its_own_is_the_meta_updates_alignment():
+  """objectives.alignment (taken once per iteration, after the loop of meta steps)
+  gives what meta(with_alignment=True) reports at the same parameters."""
+  params, stats, apply_fn, acq, ret = make_problem(11)
+  d = META(params, stats, apply_fn=apply_fn, acq=acq, ret=ret, alpha=0.5).diagnostics
+  loss_ret, dot, cosine = objectives.alignment(params, stats, apply_fn, acq, ret)
+  np.testing.assert_allclose([loss_ret, dot, cosine],
+                             [d.loss_ret, d.grad_dot, d.grad_cosine], rtol=1e-12)
+  assert -1 <= cosine <= 1 and cosine != 0
+
+
+@in_float64
 @pytest.mark.parametrize("name", ("acquire", "joint", "meta"))
 def test_running_stats_come_from_the_acquisition_forward(name):
   params, stats, apply_fn, acq, ret = make_problem(8)
