@@ -100,8 +100,8 @@ def _imports(path: pathlib.Path) -> set[str]:
   return names
 
 
-@pytest.mark.parametrize("module", ["trainer.py", "iteration.py", "probe.py",
-                                    "selection.py", "replay/sources.py",
+@pytest.mark.parametrize("module", ["trainer.py", "run_outputs.py", "iteration.py",
+                                    "probe.py", "selection.py", "replay/sources.py",
                                     "replay/memory.py", "replay/generative.py",
                                     "replay/ema.py"])
 def test_below_the_assembler_nothing_reads_the_config(module):
