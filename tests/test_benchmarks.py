@@ -232,7 +232,8 @@ def test_whole_run_benchmarks_train_the_teacher_of_the_config_with_its_settings(
 
 
 @pytest.mark.parametrize("module", ["benchmarks.replicas", "benchmarks.first_epoch",
-                                    "benchmarks.replica_speed"])
+                                    "benchmarks.replica_speed",
+                                    "benchmarks.step_loop_speed"])
 def test_whole_run_benchmarks_parse_their_flags(module, tmp_path):
   out = tmp_path / "exists.json"
   out.write_text("{}")
@@ -265,3 +266,33 @@ def test_replica_speed_times_the_single_run_and_each_replica_loop(teacher_dir, t
     assert math.isclose(case["ratio_to_single"],
                         case["seconds_per_iteration"] / n / single)
 
+
+
+@pytest.mark.slow  # Four compiles: minutes on a loaded 2-core host (CI's budget).
+def test_step_loop_speed_times_both_step_loops_per_batch_size(teacher_dir, tmp_path):
+  """A tiny ``benchmarks.step_loop_speed``: unrolled and scanned steps at two batch sizes,
+  each with its ratio to the unrolled steps of its batch size (not asserted: a report)."""
+  from benchmarks import step_loop_speed  # pylint: disable=g-import-not-at-top
+  out = tmp_path / "loops.json"
+  step_loop_speed.main([
+      "--methods=dfkd", "--batch_sizes=16,32", "--repeats=2", f"--out={out}",
+      f"--set=teacher_dir={teacher_dir}", "--set=teacher_config=", "--set=latent_dim=16",
+      "--set=student_steps=2"])
+  result = json.loads(out.read_text())
+  assert result["repeats"] == 2 and len(result["host"]["load_average_after"]) == 3
+  cases = {(c["batch_size"], c["step_loop"]): c for c in result["cases"]}
+  assert set(cases) == {(b, loop) for b in (16, 32) for loop in ("unroll", "scan")}
+  for (batch_size, _), case in cases.items():
+    assert case["method"] == "dfkd" and len(case["times"]) == 2
+    assert case["compile_seconds"] > 0
+    unrolled = cases[(batch_size, "unroll")]["seconds_per_iteration"]
+    assert math.isclose(case["ratio_to_unroll"], case["seconds_per_iteration"] / unrolled)
+
+
+@pytest.mark.parametrize("flag", ["--batch_sizes=64,x", "--batch_sizes=0", "--repeats=0"])
+def test_step_loop_speed_refuses_bad_flags(flag, tmp_path, capsys):
+  from benchmarks import step_loop_speed  # pylint: disable=g-import-not-at-top
+  with pytest.raises(SystemExit):
+    step_loop_speed.main([flag, f"--out={tmp_path / 'r.json'}"])
+  assert flag.split("=")[0] in capsys.readouterr().err
+  assert not (tmp_path / "r.json").exists()
