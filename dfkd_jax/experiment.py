@@ -95,8 +95,18 @@ def _generator_loss_weights(config) -> generator_objectives.GeneratorLossWeights
   return generator_objectives.GeneratorLossWeights(**weights)
 
 
-def _unroll(step_loop: str) -> bool:
-  """Unrolled steps for ``unroll`` only; ``auto`` scans (see ``config.step_loop``)."""
+#: The largest batch at which ``step_loop="auto"`` scans on CPU. Scanned steps ran at
+#: 0.94-1.05x the unrolled ones' time at batch 32-128 (WRN-16-2, LeNet-5, digits,
+#: ResNet-18) but 1.12-1.17x at 256 and 512 (LeNet-5 -> half, `lra_mb`), where the
+#: unrolled program's longer compile is small against a run (docs/results.md, issue 27).
+CPU_SCAN_MAX_BATCH = 128
+
+
+def _unroll(step_loop: str, batch_size: int, mesh) -> bool:
+  """Unrolled steps for ``unroll``, and for ``auto`` on CPU above ``CPU_SCAN_MAX_BATCH``
+  (see ``config.step_loop``); scanned steps otherwise."""
+  if step_loop == "auto":
+    return (mesh.devices.flat[0].platform == "cpu" and batch_size > CPU_SCAN_MAX_BATCH)
   return step_loop == "unroll"
 
 
@@ -206,7 +216,7 @@ def _assemble(config, log, mesh, method: methods.Method) -> Setup:
       meta_alignment=update_rule.is_meta and bool(m.with_alignment),
       replay=_replay(config, method, input_shape),
       compute_dtype=jnp.dtype(config.compute_dtype),
-      unroll=_unroll(config.step_loop),
+      unroll=_unroll(config.step_loop, config.batch_size, mesh),
       map_replicas=_map_replicas(config.replica_loop, mesh),
       num_epochs=config.num_epochs, eval_batch_size=config.eval_batch_size,
       evaluation_dataset=data.evaluation_dataset(meta, config.dataset),

@@ -117,9 +117,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.compute_dtype = "float32"    # "bfloat16" on accelerators; parameters stay float32.
   # How the g generator and s student steps are looped inside the one jitted iteration:
   # "scan" (lax.scan), "unroll" (a Python loop traced into one program) or "auto" =
-  # scan. CPUs once unrolled (XLA ran the convolution weight-gradient ~90x slower in a
-  # loop body); with models/conv.py's gradients a scanned digits iteration runs at
-  # 0.94-1.04x the unrolled one's time and compiles 2.2-3.3x faster (issue 27).
+  # scan, except on CPU above batch 128 (experiment.CPU_SCAN_MAX_BATCH). Scanned steps
+  # compile 2-3x faster; on CPU they run at 0.94-1.05x the unrolled steps' time up to
+  # batch 128 and 1.12-1.17x at 256-512 (benchmarks/step_loop_speed.py, issue 27).
   c.step_loop = "auto"
   # How the replicas of a many-seed program (num_seeds > 1) share it: "vmap" (batched
   # operations over the replica axis), "map" (lax.map: one replica after another, each
@@ -134,9 +134,10 @@ def default_config() -> ml_collections.ConfigDict:
   # Data-free model selection (dfkd_jax.selection): criteria recorded every epoch end,
   # on the device, from no real data; the one in force chooses the kept student.
   c.selection = ml_collections.ConfigDict(dict(
-      # Chooses the epoch whose student is kept, exported and reported: last, agreement,
-      # js (probe set), replay_agreement, replay_js (methods with replay).
-      criterion="agreement",
+      # Chooses the epoch whose student is kept, exported and reported: last (no criterion
+      # beat it in docs/results.md's selection study), agreement, js (probe set),
+      # replay_agreement, replay_js (methods with replay).
+      criterion="last",
       probe_size=256,            # Generated samples held out for the criteria; 0 = none.
       probe_epochs=8,            # The probe holds the last N epochs' generator samples.
       # Probe agreement at chance level for this many epochs = collapsed; 0 = off.

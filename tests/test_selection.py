@@ -30,8 +30,10 @@ from test_trainer import teacher_dir, tiny_config  # pylint: disable=unused-impo
 SEEDS = (0, 1)
 EPOCHS = 3
 # Two probe slots of 16 samples (<= the tiny batch of 32); a constant learning rate so
-# that a run extended with --allow_config_change=num_epochs equals an uninterrupted one.
-SELECTION = {"selection.probe_size": 32, "selection.probe_epochs": 2,
+# that a run extended with --allow_config_change=num_epochs equals an uninterrupted one;
+# a criterion that can keep an epoch other than the last (the default is `last`).
+SELECTION = {"selection.criterion": "agreement", "selection.probe_size": 32,
+             "selection.probe_epochs": 2,
              "student_optimizer.schedule": "constant", "iterations_per_epoch": 1,
              "student_steps": 1, "checkpoints_to_keep": 1, "num_seeds": len(SEEDS)}
 OFF = {"selection.probe_size": 0, "selection.criterion": "last"}
@@ -183,7 +185,7 @@ def test_a_run_at_chance_agreement_for_several_epochs_is_collapsed():
 @pytest.mark.parametrize("overrides, error", [
     ({"selection.criterion": "best"}, "config.selection.criterion='best' is unknown"),
     ({"selection.criterion": "replay_js"}, "needs a replay source"),
-    ({"selection.probe_size": 0}, "needs the probe set"),
+    ({"selection.criterion": "agreement", "selection.probe_size": 0}, "needs the probe set"),
     ({"selection.probe_size": 33}, "does not fit"),
     ({"selection.probe_size": 128, "selection.probe_epochs": 2}, "does not fit"),
     ({"selection.probe_epochs": 0}, "config.selection.probe_epochs=0 must be"),
