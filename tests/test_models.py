@@ -2,12 +2,14 @@
 
 import math
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from dfkd_jax import models
+from dfkd_jax.models import conv
 from dfkd_jax.models import layers
 
 CLASSIFIERS = [n for n in models.names() if models.is_classifier(n)]
@@ -144,6 +146,31 @@ def test_vae_methods():
   assert mean2.shape == (2, 12)
   assert module.apply(variables, mean2, False, method="decode").shape == x.shape
 
+
+
+def test_vae_kernel_gradients_are_conv_py_matrix_products():
+  """The VAE's convolutions are ``models/conv.py``'s: on CPU their kernel gradients are
+  matrix products (XLA's own is slow inside the loops the VAE trains in), with the same
+  values as XLA's rules."""
+  module = models.get("vae", latent_dim=12, image_shape=(16, 16, 3))
+  x = jnp.asarray(np.random.default_rng(1).uniform(size=(4, 16, 16, 3)), jnp.float32)
+  variables = _numpy_init(module, x, jax.random.key(2))
+
+  def loss(params):
+    (recon, mean, _), _ = module.apply({**variables, "params": params}, x,
+                                       jax.random.key(2), mutable=["batch_stats"])
+    return jnp.sum(recon ** 2) + jnp.sum(mean ** 2)
+
+  kernels = [k for k in jax.tree.leaves(variables["params"]) if k.ndim == 4]
+  grads, custom_rules = {}, {}
+  for mode in ("matmul", "xla"):
+    with conv.kernel_gradient(mode):
+      grads[mode] = jax.grad(loss)(variables["params"])
+      custom_rules[mode] = str(jax.make_jaxpr(jax.grad(loss))(
+          variables["params"])).count("custom_vjp_call")
+  # One conv.py rule per convolution of the encoder and the decoder, none under XLA's.
+  assert len(kernels) == 6 and (custom_rules["matmul"], custom_rules["xla"]) == (6, 0)
+  chex.assert_trees_all_close(grads["matmul"], grads["xla"], rtol=1e-4, atol=2e-4)
 
 def test_batchnorm_train_and_eval_semantics():
   module = models.get("digits_cnn")
