@@ -57,6 +57,16 @@ def call(program: dict[str, Any]) -> float:
   return time.perf_counter() - t0
 
 
+def time_interleaved(programs, repeats: int) -> None:
+  """One warm-up call of each program, then ``repeats`` rounds of one call each, so that
+  load changes on a shared machine hit them alike (times appended to each's ``times``)."""
+  for program in programs:
+    call(program)
+  for _ in range(repeats):
+    for program in programs:
+      program["times"].append(call(program))
+
+
 def measure_method(config_arg: str, method: str, counts: Sequence[int],
                    loops: Sequence[str], settings: Sequence[str], repeats: int
                    ) -> dict[str, Any]:
@@ -68,11 +78,7 @@ def measure_method(config_arg: str, method: str, counts: Sequence[int],
         [*settings, f"num_seeds={n}", *([f"replica_loop={loop}"] if loop else [])])
     config.tensorboard = False
     programs[(n, loop)] = compile_program(config)
-  for program in programs.values():
-    call(program)
-  for _ in range(repeats):
-    for program in programs.values():
-      program["times"].append(call(program))
+  time_interleaved(programs.values(), repeats)
   single = statistics.median(programs[(1, None)]["times"])
   cases = []
   for (n, loop), program in programs.items():

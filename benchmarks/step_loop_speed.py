@@ -37,11 +37,7 @@ def measure(config_arg: str, method: str, batch_sizes: Sequence[int],
           [*settings, f"batch_size={batch_size}", f"step_loop={loop}"])
       config.tensorboard = False
       programs[(batch_size, loop)] = replica_speed.compile_program(config)
-  for program in programs.values():
-    replica_speed.call(program)
-  for _ in range(repeats):
-    for program in programs.values():
-      program["times"].append(replica_speed.call(program))
+  replica_speed.time_interleaved(programs.values(), repeats)
   cases = []
   for (batch_size, loop), program in programs.items():
     seconds = statistics.median(program["times"])

@@ -267,7 +267,6 @@ def test_replica_speed_times_the_single_run_and_each_replica_loop(teacher_dir, t
                         case["seconds_per_iteration"] / n / single)
 
 
-
 @pytest.mark.slow  # Four compiles: minutes on a loaded 2-core host (CI's budget).
 def test_step_loop_speed_times_both_step_loops_per_batch_size(teacher_dir, tmp_path):
   """A tiny ``benchmarks.step_loop_speed``: unrolled and scanned steps at two batch sizes,
@@ -275,13 +274,13 @@ def test_step_loop_speed_times_both_step_loops_per_batch_size(teacher_dir, tmp_p
   from benchmarks import step_loop_speed  # pylint: disable=g-import-not-at-top
   out = tmp_path / "loops.json"
   step_loop_speed.main([
-      "--methods=dfkd", "--batch_sizes=16,32", "--repeats=2", f"--out={out}",
+      "--methods=dfkd", "--batch_sizes=32,64", "--repeats=2", f"--out={out}",
       f"--set=teacher_dir={teacher_dir}", "--set=teacher_config=", "--set=latent_dim=16",
       "--set=student_steps=2"])
   result = json.loads(out.read_text())
   assert result["repeats"] == 2 and len(result["host"]["load_average_after"]) == 3
   cases = {(c["batch_size"], c["step_loop"]): c for c in result["cases"]}
-  assert set(cases) == {(b, loop) for b in (16, 32) for loop in ("unroll", "scan")}
+  assert set(cases) == {(b, loop) for b in (32, 64) for loop in ("unroll", "scan")}
   for (batch_size, _), case in cases.items():
     assert case["method"] == "dfkd" and len(case["times"]) == 2
     assert case["compile_seconds"] > 0

@@ -172,6 +172,7 @@ def test_vae_kernel_gradients_are_conv_py_matrix_products():
   assert len(kernels) == 6 and (custom_rules["matmul"], custom_rules["xla"]) == (6, 0)
   chex.assert_trees_all_close(grads["matmul"], grads["xla"], rtol=1e-4, atol=2e-4)
 
+
 def test_batchnorm_train_and_eval_semantics():
   module = models.get("digits_cnn")
   x = jnp.asarray(np.random.default_rng(1).normal(1.0, 2.0, (4, 8, 8, 1)), jnp.float32)
