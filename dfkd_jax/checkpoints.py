@@ -4,8 +4,10 @@
   reported with its cause; the run falls back to the newest one that restores, and
   process 0 moves the bad ones aside to ``<step>.corrupt`` (never deleted) so that the
   user can inspect them.
-* Saves are synchronous (the trainer waits for each one anyway): a failed save then ends
-  in the calling thread, with no orbax background thread left to report it again.
+* Saves are synchronous (the trainer waits for each one anyway). When one fails, the
+  writer threads orbax started for it are joined before the error leaves
+  :meth:`Checkpoints.save`: none is left to fail again while the interpreter shuts down
+  ("cannot schedule new futures after shutdown", a "coroutine was never awaited" warning).
 * A save that fails for want of space removes its partial ``<step>.orbax-checkpoint-tmp``
   folder and raises one line naming the last good checkpoint; orbax's and tensorstore's
   own reports of it (a traceback per failed write, ~150 lines) are not printed.
@@ -29,6 +31,8 @@ import os
 import pathlib
 import shutil
 import sys
+import threading
+import time
 from typing import Any, Callable
 
 import jax
@@ -103,6 +107,25 @@ def _silence_late_disk_full_reports() -> None:
   sys.unraisablehook = hook
 
 
+_WRITER_JOIN_SECONDS = 60.0
+
+
+def _join_library_writers(running_before: set[threading.Thread]) -> None:
+  """Waits (up to a minute in all) for the threads orbax started during a failed save.
+
+  The first failed write ends the save, while its sibling writes may still run; a writer
+  left running when the process exits fails again at interpreter shutdown, with a
+  traceback after our one-line error. orbax's writers are its own ``threading.Thread``
+  subclasses (the thread pools' workers, which never end, are not), whose own ``join``
+  re-raises the thread's error: ``threading.Thread.join`` only waits.
+  """
+  deadline = time.monotonic() + _WRITER_JOIN_SECONDS
+  for thread in threading.enumerate():
+    if (thread not in running_before and type(thread).__module__.startswith("orbax.")
+        and thread is not threading.current_thread()):
+      threading.Thread.join(thread, max(0.0, deadline - time.monotonic()))
+
+
 @contextlib.contextmanager
 def _quiet_failed_save():
   """Holds the libraries' reports while saving; re-emits them unless the save failed
@@ -118,9 +141,11 @@ def _quiet_failed_save():
   sys.unraisablehook = lambda u: late.append(u) if _closed_loop_callback(u) else (
       previous_hook(u))
   full = False
+  running_before = set(threading.enumerate())
   try:
     yield
   except Exception as e:  # pylint: disable=broad-except  # Re-raised below.
+    _join_library_writers(running_before)   # Their reports are held too.
     full = disk_full(e)
     raise
   finally:

@@ -4,11 +4,14 @@ The real full disk is tested end to end in tests/test_workdir.py; here, which er
 count as a full disk and what happens to the libraries' own reports of a failed save.
 """
 
+import asyncio
 import errno
 import logging
 import sys
+import threading
 import types
 
+import orbax.checkpoint as ocp
 import pytest
 
 from dfkd_jax import checkpoints
@@ -84,3 +87,29 @@ def test_a_successful_save_keeps_what_the_libraries_said(caplog, unraisable_hook
   with checkpoints._quiet_failed_save():  # pylint: disable=protected-access
     logging.getLogger("absl").handle(_orbax_error_record())
   assert len(caplog.records) == 1 and sys.unraisablehook == unraisable_hook.append
+
+
+@pytest.mark.parametrize("cause", [
+    OSError(errno.ENOSPC, "No space left on device"),
+    ValueError("Checkpoint tree does not match"),
+])
+def test_a_failed_save_waits_for_the_orbax_writers_still_running(cause, caplog,
+                                                                 unraisable_hook):
+  """A sibling write still running when the first one fails (a real orbax writer thread)
+  ends before the error leaves; its report is held with the others, and its own error
+  does not replace the save's (orbax's ``join`` would re-raise it)."""
+  sibling_ended = threading.Event()
+
+  async def sibling_write():
+    await asyncio.sleep(0.5)
+    sibling_ended.set()
+    raise RuntimeError("the sibling write failed too")
+
+  with pytest.raises(type(cause)) as raised:
+    with checkpoints._quiet_failed_save():  # pylint: disable=protected-access
+      ocp.future.CommitFutureAwaitingContractedSignals(sibling_write(), name="sibling")
+      raise cause
+  assert raised.value is cause
+  assert sibling_ended.is_set()
+  reported = [r for r in caplog.records if "the sibling write failed" in r.getMessage()]
+  assert len(reported) == (0 if checkpoints.disk_full(cause) else 1)
