@@ -102,18 +102,21 @@ def _generator_loss_weights(config) -> generator_objectives.GeneratorLossWeights
 CPU_SCAN_MAX_BATCH = 128
 
 
+def _on_cpu(mesh) -> bool:
+  return mesh.devices.flat[0].platform == "cpu"
+
+
 def _unroll(step_loop: str, batch_size: int, mesh) -> bool:
   """Unrolled steps for ``unroll``, and for ``auto`` on CPU above ``CPU_SCAN_MAX_BATCH``
   (see ``config.step_loop``); scanned steps otherwise."""
   if step_loop == "auto":
-    return (mesh.devices.flat[0].platform == "cpu" and batch_size > CPU_SCAN_MAX_BATCH)
+    return _on_cpu(mesh) and batch_size > CPU_SCAN_MAX_BATCH
   return step_loop == "unroll"
 
 
 def _map_replicas(replica_loop: str, mesh) -> bool:
   """``lax.map`` over replicas for ``map``, and for ``auto`` on CPU (``config.replica_loop``)."""
-  return replica_loop == "map" or (replica_loop == "auto"
-                                   and mesh.devices.flat[0].platform == "cpu")
+  return replica_loop == "map" or (replica_loop == "auto" and _on_cpu(mesh))
 
 
 def _replay(config, method: methods.Method,
