@@ -341,10 +341,20 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(teacher_dir, tmp_path)
 
 
 def _start(args, **kwargs):
-  """A real training process whose merged stdout/stderr the test reads line by line."""
-  return subprocess.Popen(args, cwd=REPO, env=dict(os.environ, JAX_PLATFORMS="cpu"),
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          **kwargs)
+  """A real training process whose merged stdout/stderr the test reads line by line.
+
+  The child starts with Ctrl-C at its default, as from a terminal, even when this pytest
+  runs where SIGINT is ignored (a background job of a non-interactive shell, nohup),
+  which the child would inherit and the trainer rightly keep: a handled signal is reset
+  to its default across exec, an ignored one is not.
+  """
+  previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+  try:
+    return subprocess.Popen(args, cwd=REPO, env=dict(os.environ, JAX_PLATFORMS="cpu"),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            **kwargs)
+  finally:
+    signal.signal(signal.SIGINT, previous)
 
 
 def _read_until(proc, words, lines):
