@@ -14,9 +14,12 @@ from __future__ import annotations
 import importlib.util
 import os
 import pathlib
+import re
 from typing import Sequence
 
+from absl import flags
 import ml_collections
+from ml_collections import config_flags
 
 from dfkd_jax import config_checks as checks
 from dfkd_jax import data
@@ -286,3 +289,79 @@ def load_config_file(path: str) -> ml_collections.ConfigDict:
   spec.loader.exec_module(module)
   return module.get_config(arg) if arg else module.get_config()
 
+
+
+def parse_flags(argv: Sequence[str], fields: str) -> Sequence[str]:
+  """absl's flag parsing, with a one-line error for a bad config file or field.
+
+  ml_collections loads the ``--config`` file and applies ``--config.FIELD=VALUE`` while
+  the flags are parsed, before ``main`` runs; its errors would otherwise end in a
+  traceback. ``train`` and ``train_teacher`` parse their flags with this.
+
+  Args:
+    argv: the command line.
+    fields: where the config's fields are listed, for the error of a misspelt field.
+
+  Raises:
+    SystemExit: one line, ``error: ...``.
+  """
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    raise SystemExit(f"error: {_config_file_error(str(e)) or e}; see --help") from None
+  except (AttributeError, KeyError, TypeError, ValueError, OSError) as e:
+    lines = [l.strip() for l in str(e).replace("\\n", "\n").splitlines() if l.strip()]
+    message = _unquote(" ".join(lines[-1:] if isinstance(e, OSError) else lines))
+    raise SystemExit(f"error: in --config: {message.replace(chr(92), '')} "
+                     f"({fields})") from None
+
+
+def loaded_config(config: ml_collections.ConfigDict | None,
+                  configs: str) -> ml_collections.ConfigDict | None:
+  """``config`` as ``--config`` loaded it (``None``: the flag was not given).
+
+  ml_collections gives a file that failed to load as a stand-in that raises
+  ``IOError`` on first use; this turns that into one line.
+
+  Args:
+    config: the ``--config`` flag's value.
+    configs: where the shipped configs are, for a path that does not exist.
+
+  Raises:
+    SystemExit: one line, ``error: ...``.
+  """
+  try:
+    if config is not None:
+      config.keys()
+  except OSError as e:
+    path = config_flags.get_config_filename(flags.FLAGS["config"]).split(":")[0]
+    if not os.path.isfile(path):
+      raise SystemExit(f"error: --config={path}: no such file (from {os.getcwd()}); "
+                       f"{configs}") from None
+    raise SystemExit(f"error: {' '.join(str(e).split())}") from None
+  return config
+
+
+def _unquote(text: str) -> str:
+  """``text`` without the quotes ``repr`` puts around a whole message (a KeyError's)."""
+  if len(text) > 1 and text[0] == text[-1] and text[0] in "'\"":
+    return text[1:-1]
+  return text
+
+
+def _config_file_error(message: str) -> str | None:
+  """The last line of the traceback ml_collections puts in a config file's load error.
+
+  ``--config=FILE:ARG`` runs ``get_config(ARG)`` while the flags are parsed; its
+  exception arrives as a flag error holding the whole traceback. The line kept names
+  the flag and the exception (a bad ``:ARG``: the accepted forms, from
+  :func:`parse_arg`).
+  """
+  head, sep, rest = message.partition(": Error whilst parsing config file")
+  lines = [l.strip() for l in rest.splitlines() if l.strip()]
+  if not sep or not lines:
+    return None
+  last = re.sub(r"^[A-Za-z_.]*(Error|Exception): ", "", lines[-1])
+  if "get_config() takes 0 positional arguments" in last:
+    last = "this config file takes no ':ARG' (only --config.FIELD=VALUE overrides)"
+  return f"{head.removeprefix('flag ')}: {last}"

@@ -31,7 +31,6 @@ without saving). Rerunning the same command resumes.
 from __future__ import annotations
 
 import os
-import re
 import sys
 from typing import Sequence
 
@@ -98,61 +97,18 @@ def train_teacher_on_first_use(config, log=print) -> None:
 
 
 def parse_flags(argv: Sequence[str]) -> Sequence[str]:
-  """absl's flag parsing, with a one-line error for a bad config file or field.
-
-  ml_collections loads the config file and applies ``--config.FIELD=VALUE`` while the
-  flags are parsed, before ``main`` runs; its errors would otherwise end in a traceback.
-  """
-  try:
-    return flags.FLAGS(argv)
-  except flags.Error as e:
-    raise SystemExit(f"error: {_config_file_error(str(e)) or e}; see --help") from None
-  except (AttributeError, KeyError, TypeError, ValueError, OSError) as e:
-    lines = [l.strip() for l in str(e).replace("\\n", "\n").splitlines() if l.strip()]
-    message = _unquote(" ".join(lines[-1:] if isinstance(e, OSError) else lines))
-    raise SystemExit(f"error: in --config: {message.replace(chr(92), '')} (every field is "
-                     "listed in docs/config_fields.md; --print_config shows a "
-                     "command line's config)") from None
-
-
-def _unquote(text: str) -> str:
-  """``text`` without the quotes ``repr`` puts around a whole message (a KeyError's)."""
-  if len(text) > 1 and text[0] == text[-1] and text[0] in "'\"":
-    return text[1:-1]
-  return text
-
-
-def _config_file_error(message: str) -> str | None:
-  """The last line of the traceback ml_collections puts in a config file's load error.
-
-  ``--config=FILE:ARG`` runs ``get_config(ARG)`` while the flags are parsed; its
-  exception arrives as a flag error holding the whole traceback. The line kept names
-  the flag and the exception (a bad ``:ARG``: the accepted forms, from
-  :func:`dfkd_jax.experiment.parse_arg`).
-  """
-  head, sep, rest = message.partition(": Error whilst parsing config file")
-  lines = [l.strip() for l in rest.splitlines() if l.strip()]
-  if not sep or not lines:
-    return None
-  last = re.sub(r"^[A-Za-z_.]*(Error|Exception): ", "", lines[-1])
-  if "get_config() takes 0 positional arguments" in last:
-    last = "this config file takes no ':ARG' (only --config.FIELD=VALUE overrides)"
-  return f"{head.removeprefix('flag ')}: {last}"
+  """absl's flag parsing, with a one-line error for a bad config file or field
+  (:func:`dfkd_jax.run_config.parse_flags`)."""
+  return run_config.parse_flags(
+      argv, fields="every field is listed in docs/config_fields.md; --print_config "
+      "shows a command line's config")
 
 
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  try:
-    config = _CONFIG.value  # ml_collections loads the file here; a file that failed
-    if config is not None:  # to load gives a stand-in that raises on first use.
-      config.keys()
-  except OSError as e:  # The stand-in raises IOError.
-    path = config_flags.get_config_filename(flags.FLAGS["config"]).split(":")[0]
-    if not os.path.isfile(path):
-      raise SystemExit(f"error: --config={path}: no such file (from {os.getcwd()}); the "
-                       "shipped configs are in configs/ of the repository") from None
-    raise SystemExit(f"error: {' '.join(str(e).split())}") from None
+  config = run_config.loaded_config(
+      _CONFIG.value, "the shipped configs are in configs/ of the repository")
   if config is None:
     raise app.UsageError("--config is required")
   logging.set_verbosity(logging.WARNING)  # Orbax logs every checkpoint step at INFO.

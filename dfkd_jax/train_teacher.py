@@ -277,20 +277,22 @@ def _given_normalization(config: ml_collections.ConfigDict, spec: data.DatasetSp
   return (spec.mean, spec.std) if spec.mean else None
 
 
+def parse_flags(argv: Sequence[str]) -> Sequence[str]:
+  """The flags, a bad config file, argument or field as one line, as ``train`` does
+  (:func:`dfkd_jax.run_config.parse_flags`)."""
+  return run_config.parse_flags(
+      argv, fields="a teacher config's fields are those of "
+      "dfkd_jax.train_teacher.default_config(), see docs/config_fields.md")
+
+
 def main(argv: Sequence[str]) -> None:
-  config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
+  workdir = flags.FLAGS.workdir
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  config = run_config.loaded_config(
+      flags.FLAGS.config, "the teacher configs are in configs/teacher/ of the repository")
   if config is None or not workdir:
     raise app.UsageError("--config and --workdir are required")
-  try:
-    config.keys()  # A file that failed to load is a stand-in that raises on first use.
-  except OSError as e:
-    path = config_flags.get_config_filename(flags.FLAGS["config"]).split(":")[0]
-    if not os.path.isfile(path):
-      raise SystemExit(f"error: --config={path}: no such file (from {os.getcwd()}); the "
-                       "teacher configs are in configs/teacher/ of the repository") from None
-    raise SystemExit(f"error: {' '.join(str(e).split())}") from None
   logging.set_verbosity(logging.WARNING)  # As train: orbax logs every save at INFO.
   sys.stdout.reconfigure(line_buffering=True)  # Progress lines reach a log file at once.
   try:
@@ -310,4 +312,4 @@ if __name__ == "__main__":
       "config", None, "Teacher config file, e.g. configs/teacher/mnist.py.",
       lock_config=True)
   flags.DEFINE_string("workdir", None, "Teacher directory to create.")
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -2,6 +2,7 @@
 
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -133,3 +134,34 @@ def test_cli_refuses_existing_teacher_without_traceback(digits_teacher):
   assert result.returncode != 0
   assert "already holds a teacher" in result.stderr
   assert "Traceback" not in result.stderr
+
+
+# (command-line arguments after --config=configs/teacher/, the one line's pattern).
+BAD_CLI_CONFIGS = [
+    (["digits.py", "--config.num_epochz=3"], r"^error: in --config: 'num_epochz' Did you "
+     r"mean \"num_epochs\" instead of \"num_epochz\"\? \(a teacher config's fields are "
+     r"those of dfkd_jax.train_teacher.default_config\(\)"),
+    (["digits.py:resnet18"], r"^error: --config=.*digits.py:resnet18: this config file "
+     r"takes no ':ARG' \(only --config.FIELD=VALUE overrides\); see --help$"),
+    (["cifar10.py:resnet99"], r"^error: --config=.*cifar10.py:resnet99: unknown model "
+     r"'resnet99' for cifar10.py; valid: resnet34, resnet18, .*; see --help$"),
+    (["cifar10.py:arch=resnet18"], r"^error: --config=.*: config argument 'arch=resnet18'"
+     r": the accepted forms are :MODEL and :model=MODEL"),
+]
+
+
+@pytest.mark.parametrize("args, match", BAD_CLI_CONFIGS,
+                         ids=["misspelt_field", "argument_to_none", "unknown_model",
+                              "other_key"])
+def test_cli_bad_config_field_or_argument_is_one_line_as_train_gives(args, match,
+                                                                      tmp_path):
+  config, *overrides = args
+  result = subprocess.run(
+      [sys.executable, "-m", "dfkd_jax.train_teacher", f"--config={CONFIGS / config}",
+       f"--workdir={tmp_path / 'teacher'}", *overrides],
+      capture_output=True, text=True, timeout=300, check=False,
+      env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)))
+  assert result.returncode == 1
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and re.search(match, lines[0]), result.stderr
+  assert not (tmp_path / "teacher").exists()
