@@ -53,7 +53,7 @@ import dataclasses
 import os
 import pathlib
 import sys
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -101,6 +101,7 @@ class Row:
   student_steps_per_second: Stat | None
   acc_sel: Stat | None = None     # Over the runs that record a selection.
   acc_last: Stat | None = None    # Shown beside Acc_sel.
+  planned_epochs: tuple[int | None, ...] = ()  # config.num_epochs of each run.
 
 
 def _optional_stat(values) -> Stat | None:
@@ -131,7 +132,8 @@ def table_row(method: str, runs: Sequence[study_runs.Run]) -> Row:
                  r.student_steps_per_second for r in runs),
              acc_sel=_optional_stat(r.selected_accuracy for r in runs),
              acc_last=_optional_stat(r.acc_last for r in runs
-                                     if r.selected_accuracy is not None))
+                                     if r.selected_accuracy is not None),
+             planned_epochs=tuple(r.planned_epochs for r in runs))
 
 
 def table_rows(by_method: Mapping[str, Sequence[study_runs.Run]]) -> list[Row]:
@@ -179,9 +181,14 @@ def seeds_text(seeds: Sequence[int]) -> str:
   return f"{len(seeds)} ({'seed' if len(seeds) == 1 else 'seeds'} {', '.join(parts)})"
 
 
-def _epochs_text(epochs: Sequence[int]) -> str:
-  lo, hi = min(epochs), max(epochs)
-  return str(lo) if lo == hi else f"{lo}-{hi}"
+def _epochs_text(row: Row) -> str:
+  """The Epochs cell: ``12``, ``10-12``; an unfinished row's also ``of 12``."""
+  lo, hi = min(row.epochs), max(row.epochs)
+  text = str(lo) if lo == hi else f"{lo}-{hi}"
+  planned = sorted({p for p in row.planned_epochs if p is not None})
+  if row.method.endswith(study_runs.UNFINISHED) and planned:
+    text += f" of {'/'.join(map(str, planned))}"
+  return text
 
 
 def markdown_table(rows: Sequence[Row]) -> str:
@@ -195,7 +202,7 @@ def markdown_table(rows: Sequence[Row]) -> str:
       "Student steps/s"]
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for row in rows:
-    cells = [row.method, seeds_text(row.seeds), _epochs_text(row.epochs)]
+    cells = [row.method, seeds_text(row.seeds), _epochs_text(row)]
     for p in percentiles:
       cells += [format_stat(row.evolution[p][0]), format_stat(row.evolution[p][1])]
     cells += [format_stat(row.acc_max)]
@@ -248,6 +255,21 @@ def _write_csv(path: pathlib.Path, records: Sequence[Mapping[str, Any]]) -> None
     writer.writerows(records)
 
 
+def _unfinished_note(by_method: Mapping[str, Sequence[study_runs.Run]]) -> list[str]:
+  """The warning under Table 1 when some runs are unfinished (no lines when none)."""
+  unfinished = [r for rs in by_method.values() for r in rs if r.unfinished]
+  if not unfinished:
+    return []
+  listed = "; ".join(f"{r.method.removesuffix(study_runs.UNFINISHED)} seed {r.seed}: "
+                     f"{r.num_epochs} of {r.planned_epochs} epochs"
+                     for r in unfinished)
+  return [f"**Warning: {len(unfinished)} unfinished run(s)** ({listed}): stopped early, "
+          "killed or still running. They have rows of their own, marked (unfinished), "
+          "and enter no statistic of the finished runs (mean ± std, paired differences, "
+          "selection): a shorter curve's Acc_max, epoch percentiles and last epoch are "
+          "not a finished run's. Rerun the same command to finish them.", ""]
+
+
 def write_paired(grouped: Mapping[str, Mapping[str, Sequence[study_runs.Run]]],
                  pairs: Sequence[tuple[str, str]],
                  out: pathlib.Path, interval: str = "t") -> list[pathlib.Path]:
@@ -292,7 +314,8 @@ def write_paired(grouped: Mapping[str, Mapping[str, Sequence[study_runs.Run]]],
 
 def write_report(workdirs: Iterable[str | os.PathLike], out_dir: str | os.PathLike,
                  pairs: Sequence[tuple[str, str]] | None = None,
-                 interval: str = "t") -> dict[str, Any]:
+                 interval: str = "t",
+                 log: Callable[[str], None] = print) -> dict[str, Any]:
   """Loads the runs under ``workdirs`` and writes the tables and figures to ``out_dir``.
 
   Args:
@@ -303,6 +326,7 @@ def write_report(workdirs: Iterable[str | os.PathLike], out_dir: str | os.PathLi
       skipped), while every method of given pairs must have runs.
     interval: the paired differences' interval, ``"t"`` or ``"bootstrap"``
       (:func:`dfkd_jax.paired_stats.paired_difference`).
+    log: receives the warnings (runs left out, unfinished runs, broken links).
 
   Returns:
     ``{"runs": [...], "files": [written paths]}``.
@@ -314,7 +338,11 @@ def write_report(workdirs: Iterable[str | os.PathLike], out_dir: str | os.PathLi
   if interval not in paired_stats.INTERVALS:
     raise ValueError(f"unknown interval {interval!r}; valid: "
                      f"{', '.join(paired_stats.INTERVALS)}")
-  runs = study_runs.load_runs(workdirs)
+  out = pathlib.Path(out_dir)
+  if out.exists() and not out.is_dir():
+    raise ValueError(f"--out={out_dir} is a file, not a folder; pass a folder to write "
+                     "the tables and figures in (it is created)")
+  runs = study_runs.load_runs(workdirs, log)
   if pairs is None:
     pairs = paired_stats.DEFAULT_PAIRS
   else:
@@ -325,7 +353,6 @@ def write_report(workdirs: Iterable[str | os.PathLike], out_dir: str | os.PathLi
                        f"methods are {sorted(known, key=study_runs.method_sort_key)}")
   grouped = study_runs.group_runs(runs)
   tables = {dataset: table_rows(by_method) for dataset, by_method in grouped.items()}
-  out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
   written = []
 
@@ -344,6 +371,7 @@ def write_report(workdirs: Iterable[str | os.PathLike], out_dir: str | os.PathLi
     if teacher is not None:
       md += [f"Teacher test accuracy: {format_stat(teacher)}%.", ""]
     md += [markdown_table(rows)]
+    md += _unfinished_note(by_method)
     uneven = [row.method for row in rows if len(set(row.epochs)) > 1]
     if uneven:
       md += [f"Runs of {', '.join(uneven)} have different epoch counts; their curves "
@@ -371,8 +399,9 @@ def write_report(workdirs: Iterable[str | os.PathLike], out_dir: str | os.PathLi
       else:
         md += [f"No run logs {name} (no {title.lower()} figure).", ""]
     md += ["Runs:", ""]
-    md += [f"- `{r.method}` seed {r.seed}: {r.num_epochs} epochs, `{_shown(r.path)}`"
-           for rs in by_method.values() for r in rs]
+    md += [f"- `{r.method}` seed {r.seed}: {r.num_epochs}"
+           f"{f' of {r.planned_epochs}' if r.unfinished else ''} epochs, "
+           f"`{_shown(r.path)}`" for rs in by_method.values() for r in rs]
     md.append("")
 
   paired = write_paired(grouped, pairs, out, interval)
@@ -412,7 +441,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   try:
     pairs = None if args.pairs is None else paired_stats.parse_pairs(args.pairs)
     result = write_report(args.workdirs, args.out, pairs, args.interval)
-  except (FileNotFoundError, ValueError) as e:
+  except (OSError, ValueError) as e:  # OSError: a missing run, permissions, a full disk.
     print(f"error: {e}", file=sys.stderr)
     return 1
   print(f"{len(result['runs'])} runs -> " + ", ".join(str(p) for p in result["files"]))

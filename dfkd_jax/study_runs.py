@@ -2,8 +2,10 @@
 grouped by dataset and method, for :mod:`dfkd_jax.report`.
 
 A directory that holds ``summary.json`` is one run; any other directory is searched
-recursively; ``LABEL=DIR`` names the runs under ``DIR`` ``LABEL`` instead of their
-method (an ablation gets its own row). Replicas marked failed are left out, named.
+recursively, symbolic links followed; ``LABEL=DIR`` names the runs under ``DIR``
+``LABEL`` instead of their method (an ablation gets its own row). Replicas marked failed
+are left out, named; unfinished runs (fewer epochs than their config asks for) get rows
+of their own, ``METHOD (unfinished)``, with a warning.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import numpy as np
 from dfkd_jax import summary as summary_lib
 
 SUMMARY_FILE = summary_lib.SUMMARY_FILE
+#: What the method of an unfinished run gets (:func:`load_runs`): its own row.
+UNFINISHED = " (unfinished)"
 #: Row order of the table and legend order of the figures (LRA Table 1 order, then the
 #: rest of the presets); methods not listed follow in alphabetical order.
 METHOD_ORDER = ("dafl", "dfad", "zskt", "dfq", "dfkd", "mb_dfkd", "pre_dfkd", "mad",
@@ -46,6 +50,8 @@ class Run:
     criterion: that criterion, or ``None``.
     criteria: per criterion its per-epoch values (NaN where not measured).
     collapsed: why the run is collapsed, or ``None``.
+    planned_epochs: the epochs its config asks for (``config.num_epochs``), or ``None``
+      where the summary does not record it.
   """
 
   path: pathlib.Path
@@ -63,10 +69,16 @@ class Run:
   criterion: str | None = None
   criteria: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
   collapsed: str | None = None
+  planned_epochs: int | None = None
 
   @property
   def num_epochs(self) -> int:
     return int(self.test_accuracy.size)
+
+  @property
+  def unfinished(self) -> bool:
+    """Fewer epochs than its config asks for: stopped early, killed or still running."""
+    return self.planned_epochs is not None and self.num_epochs < self.planned_epochs
 
   @property
   def acc_last(self) -> float:
@@ -79,11 +91,14 @@ class Run:
 # ---------------------------------------------------------------------------
 
 
-def find_summaries(workdirs: Iterable[str | os.PathLike]) -> list[pathlib.Path]:
+def find_summaries(workdirs: Iterable[str | os.PathLike],
+                   log: Callable[[str], None] = print) -> list[pathlib.Path]:
   """The ``summary.json`` files of ``workdirs``, in a stable order, without duplicates.
 
   A directory that holds ``summary.json`` is one run; any other directory is searched
-  recursively; a path to a ``summary.json`` file is taken as it is.
+  recursively, following symbolic links (a folder of links to runs kept elsewhere; a
+  link back up the tree is not followed twice); a path to a ``summary.json`` file is
+  taken as it is. A link to nothing is skipped with a line to ``log``.
 
   Raises:
     FileNotFoundError: a path does not exist or holds no ``summary.json``.
@@ -95,7 +110,7 @@ def find_summaries(workdirs: Iterable[str | os.PathLike]) -> list[pathlib.Path]:
       paths = [path]
     elif path.is_dir():
       paths = ([path / SUMMARY_FILE] if (path / SUMMARY_FILE).is_file()
-               else sorted(path.rglob(SUMMARY_FILE)))
+               else _summaries_below(path, log))
     elif path.exists():
       raise FileNotFoundError(f"{path} is neither a run directory nor a {SUMMARY_FILE} "
                               "file")
@@ -107,6 +122,27 @@ def find_summaries(workdirs: Iterable[str | os.PathLike]) -> list[pathlib.Path]:
     for p in paths:
       found.setdefault(p.resolve(), None)
   return list(found)
+
+
+def _summaries_below(root: pathlib.Path,
+                     log: Callable[[str], None]) -> list[pathlib.Path]:
+  """Every ``summary.json`` below ``root``, symbolic links followed, each folder once."""
+  found, seen = [], set()
+  for folder, dirs, files in os.walk(root, followlinks=True):
+    real = os.path.realpath(folder)
+    if real in seen:  # A link to a folder already searched (or to an ancestor).
+      dirs[:] = []
+      continue
+    seen.add(real)
+    dirs.sort()
+    for name in sorted(dirs + files):
+      entry = os.path.join(folder, name)
+      if os.path.islink(entry) and not os.path.exists(entry):
+        log(f"warning: skipped {entry}: a symbolic link to {os.readlink(entry)}, "
+            "which does not exist")
+    if SUMMARY_FILE in files:
+      found.append(pathlib.Path(folder) / SUMMARY_FILE)
+  return sorted(found)
 
 
 def parse_summary(data: Any, path: str | os.PathLike) -> Run:
@@ -146,7 +182,12 @@ def _run(summary: summary_lib.Summary, path) -> Run:
              criteria={k: np.array([np.nan if v is None else v for v in values],
                                    np.float64)
                        for k, values in summary.criteria.items()},
-             collapsed=summary.collapsed)
+             collapsed=summary.collapsed, planned_epochs=_planned_epochs(summary))
+
+
+def _planned_epochs(summary: summary_lib.Summary) -> int | None:
+  planned = summary.config.get("num_epochs") if isinstance(summary.config, dict) else None
+  return planned if isinstance(planned, int) and not isinstance(planned, bool) else None
 
 
 _LABEL = re.compile(r"^([A-Za-z][A-Za-z0-9_.+-]*)=(.+)$")
@@ -172,7 +213,11 @@ def load_runs(workdirs: Iterable[str | os.PathLike],
   names its runs ``LABEL`` instead of their method (:func:`split_label`).
 
   A replica marked ``failed`` (its loss became NaN/Inf, docs/contracts.md) is left out
-  of the tables, with a line naming it and why: its curve stops early.
+  of the tables, with a line naming it and why: its curve stops early. An unfinished
+  run (fewer epochs than its ``config.num_epochs``: stopped early, killed or still
+  running) is kept apart, as the method ``METHOD (unfinished)``, with a warning line:
+  its Acc_max, epoch percentiles and last epoch are those of a shorter curve, so it
+  enters no statistic (mean, std, paired difference, selection) of the finished runs.
 
   Raises:
     FileNotFoundError, ValueError: as :func:`find_summaries` and :func:`load_summary`;
@@ -181,7 +226,7 @@ def load_runs(workdirs: Iterable[str | os.PathLike],
   runs, loaded = [], set()
   for workdir in workdirs:
     label, workdir = split_label(workdir)
-    for path in find_summaries([workdir]):
+    for path in find_summaries([workdir], log):
       if path in loaded:
         continue
       loaded.add(path)
@@ -191,7 +236,13 @@ def load_runs(workdirs: Iterable[str | os.PathLike],
             f"{summary.epochs_completed} epoch(s)")
         continue
       run = _run(summary, path)
-      runs.append(run if label is None else dataclasses.replace(run, method=label))
+      run = run if label is None else dataclasses.replace(run, method=label)
+      if run.unfinished:
+        log(f"warning: {path} is unfinished: {run.num_epochs} of {run.planned_epochs} "
+            "epochs (stopped early, or still running); it has its own row, "
+            f"{run.method + UNFINISHED!r}, outside the statistics of {run.method!r}")
+        run = dataclasses.replace(run, method=run.method + UNFINISHED)
+      runs.append(run)
   seen: dict[tuple[str, str, int], pathlib.Path] = {}
   for run in runs:
     key = (run.dataset, run.method, run.seed)
@@ -207,11 +258,13 @@ def load_runs(workdirs: Iterable[str | os.PathLike],
 # ---------------------------------------------------------------------------
 
 
-def method_sort_key(method: str) -> tuple[int, str]:
-  """Position of ``method`` in :data:`METHOD_ORDER`; unknown names after, by name."""
-  if method in METHOD_ORDER:
-    return (METHOD_ORDER.index(method), "")
-  return (len(METHOD_ORDER), method)
+def method_sort_key(method: str) -> tuple[int, str, bool]:
+  """Position of ``method`` in :data:`METHOD_ORDER`; unknown names after, by name; the
+  unfinished runs of a method right after it."""
+  base = method.removesuffix(UNFINISHED)
+  if base in METHOD_ORDER:
+    return (METHOD_ORDER.index(base), "", method != base)
+  return (len(METHOD_ORDER), base, method != base)
 
 
 def group_runs(runs: Sequence[Run]) -> dict[str, dict[str, list[Run]]]:

@@ -4,6 +4,7 @@ import csv
 import dataclasses
 import json
 import math
+import os
 import pathlib
 import subprocess
 import sys
@@ -276,7 +277,7 @@ def test_reads_what_the_trainer_writes(tmp_path):
   from dfkd_jax import run_outputs  # pylint: disable=g-import-not-at-top
   for seed, acc in enumerate(([50.0, 70.0, 60.0], [55.0, 65.0, 75.0])):
     config = experiment.default_config()
-    config.method, config.seed = "mb_dfkd", seed
+    config.method, config.seed, config.num_epochs = "mb_dfkd", seed, len(acc)
     history = run_outputs.History(teacher_accuracy=98.0, test_accuracy=acc,
                               alignment=[None, 0.25, -0.5], student_steps_per_second=3.0)
     write(tmp_path / "runs", f"s{seed}", run_outputs.summary(config, history).to_json())
@@ -619,7 +620,7 @@ def test_report_marks_cells_by_holm_adjusted_p_over_the_whole_report(tmp_path):
   p >= 0.05 over the report's family (every dataset x pair x column); only the adjusted
   p marks, and cells not marked show their minimum detectable difference."""
   shifted_runs(tmp_path / "runs", shift=0.6, noise=1.0, rng_seed=0)
-  for seed in range(3):  # A large difference on another dataset: the same family.
+  for seed in range(5):  # A large difference on another dataset: the same family.
     write_run(tmp_path / "runs", "dfkd", seed, [50.0 + seed] * EPOCHS, dataset="cifar10")
     write_run(tmp_path / "runs", "lra_mb", seed, [60.0 + 1.1 * seed] * EPOCHS,
               dataset="cifar10")
@@ -633,7 +634,8 @@ def test_report_marks_cells_by_holm_adjusted_p_over_the_whole_report(tmp_path):
   np.testing.assert_allclose([float(r["holm_p"]) for r in records],
                              paired_stats.holm(t_p))
   for r in records:
-    assert r["significant"] == str(int(float(r["holm_p"]) < 0.05)), r
+    assert r["significant"] == str(int(float(r["holm_p"]) < 0.05
+                                       and int(r["n"]) >= paired_stats.FEW_SEEDS)), r
     np.testing.assert_allclose(
         float(r["min_detectable_difference"]),
         paired_stats.minimum_detectable_difference(float(r["sd_difference"]), int(r["n"])))
@@ -728,3 +730,101 @@ def test_accuracy_figures_draw_the_teacher_line(tmp_path):
   finally:
     figures.curve_figure = original
   assert [t for _, t in calls] == [99.0, 99.0, None], calls
+
+
+# ---------------------------------------------------------------------------
+# Run folders as users keep them (issue 37, item 9): links, unfinished runs, few seeds.
+# ---------------------------------------------------------------------------
+
+
+def write_planned(folder, method, seed, acc, planned):
+  """A trainer's summary.json of a run whose config asks for ``planned`` epochs."""
+  folder = pathlib.Path(folder)
+  folder.mkdir(parents=True, exist_ok=True)
+  summary_lib.Summary.of_run(
+      method=method, dataset="digits", seed=seed, teacher_accuracy=99.0,
+      test_accuracy=[float(a) for a in acc], alignment=[None] * len(acc),
+      student_steps_per_second=1.0,
+      config={"method": method, "seed": seed, "num_epochs": planned},
+  ).write(folder / report.SUMMARY_FILE)
+
+
+def run_report(*args, cwd):
+  return subprocess.run([sys.executable, "-m", "dfkd_jax.report", *map(str, args)],
+                        cwd=cwd, capture_output=True, text=True, timeout=300,
+                        check=False, env=dict(os.environ, PYTHONPATH=str(REPO)))
+
+
+def test_symlinked_run_folders_are_followed_once_and_dead_links_named(tmp_path):
+  runs, elsewhere = tmp_path / "runs", tmp_path / "elsewhere"
+  for seed in range(3):
+    write_planned(runs / f"dfkd_s{seed}", "dfkd", seed, [40.0, 50.0 + seed], 2)
+    write_planned(elsewhere / f"lra_mb_s{seed}", "lra_mb", seed, [60.0, 70.0 + seed], 2)
+    (runs / f"lra_mb_s{seed}").symlink_to(elsewhere / f"lra_mb_s{seed}")
+  write_planned(elsewhere / "more" / "mb_dfkd_s0", "mb_dfkd", 0, [50.0, 55.0], 2)
+  (runs / "more").symlink_to(elsewhere / "more")  # A linked folder of runs.
+  (runs / "loop").symlink_to(runs)                # A link back up the tree.
+  (runs / "moved").symlink_to(tmp_path / "gone")  # A link to nothing.
+  proc = run_report(runs, "--out", tmp_path / "out", cwd=tmp_path)
+  assert proc.returncode == 0, proc.stderr
+  assert proc.stdout.strip().splitlines()[-1].startswith("7 runs -> ")
+  assert f"warning: skipped {runs / 'moved'}: a symbolic link to {tmp_path / 'gone'}, " \
+         "which does not exist" in proc.stdout
+  rows = markdown_rows((tmp_path / "out" / report.TABLE_MARKDOWN).read_text())
+  assert (rows["dfkd"][1], rows["lra_mb"][1], rows["mb_dfkd"][1]) == (
+      "3 (seeds 0-2)", "3 (seeds 0-2)", "1 (seed 0)")
+
+
+def test_unfinished_runs_are_marked_and_enter_no_statistic_of_the_finished(tmp_path):
+  runs = tmp_path / "runs"
+  for seed in range(6):  # Seed 4 stopped after 4 of 6 epochs, seed 5 was killed after 1.
+    epochs = {4: 4, 5: 1}.get(seed, 6)
+    write_planned(runs / f"lra_mb_s{seed}", "lra_mb", seed,
+                  [60.0 + 2 * e + seed for e in range(epochs)], 6)
+    write_planned(runs / f"mb_dfkd_s{seed}", "mb_dfkd", seed,
+                  [50.0 + 2 * e + seed for e in range(6)], 6)
+  proc = run_report(runs, "--out", tmp_path / "out", cwd=tmp_path)
+  assert proc.returncode == 0, proc.stderr
+  for seed, epochs in ((4, 4), (5, 1)):
+    assert (f"warning: {runs / f'lra_mb_s{seed}' / report.SUMMARY_FILE} is unfinished: "
+            f"{epochs} of 6 epochs") in proc.stdout
+  text = (tmp_path / "out" / report.TABLE_MARKDOWN).read_text()
+  rows = markdown_rows(text)
+  assert rows["lra_mb"][1:3] == ["4 (seeds 0-3)", "6"]
+  assert rows["lra_mb"][13] == f"71.50 ± {sample_std([70.0, 71.0, 72.0, 73.0]):.2f}"
+  assert rows["lra_mb (unfinished)"][1:3] == ["2 (seeds 4, 5)", "1-4 of 6"]
+  assert "**Warning: 2 unfinished run(s)** (lra_mb seed 4: 4 of 6 epochs; lra_mb seed 5:" \
+         " 1 of 6 epochs)" in text
+  assert "- `lra_mb (unfinished)` seed 5: 1 of 6 epochs" in text
+  records = paired_records(tmp_path / "out")  # Paired over the finished seeds only.
+  assert records["lra_mb", "mb_dfkd", "acc_max"]["seeds"] == "0 1 2 3"
+
+
+@pytest.mark.parametrize("seeds, marked", [(2, False), (4, False), (5, True)])
+def test_no_cell_is_bold_below_the_n_the_caveat_calls_descriptive(tmp_path, seeds,
+                                                                   marked):
+  for seed in range(seeds):  # lra_mb 20 points above mb_dfkd on every seed.
+    noise = 0.01 * seed * (-1) ** seed
+    write_planned(tmp_path / "runs" / f"a{seed}", "lra_mb", seed,
+                  [70.0 + seed, 90.0 + seed + noise], 2)
+    write_planned(tmp_path / "runs" / f"b{seed}", "mb_dfkd", seed,
+                  [50.0 + seed, 70.0 + seed - noise], 2)
+  report.write_report([tmp_path / "runs"], tmp_path / "out")
+  rec = paired_records(tmp_path / "out")["lra_mb", "mb_dfkd", "acc_max"]
+  assert float(rec["holm_p"]) < 0.05 and rec["significant"] == str(int(marked))
+  text = (tmp_path / "out" / report.PAIRED_MARKDOWN).read_text()
+  row = next(l for l in text.splitlines() if l.startswith("| Acc_max"))
+  assert ("| **+20." in row) == marked, row
+  caveat = f"Only n = {seeds} shared seeds" in text  # "Read this pair as descriptive".
+  assert caveat == (seeds < paired_stats.FEW_SEEDS) and caveat != marked
+
+
+def test_an_out_that_is_a_file_is_one_line(tmp_path):
+  write_planned(tmp_path / "runs" / "s0", "dfkd", 0, [50.0], 1)
+  (tmp_path / "out.md").write_text("mine")
+  proc = run_report(tmp_path / "runs", "--out", tmp_path / "out.md", cwd=tmp_path)
+  assert proc.returncode == 1
+  assert proc.stderr.strip() == (f"error: --out={tmp_path / 'out.md'} is a file, not a "
+                                 "folder; pass a folder to write the tables and figures "
+                                 "in (it is created)")
+  assert (tmp_path / "out.md").read_text() == "mine"
