@@ -19,7 +19,9 @@ variance of the per-epoch accuracy above each epoch percentile) the per-seed dif
   cell of one ``paired.md``, i.e. every dataset x every pair x every Table 1 column in
   it (:func:`adjust`). This is the p that marks a cell significant (adjusted ``p <``
   :data:`SIGNIFICANCE_LEVEL`): the chance that any null cell of the report comes out
-  marked is at most 5%, where uncorrected about one null cell in twenty would;
+  marked is at most 5%, where uncorrected about one null cell in twenty would. A pair
+  of fewer than :data:`FEW_SEEDS` shared seeds is descriptive (its caveat says so) and
+  never marked, whatever its p;
 * the two-sided Wilcoxon signed-rank p-value (:func:`scipy.stats.wilcoxon`, exact for
   small ``n`` without ties or zero differences), shown alongside, unadjusted. It is not
   the marking test because with ``n`` seeds its smallest possible two-sided exact p is
@@ -118,7 +120,9 @@ class Difference:
 
   @property
   def significant(self) -> bool:
-    return self.adjusted_p < SIGNIFICANCE_LEVEL
+    """Marked: Holm-adjusted p < 0.05 over at least :data:`FEW_SEEDS` pairs; fewer are
+    descriptive (:func:`few_seeds_caveat`) and never marked, whatever their p."""
+    return self.n >= FEW_SEEDS and self.adjusted_p < SIGNIFICANCE_LEVEL
 
 
 def t_interval(d: np.ndarray, confidence: float = CONFIDENCE) -> tuple[float, float]:
@@ -391,8 +395,9 @@ def description(num_cells: int, interval: str = "t") -> str:
           f"mean over seeds of A − B; {how}. The two-sided paired t-test p is adjusted "
           f"by Holm's method over the family of this report: all {num_cells} cells "
           "below (every dataset × pair × Table 1 column). A difference is marked "
-          f"**bold** * when its Holm-adjusted p < {SIGNIFICANCE_LEVEL}, so the chance "
-          f"that any null cell is marked is at most {SIGNIFICANCE_LEVEL}. MDD is the "
+          f"**bold** * when its Holm-adjusted p < {SIGNIFICANCE_LEVEL} and n >= "
+          f"{FEW_SEEDS} (a pair of fewer seeds is descriptive: never marked), so the "
+          f"chance that any null cell is marked is at most {SIGNIFICANCE_LEVEL}. MDD is the "
           f"minimum detectable difference of a cell not marked: the true difference a "
           f"paired t-test at {SIGNIFICANCE_LEVEL} (two-sided, unadjusted) would detect "
           f"with {POWER:.0%} power at this n, if the differences' standard deviation "

@@ -149,7 +149,9 @@ def markdown(table: Sequence[Row]) -> str:
            "reads no label). vs last = the paired difference regret(criterion) − "
            "regret(last) over the same runs (negative: better than keeping the last "
            "epoch), [95% t interval] p / p_H, p_H Holm-adjusted over the table's "
-           f"{cells} criterion-vs-last cells; **bold**: p_H < 0.05. ρ = Spearman rank "
+           f"{cells} criterion-vs-last cells; **bold**: p_H < 0.05 over "
+           f"{paired_stats.FEW_SEEDS} or more runs (fewer are descriptive, never bold). "
+           "ρ = Spearman rank "
            "correlation of the criterion with the test accuracy over a run's epochs "
            "(mean ± std over runs where defined). last = the last epoch, the baseline; "
            f"'{ALL_METHODS}' pools every run (the criteria all methods record).",
