@@ -84,6 +84,65 @@ class NoFeatures(nn.Module):
     return nn.Dense(self.num_classes)(x.reshape(x.shape[0], -1))
 
 
+class _Flat(nn.Module):
+  """A linear classifier on the flattened image; ``features=True`` as the contract says."""
+
+  num_classes: int
+
+  def logits_and_features(self, x):
+    penultimate = x.reshape(x.shape[0], -1)
+    logits = nn.Dense(self.num_classes, name="fc")(penultimate)
+    return logits, models.ClassifierFeatures(penultimate, ())
+
+
+class EvalTuple(_Flat):
+  """Returns ``(logits, penultimate)`` in eval mode, logits alone in train mode."""
+
+  @nn.compact
+  def __call__(self, x, train: bool = False, features: bool = False):
+    logits, feats = self.logits_and_features(x)
+    if features:
+      return logits, feats
+    return logits if train else (logits, feats.penultimate)
+
+
+class EvalExtraLogit(_Flat):
+  """Adds a "background" logit in eval mode only: ``[N, num_classes + 1]``."""
+
+  @nn.compact
+  def __call__(self, x, train: bool = False, features: bool = False):
+    logits, feats = self.logits_and_features(x)
+    if features or train:
+      return (logits, feats) if features else logits
+    return jnp.concatenate([logits, jnp.full_like(logits[:, :1], 1e3)], axis=1)
+
+
+class FixedBatch(nn.Module):
+  """Reshapes to the batch of 2 it was written for (a PyTorch ``x.view(2, -1)``)."""
+
+  num_classes: int
+
+  @nn.compact
+  def __call__(self, x, train: bool = False, features: bool = False):
+    penultimate = x.reshape(2, -1)
+    logits = nn.Dense(self.num_classes, name="fc")(penultimate)
+    if features:
+      return logits, models.ClassifierFeatures(penultimate, ())
+    return logits
+
+
+class FixedBatchGenerator(nn.Module):
+  """Reshapes its images to the batch of 2 it was written for."""
+
+  latent_dim: int
+  image_shape: tuple[int, int, int]
+
+  @nn.compact
+  def __call__(self, z, train: bool = True):
+    h, w, c = self.image_shape
+    return nn.Dense(h * w * c, name="fc")(z).reshape(2, h, w, c)
+
+
 class PlainClass:
   """Not a Flax module."""
 

@@ -7,6 +7,7 @@ every broken contract is one line, raised before anything compiles.
 """
 
 import json
+import os
 import pathlib
 import re
 import subprocess
@@ -28,7 +29,7 @@ from dfkd_jax import run_config
 from dfkd_jax import teacher as teacher_lib
 from dfkd_jax import train_teacher
 from dfkd_jax import trainer
-from test_trainer import REPO, teacher_dir, tiny_config  # pylint: disable=unused-import
+from test_trainer import REPO, cli_args, teacher_dir, tiny_config  # pylint: disable=unused-import
 
 TESTS = pathlib.Path(__file__).resolve().parent
 DIGITS = (8, 8, 1)
@@ -108,6 +109,20 @@ BAD_CONTRACTS = [
      r"\(TypeError: .*unexpected keyword argument 'train'\); a classifier takes "),
     ("student", "own_models:NoFeatures", r"model\(x, features=True\) must return "
      r"\(logits \[N, 10\], dfkd_jax.models.ClassifierFeatures"),
+    # Eval mode (the test accuracy, the probe, export) and a second batch size (issue 37,
+    # item 8): these passed the check, then failed or read 0% at the first epoch end.
+    ("student", "own_models:EvalTuple", r"model\(x, train=False\) on a dummy input "
+     r"\[2, 8, 8, 1\] returned a tuple of 2 \(\(2, 10\), \(2, 64\)\), not logits "
+     r"\(2, 10\) = \(batch, num_classes\) in eval mode, as the test accuracy"),
+    ("student", "own_models:EvalExtraLogit", r"model\(x, train=False\) on a dummy input "
+     r"\[2, 8, 8, 1\] returned \(2, 11\), not logits \(2, 10\) = \(batch, "
+     r"num_classes\) in eval mode"),
+    ("student", "own_models:FixedBatch", r"model\(x, train=True\) on a dummy input "
+     r"\[3, 8, 8, 1\] \(a second batch size, after 2: nothing may depend on the batch "
+     r"size\) failed \(ScopeParamShapeError: "),
+    ("generator", "own_models:FixedBatchGenerator", r"model\(z, train=True\) on a dummy "
+     r"z \[3, 16\] \(a second batch size, after 2: nothing may depend on the batch "
+     r"size\) failed \(TypeError: cannot reshape"),
 ]
 
 
@@ -149,6 +164,31 @@ def test_the_cli_refuses_a_bad_student_in_one_line(tmp_path):
       "classifiers: ")
   assert "dafl_generator" not in proc.stderr
   assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("student, words", [
+    ("own_models:EvalTuple", "model(x, train=False) on a dummy input [2, 8, 8, 1] "
+     "returned a tuple of 2 ((2, 10), (2, 64)), not logits (2, 10)"),
+    ("own_models:EvalExtraLogit", "model(x, train=False) on a dummy input [2, 8, 8, 1] "
+     "returned (2, 11), not logits (2, 10) = (batch, num_classes) in eval mode"),
+    ("own_models:FixedBatch", "model(x, train=True) on a dummy input [3, 8, 8, 1] (a "
+     "second batch size, after 2: nothing may depend on the batch size) failed"),
+])
+def test_the_cli_refuses_a_student_whose_eval_mode_or_batch_size_breaks_the_contract(
+    student, words, teacher_dir, tmp_path):
+  """Issue 37, item 8: these passed the check, then the run failed at the first epoch
+  end (a traceback) or read a wrong accuracy."""
+  config = tiny_config(teacher_dir, "dfkd", num_epochs=1)
+  proc = subprocess.run(
+      cli_args(config, tmp_path / "run") + [f"--config.student={student}"],
+      capture_output=True, text=True, timeout=600, check=False, cwd=tmp_path,
+      env=dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{TESTS}"))
+  assert proc.returncode == 1, proc.stderr[-2000:]
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+  assert lines[0].startswith(f"error: config.student={student!r}: {words}"), lines[0]
+  assert not (tmp_path / "run" / "checkpoints").exists()
+  assert not (tmp_path / "run" / trainer.SUMMARY_FILE).exists()
 
 
 @pytest.fixture(name="own_teacher", scope="module")

@@ -21,8 +21,9 @@ models"):
 The kind is read from those names. :func:`describe` checks what can be checked without
 shapes (importable, a Linen class or factory, the right kind); :func:`check_classifier`
 and :func:`check_generator` run the model abstractly (``jax.eval_shape``: nothing is
-compiled or allocated) on a dummy input of the run's shape. Every failure is one
-``ValueError`` line naming the value and the fix.
+compiled or allocated) on dummy inputs of the run's shape, at two batch sizes, in every
+mode the trainer calls it in (a classifier: train, eval and ``features=True``). Every
+failure is one ``ValueError`` line naming the value, the call and the fix.
 """
 
 from __future__ import annotations
@@ -190,25 +191,56 @@ def _with_stats(variables: dict[str, Any]) -> dict[str, Any]:
 
 
 def _shape(out: Any) -> tuple[int, ...] | str:
-  return tuple(out.shape) if hasattr(out, "shape") else type(out).__name__
+  """A shape, or what ``out`` is instead (``a tuple of 2 ((2, 10), (2, 16))``)."""
+  if hasattr(out, "shape"):
+    return tuple(out.shape)
+  if isinstance(out, (tuple, list)):
+    return (f"a {type(out).__name__} of {len(out)} "
+            f"({', '.join(str(_shape(o)) for o in out)})")
+  return type(out).__name__
 
 
-def _init_and_train_call(module: nn.Module, label: str, arg: str, dummy_input,
-                         dummy: str, contract: str):
-  """``module.init`` then ``module(arg, train=True)``, abstractly: (variables, output)."""
-  variables = _with_stats(_abstract(
+#: The dummy batch the contract check inits a model on, and another: a model whose output
+#: depends on the batch size (a reshape to a fixed batch) fails at the second.
+DUMMY_BATCHES = (2, 3)
+#: The modes the trainer calls a classifier in, and who calls it so (for the error).
+CLASSIFIER_CALLS = ((True, "train mode, as the student's training step calls it"),
+                    (False, "eval mode, as the test accuracy, the probe and export call "
+                     "it"))
+
+
+def _dummy(arg: str, batch: int, shape: Sequence[int]) -> str:
+  text = f"on a dummy {arg} [{batch}, {', '.join(map(str, shape))}]"
+  if batch != DUMMY_BATCHES[0]:
+    text += (f" (a second batch size, after {DUMMY_BATCHES[0]}: nothing may depend on "
+             "the batch size)")
+  return text
+
+
+def _init(module: nn.Module, label: str, dummy_input, dummy: str, contract: str):
+  """``module.init`` (eval mode), abstractly: the variables the calls are checked with."""
+  return _with_stats(_abstract(
       label, f"init {dummy}", contract,
       functools.partial(module.init, train=False), jax.random.key(0), dummy_input))
-  out, _ = _abstract(
-      label, f"model({arg}, train=True) {dummy}", contract,
-      lambda v, a: module.apply(v, a, train=True, mutable=["batch_stats"]),
-      variables, dummy_input)
-  return variables, out
+
+
+def _call(module: nn.Module, variables, label: str, arg: str, dummy_input, dummy: str,
+          contract: str, train: bool) -> Any:
+  """``module(arg, train=train)``, abstractly (train mode updates ``batch_stats``)."""
+
+  def call(v, a):
+    if train:
+      return module.apply(v, a, train=True, mutable=["batch_stats"])[0]
+    return module.apply(v, a, train=False)
+
+  return _abstract(label, f"model({arg}, train={train}) {dummy}", contract, call,
+                   variables, dummy_input)
 
 
 def check_classifier(module: nn.Module, label: str, num_classes: int,
                      input_shape: Sequence[int]) -> None:
-  """Checks a classifier's contract abstractly on a dummy ``[2, H, W, C]`` input.
+  """Checks a classifier's contract abstractly on dummy ``[2, H, W, C]`` and ``[3, H, W,
+  C]`` inputs: in train mode, in eval mode and with ``features=True``.
 
   Args:
     module: the built classifier.
@@ -217,33 +249,50 @@ def check_classifier(module: nn.Module, label: str, num_classes: int,
     input_shape: the run's ``(H, W, C)``.
 
   Raises:
-    ValueError: init or a call fails, or returns the wrong shape or type.
+    ValueError: init or a call fails, or returns the wrong shape or type; the line names
+      the call, its mode and the dummy batch.
   """
-  x = jax.ShapeDtypeStruct((2, *input_shape), jnp.float32)
-  dummy = f"on a dummy input [2, {', '.join(map(str, input_shape))}]"
-  variables, logits = _init_and_train_call(module, label, "x", x, dummy,
-                                           CLASSIFIER_CONTRACT)
-  if _shape(logits) != (2, num_classes):
-    raise ValueError(f"{label}: model(x, train=True) {dummy} returned {_shape(logits)}, "
-                     f"not logits (2, {num_classes}) = (batch, num_classes); "
-                     f"{CLASSIFIER_CONTRACT} ({DOCS})")
+  first = DUMMY_BATCHES[0]
+  variables = _init(module, label,
+                    jax.ShapeDtypeStruct((first, *input_shape), jnp.float32),
+                    _dummy("input", first, input_shape), CLASSIFIER_CONTRACT)
+  for batch in DUMMY_BATCHES:
+    x = jax.ShapeDtypeStruct((batch, *input_shape), jnp.float32)
+    dummy = _dummy("input", batch, input_shape)
+    for train, mode in CLASSIFIER_CALLS:
+      logits = _call(module, variables, label, "x", x, dummy, CLASSIFIER_CONTRACT, train)
+      if _shape(logits) != (batch, num_classes):
+        raise ValueError(
+            f"{label}: model(x, train={train}) {dummy} returned {_shape(logits)}, not "
+            f"logits ({batch}, {num_classes}) = (batch, num_classes) in {mode}; "
+            f"{CLASSIFIER_CONTRACT} ({DOCS})")
+    _check_features(module, variables, label, num_classes, x, dummy)
+
+
+def _check_features(module: nn.Module, variables, label: str, num_classes: int, x,
+                    dummy: str) -> None:
+  """``model(x, train=False, features=True)`` returns logits and ClassifierFeatures."""
   out = _abstract(label, f"model(x, features=True) {dummy}", CLASSIFIER_CONTRACT,
                   lambda v, x: module.apply(v, x, train=False, features=True),
                   variables, x)
-  ok = (isinstance(out, tuple) and len(out) == 2 and _shape(out[0]) == (2, num_classes)
+  batch = x.shape[0]
+  ok = (isinstance(out, tuple) and len(out) == 2
+        and _shape(out[0]) == (batch, num_classes)
         and isinstance(out[1], ClassifierFeatures)
         and len(_shape(out[1].penultimate)) == 2
+        and _shape(out[1].penultimate)[0] == batch
         and all(isinstance(m, BNMoments) for m in out[1].bn_moments))
   if not ok:
     raise ValueError(f"{label}: model(x, features=True) must return (logits [N, "
                      f"{num_classes}], dfkd_jax.models.ClassifierFeatures(penultimate "
                      "[N, D], bn_moments=tuple of what each dfkd_jax.models.BatchNorm "
-                     f"returns)); the generator losses read them ({DOCS})")
+                     f"returns)) {dummy}; the generator losses read them ({DOCS})")
 
 
 def check_generator(module: nn.Module, label: str, latent_dim: int,
                     image_shape: Sequence[int]) -> None:
-  """Checks a generator's contract abstractly on a dummy ``z [2, latent_dim]``.
+  """Checks a generator's contract abstractly on dummy ``z [2, latent_dim]`` and ``z [3,
+  latent_dim]``, in train mode (the mode the trainer samples in).
 
   Args:
     module: the built generator.
@@ -254,10 +303,16 @@ def check_generator(module: nn.Module, label: str, latent_dim: int,
   Raises:
     ValueError: init or the call fails, or returns the wrong shape.
   """
-  z = jax.ShapeDtypeStruct((2, latent_dim), jnp.float32)
-  dummy = f"on a dummy z [2, {latent_dim}]"
-  _, images = _init_and_train_call(module, label, "z", z, dummy, GENERATOR_CONTRACT)
-  want = (2, *image_shape)
-  if _shape(images) != want:
-    raise ValueError(f"{label}: model(z, train=True) {dummy} returned {_shape(images)}, "
-                     f"not images {want}; {GENERATOR_CONTRACT} ({DOCS})")
+  first = DUMMY_BATCHES[0]
+  variables = _init(module, label,
+                    jax.ShapeDtypeStruct((first, latent_dim), jnp.float32),
+                    _dummy("z", first, (latent_dim,)), GENERATOR_CONTRACT)
+  for batch in DUMMY_BATCHES:
+    z = jax.ShapeDtypeStruct((batch, latent_dim), jnp.float32)
+    dummy = _dummy("z", batch, (latent_dim,))
+    images = _call(module, variables, label, "z", z, dummy, GENERATOR_CONTRACT, True)
+    want = (batch, *image_shape)
+    if _shape(images) != want:
+      raise ValueError(f"{label}: model(z, train=True) {dummy} returned "
+                       f"{_shape(images)}, not images {want}; {GENERATOR_CONTRACT} "
+                       f"({DOCS})")
