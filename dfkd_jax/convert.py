@@ -416,6 +416,7 @@ def convert(torch_checkpoint: str | os.PathLike, arch: str, num_classes: int,
     ModuleNotFoundError: torch is not installed.
   """
   models.resolve(arch, "classifier", "--arch")
+  _check_numbers(test_accuracy, channels, check_tolerance)
   parsed = data.get_dataset(dataset)
   dataset_spec, dataset_id = parsed.spec, parsed.id
   if mean is None or std is None:
@@ -449,6 +450,20 @@ def convert(torch_checkpoint: str | os.PathLike, arch: str, num_classes: int,
         f"{result.top1_agreement:.2f}%")
   teacher_lib.save_teacher(out, variables, meta, overwrite=overwrite)
   return meta
+
+
+def _check_numbers(test_accuracy: float | None, channels: int | None,
+                   check_tolerance: float) -> None:
+  """Raises ``ValueError`` for a number flag no teacher can have, naming it."""
+  if test_accuracy is not None and not 0.0 <= test_accuracy <= 100.0:
+    raise ValueError(f"--test_accuracy={test_accuracy:g} must be a percentage in [0, "
+                     "100] (the published test accuracy), or leave it out")
+  if channels is not None and channels < 1:
+    raise ValueError(f"--channels={channels} must be at least 1 (1 for grayscale, 3 "
+                     "for RGB), or leave it out for the dataset's")
+  if not 0.0 < check_tolerance < float("inf"):
+    raise ValueError(f"--check_tolerance={check_tolerance:g} must be a finite number > "
+                     f"0 (default {DEFAULT_CHECK_TOLERANCE:g})")
 
 
 def _check_fits(meta: teacher_lib.TeacherMeta) -> None:

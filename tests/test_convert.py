@@ -371,3 +371,26 @@ def test_cli_errors_are_one_line(case, tmp_path):
     assert 'pip install -e ".[convert]"' in lines[0]
   if case != "existing_out":
     assert not out.exists()
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("--test_accuracy=150", "--test_accuracy=150 must be a percentage in [0, 100]"),
+    ("--test_accuracy=nan", "--test_accuracy=nan must be a percentage in [0, 100]"),
+    ("--channels=0", "--channels=0 must be at least 1 (1 for grayscale, 3 for RGB)"),
+    ("--check_tolerance=-1", "--check_tolerance=-1 must be a finite number > 0"),
+])
+def test_cli_number_flags_no_teacher_can_have_are_one_line(flag, message, tmp_path):
+  """Issue 37, item 12's siblings: these wrote a teacher (150% recorded as its accuracy)
+  or a misleading line."""
+  path = tmp_path / "lenet.pth"
+  torch.save(TorchLeNet5(10).state_dict(), path)
+  out = tmp_path / "teacher"
+  result = subprocess.run(
+      [sys.executable, "-m", "dfkd_jax.convert", f"--torch_checkpoint={path}",
+       "--arch=lenet5", "--num_classes=10", f"--out={out}", "--dataset=mnist", flag],
+      capture_output=True, text=True, check=False, cwd=REPO_ROOT,
+      env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert result.returncode == 1, result.stderr
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith(f"error: {message}"), result.stderr
+  assert not out.exists()
