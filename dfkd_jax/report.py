@@ -4,7 +4,8 @@ r"""Tables and figures of DFKD runs from their ``summary.json`` files (LRA Table
       [--interval=t|bootstrap]
 
 reads every ``summary.json`` under the given run directories (a directory holding one
-is a run; any other directory is searched recursively; ``LABEL=DIR`` names the runs
+is a run; any other directory is searched recursively, symbolic links followed;
+``LABEL=DIR`` names the runs
 under ``DIR`` ``LABEL`` instead of their method, e.g. an ablation
 ``lra_mb_first_order=runs/ablations/first_order`` with ``--pairs=lra_mb_first_order:lra_mb``)
 and writes to ``--out``:
@@ -40,9 +41,12 @@ and writes to ``--out``:
   (:mod:`dfkd_jax.selection_report`; ``selection.csv``).
 
 Loading and grouping the runs: :mod:`dfkd_jax.study_runs`; the figures:
-:mod:`dfkd_jax.figures`. Runs of different datasets get separate tables and figures. Curves of runs of one method
-with different lengths (e.g. a run still in progress) are averaged over the epochs they
-all have; the table states every run's epoch count.
+:mod:`dfkd_jax.figures`. Runs of different datasets get separate tables and figures. A
+run with fewer epochs than its ``config.num_epochs`` (stopped early, killed, still
+running) is unfinished: a warning line, and its own row ``METHOD (unfinished)`` outside
+every statistic of the finished runs. Curves of finished runs of one method with
+different lengths (different ``num_epochs``) are averaged over the epochs they all have;
+the table states every run's epoch count.
 """
 
 from __future__ import annotations
