@@ -85,7 +85,7 @@ class NoFeatures(nn.Module):
 
 
 class _Flat(nn.Module):
-  """A linear classifier on the flattened image; ``features=True`` as the contract says."""
+  """A linear classifier on the flat image, ``features=True`` as the contract says."""
 
   num_classes: int
 

@@ -29,7 +29,8 @@ from dfkd_jax import run_config
 from dfkd_jax import teacher as teacher_lib
 from dfkd_jax import train_teacher
 from dfkd_jax import trainer
-from test_trainer import REPO, cli_args, teacher_dir, tiny_config  # pylint: disable=unused-import
+from test_trainer import (  # pylint: disable=unused-import
+    REPO, cli_args, teacher_dir, tiny_config)
 
 TESTS = pathlib.Path(__file__).resolve().parent
 DIGITS = (8, 8, 1)

@@ -768,8 +768,8 @@ def test_symlinked_run_folders_are_followed_once_and_dead_links_named(tmp_path):
   proc = run_report(runs, "--out", tmp_path / "out", cwd=tmp_path)
   assert proc.returncode == 0, proc.stderr
   assert proc.stdout.strip().splitlines()[-1].startswith("7 runs -> ")
-  assert f"warning: skipped {runs / 'moved'}: a symbolic link to {tmp_path / 'gone'}, " \
-         "which does not exist" in proc.stdout
+  assert (f"warning: skipped {runs / 'moved'}: a symbolic link to {tmp_path / 'gone'}, "
+          "which does not exist") in proc.stdout
   rows = markdown_rows((tmp_path / "out" / report.TABLE_MARKDOWN).read_text())
   assert (rows["dfkd"][1], rows["lra_mb"][1], rows["mb_dfkd"][1]) == (
       "3 (seeds 0-2)", "3 (seeds 0-2)", "1 (seed 0)")
@@ -793,8 +793,8 @@ def test_unfinished_runs_are_marked_and_enter_no_statistic_of_the_finished(tmp_p
   assert rows["lra_mb"][1:3] == ["4 (seeds 0-3)", "6"]
   assert rows["lra_mb"][13] == f"71.50 ± {sample_std([70.0, 71.0, 72.0, 73.0]):.2f}"
   assert rows["lra_mb (unfinished)"][1:3] == ["2 (seeds 4, 5)", "1-4 of 6"]
-  assert "**Warning: 2 unfinished run(s)** (lra_mb seed 4: 4 of 6 epochs; lra_mb seed 5:" \
-         " 1 of 6 epochs)" in text
+  assert ("**Warning: 2 unfinished run(s)** (lra_mb seed 4: 4 of 6 epochs; lra_mb seed "
+          "5: 1 of 6 epochs)") in text
   assert "- `lra_mb (unfinished)` seed 5: 1 of 6 epochs" in text
   records = paired_records(tmp_path / "out")  # Paired over the finished seeds only.
   assert records["lra_mb", "mb_dfkd", "acc_max"]["seeds"] == "0 1 2 3"
