@@ -43,7 +43,7 @@ import logging
 import os
 import pathlib
 import shutil
-from typing import Iterator, NamedTuple, Sequence
+from typing import Callable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 
@@ -131,7 +131,8 @@ def dataset_ids() -> list[str]:
 
 def load_split(dataset_id: str, split: str, *,
                data_dir: str | os.PathLike | None = None,
-               cache: bool = True, image_size: int = 0) -> ArraySplit:
+               cache: bool = True, image_size: int = 0,
+               log: Callable[[str], None] | None = None) -> ArraySplit:
   """Loads a whole split (``train`` or ``test``) into memory, as stored.
 
   The decoded arrays of a TFDS or Tiny-ImageNet split are cached on disk
@@ -145,6 +146,8 @@ def load_split(dataset_id: str, split: str, *,
       defaults to ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``. Unused for digits.
     cache: read and write the decoded-split cache.
     image_size: ``S`` resizes a file dataset's images to ``S x S``; 0 = native.
+    log: receives a file dataset's images per class, decoded or from the cache, and
+      its warnings (a class without images).
 
   Returns:
     The split's images (native size, uint8, digits' 0..16 or float [0, 1]) and labels.
@@ -160,7 +163,7 @@ def load_split(dataset_id: str, split: str, *,
   data_dir = pathlib.Path(data_dir or DEFAULT_DATA_DIR).expanduser()
   cache_root = data_cache.cache_root(data_dir) if cache else None
   if isinstance(spec, file_datasets.FileSpec):
-    return spec.load(split, cache_root, image_size)
+    return spec.load(split, cache_root, image_size, log)
   if spec.name == "digits":
     return _load_digits(split)
   if spec.name == "tiny_imagenet":
@@ -467,6 +470,9 @@ def check_teacher_fits(meta, dataset_id: str, image_size: int = 0) -> None:
     fix = own_data
     if files and shape[2] == stored[2]:
       fix = f"set config.image_size={shape[0]} to resize the images (bilinear)"
+    elif files and shape[2] == 1 and getattr(spec, "colour", ""):
+      fix = (f"{spec.colour}: convert those to grayscale (PIL's .convert('L')) or "
+             "remove them")
     raise ValueError(
         f"teacher {meta.arch!r} takes inputs of shape {shape} but dataset "
         f"{dataset.id!r} gives {' or '.join(map(str, sorted(valid)))}; {fix}")

@@ -195,9 +195,9 @@ def train_and_save(config: ml_collections.ConfigDict, workdir: str | os.PathLike
   start = time.time()
   data_dir = config.data_dir or None
   train_split = data.load_split(dataset.id, "train", data_dir=data_dir,
-                                image_size=config.image_size)
+                                image_size=config.image_size, log=log)
   test_split = data.load_split(dataset.id, "test", data_dir=data_dir,
-                               image_size=config.image_size)
+                               image_size=config.image_size, log=log)
   if not given:
     from dfkd_jax import file_datasets  # pylint: disable=g-import-not-at-top
     mean, std = file_datasets.normalization(train_split)

@@ -285,7 +285,8 @@ def _run(setup: Setup, workdir: pathlib.Path, log, primary: bool,
                           "models, checkpoints, teacher accuracy ...",
                           setup.progress_seconds):
     test_split = data.load_split(setup.evaluation_dataset, "test",
-                                 data_dir=setup.data_dir, image_size=setup.image_size)
+                                 data_dir=setup.data_dir, image_size=setup.image_size,
+                                 log=log)
     state = iteration_lib.init_replicas(setup)
     state = parallel.put(state, mesh,
                          iteration_lib.state_specs(state, setup.replay, replicas))

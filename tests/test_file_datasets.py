@@ -381,3 +381,199 @@ def test_convert_checks_a_pytorch_teacher_on_folder_images(tmp_path):
                      r"normalisation; pass --mean and --std"):
     convert.convert(tmp_path / "lenet.pth", "lenet5", 3, tmp_path / "t2",
                     dataset=dataset_id)
+
+
+# ---------------------------------------------------------------------------
+# Issue 37: every image mode read right, subfolders, the cache, class names.
+# ---------------------------------------------------------------------------
+
+
+def _pgm16(path: pathlib.Path, pixels: np.ndarray) -> None:
+  """A 16-bit binary PGM (maxval 65535), which Pillow opens as mode ``I``."""
+  h, w = pixels.shape
+  path.write_bytes(f"P5\n{w} {h}\n65535\n".encode() + pixels.astype(">u2").tobytes())
+
+
+def _grey_palette(pixels: np.ndarray) -> Image.Image:
+  image = Image.fromarray(pixels).convert("P")  # Pillow's "P" of an L image: greys.
+  assert image.mode == "P" and len(set(image.getpalette()[:30])) > 3
+  return image
+
+
+# (name, writes the 8x8 grey digit `pixels` as a file of that mode at `path`).
+GREY_WRITERS = [
+    ("L png", lambda path, x: Image.fromarray(x).save(path.with_suffix(".png"))),
+    ("I;16 png", lambda path, x: Image.fromarray(x.astype(np.uint16) * 257).save(
+        path.with_suffix(".png"))),
+    ("I;16 tiff", lambda path, x: Image.fromarray(x.astype(np.uint16) * 257).save(
+        path.with_suffix(".tif"))),
+    ("I pgm", lambda path, x: _pgm16(path.with_suffix(".pgm"), x.astype(np.uint16) * 257)),
+    ("P png of greys", lambda path, x: _grey_palette(x).save(path.with_suffix(".png"))),
+    ("LA png", lambda path, x: Image.fromarray(np.stack([x, 255 - x], -1), "LA").save(
+        path.with_suffix(".png"))),
+]
+
+
+@pytest.mark.parametrize("write", [w for _, w in GREY_WRITERS],
+                         ids=[name for name, _ in GREY_WRITERS])
+def test_every_grey_mode_reads_as_the_8_bit_pixels(tmp_path, write):
+  """16-bit greys were clipped to 0/255 by convert("L"): a digits teacher at 100% on
+  8-bit PNGs scored 68% on 16-bit copies."""
+  images, labels = _digits("test")
+  for i, (image, label) in enumerate(zip(images[:60], labels[:60])):
+    path = tmp_path / "x" / "test" / NAMES[label] / f"{i:04d}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write(path, image)
+  split = data.load_split(f"folder:{tmp_path / 'x'}", "test")
+  assert split.images.shape == (60, 8, 8, 1)  # Grey, one channel.
+  order = np.argsort([sorted(NAMES).index(NAMES[d]) for d in labels[:60]], kind="stable")
+  np.testing.assert_array_equal(split.images[..., 0], images[:60][order])
+
+
+def test_colour_modes_read_as_torchvision_reads_them(tmp_path):
+  rng = np.random.default_rng(0)
+  rgb = rng.integers(0, 256, (3, 8, 8, 3), np.uint8)
+  folder = tmp_path / "x" / "test" / "a"
+  folder.mkdir(parents=True)
+  Image.fromarray(np.concatenate([rgb[0], rgb[0][..., :1]], -1), "RGBA").save(
+      folder / "0.png")
+  Image.fromarray(rgb[1]).convert("P", palette=Image.ADAPTIVE, colors=16).save(
+      folder / "1.png")
+  Image.fromarray(rgb[2]).convert("CMYK").save(folder / "2.tif")
+  split = data.load_split(f"folder:{tmp_path / 'x'}", "test")
+  assert split.images.shape == (3, 8, 8, 3)
+  for i, name in enumerate(["0.png", "1.png", "2.tif"]):
+    with Image.open(folder / name) as image:  # torchvision's pil_loader.
+      np.testing.assert_array_equal(split.images[i], np.asarray(image.convert("RGB")))
+
+
+def _torchvision_files(class_folder: pathlib.Path) -> list[str]:
+  """torchvision.datasets.folder.make_dataset's walk of one class folder (its code)."""
+  return [os.path.join(root, name)
+          for root, _, names in sorted(os.walk(class_folder, followlinks=True))
+          for name in sorted(names)
+          if name.lower().endswith(file_datasets.IMAGE_EXTENSIONS)]
+
+
+def test_subfolders_of_a_class_are_read_as_torchvision_reads_them(tmp_path):
+  """They were skipped without a word: a class could be evaluated on 0 images."""
+  root = tmp_path / "x" / "test"
+  for rel in ["a/0.png", "a/sub/1.png", "a/sub/deeper/2.png", "a/sub-2/3.png",
+              "b/nested/4.png", "elsewhere/5.png"]:
+    _image(tmp_path / "x" / rel if rel.startswith("elsewhere") else root / rel)
+  (root / "b" / "linked").symlink_to(tmp_path / "x" / "elsewhere")
+  (root / "b" / "loop").symlink_to(root / "b")  # A link back up is read once.
+  _image(root / "__MACOSX" / "a" / "._0.png")  # macOS zip metadata: no class.
+  _image(root / "a" / ".hidden" / "6.png")
+  lines = []
+  split = data.load_split(f"folder:{tmp_path / 'x'}", "test", log=lines.append)
+  spec = data.get_dataset(f"folder:{tmp_path / 'x'}").spec
+  assert spec.classes == ("a", "b")
+  files = file_datasets._folder_files(root, spec.classes)  # pylint: disable=protected-access
+  want = _torchvision_files(root / "a") + [
+      f for f in _torchvision_files(root / "b") if "/loop/" not in f]
+  assert [os.fspath(f) for f, _ in files] == [f for f in want if "/." not in f]
+  np.testing.assert_array_equal(split.labels, [0, 0, 0, 0, 1, 1])
+  assert lines[0].startswith(f"folder:{tmp_path / 'x'} test: 6 images in 2 classes "
+                             "(a 4, b 2), decoded in ")
+  assert lines[1] == (f"folder:{tmp_path / 'x'}: ignored test/__MACOSX (macOS zip "
+                      "metadata, never a class)")
+
+
+def test_load_says_images_per_class_the_cache_and_an_empty_class(tmp_path):
+  _image(tmp_path / "x" / "train" / "a" / "0.png")
+  _image(tmp_path / "x" / "train" / "b" / "0.png")
+  _image(tmp_path / "x" / "test" / "a" / "0.png")
+  dataset_id = f"folder:{tmp_path / 'x'}"
+  first, second = [], []
+  data.load_split(dataset_id, "test", log=first.append)
+  data.load_split(dataset_id, "test", log=second.append)
+  assert first[0].startswith(f"{dataset_id} test: 1 images in 2 classes (a 1, b 0), "
+                             "decoded in ")
+  cache_file = next((tmp_path / "cache").rglob("test-native.npz"))
+  assert second[0] == (f"{dataset_id} test: 1 images in 2 classes (a 1, b 0), read from "
+                       f"the cache {cache_file} (delete it to decode again)")
+  assert first[1] == second[1] == (
+      f"WARNING: {dataset_id} test: 1 of the 2 classes have no images (b); results "
+      "cover only the others: add their images (test/b/)")
+
+
+def test_the_cache_notices_a_file_replaced_with_the_same_size_and_time(tmp_path):
+  """`cp -p`, `rsync -t` or unpacking again keep name, size and modification time."""
+  for name, value in [("0.bmp", 10), ("1.bmp", 200)]:
+    path = tmp_path / "x" / "test" / "a" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((8, 8), value, np.uint8)).save(path)
+  dataset_id = f"folder:{tmp_path / 'x'}"
+  assert data.load_split(dataset_id, "test").images[0].max() == 10
+  old, new = tmp_path / "x" / "test" / "a" / "0.bmp", tmp_path / "other.bmp"
+  Image.fromarray(np.full((8, 8), 99, np.uint8)).save(new)
+  stat = old.stat()
+  assert new.stat().st_size == stat.st_size  # Uncompressed: the same size.
+  os.utime(new, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+  os.replace(new, old)
+  assert old.stat().st_mtime_ns == stat.st_mtime_ns
+  assert data.load_split(dataset_id, "test").images[0].max() == 99
+
+
+def _folder(d: pathlib.Path, *rels: str, **images) -> str:
+  """A folder dataset of 8x8 grey PNGs at ``rels`` (``images``: other writers)."""
+  for rel in rels:
+    _image(d / "x" / rel)
+  for rel, write in images.items():
+    path = d / "x" / rel.replace("__", "/")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write(path)
+  return f"folder:{d / 'x'}"
+
+
+BAD_INPUTS_37 = [
+    ("float tiff",
+     lambda d: lambda: data.get_dataset(_folder(d, **{"test__a__f.tif": lambda p: (
+         Image.fromarray(np.ones((8, 8), np.float32)).save(p))})),
+     ValueError, r"image .*a/f\.tif has PIL mode F \(32-bit float pixels, no fixed "
+                 r"range\); save it as an 8- or 16-bit grayscale or RGB PNG"),
+    ("32-bit integer tiff",
+     lambda d: lambda: data.get_dataset(_folder(d, **{"test__a__i.tif": lambda p: (
+         Image.fromarray(np.ones((8, 8), np.int32)).save(p))})),
+     ValueError, r"image .*a/i\.tif has PIL mode I \(32-bit integer pixels"),
+    ("one RGB image among grey ones",
+     lambda d: lambda: data.check_teacher_fits(_meta(2), _folder(
+         d, "test/a/0.png", "test/b/1.png", **{"test__b__c.png": lambda p: (
+             Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(p))})),
+     ValueError, r"gives \(8, 8, 3\); 1 of the 3 images are colour \(.*b/c\.png first\), "
+                 r"so all are read as RGB: convert those to grayscale"),
+    ("object npz labels",
+     lambda d: (np.savez(d / "x.npz", x_test=np.zeros((2, 8, 8), np.uint8),
+                         y_test=np.array([0, "1"], dtype=object)),
+                lambda: data.get_dataset(f"npz:{d / 'x.npz'}"))[1],
+     ValueError, r"array y_test in .*x\.npz holds Python objects \(dtype object.*save it "
+                 r"as a plain array"),
+    ("object npz of ragged images",
+     lambda d: (np.savez(d / "x.npz", x_test=np.array(
+         [np.zeros((8, 8), np.uint8), np.zeros((9, 8), np.uint8)], dtype=object),
+                         y_test=np.array([0, 1])),
+                lambda: data.get_dataset(f"npz:{d / 'x.npz'}"))[1],
+     ValueError, r"array x_test in .*x\.npz holds Python objects"),
+    ("NCHW npz",
+     lambda d: (_npz(d / "x.npz", x_test=np.zeros((4, 3, 8, 8), np.uint8)),
+                lambda: data.get_dataset(f"npz:{d / 'x.npz'}"))[1],
+     ValueError, r"x_test has shape \(4, 3, 8, 8\), which looks NCHW .*"
+                 r"x\.transpose\(0, 2, 3, 1\)"),
+]
+
+
+@pytest.mark.parametrize("make, error, match", [case[1:] for case in BAD_INPUTS_37],
+                         ids=[case[0] for case in BAD_INPUTS_37])
+def test_issue_37_bad_input_is_one_line_naming_it_and_the_fix(tmp_path, make, error,
+                                                              match):
+  trigger = make(tmp_path)
+  with pytest.raises(error, match=match) as info:
+    trigger()
+  assert "\n" not in str(info.value)
+
+
+def test_a_macosx_folder_is_no_class(tmp_path):
+  dataset_id = _folder(tmp_path, "test/a/0.png", "test/b/0.png", "test/__MACOSX/a/._0.png")
+  data.check_teacher_fits(_meta(2), dataset_id)  # Was: 3 classes for a 2-class teacher.
+  assert data.get_dataset(dataset_id).spec.classes == ("a", "b")
