@@ -187,7 +187,7 @@ def train_and_save(config: ml_collections.ConfigDict, workdir: str | os.PathLike
       arch=config.model, num_classes=spec.num_classes, input_shape=input_shape,
       mean=given[0] if given else (0.0,) * channels,
       std=given[1] if given else (1.0,) * channels, dataset=dataset.id,
-      source="train_teacher")
+      source="train_teacher", class_names=getattr(spec, "class_names", ()))
   data.check_teacher_fits(meta, dataset.id, config.image_size)
   module = models.get(config.model, num_classes=spec.num_classes,
                       input_shape=input_shape, label="config.model")

@@ -304,6 +304,10 @@ def _run(setup: Setup, workdir: pathlib.Path, log, primary: bool,
         history.teacher_accuracy = teacher_accuracy
       log(f"teacher {meta.arch}: {teacher_accuracy:.2f}% on the "
           f"{setup.evaluation_dataset} test set")
+      warning = data.teacher_accuracy_warning(meta, teacher_accuracy,
+                                              setup.evaluation_dataset)
+      if warning:
+        log(warning)
   if replicas:
     log(f"{len(seeds)} replicas in one program: seeds {seeds[0]}-{seeds[-1]}, summaries "
         f"in {run_outputs.replica_dir(workdir, seeds[0]).parent}/seed_<seed>")

@@ -321,7 +321,8 @@ def _distil_config(teacher_dir, dataset_id, **overrides):
   return tiny_config(teacher_dir, "dfkd", dataset=dataset_id, **overrides)
 
 
-def test_distillation_evaluates_on_a_test_only_folder(folder_teacher, tmp_path):
+def test_distillation_evaluates_on_a_test_only_folder(folder_teacher, digits_folder,
+                                                      tmp_path):
   """The teacher's data stays private: a copy of test/ alone, elsewhere, is enough."""
   teacher_dir, meta = folder_teacher
   test_only = _write_folder(tmp_path / "shared_test_set", splits=("test",))
@@ -338,6 +339,26 @@ def test_distillation_evaluates_on_a_test_only_folder(folder_teacher, tmp_path):
     trainer.run(_distil_config(teacher_dir, f"folder:{test_only}", image_size=16),
                 tmp_path / "run2", log=lambda line: None)
   assert not (tmp_path / "run2" / trainer.SUMMARY_FILE).exists()
+  # The teacher's own folder renamed a class since: export's check refuses it by name.
+  moved = [(digits_folder / s / "nine", digits_folder / s / "nein")
+           for s in ("train", "test")]
+  try:
+    for a, b in moved:
+      a.rename(b)
+    proc = subprocess.run(
+        [sys.executable, "-m", "dfkd_jax.export", f"--workdir={tmp_path / 'run'}",
+         "--format=onnx", f"--out={tmp_path / 's.onnx'}"],
+        capture_output=True, text=True, timeout=300, check=False)
+  finally:
+    for a, b in moved:
+      b.rename(a)
+  assert proc.returncode == 1, proc.stderr[-2000:]
+  assert proc.stderr.strip().splitlines()[-1].startswith(
+      "error: teacher 'digits_cnn' was trained on classes eight, five, four, nine, one, "
+      f"seven, ... (10 in all) but dataset 'folder:{digits_folder}' has eight, five, "
+      "four, nein, one, seven, ... (10 in all): its class 'nein' is not one of the "
+      "teacher's (which has 'nine'); rename its class folders")
+  assert not (tmp_path / "s.onnx").exists()
 
 
 def test_cli_refuses_a_bad_folder_in_one_line_before_training(tmp_path):
@@ -516,6 +537,11 @@ def test_the_cache_notices_a_file_replaced_with_the_same_size_and_time(tmp_path)
   assert data.load_split(dataset_id, "test").images[0].max() == 99
 
 
+def _named_meta(names, input_shape=(8, 8, 1)):
+  return teacher_lib.TeacherMeta("digits_cnn", len(names), input_shape, (0.5,), (0.5,),
+                                 "digits", class_names=names)
+
+
 def _folder(d: pathlib.Path, *rels: str, **images) -> str:
   """A folder dataset of 8x8 grey PNGs at ``rels`` (``images``: other writers)."""
   for rel in rels:
@@ -560,6 +586,28 @@ BAD_INPUTS_37 = [
                 lambda: data.get_dataset(f"npz:{d / 'x.npz'}"))[1],
      ValueError, r"x_test has shape \(4, 3, 8, 8\), which looks NCHW .*"
                  r"x\.transpose\(0, 2, 3, 1\)"),
+    ("class folders named otherwise than the teacher's classes",
+     lambda d: lambda: data.check_teacher_fits(_named_meta(("cat", "dog")), _folder(
+         d, "test/a/0.png", "test/b/0.png")),
+     ValueError, r"trained on classes cat, dog but dataset .* has a, b: its class 'a' is "
+                 r"not one of the teacher's \(which has 'cat'\); rename its class "
+                 r"folders to the teacher's names, or every label would be wrong"),
+    ("a stray class folder",
+     lambda d: lambda: data.check_teacher_fits(_named_meta(("a", "b")), _folder(
+         d, "test/a/0.png", "test/b/0.png", "test/stray/0.png")),
+     ValueError, r"its class 'stray' is not one of the teacher's; remove \(or move out\) "
+                 r"the class folder stray/"),
+    ("a stray class folder, teacher without names",
+     lambda d: lambda: data.check_teacher_fits(_meta(2), _folder(
+         d, "test/a/0.png", "test/b/0.png", "test/stray/0.png")),
+     ValueError, r"has 2 classes but dataset .* has 3 \(a, b, stray\)"),
+    ("npz classes in another order",
+     lambda d: (_npz(d / "x.npz", y_test=np.array([0, 1, 0, 1]),
+                     classes=np.array(["dog", "cat"])),
+                lambda: data.check_teacher_fits(_named_meta(("cat", "dog")),
+                                                f"npz:{d / 'x.npz'}"))[1],
+     ValueError, r"the same names in another order \(class 0 is 'cat' for the teacher, "
+                 r"'dog' here\); order the npz's `classes` \(and labels\)"),
 ]
 
 
@@ -577,3 +625,91 @@ def test_a_macosx_folder_is_no_class(tmp_path):
   dataset_id = _folder(tmp_path, "test/a/0.png", "test/b/0.png", "test/__MACOSX/a/._0.png")
   data.check_teacher_fits(_meta(2), dataset_id)  # Was: 3 classes for a 2-class teacher.
   assert data.get_dataset(dataset_id).spec.classes == ("a", "b")
+
+
+def test_a_teacher_records_its_class_names_and_train_refuses_others(
+    folder_teacher, tmp_path):
+  """Class folders 0..9 sort otherwise than zero..nine: every label would be permuted."""
+  teacher_dir, meta = folder_teacher
+  assert meta.class_names == tuple(sorted(NAMES))
+  recorded = json.loads((teacher_dir / teacher_lib.META_FILE).read_text())
+  assert recorded["class_names"] == sorted(NAMES)
+  images, labels = _digits("test")
+  for i, (image, label) in enumerate(zip(images[:50], labels[:50])):
+    path = tmp_path / "digits" / "test" / str(label) / f"{i:04d}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(path)
+  config = _distil_config(teacher_dir, f"folder:{tmp_path / 'digits'}")
+  from test_trainer import cli_args  # pylint: disable=g-import-not-at-top
+  proc = subprocess.run(
+      cli_args(config, tmp_path / "run") + [f"--config.dataset={config.dataset}"],
+      capture_output=True, text=True, timeout=300, check=False)
+  assert proc.returncode == 1, proc.stderr[-2000:]
+  assert proc.stderr.strip().splitlines()[-1] == (
+      f"error: teacher 'digits_cnn' was trained on classes eight, five, four, nine, one, "
+      f"seven, ... (10 in all) but dataset 'folder:{tmp_path / 'digits'}' has 0, 1, 2, 3, "
+      "4, 5, ... (10 in all): its class '0' is not one of the teacher's (which has "
+      "'eight'); rename its class folders to the teacher's names, or every label would "
+      "be wrong")
+  assert not (tmp_path / "run" / trainer.SUMMARY_FILE).exists()
+
+
+def test_a_teacher_without_class_names_loads_and_warns_near_chance(
+    folder_teacher, tmp_path):
+  """A teacher saved before names were recorded: no refusal, but a loud warning."""
+  teacher_dir, _ = folder_teacher
+  old = tmp_path / "old_teacher"
+  import shutil  # pylint: disable=g-import-not-at-top
+  shutil.copytree(teacher_dir, old)
+  record = json.loads((old / teacher_lib.META_FILE).read_text())
+  del record["class_names"]
+  (old / teacher_lib.META_FILE).write_text(json.dumps(record))
+  assert teacher_lib.load_meta(old).class_names == ()
+  images, labels = _digits("test")
+  for i, (image, label) in enumerate(zip(images, labels)):
+    path = tmp_path / "digits" / "test" / str(label) / f"{i:04d}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(path)
+  lines = []
+  trainer.run(_distil_config(old, f"folder:{tmp_path / 'digits'}"), tmp_path / "run",
+              log=lines.append)
+  warning = [line for line in lines if line.startswith("WARNING: teacher")]
+  assert len(warning) == 1 and "near chance (10.00% for 10 classes)" in warning[0]
+  assert "records no class names to check that" in warning[0]
+  assert any(line.startswith(f"folder:{tmp_path / 'digits'} test: 360 images in 10 "
+                             "classes (0 36, 1 36, ") for line in lines)
+
+
+def test_convert_records_class_names_and_refuses_others(tmp_path):
+  _folder(tmp_path, "test/a/0.png", "test/b/0.png", "test/c/0.png")
+  (tmp_path / "t.pth").write_bytes(b"")  # Refused before the checkpoint is read.
+  args = [sys.executable, "-m", "dfkd_jax.convert", f"--torch_checkpoint={tmp_path / 't.pth'}",
+          "--arch=lenet5", "--num_classes=3", f"--dataset=folder:{tmp_path / 'x'}",
+          "--mean=0.5", "--std=0.5", f"--out={tmp_path / 'teacher'}"]
+  proc = subprocess.run(args + ["--class_names=cat,dog,eel"], capture_output=True,
+                        text=True, timeout=300, check=False)
+  assert proc.returncode == 1
+  assert proc.stderr.strip().splitlines()[-1] == (
+      "error: teacher 'lenet5' was trained on classes cat, dog, eel but dataset "
+      f"'folder:{tmp_path / 'x'}' has a, b, c: its class 'a' is not one of the "
+      "teacher's (which has 'cat'); rename its class folders to the teacher's names, or "
+      "every label would be wrong")
+  with pytest.raises(ValueError, match=r"--class_names has 2 names but --num_classes=3"):
+    convert.convert(tmp_path / "t.pth", "lenet5", 3, tmp_path / "t2",
+                    dataset=f"folder:{tmp_path / 'x'}", mean=(0.5,), std=(0.5,),
+                    class_names=["a", "b"])
+  assert not (tmp_path / "teacher").exists() and not (tmp_path / "t2").exists()
+
+
+def test_a_run_record_without_teacher_class_names_still_resumes(tmp_path):
+  """Runs recorded before teachers had class names: same teacher, no refusal."""
+  from dfkd_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  meta = _meta(10)
+  config = {"method": "dfkd", "seed": 0, "num_seeds": 1}
+  workdir_lib.check_record(tmp_path, config, dataclasses.asdict(meta))
+  path = tmp_path / workdir_lib.RECORD_FILE
+  record = json.loads(path.read_text())
+  del record["teacher"]["class_names"]  # As those runs wrote it.
+  path.write_text(json.dumps(record))
+  assert workdir_lib.check_record(tmp_path, config, dataclasses.asdict(meta)) == []
