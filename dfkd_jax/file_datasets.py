@@ -302,6 +302,9 @@ def _channels(image, file: pathlib.Path) -> int:
   mode = image.mode
   if mode in _GREY_MODES or (mode == "I" and image.format in _SIXTEEN_BIT_I_FORMATS):
     return 1
+  # Pillow opens a 16-bit grey+alpha PNG as RGBA (R = G = B); its raw mode tells.
+  if getattr(getattr(image, "png", None), "im_rawmode", "").startswith("LA;16"):
+    return 1
   if mode in ("P", "PA"):
     palette = np.asarray(image.getpalette() or [0, 0, 0]).reshape(-1, 3)
     return 1 if np.all(palette == palette[:, :1]) else 3

@@ -8,8 +8,10 @@ folder and distil it for a few iterations.
 import json
 import os
 import pathlib
+import struct
 import subprocess
 import sys
+import zlib
 
 import numpy as np
 import pytest
@@ -415,6 +417,17 @@ def _pgm16(path: pathlib.Path, pixels: np.ndarray) -> None:
   path.write_bytes(f"P5\n{w} {h}\n65535\n".encode() + pixels.astype(">u2").tobytes())
 
 
+def _png16(path: pathlib.Path, pixels: np.ndarray, colour_type: int) -> None:
+  """A 16-bit PNG written chunk by chunk (Pillow writes no 16-bit grey+alpha)."""
+  h, w = pixels.shape[:2]
+  rows = b"".join(b"\0" + row.astype(">u2").tobytes() for row in pixels)
+  chunk = lambda kind, body: (struct.pack(">I", len(body)) + kind + body +
+                              struct.pack(">I", zlib.crc32(kind + body)))
+  path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(
+      ">IIBBBBB", w, h, 16, colour_type, 0, 0, 0)) + chunk(b"IDAT", zlib.compress(rows))
+                   + chunk(b"IEND", b""))
+
+
 def _grey_palette(pixels: np.ndarray) -> Image.Image:
   image = Image.fromarray(pixels).convert("P")  # Pillow's "P" of an L image: greys.
   assert image.mode == "P" and len(set(image.getpalette()[:30])) > 3
@@ -432,6 +445,8 @@ GREY_WRITERS = [
     ("P png of greys", lambda path, x: _grey_palette(x).save(path.with_suffix(".png"))),
     ("LA png", lambda path, x: Image.fromarray(np.stack([x, 255 - x], -1), "LA").save(
         path.with_suffix(".png"))),
+    ("16-bit LA png", lambda path, x: _png16(path.with_suffix(".png"), np.stack(
+        [x, 255 - x], -1).astype(np.uint16) * 257, colour_type=4)),
 ]
 
 
