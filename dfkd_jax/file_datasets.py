@@ -269,11 +269,12 @@ def _walk(folder: pathlib.Path):
   found, seen = [], set()
   for root, dirs, files in os.walk(folder, followlinks=True):
     stat = os.stat(root)
-    dirs[:] = [] if (stat.st_dev, stat.st_ino) in seen else [
-        d for d in dirs if not _ignored(d)]
-    if (stat.st_dev, stat.st_ino) not in seen:
-      seen.add((stat.st_dev, stat.st_ino))
-      found.append((root, sorted(f for f in files if not _ignored(f))))
+    if (stat.st_dev, stat.st_ino) in seen:  # A link back up: os.walk would loop.
+      dirs[:] = []
+      continue
+    seen.add((stat.st_dev, stat.st_ino))
+    dirs[:] = [d for d in dirs if not _ignored(d)]
+    found.append((root, sorted(f for f in files if not _ignored(f))))
   return sorted(found)
 
 
