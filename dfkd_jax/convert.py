@@ -20,6 +20,10 @@ evaluation preprocesses the test set the way it names. For a 28x28 source and a 
 network (LeNet-5) ``mnist`` means bilinear resizing (torchvision ``Resize((32, 32))``, as
 DAFL trains) and ``mnist:pad`` zero-padding by 2 pixels (``Pad(2)``); the mean/std
 default to the dataset's (:func:`default_normalization`), ``--mean``/``--std`` override.
+The teacher records its class names: ``--class_names`` (the teacher's classes in the
+order of its outputs, e.g. PyTorch ``ImageFolder``'s ``dataset.classes``), which must
+equal the ``folder:``/``npz:`` dataset's, or else the dataset's names; distillation and
+export then refuse a dataset whose names differ (:func:`dfkd_jax.data.check_class_names`).
 
 ``--check_inputs=FILE.npz`` runs the converted teacher on inputs PyTorch saw and compares
 its logits with the ones PyTorch gave, before anything is written: ``logits`` ``[N,
@@ -51,7 +55,7 @@ import os
 import pickle
 import re
 import zipfile
-from typing import Any, Callable, Mapping, NamedTuple
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 from absl import app
 from absl import flags
@@ -96,6 +100,9 @@ flags.DEFINE_list("mean", None, "Per-channel input mean (overrides the dataset's
 flags.DEFINE_list("std", None, "Per-channel input std (overrides the dataset's).")
 flags.DEFINE_integer("channels", None, "Input channels (default: the dataset's).")
 flags.DEFINE_float("test_accuracy", None, "Published test accuracy in percent.")
+flags.DEFINE_list("class_names", None, "The teacher's class names in the order of its "
+                  "outputs (PyTorch ImageFolder's dataset.classes), comma separated; "
+                  "checked against --dataset's and recorded. Default: --dataset's names.")
 flags.DEFINE_bool("overwrite", False, "Replace an existing teacher at --out.")
 flags.DEFINE_bool("trust_checkpoint", False, "Unpickle arbitrary objects in the "
                   "checkpoint (torch.load weights_only=False). Only for trusted files.")
@@ -381,7 +388,8 @@ def convert(torch_checkpoint: str | os.PathLike, arch: str, num_classes: int,
             overwrite: bool = False, trust_checkpoint: bool = False,
             check_inputs: str | os.PathLike | None = None,
             check_tolerance: float = DEFAULT_CHECK_TOLERANCE,
-            log: Callable[[str], None] = lambda message: None
+            log: Callable[[str], None] = lambda message: None,
+            class_names: Sequence[str] | None = None
             ) -> teacher_lib.TeacherMeta:
   """Converts a PyTorch checkpoint into a teacher directory.
 
@@ -404,6 +412,8 @@ def convert(torch_checkpoint: str | os.PathLike, arch: str, num_classes: int,
     check_inputs: optional ``.npz`` for :func:`check_logits` (see the module doc).
     check_tolerance: the largest relative logit difference the check accepts.
     log: receives a line with the check's result.
+    class_names: the teacher's class names by output; default the dataset's (when it
+      names ``num_classes`` classes). Recorded in the teacher.
 
   Returns:
     The metadata written.
@@ -432,7 +442,8 @@ def convert(torch_checkpoint: str | os.PathLike, arch: str, num_classes: int,
   meta = teacher_lib.TeacherMeta(
       arch=arch, num_classes=num_classes, input_shape=input_shape, mean=tuple(mean),
       std=tuple(std), dataset=dataset_id, test_accuracy=test_accuracy,
-      source=f"converted from PyTorch {os.path.basename(torch_checkpoint)}")
+      source=f"converted from PyTorch {os.path.basename(torch_checkpoint)}",
+      class_names=_class_names(class_names, num_classes, dataset_spec))
   _check_fits(meta)
   if os.path.exists(out) and not overwrite:
     raise FileExistsError(f"teacher directory {out} already exists; pass --overwrite "
@@ -466,9 +477,22 @@ def _check_numbers(test_accuracy: float | None, channels: int | None,
                      f"0 (default {DEFAULT_CHECK_TOLERANCE:g})")
 
 
+def _class_names(given: Sequence[str] | None, num_classes: int,
+                 spec: data.DatasetSpec) -> tuple[str, ...]:
+  """``--class_names``, else the dataset's names when it has ``num_classes``."""
+  if given:
+    if len(given) != num_classes:
+      raise ValueError(f"--class_names has {len(given)} names but --num_classes="
+                       f"{num_classes}; give one name per class, in output order")
+    return tuple(given)
+  names = tuple(getattr(spec, "class_names", ()))
+  return names if len(names) == num_classes else ()
+
+
 def _check_fits(meta: teacher_lib.TeacherMeta) -> None:
   """Raises ``ValueError`` if classes or input shape do not fit ``meta.dataset``."""
   dataset = data.get_dataset(meta.dataset)
+  data.check_class_names(meta, dataset.id)
   if meta.num_classes != dataset.spec.num_classes:
     raise ValueError(f"--num_classes={meta.num_classes} but --dataset={dataset.id} has "
                      f"{dataset.spec.num_classes} classes")
@@ -503,7 +527,8 @@ def main(argv: list[str]) -> None:
         std=_floats(_FLAGS.std, "std"), channels=_FLAGS.channels,
         test_accuracy=_FLAGS.test_accuracy, overwrite=_FLAGS.overwrite,
         trust_checkpoint=_FLAGS.trust_checkpoint, check_inputs=_FLAGS.check_inputs,
-        check_tolerance=_FLAGS.check_tolerance, log=print)
+        check_tolerance=_FLAGS.check_tolerance, log=print,
+        class_names=_FLAGS.class_names)
   except (ValueError, KeyError, FileExistsError, FileNotFoundError,
           ModuleNotFoundError) as e:
     message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)

@@ -43,7 +43,7 @@ import logging
 import os
 import pathlib
 import shutil
-from typing import Iterator, NamedTuple, Sequence
+from typing import Callable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 
@@ -131,7 +131,8 @@ def dataset_ids() -> list[str]:
 
 def load_split(dataset_id: str, split: str, *,
                data_dir: str | os.PathLike | None = None,
-               cache: bool = True, image_size: int = 0) -> ArraySplit:
+               cache: bool = True, image_size: int = 0,
+               log: Callable[[str], None] | None = None) -> ArraySplit:
   """Loads a whole split (``train`` or ``test``) into memory, as stored.
 
   The decoded arrays of a TFDS or Tiny-ImageNet split are cached on disk
@@ -145,6 +146,8 @@ def load_split(dataset_id: str, split: str, *,
       defaults to ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``. Unused for digits.
     cache: read and write the decoded-split cache.
     image_size: ``S`` resizes a file dataset's images to ``S x S``; 0 = native.
+    log: receives a file dataset's images per class, decoded or from the cache, and
+      its warnings (a class without images).
 
   Returns:
     The split's images (native size, uint8, digits' 0..16 or float [0, 1]) and labels.
@@ -160,7 +163,7 @@ def load_split(dataset_id: str, split: str, *,
   data_dir = pathlib.Path(data_dir or DEFAULT_DATA_DIR).expanduser()
   cache_root = data_cache.cache_root(data_dir) if cache else None
   if isinstance(spec, file_datasets.FileSpec):
-    return spec.load(split, cache_root, image_size)
+    return spec.load(split, cache_root, image_size, log)
   if spec.name == "digits":
     return _load_digits(split)
   if spec.name == "tiny_imagenet":
@@ -454,12 +457,14 @@ def check_teacher_fits(meta, dataset_id: str, image_size: int = 0) -> None:
   own_data = (f"use a teacher trained on {dataset.id!r} (this one records dataset "
               f"{meta.dataset!r})")
   files = spec.name not in SPECS  # folder: or npz:.
+  check_class_names(meta, dataset.id)
   if int(meta.num_classes) != spec.num_classes:
     fix = (f"give it data of all {meta.num_classes} classes (empty class folders count; "
            "an npz can name them in a `classes` array)" if files else own_data)
+    named = (f" ({_names(spec.classes)})" if getattr(spec, "named", False) else "")
     raise ValueError(
         f"teacher {meta.arch!r} has {meta.num_classes} classes but dataset "
-        f"{dataset.id!r} has {spec.num_classes}; {fix}")
+        f"{dataset.id!r} has {spec.num_classes}{named}; {fix}")
   shape = tuple(int(d) for d in meta.input_shape)
   stored = spec.stored_shape(image_size)
   valid = {stored} | ({(32, 32, stored[2])} if stored[:2] == (28, 28) else set())
@@ -467,12 +472,79 @@ def check_teacher_fits(meta, dataset_id: str, image_size: int = 0) -> None:
     fix = own_data
     if files and shape[2] == stored[2]:
       fix = f"set config.image_size={shape[0]} to resize the images (bilinear)"
+    elif files and shape[2] == 1 and getattr(spec, "colour", ""):
+      fix = (f"{spec.colour}: convert those to grayscale (PIL's .convert('L')) or "
+             "remove them")
     raise ValueError(
         f"teacher {meta.arch!r} takes inputs of shape {shape} but dataset "
         f"{dataset.id!r} gives {' or '.join(map(str, sorted(valid)))}; {fix}")
   if not files and meta.dataset.partition(":")[0] != spec.name:
     raise ValueError(f"teacher {meta.arch!r} was trained on {meta.dataset!r}, not on "
                      f"dataset {dataset.id!r}; {own_data}")
+
+
+def _names(names: Sequence[str], most: int = 6) -> str:
+  """``a, b, c, ... (N)``: the first ``most`` names."""
+  shown = ", ".join(names[:most])
+  return shown if len(names) <= most else f"{shown}, ... ({len(names)} in all)"
+
+
+def check_class_names(meta, dataset_id: str) -> None:
+  """Checks the class names a teacher (``TeacherMeta``) records against the dataset's.
+
+  Silent when either side has none (a teacher saved before names were recorded, a
+  built-in dataset, an npz without ``classes``).
+
+  Raises:
+    ValueError: the names differ (one line: the first difference and the fix).
+  """
+  dataset = get_dataset(dataset_id)
+  ours, theirs = tuple(getattr(dataset.spec, "class_names", ())), tuple(
+      getattr(meta, "class_names", ()))
+  if not ours or not theirs or ours == theirs:
+    return
+  extra = [c for c in ours if c not in theirs]
+  missing = [c for c in theirs if c not in ours]
+  folder = dataset.spec.name.startswith("folder:")
+  if extra and missing:
+    diff = f"its class {extra[0]!r} is not one of the teacher's (which has {missing[0]!r})"
+    fix = ("rename its class folders to the teacher's names" if folder
+           else "set the npz's `classes` to the teacher's names, in the teacher's order")
+  elif extra:
+    diff = f"its class {extra[0]!r} is not one of the teacher's"
+    fix = (f"remove (or move out) the class folder {extra[0]}/" if folder
+           else "give the npz the teacher's classes only")
+  elif missing:
+    diff = f"it lacks the teacher's class {missing[0]!r}"
+    fix = (f"add a class folder {missing[0]}/ (empty is fine)" if folder
+           else "add it to the npz's `classes`")
+  else:
+    i = next(i for i, (a, b) in enumerate(zip(theirs, ours)) if a != b)
+    diff = (f"the same names in another order (class {i} is {theirs[i]!r} for the "
+            f"teacher, {ours[i]!r} here)")
+    fix = ("give an npz whose `classes` list the teacher's order" if folder
+           else "order the npz's `classes` (and labels) as the teacher's")
+  raise ValueError(f"teacher {meta.arch!r} was trained on classes {_names(theirs)} but "
+                   f"dataset {dataset.id!r} has {_names(ours)}: {diff}; {fix}, or "
+                   "every label would be wrong")
+
+
+def teacher_accuracy_warning(meta, accuracy: float, dataset_id: str) -> str | None:
+  """A loud line when the teacher's accuracy on ``dataset_id`` is near chance (below
+  chance + 15% of the way to 100%): its labels are likely not the teacher's."""
+  chance = 100.0 / int(meta.num_classes)
+  if accuracy >= chance + 0.15 * (100.0 - chance):
+    return None
+  recorded = (f"; teacher.json records {meta.test_accuracy:.2f}% on its own test set"
+              if meta.test_accuracy is not None else "")
+  why = ("its class names match this dataset's, so look at the images (channels, "
+         "size, normalisation)" if getattr(meta, "class_names", ()) else
+         "class folders ordered otherwise than the teacher's classes permute every "
+         "label, and this teacher records no class names to check that")
+  return (f"WARNING: teacher {meta.arch!r} scores {accuracy:.2f}% on the {dataset_id} "
+          f"test set, near chance ({chance:.2f}% for {meta.num_classes} classes)"
+          f"{recorded}: are these the teacher's labels? {why}; every accuracy of this "
+          "run is measured against these labels")
 
 
 def evaluation_dataset(meta, dataset_id: str) -> str:

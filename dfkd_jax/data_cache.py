@@ -50,13 +50,20 @@ def cache_root(data_dir: str | os.PathLike) -> pathlib.Path | None:
   return pathlib.Path(setting).expanduser() / f"{data_dir.name}-{digest}"
 
 
-def fingerprint(base: pathlib.Path, files: Iterable[pathlib.Path]) -> str:
-  """SHA-256 of the names (relative to ``base``), sizes and modification times."""
+def fingerprint(base: pathlib.Path, files: Iterable[pathlib.Path],
+                strict: bool = False) -> str:
+  """SHA-256 of the names (relative to ``base``), sizes and modification times.
+
+  ``strict`` adds each file's inode and status-change time (``st_ctime``), which no
+  tool sets back: a file replaced by one of the same name, size and modification time
+  (``cp -p``, ``rsync -t``, unpacking an archive again) changes the fingerprint too.
+  """
   digest = hashlib.sha256()
   for path in sorted(files):
     stat = path.stat()
     name = path.relative_to(base).as_posix()
-    digest.update(f"{name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    extra = f"\0{stat.st_ino}\0{stat.st_ctime_ns}" if strict else ""
+    digest.update(f"{name}\0{stat.st_size}\0{stat.st_mtime_ns}{extra}\n".encode())
   return digest.hexdigest()
 
 

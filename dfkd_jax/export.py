@@ -43,6 +43,7 @@ import os
 import pathlib
 import shutil
 import time
+import types
 from typing import Any, Callable, NamedTuple
 
 from absl import app
@@ -235,11 +236,26 @@ def restore_student(run: Run, step: int, seed: int | None) -> Student:
 # ---------------------------------------------------------------------------
 
 
-def test_set(run: Run, card: student_card.StudentCard) -> tuple[np.ndarray, np.ndarray]:
+def check_class_names(run: Run, dataset_id: str) -> None:
+  """Refuses a test set whose class names differ from those the teacher records.
+
+  Raises:
+    ExportError: the names differ (one line, the first difference and the fix).
+  """
+  teacher = types.SimpleNamespace(arch=run.teacher["arch"],
+                                  class_names=run.teacher.get("class_names") or ())
+  try:
+    data.check_class_names(teacher, dataset_id)
+  except ValueError as e:
+    raise ExportError(str(e)) from None
+
+
+def test_set(run: Run, card: student_card.StudentCard, log=None
+             ) -> tuple[np.ndarray, np.ndarray]:
   """The run's test set as the student sees it: normalised NHWC images and labels."""
   dataset = data.get_dataset(card.dataset)
   split = data.load_split(card.dataset, "test",
-                          data_dir=run.config.get("data_dir") or None)
+                          data_dir=run.config.get("data_dir") or None, log=log)
   images = data.preprocess(split.images, dataset, pixel_max=split.pixel_max,
                            image_shape=card.input_shape,
                            normalization=(card.mean, card.std))
@@ -338,7 +354,7 @@ def write_onnx(run: Run, student: Student, out: pathlib.Path, log) -> OnnxCheck:
   """Converts, checks on the test set, then writes ``out`` (ExportError if the check
   fails: nothing is written)."""
   model_bytes = onnx_model(student).SerializeToString()
-  images, labels = test_set(run, student.card)
+  images, labels = test_set(run, student.card, log)
   check = check_onnx(model_bytes, student, images, labels)
   log(f"onnxruntime vs JAX on the {student.card.dataset} test set ({check.examples} "
       f"images): max |logit difference| {check.max_abs_diff:.3g} "
@@ -430,6 +446,7 @@ def export(workdir: str | os.PathLike, fmt: str, out: str | os.PathLike,
     _import_torch()
   elif fmt == "onnx":
     _onnx_libraries()
+    check_class_names(run, run.teacher["dataset"])  # The test set test_set() reads.
   index = replica_index(run, seed)
   step = (choose_step(run, checkpoint) if checkpoint is not None
           else selected_step(run, index))

@@ -53,6 +53,9 @@ class TeacherMeta:
     dataset: dataset the teacher was trained on (e.g. ``"cifar10"``).
     test_accuracy: test accuracy in percent, or ``None`` if not measured.
     source: where the weights come from (``"train_teacher"``, a converted file, ...).
+    class_names: the name of each output class (an image folder's class folders, an
+      npz's ``classes``), by index; ``()`` when unknown (teachers of built-in datasets,
+      of unnamed data and those saved before names were recorded).
     format_version: version of this format.
   """
 
@@ -64,12 +67,17 @@ class TeacherMeta:
   dataset: str
   test_accuracy: float | None = None
   source: str = ""
+  class_names: tuple[str, ...] = ()
   format_version: int = FORMAT_VERSION
 
   def __post_init__(self):
     object.__setattr__(self, "input_shape", tuple(int(d) for d in self.input_shape))
     object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
     object.__setattr__(self, "std", tuple(float(s) for s in self.std))
+    object.__setattr__(self, "class_names", tuple(str(c) for c in self.class_names))
+    if self.class_names and len(self.class_names) != self.num_classes:
+      raise ValueError(f"class_names has {len(self.class_names)} names for "
+                       f"num_classes={self.num_classes}; give one name per class")
     if len(self.input_shape) != 3:
       raise ValueError(f"input_shape must be (H, W, C), got {self.input_shape}")
     channels = self.input_shape[2]
@@ -90,6 +98,7 @@ class TeacherMeta:
         "dataset": self.dataset,
         "test_accuracy": self.test_accuracy,
         "source": self.source,
+        **({"class_names": list(self.class_names)} if self.class_names else {}),
     }
 
   @classmethod
@@ -112,6 +121,7 @@ class TeacherMeta:
                input_shape=tuple(data["input_shape"]), mean=tuple(norm["mean"]),
                std=tuple(norm["std"]), dataset=data["dataset"],
                test_accuracy=data.get("test_accuracy"), source=data.get("source", ""),
+               class_names=tuple(data.get("class_names") or ()),
                format_version=data["format_version"])
 
   def normalize(self, images: jax.Array) -> jax.Array:

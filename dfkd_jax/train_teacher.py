@@ -187,7 +187,7 @@ def train_and_save(config: ml_collections.ConfigDict, workdir: str | os.PathLike
       arch=config.model, num_classes=spec.num_classes, input_shape=input_shape,
       mean=given[0] if given else (0.0,) * channels,
       std=given[1] if given else (1.0,) * channels, dataset=dataset.id,
-      source="train_teacher")
+      source="train_teacher", class_names=getattr(spec, "class_names", ()))
   data.check_teacher_fits(meta, dataset.id, config.image_size)
   module = models.get(config.model, num_classes=spec.num_classes,
                       input_shape=input_shape, label="config.model")
@@ -195,9 +195,9 @@ def train_and_save(config: ml_collections.ConfigDict, workdir: str | os.PathLike
   start = time.time()
   data_dir = config.data_dir or None
   train_split = data.load_split(dataset.id, "train", data_dir=data_dir,
-                                image_size=config.image_size)
+                                image_size=config.image_size, log=log)
   test_split = data.load_split(dataset.id, "test", data_dir=data_dir,
-                               image_size=config.image_size)
+                               image_size=config.image_size, log=log)
   if not given:
     from dfkd_jax import file_datasets  # pylint: disable=g-import-not-at-top
     mean, std = file_datasets.normalization(train_split)

@@ -285,7 +285,8 @@ def _run(setup: Setup, workdir: pathlib.Path, log, primary: bool,
                           "models, checkpoints, teacher accuracy ...",
                           setup.progress_seconds):
     test_split = data.load_split(setup.evaluation_dataset, "test",
-                                 data_dir=setup.data_dir, image_size=setup.image_size)
+                                 data_dir=setup.data_dir, image_size=setup.image_size,
+                                 log=log)
     state = iteration_lib.init_replicas(setup)
     state = parallel.put(state, mesh,
                          iteration_lib.state_specs(state, setup.replay, replicas))
@@ -303,6 +304,10 @@ def _run(setup: Setup, workdir: pathlib.Path, log, primary: bool,
         history.teacher_accuracy = teacher_accuracy
       log(f"teacher {meta.arch}: {teacher_accuracy:.2f}% on the "
           f"{setup.evaluation_dataset} test set")
+      warning = data.teacher_accuracy_warning(meta, teacher_accuracy,
+                                              setup.evaluation_dataset)
+      if warning:
+        log(warning)
   if replicas:
     log(f"{len(seeds)} replicas in one program: seeds {seeds[0]}-{seeds[-1]}, summaries "
         f"in {run_outputs.replica_dir(workdir, seeds[0]).parent}/seed_<seed>")

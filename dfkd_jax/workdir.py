@@ -41,6 +41,8 @@ FREE = frozenset({"checkpoints_to_keep", "tensorboard", "eval_batch_size", "data
                   "teacher_dir", "teacher_config", "progress_seconds", "selection"})
 # Result-deciding fields that older records lack, with the value their runs had.
 ADDED_DEFAULTS = {"num_seeds": 1}
+# The same for the recorded teacher's metadata (teachers without class names).
+TEACHER_ADDED_DEFAULTS = {"class_names": []}
 # Fields that may change with an explicit --allow_config_change=FIELD: num_epochs extends
 # (or shortens) a run. With the cosine schedule the remaining epochs then follow the new
 # length, so the result is not the one of a run of that length from scratch.
@@ -185,6 +187,8 @@ def check_record(workdir: pathlib.Path, config: dict[str, Any], teacher: dict[st
   allowed = check_allowed(allowed)
   path = workdir / RECORD_FILE
   record = json.loads(path.read_text()) if path.is_file() else None
+  if record is not None and "teacher" in record:
+    record["teacher"] = {**TEACHER_ADDED_DEFAULTS, **record["teacher"]}
   if record is not None and not trained:
     if _result_fields(record["config"]) != _result_fields(config) or record.get(
         "teacher") != teacher:

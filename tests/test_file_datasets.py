@@ -8,8 +8,10 @@ folder and distil it for a few iterations.
 import json
 import os
 import pathlib
+import struct
 import subprocess
 import sys
+import zlib
 
 import numpy as np
 import pytest
@@ -321,7 +323,8 @@ def _distil_config(teacher_dir, dataset_id, **overrides):
   return tiny_config(teacher_dir, "dfkd", dataset=dataset_id, **overrides)
 
 
-def test_distillation_evaluates_on_a_test_only_folder(folder_teacher, tmp_path):
+def test_distillation_evaluates_on_a_test_only_folder(folder_teacher, digits_folder,
+                                                      tmp_path):
   """The teacher's data stays private: a copy of test/ alone, elsewhere, is enough."""
   teacher_dir, meta = folder_teacher
   test_only = _write_folder(tmp_path / "shared_test_set", splits=("test",))
@@ -338,6 +341,26 @@ def test_distillation_evaluates_on_a_test_only_folder(folder_teacher, tmp_path):
     trainer.run(_distil_config(teacher_dir, f"folder:{test_only}", image_size=16),
                 tmp_path / "run2", log=lambda line: None)
   assert not (tmp_path / "run2" / trainer.SUMMARY_FILE).exists()
+  # The teacher's own folder renamed a class since: export's check refuses it by name.
+  moved = [(digits_folder / s / "nine", digits_folder / s / "nein")
+           for s in ("train", "test")]
+  try:
+    for a, b in moved:
+      a.rename(b)
+    proc = subprocess.run(
+        [sys.executable, "-m", "dfkd_jax.export", f"--workdir={tmp_path / 'run'}",
+         "--format=onnx", f"--out={tmp_path / 's.onnx'}"],
+        capture_output=True, text=True, timeout=300, check=False)
+  finally:
+    for a, b in moved:
+      b.rename(a)
+  assert proc.returncode == 1, proc.stderr[-2000:]
+  assert proc.stderr.strip().splitlines()[-1].startswith(
+      "error: teacher 'digits_cnn' was trained on classes eight, five, four, nine, one, "
+      f"seven, ... (10 in all) but dataset 'folder:{digits_folder}' has eight, five, "
+      "four, nein, one, seven, ... (10 in all): its class 'nein' is not one of the "
+      "teacher's (which has 'nine'); rename its class folders")
+  assert not (tmp_path / "s.onnx").exists()
 
 
 def test_cli_refuses_a_bad_folder_in_one_line_before_training(tmp_path):
@@ -381,3 +404,327 @@ def test_convert_checks_a_pytorch_teacher_on_folder_images(tmp_path):
                      r"normalisation; pass --mean and --std"):
     convert.convert(tmp_path / "lenet.pth", "lenet5", 3, tmp_path / "t2",
                     dataset=dataset_id)
+
+
+# ---------------------------------------------------------------------------
+# Issue 37: every image mode read right, subfolders, the cache, class names.
+# ---------------------------------------------------------------------------
+
+
+def _pgm16(path: pathlib.Path, pixels: np.ndarray) -> None:
+  """A 16-bit binary PGM (maxval 65535), which Pillow opens as mode ``I``."""
+  h, w = pixels.shape
+  path.write_bytes(f"P5\n{w} {h}\n65535\n".encode() + pixels.astype(">u2").tobytes())
+
+
+def _png16(path: pathlib.Path, pixels: np.ndarray, colour_type: int) -> None:
+  """A 16-bit PNG written chunk by chunk (Pillow writes no 16-bit grey+alpha)."""
+  h, w = pixels.shape[:2]
+  rows = b"".join(b"\0" + row.astype(">u2").tobytes() for row in pixels)
+  chunk = lambda kind, body: (struct.pack(">I", len(body)) + kind + body +
+                              struct.pack(">I", zlib.crc32(kind + body)))
+  path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(
+      ">IIBBBBB", w, h, 16, colour_type, 0, 0, 0)) + chunk(b"IDAT", zlib.compress(rows))
+                   + chunk(b"IEND", b""))
+
+
+def _grey_palette(pixels: np.ndarray) -> Image.Image:
+  image = Image.fromarray(pixels).convert("P")  # Pillow's "P" of an L image: greys.
+  assert image.mode == "P" and len(set(image.getpalette()[:30])) > 3
+  return image
+
+
+# (name, writes the 8x8 grey digit `pixels` as a file of that mode at `path`).
+GREY_WRITERS = [
+    ("L png", lambda path, x: Image.fromarray(x).save(path.with_suffix(".png"))),
+    ("I;16 png", lambda path, x: Image.fromarray(x.astype(np.uint16) * 257).save(
+        path.with_suffix(".png"))),
+    ("I;16 tiff", lambda path, x: Image.fromarray(x.astype(np.uint16) * 257).save(
+        path.with_suffix(".tif"))),
+    ("I pgm", lambda path, x: _pgm16(path.with_suffix(".pgm"), x.astype(np.uint16) * 257)),
+    ("P png of greys", lambda path, x: _grey_palette(x).save(path.with_suffix(".png"))),
+    ("LA png", lambda path, x: Image.fromarray(np.stack([x, 255 - x], -1), "LA").save(
+        path.with_suffix(".png"))),
+    ("16-bit LA png", lambda path, x: _png16(path.with_suffix(".png"), np.stack(
+        [x, 255 - x], -1).astype(np.uint16) * 257, colour_type=4)),
+]
+
+
+@pytest.mark.parametrize("write", [w for _, w in GREY_WRITERS],
+                         ids=[name for name, _ in GREY_WRITERS])
+def test_every_grey_mode_reads_as_the_8_bit_pixels(tmp_path, write):
+  """16-bit greys were clipped to 0/255 by convert("L"): a digits teacher at 100% on
+  8-bit PNGs scored 68% on 16-bit copies."""
+  images, labels = _digits("test")
+  for i, (image, label) in enumerate(zip(images[:60], labels[:60])):
+    path = tmp_path / "x" / "test" / NAMES[label] / f"{i:04d}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write(path, image)
+  split = data.load_split(f"folder:{tmp_path / 'x'}", "test")
+  assert split.images.shape == (60, 8, 8, 1)  # Grey, one channel.
+  order = np.argsort([sorted(NAMES).index(NAMES[d]) for d in labels[:60]], kind="stable")
+  np.testing.assert_array_equal(split.images[..., 0], images[:60][order])
+
+
+def test_colour_modes_read_as_torchvision_reads_them(tmp_path):
+  rng = np.random.default_rng(0)
+  rgb = rng.integers(0, 256, (3, 8, 8, 3), np.uint8)
+  folder = tmp_path / "x" / "test" / "a"
+  folder.mkdir(parents=True)
+  Image.fromarray(np.concatenate([rgb[0], rgb[0][..., :1]], -1), "RGBA").save(
+      folder / "0.png")
+  Image.fromarray(rgb[1]).convert("P", palette=Image.ADAPTIVE, colors=16).save(
+      folder / "1.png")
+  Image.fromarray(rgb[2]).convert("CMYK").save(folder / "2.tif")
+  split = data.load_split(f"folder:{tmp_path / 'x'}", "test")
+  assert split.images.shape == (3, 8, 8, 3)
+  for i, name in enumerate(["0.png", "1.png", "2.tif"]):
+    with Image.open(folder / name) as image:  # torchvision's pil_loader.
+      np.testing.assert_array_equal(split.images[i], np.asarray(image.convert("RGB")))
+
+
+def _torchvision_files(class_folder: pathlib.Path) -> list[str]:
+  """torchvision.datasets.folder.make_dataset's walk of one class folder (its code)."""
+  return [os.path.join(root, name)
+          for root, _, names in sorted(os.walk(class_folder, followlinks=True))
+          for name in sorted(names)
+          if name.lower().endswith(file_datasets.IMAGE_EXTENSIONS)]
+
+
+def test_subfolders_of_a_class_are_read_as_torchvision_reads_them(tmp_path):
+  """They were skipped without a word: a class could be evaluated on 0 images."""
+  root = tmp_path / "x" / "test"
+  for rel in ["a/0.png", "a/sub/1.png", "a/sub/deeper/2.png", "a/sub-2/3.png",
+              "b/nested/4.png", "elsewhere/5.png"]:
+    _image(tmp_path / "x" / rel if rel.startswith("elsewhere") else root / rel)
+  (root / "b" / "linked").symlink_to(tmp_path / "x" / "elsewhere")
+  (root / "b" / "loop").symlink_to(root / "b")  # A link back up is read once.
+  _image(root / "__MACOSX" / "a" / "._0.png")  # macOS zip metadata: no class.
+  _image(root / "a" / ".hidden" / "6.png")
+  lines = []
+  split = data.load_split(f"folder:{tmp_path / 'x'}", "test", log=lines.append)
+  spec = data.get_dataset(f"folder:{tmp_path / 'x'}").spec
+  assert spec.classes == ("a", "b")
+  files = file_datasets._folder_files(root, spec.classes)  # pylint: disable=protected-access
+  want = _torchvision_files(root / "a") + [
+      f for f in _torchvision_files(root / "b") if "/loop/" not in f]
+  assert [os.fspath(f) for f, _ in files] == [f for f in want if "/." not in f]
+  np.testing.assert_array_equal(split.labels, [0, 0, 0, 0, 1, 1])
+  assert lines[0].startswith(f"folder:{tmp_path / 'x'} test: 6 images in 2 classes "
+                             "(a 4, b 2), decoded in ")
+  assert lines[1] == (f"folder:{tmp_path / 'x'}: ignored test/__MACOSX (macOS zip "
+                      "metadata, never a class)")
+
+
+def test_load_says_images_per_class_the_cache_and_an_empty_class(tmp_path):
+  _image(tmp_path / "x" / "train" / "a" / "0.png")
+  _image(tmp_path / "x" / "train" / "b" / "0.png")
+  _image(tmp_path / "x" / "test" / "a" / "0.png")
+  dataset_id = f"folder:{tmp_path / 'x'}"
+  first, second = [], []
+  data.load_split(dataset_id, "test", log=first.append)
+  data.load_split(dataset_id, "test", log=second.append)
+  assert first[0].startswith(f"{dataset_id} test: 1 images in 2 classes (a 1, b 0), "
+                             "decoded in ")
+  cache_file = next((tmp_path / "cache").rglob("test-native.npz"))
+  assert second[0] == (f"{dataset_id} test: 1 images in 2 classes (a 1, b 0), read from "
+                       f"the cache {cache_file} (delete it to decode again)")
+  assert first[1] == second[1] == (
+      f"WARNING: {dataset_id} test: 1 of the 2 classes have no images (b); results "
+      "cover only the others: add their images (test/b/)")
+
+
+def test_the_cache_notices_a_file_replaced_with_the_same_size_and_time(tmp_path):
+  """`cp -p`, `rsync -t` or unpacking again keep name, size and modification time."""
+  for name, value in [("0.bmp", 10), ("1.bmp", 200)]:
+    path = tmp_path / "x" / "test" / "a" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((8, 8), value, np.uint8)).save(path)
+  dataset_id = f"folder:{tmp_path / 'x'}"
+  assert data.load_split(dataset_id, "test").images[0].max() == 10
+  old, new = tmp_path / "x" / "test" / "a" / "0.bmp", tmp_path / "other.bmp"
+  Image.fromarray(np.full((8, 8), 99, np.uint8)).save(new)
+  stat = old.stat()
+  assert new.stat().st_size == stat.st_size  # Uncompressed: the same size.
+  os.utime(new, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+  os.replace(new, old)
+  assert old.stat().st_mtime_ns == stat.st_mtime_ns
+  assert data.load_split(dataset_id, "test").images[0].max() == 99
+
+
+def _named_meta(names, input_shape=(8, 8, 1)):
+  return teacher_lib.TeacherMeta("digits_cnn", len(names), input_shape, (0.5,), (0.5,),
+                                 "digits", class_names=names)
+
+
+def _folder(d: pathlib.Path, *rels: str, **images) -> str:
+  """A folder dataset of 8x8 grey PNGs at ``rels`` (``images``: other writers)."""
+  for rel in rels:
+    _image(d / "x" / rel)
+  for rel, write in images.items():
+    path = d / "x" / rel.replace("__", "/")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write(path)
+  return f"folder:{d / 'x'}"
+
+
+BAD_INPUTS_37 = [
+    ("float tiff",
+     lambda d: lambda: data.get_dataset(_folder(d, **{"test__a__f.tif": lambda p: (
+         Image.fromarray(np.ones((8, 8), np.float32)).save(p))})),
+     ValueError, r"image .*a/f\.tif has PIL mode F \(32-bit float pixels, no fixed "
+                 r"range\); save it as an 8- or 16-bit grayscale or RGB PNG"),
+    ("32-bit integer tiff",
+     lambda d: lambda: data.get_dataset(_folder(d, **{"test__a__i.tif": lambda p: (
+         Image.fromarray(np.ones((8, 8), np.int32)).save(p))})),
+     ValueError, r"image .*a/i\.tif has PIL mode I \(32-bit integer pixels"),
+    ("one RGB image among grey ones",
+     lambda d: lambda: data.check_teacher_fits(_meta(2), _folder(
+         d, "test/a/0.png", "test/b/1.png", **{"test__b__c.png": lambda p: (
+             Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(p))})),
+     ValueError, r"gives \(8, 8, 3\); 1 of the 3 images are colour \(.*b/c\.png first\), "
+                 r"so all are read as RGB: convert those to grayscale"),
+    ("object npz labels",
+     lambda d: (np.savez(d / "x.npz", x_test=np.zeros((2, 8, 8), np.uint8),
+                         y_test=np.array([0, "1"], dtype=object)),
+                lambda: data.get_dataset(f"npz:{d / 'x.npz'}"))[1],
+     ValueError, r"array y_test in .*x\.npz holds Python objects \(dtype object.*save it "
+                 r"as a plain array"),
+    ("object npz of ragged images",
+     lambda d: (np.savez(d / "x.npz", x_test=np.array(
+         [np.zeros((8, 8), np.uint8), np.zeros((9, 8), np.uint8)], dtype=object),
+                         y_test=np.array([0, 1])),
+                lambda: data.get_dataset(f"npz:{d / 'x.npz'}"))[1],
+     ValueError, r"array x_test in .*x\.npz holds Python objects"),
+    ("NCHW npz",
+     lambda d: (_npz(d / "x.npz", x_test=np.zeros((4, 3, 8, 8), np.uint8)),
+                lambda: data.get_dataset(f"npz:{d / 'x.npz'}"))[1],
+     ValueError, r"x_test has shape \(4, 3, 8, 8\), which looks NCHW .*"
+                 r"x\.transpose\(0, 2, 3, 1\)"),
+    ("class folders named otherwise than the teacher's classes",
+     lambda d: lambda: data.check_teacher_fits(_named_meta(("cat", "dog")), _folder(
+         d, "test/a/0.png", "test/b/0.png")),
+     ValueError, r"trained on classes cat, dog but dataset .* has a, b: its class 'a' is "
+                 r"not one of the teacher's \(which has 'cat'\); rename its class "
+                 r"folders to the teacher's names, or every label would be wrong"),
+    ("a stray class folder",
+     lambda d: lambda: data.check_teacher_fits(_named_meta(("a", "b")), _folder(
+         d, "test/a/0.png", "test/b/0.png", "test/stray/0.png")),
+     ValueError, r"its class 'stray' is not one of the teacher's; remove \(or move out\) "
+                 r"the class folder stray/"),
+    ("a stray class folder, teacher without names",
+     lambda d: lambda: data.check_teacher_fits(_meta(2), _folder(
+         d, "test/a/0.png", "test/b/0.png", "test/stray/0.png")),
+     ValueError, r"has 2 classes but dataset .* has 3 \(a, b, stray\)"),
+    ("npz classes in another order",
+     lambda d: (_npz(d / "x.npz", y_test=np.array([0, 1, 0, 1]),
+                     classes=np.array(["dog", "cat"])),
+                lambda: data.check_teacher_fits(_named_meta(("cat", "dog")),
+                                                f"npz:{d / 'x.npz'}"))[1],
+     ValueError, r"the same names in another order \(class 0 is 'cat' for the teacher, "
+                 r"'dog' here\); order the npz's `classes` \(and labels\)"),
+]
+
+
+@pytest.mark.parametrize("make, error, match", [case[1:] for case in BAD_INPUTS_37],
+                         ids=[case[0] for case in BAD_INPUTS_37])
+def test_issue_37_bad_input_is_one_line_naming_it_and_the_fix(tmp_path, make, error,
+                                                              match):
+  trigger = make(tmp_path)
+  with pytest.raises(error, match=match) as info:
+    trigger()
+  assert "\n" not in str(info.value)
+
+
+def test_a_macosx_folder_is_no_class(tmp_path):
+  dataset_id = _folder(tmp_path, "test/a/0.png", "test/b/0.png", "test/__MACOSX/a/._0.png")
+  data.check_teacher_fits(_meta(2), dataset_id)  # Was: 3 classes for a 2-class teacher.
+  assert data.get_dataset(dataset_id).spec.classes == ("a", "b")
+
+
+def test_a_teacher_records_its_class_names_and_train_refuses_others(
+    folder_teacher, tmp_path):
+  """Class folders 0..9 sort otherwise than zero..nine: every label would be permuted."""
+  teacher_dir, meta = folder_teacher
+  assert meta.class_names == tuple(sorted(NAMES))
+  recorded = json.loads((teacher_dir / teacher_lib.META_FILE).read_text())
+  assert recorded["class_names"] == sorted(NAMES)
+  images, labels = _digits("test")
+  for i, (image, label) in enumerate(zip(images[:50], labels[:50])):
+    path = tmp_path / "digits" / "test" / str(label) / f"{i:04d}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(path)
+  config = _distil_config(teacher_dir, f"folder:{tmp_path / 'digits'}")
+  from test_trainer import cli_args  # pylint: disable=g-import-not-at-top
+  proc = subprocess.run(
+      cli_args(config, tmp_path / "run") + [f"--config.dataset={config.dataset}"],
+      capture_output=True, text=True, timeout=300, check=False)
+  assert proc.returncode == 1, proc.stderr[-2000:]
+  assert proc.stderr.strip().splitlines()[-1] == (
+      f"error: teacher 'digits_cnn' was trained on classes eight, five, four, nine, one, "
+      f"seven, ... (10 in all) but dataset 'folder:{tmp_path / 'digits'}' has 0, 1, 2, 3, "
+      "4, 5, ... (10 in all): its class '0' is not one of the teacher's (which has "
+      "'eight'); rename its class folders to the teacher's names, or every label would "
+      "be wrong")
+  assert not (tmp_path / "run" / trainer.SUMMARY_FILE).exists()
+
+
+def test_a_teacher_without_class_names_loads_and_warns_near_chance(
+    folder_teacher, tmp_path):
+  """A teacher saved before names were recorded: no refusal, but a loud warning."""
+  teacher_dir, _ = folder_teacher
+  old = tmp_path / "old_teacher"
+  import shutil  # pylint: disable=g-import-not-at-top
+  shutil.copytree(teacher_dir, old)
+  record = json.loads((old / teacher_lib.META_FILE).read_text())
+  del record["class_names"]
+  (old / teacher_lib.META_FILE).write_text(json.dumps(record))
+  assert teacher_lib.load_meta(old).class_names == ()
+  images, labels = _digits("test")
+  for i, (image, label) in enumerate(zip(images, labels)):
+    path = tmp_path / "digits" / "test" / str(label) / f"{i:04d}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(path)
+  lines = []
+  trainer.run(_distil_config(old, f"folder:{tmp_path / 'digits'}"), tmp_path / "run",
+              log=lines.append)
+  warning = [line for line in lines if line.startswith("WARNING: teacher")]
+  assert len(warning) == 1 and "near chance (10.00% for 10 classes)" in warning[0]
+  assert "records no class names to check that" in warning[0]
+  assert any(line.startswith(f"folder:{tmp_path / 'digits'} test: 360 images in 10 "
+                             "classes (0 36, 1 36, ") for line in lines)
+
+
+def test_convert_records_class_names_and_refuses_others(tmp_path):
+  _folder(tmp_path, "test/a/0.png", "test/b/0.png", "test/c/0.png")
+  (tmp_path / "t.pth").write_bytes(b"")  # Refused before the checkpoint is read.
+  args = [sys.executable, "-m", "dfkd_jax.convert", f"--torch_checkpoint={tmp_path / 't.pth'}",
+          "--arch=lenet5", "--num_classes=3", f"--dataset=folder:{tmp_path / 'x'}",
+          "--mean=0.5", "--std=0.5", f"--out={tmp_path / 'teacher'}"]
+  proc = subprocess.run(args + ["--class_names=cat,dog,eel"], capture_output=True,
+                        text=True, timeout=300, check=False)
+  assert proc.returncode == 1
+  assert proc.stderr.strip().splitlines()[-1] == (
+      "error: teacher 'lenet5' was trained on classes cat, dog, eel but dataset "
+      f"'folder:{tmp_path / 'x'}' has a, b, c: its class 'a' is not one of the "
+      "teacher's (which has 'cat'); rename its class folders to the teacher's names, or "
+      "every label would be wrong")
+  with pytest.raises(ValueError, match=r"--class_names has 2 names but --num_classes=3"):
+    convert.convert(tmp_path / "t.pth", "lenet5", 3, tmp_path / "t2",
+                    dataset=f"folder:{tmp_path / 'x'}", mean=(0.5,), std=(0.5,),
+                    class_names=["a", "b"])
+  assert not (tmp_path / "teacher").exists() and not (tmp_path / "t2").exists()
+
+
+def test_a_run_record_without_teacher_class_names_still_resumes(tmp_path):
+  """Runs recorded before teachers had class names: same teacher, no refusal."""
+  from dfkd_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  meta = _meta(10)
+  config = {"method": "dfkd", "seed": 0, "num_seeds": 1}
+  workdir_lib.check_record(tmp_path, config, dataclasses.asdict(meta))
+  path = tmp_path / workdir_lib.RECORD_FILE
+  record = json.loads(path.read_text())
+  del record["teacher"]["class_names"]  # As those runs wrote it.
+  path.write_text(json.dumps(record))
+  assert workdir_lib.check_record(tmp_path, config, dataclasses.asdict(meta)) == []
