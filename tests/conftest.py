@@ -9,8 +9,11 @@ once (in this process and in the ``python -m dfkd_jax.train`` processes they sta
 whose default cache lies under ``$XDG_CACHE_HOME``, set here to that folder). Nothing
 is written to the user's own cache. Tests of the cache itself pass their own folder.
 
-Tests marked ``slow`` are left out by default (CI's 40 minutes); ``python -m pytest -m
-slow`` runs them (``bash .ci/extra_jobs`` does, by hand).
+Two tiers. ``python -m pytest -q`` (the README's test command) runs the fast tier: every
+module's contract, in minutes. ``python -m pytest -q -m slow`` runs the second tier, the
+tests marked ``slow``: end-to-end runs, real signals and processes, several processes, the
+accelerator kit's dry run, the benchmarks' smoke runs, the larger networks of a
+parametrized test. CI (``.ci/run``) runs both.
 """
 
 import atexit
@@ -25,8 +28,13 @@ import pytest
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
-_CACHE_HOME = tempfile.mkdtemp(prefix="dfkd_jax_test_cache_")
-atexit.register(shutil.rmtree, _CACHE_HOME, ignore_errors=True)
+# The process that makes the folder owns it: pytest-xdist's workers are started after
+# this module ran in the controlling process, inherit the variable and share the folder.
+_CACHE_HOME = os.environ.get("DFKD_JAX_TEST_CACHE_HOME")
+if not _CACHE_HOME:
+  _CACHE_HOME = tempfile.mkdtemp(prefix="dfkd_jax_test_cache_")
+  atexit.register(shutil.rmtree, _CACHE_HOME, ignore_errors=True)
+  os.environ["DFKD_JAX_TEST_CACHE_HOME"] = _CACHE_HOME
 os.environ["XDG_CACHE_HOME"] = _CACHE_HOME
 jax.config.update("jax_compilation_cache_dir",
                   os.path.join(_CACHE_HOME, "dfkd_jax", "xla"))

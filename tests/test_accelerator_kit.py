@@ -90,6 +90,7 @@ def test_check_script_never_writes_into_a_non_empty_folder(tmp_path):
   assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
 
 
+@pytest.mark.slow
 def test_the_device_script_dry_run_runs_every_step_on_this_backend(tmp_path):
   out = tmp_path / "dry_run"
   proc = subprocess.run(["bash", str(CHECK), "--dry-run", str(out)], cwd=REPO,

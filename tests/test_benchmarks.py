@@ -33,6 +33,7 @@ def smoke(tmp_path_factory):
   return printed
 
 
+@pytest.mark.slow
 def test_smoke_run_reports_every_case_with_sane_numbers(smoke):
   assert smoke["backend"] == "cpu" and smoke["device_count"] >= 1
   assert "random init" in smoke["teacher_weights"]

@@ -149,7 +149,10 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("arch", sorted(CASES))
+# The larger networks are second-tier cases (`-m slow`).
+@pytest.mark.parametrize("arch", [
+    pytest.param(a, marks=pytest.mark.slow) if a in ("resnet18", "resnet34", "wrn40_2") else a
+    for a in sorted(CASES)])
 def test_converted_logits_match_pytorch(arch, tmp_path):
   build, dataset, chw = CASES[arch]
   num_classes = 100 if dataset == "cifar100" else 10

@@ -119,6 +119,7 @@ def assert_trees_equal(a, b):
     np.testing.assert_array_equal(np.asarray(value), np.asarray(flat_b[key]), str(key))
 
 
+@pytest.mark.slow
 def test_onnx_export_gives_the_jax_students_predictions(run_dir, tmp_path):
   out = tmp_path / "student.onnx"
   result = run_export(run_dir, "--format=onnx", f"--out={out}")
@@ -170,7 +171,14 @@ def test_torch_export_runs_in_pytorch_and_converts_back_exactly(run_dir, tmp_pat
   assert_trees_equal(variables, full_checkpoint_student(run_dir, 4))
 
 
-@pytest.mark.parametrize("arch", sorted(torch_layout.TORCH_LAYOUTS))
+# One network of each family in the first tier, the rest in the second (`-m slow`).
+_SECOND_TIER_LAYOUTS = ("digits_cnn_half", "lenet5", "lenet5_half", "resnet18", "resnet18_64",
+                        "wrn16_2", "wrn40_2")
+
+
+@pytest.mark.parametrize("arch", [
+    pytest.param(a, marks=pytest.mark.slow) if a in _SECOND_TIER_LAYOUTS else a
+    for a in sorted(torch_layout.TORCH_LAYOUTS)])
 def test_torch_layout_round_trips_and_runs_in_pytorch(arch):
   num_classes = 7
   shape = models.input_shape(arch)
@@ -231,6 +239,7 @@ def test_flax_folder_loads_in_two_lines_with_its_card(run_dir, teacher_dir, tmp_
       card.test_accuracy, abs=1e-9)
 
 
+@pytest.mark.slow
 def test_a_run_of_replicas_exports_each_seed(replicas_dir, tmp_path):
   for seed in (0, 1):
     out = tmp_path / f"seed_{seed}"

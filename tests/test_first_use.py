@@ -5,6 +5,8 @@ import struct
 import subprocess
 import time
 
+import pytest
+
 from dfkd_jax import progress
 from dfkd_jax import trainer
 
@@ -51,6 +53,7 @@ def _train(config, workdir, cache_dir, *extra):
   return out.stdout + out.stderr
 
 
+@pytest.mark.slow
 def test_second_run_loads_the_iteration_from_the_cache_and_writes_tensorboard(
     teacher_dir, tmp_path):
   config = tiny_config(teacher_dir, "dfkd", num_epochs=1)

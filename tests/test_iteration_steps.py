@@ -80,6 +80,7 @@ def _close(got, want, **tol):
   jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, **tol), got, want)
 
 
+@pytest.mark.slow
 def test_generator_step_is_a_gradient_step_on_the_lra_loss_of_g_z(parts):
   opt = optax.sgd(0.1)  # Adam's first step would be a sign: noise on ~0 gradients.
   gen = _model_state(parts.g_vars, opt)
@@ -147,6 +148,7 @@ def test_acquire_student_step_is_sgd_on_the_mae_of_fresh_samples(parts):
   assert metrics["retention_valid"] == 0 and np.isnan(metrics["loss_ret"])
 
 
+@pytest.mark.slow
 def test_joint_student_step_uses_the_memory_once_it_holds_a_batch(parts):
   empty = memory_lib.init(2, BATCH, SHAPE, CLASSES)
   _, acquire_only, metrics, acq = _student_step(parts, "joint", empty)

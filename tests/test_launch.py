@@ -136,13 +136,22 @@ def readme_test_command():
   return commands[0]
 
 
+def readme_second_tier_command():
+  text = (REPO / "README.md").read_text()
+  commands = [l for l in text.splitlines() if l.startswith("python -m pytest -q -m slow")]
+  assert len(commands) == 1, commands
+  return commands[0]
+
+
 @pytest.mark.parametrize("pytest_status", [0, 1])
 def test_ci_runs_the_readme_test_command_and_removes_its_environment(tmp_path,
                                                                      pytest_status):
   """`.ci/run` with a stand-in python3 (a mock, named as such: the real one would install
   3.4 GB and run the whole suite): the README's command runs verbatim in the new
-  environment, the exit status is pytest's, and nothing is left in TMPDIR, pass or fail."""
-  assert readme_test_command() in (REPO / ".ci/run").read_text().splitlines()
+  environment, then the README's second-tier command unless the first tier failed; the
+  exit status is pytest's, and nothing is left in TMPDIR, pass or fail."""
+  ci_lines = (REPO / ".ci/run").read_text().splitlines()
+  assert readme_test_command() in ci_lines and readme_second_tier_command() in ci_lines
   scratch = tmp_path / "tmp"
   scratch.mkdir()
   calls = tmp_path / "calls"
@@ -159,7 +168,9 @@ printf '%s' '{activate}' > "$3/bin/activate"
   assert proc.returncode == pytest_status, proc.stderr
   lines = calls.read_text().splitlines()
   assert lines[0].startswith("python3 -m venv " + str(scratch))
-  assert lines[1:] == ['pip install -e .[test]', "python -m pytest -q"]
+  second_tier = ["python -m pytest -q -m slow"] if pytest_status == 0 else []
+  assert lines[1:] == ['pip install -e .[test]', "python -m pytest -q", *second_tier]
+  assert ("ci: second tier took" in proc.stdout) == (pytest_status == 0), proc.stdout
   assert list(scratch.iterdir()) == []
 
 

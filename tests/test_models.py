@@ -109,6 +109,7 @@ def test_generator_shapes(name, kwargs, shape):
   assert images.shape == (2, *shape)
 
 
+@pytest.mark.slow
 def test_dafl_generator_output_is_batch_normalised():
   module = models.get("dafl_generator", latent_dim=32, image_shape=(8, 8, 3))
   z = jnp.asarray(np.random.default_rng(1).normal(size=(4, 32)), jnp.float32)
@@ -148,6 +149,7 @@ def test_vae_methods():
 
 
 
+@pytest.mark.slow
 def test_vae_kernel_gradients_are_conv_py_matrix_products():
   """The VAE's convolutions are ``models/conv.py``'s: on CPU their kernel gradients are
   matrix products (XLA's own is slow inside the loops the VAE trains in), with the same
@@ -287,7 +289,9 @@ def test_upsample_bilinear_aligned_corners():
   np.testing.assert_allclose(y[0, 0, :, 0], [0.0, 0.4, 0.8, 1.2, 1.6, 2.0], atol=1e-6)
 
 
-@pytest.mark.parametrize("shape", [(2, 4, 4, 3), (1, 5, 7, 2), (3, 1, 2, 4)])
+@pytest.mark.parametrize("shape", [(2, 4, 4, 3),
+                                   pytest.param((1, 5, 7, 2), marks=pytest.mark.slow),
+                                   pytest.param((3, 1, 2, 4), marks=pytest.mark.slow)])
 def test_upsample_conv3x3_is_conv_of_upsampled_input(shape):
   """The sub-pixel form equals conv3x3(upsample_nearest(x)), values and gradients."""
   import flax.linen as nn

@@ -165,6 +165,7 @@ def assert_same_run(workdir, reference_dir):
         np.testing.assert_allclose(got[key], value, rtol=1e-5, err_msg=key)
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_process(teacher_dir, reference, processes, tmp_path):
   workdir = tmp_path / "run"
   group = processes.start_group(teacher_dir, workdir, "process")
@@ -178,6 +179,7 @@ def test_two_processes_match_one_process(teacher_dir, reference, processes, tmp_
   assert_same_run(workdir, reference)
 
 
+@pytest.mark.slow
 def test_sigterm_mid_epoch_checkpoints_and_resumes(teacher_dir, reference, processes,
                                                    tmp_path):
   workdir = tmp_path / "run"

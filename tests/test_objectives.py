@@ -285,6 +285,7 @@ def test_inner_update_forms():
 # ------------------------------------ jit ------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("transform", (jax.jit, eager), ids=("jit", "eager"))
 def test_jit_and_eager_agree(transform):
   params, stats, apply_fn, acq, ret = make_problem(9, jnp.float32)

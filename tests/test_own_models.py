@@ -204,6 +204,7 @@ def fixture_own_teacher(tmp_path_factory):
   return workdir, meta
 
 
+@pytest.mark.slow
 def test_an_own_teacher_trains_and_distils_into_an_own_student(own_teacher, tmp_path):
   workdir, meta = own_teacher
   assert meta.arch == "own_models:TinyNet" and meta.input_shape == DIGITS

@@ -114,6 +114,7 @@ def run(args, env, timings, used):
   return proc.stdout
 
 
+@pytest.mark.slow
 def test_the_guide_from_a_pytorch_state_dict_and_a_folder_to_an_onnx_student(tmp_path):
   folder = _write_folder(tmp_path / "digits")
   torch_accuracy = train_torch_teacher(folder, tmp_path)

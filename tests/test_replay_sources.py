@@ -88,6 +88,7 @@ def test_vae_loss_is_pre_dfkd_formula(vae_and_state):
   np.testing.assert_allclose(loss, recon + logit + 0.5 * kl, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_vae_reconstruction_loss_decreases_on_a_fixed_batch(vae_and_state):
   vae, state = vae_and_state
   lr = 1e-2

@@ -52,6 +52,7 @@ def replicas_run(teacher_dir, tmp_path_factory, kl_student_loss):
   return workdir, result
 
 
+@pytest.mark.slow
 def test_replica_k_equals_the_single_run_with_seed_k(teacher_dir, tmp_path,
                                                      replicas_run):
   workdir, result = replicas_run
@@ -85,6 +86,7 @@ def test_replica_k_equals_the_single_run_with_seed_k(teacher_dir, tmp_path,
                                  err_msg=key)
 
 
+@pytest.mark.slow
 def test_mapped_and_vmapped_replicas_are_the_same_computation(teacher_dir,
                                                              kl_student_loss):
   """``replica_loop="map"`` and ``"vmap"``: two iterations (the memory is written, then
@@ -136,6 +138,7 @@ def test_replicas_write_one_summary_each_that_the_report_reads(replicas_run):
   assert len({tuple(r["test_accuracy"]) + (r["seed"],) for r in result["replicas"]}) == 3
 
 
+@pytest.mark.slow
 def test_replicas_resume_after_a_preemption_equals_the_uninterrupted_run(
     teacher_dir, tmp_path, replicas_run, kl_student_loss, monkeypatch):
   reference_dir, reference = replicas_run
@@ -161,6 +164,7 @@ def test_replicas_resume_after_a_preemption_equals_the_uninterrupted_run(
   assert read_metrics(tmp_path) == read_metrics(reference_dir)
 
 
+@pytest.mark.slow
 def test_a_nan_in_one_replica_marks_it_failed_and_the_others_go_on(teacher_dir, tmp_path,
                                                                    monkeypatch):
   """Fault injection: replica 1's student starts with NaN parameters."""

@@ -61,6 +61,7 @@ def disk_steps(workdir):
                 if p.name.isdigit())
 
 
+@pytest.mark.slow
 def test_criteria_are_finite_in_range_and_per_replica(with_criteria):
   workdir, runs, lines = with_criteria
   assert [r["seed"] for r in runs] == list(SEEDS)
@@ -85,6 +86,7 @@ def test_criteria_are_finite_in_range_and_per_replica(with_criteria):
   assert any(line.startswith("epoch 3/3: students") for line in lines)
 
 
+@pytest.mark.slow
 def test_training_numbers_are_unchanged_by_the_criteria(teacher_dir, tmp_path,
                                                         with_criteria):
   _, runs, _ = with_criteria
@@ -96,6 +98,7 @@ def test_training_numbers_are_unchanged_by_the_criteria(teacher_dir, tmp_path,
   assert not (tmp_path / trainer.CHECKPOINT_DIR / str(EPOCHS) / "probe").exists()
 
 
+@pytest.mark.slow
 def test_the_selected_checkpoint_survives_rotation_and_resume(teacher_dir, tmp_path,
                                                               with_criteria):
   workdir, runs, _ = with_criteria

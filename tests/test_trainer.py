@@ -89,7 +89,8 @@ def read_metrics(workdir):
   return [json.loads(l) for l in (workdir / run_outputs.METRICS_FILE).read_text().splitlines()]
 
 
-@pytest.mark.parametrize("method", ["dfkd", "mb_dfkd", "lra_mb"])
+@pytest.mark.parametrize("method", ["dfkd", pytest.param("mb_dfkd", marks=pytest.mark.slow),
+                                    pytest.param("lra_mb", marks=pytest.mark.slow)])
 def test_method_runs_end_to_end_and_writes_the_summary(teacher_dir, tmp_path, method):
   config = tiny_config(teacher_dir, method)
   result = trainer.run(config, tmp_path, log=lambda s: None)
@@ -135,6 +136,7 @@ MAD_CONDITIONAL = {"generator": "mad_generator",
                    "generator_loss.output_bound": 0.1, "student_logit_bound": 0.1}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", NEW_METHODS)
 def test_new_method_runs_one_epoch_and_writes_the_summary(teacher_dir, tmp_path, method):
   _check_one_epoch_run(teacher_dir, tmp_path, method)
@@ -182,6 +184,7 @@ def test_each_meta_method_has_a_joint_update_control(control, meta):
   assert methods.get(meta).student_update == "meta"
 
 
+@pytest.mark.slow
 def test_ema_dfkd_computes_what_lra_ema_with_the_joint_update_computes(teacher_dir,
                                                                        tmp_path):
   """ema_dfkd end to end for one epoch; every logged number of its two iterations and
@@ -203,6 +206,7 @@ def test_ema_dfkd_computes_what_lra_ema_with_the_joint_update_computes(teacher_d
       np.testing.assert_equal(value, m_override[key], err_msg=key)
 
 
+@pytest.mark.slow
 def test_resume_with_the_ema_generator_equals_an_uninterrupted_run(teacher_dir, tmp_path):
   """The checkpoint holds the EMA generator: a run stopped after epoch 1 and resumed
   reproduces every number of an uninterrupted one. (The kill itself is tested with the
@@ -243,6 +247,7 @@ def test_meta_alignment_is_logged_once_per_iteration_and_changes_nothing(teacher
   assert results[False].get("alignment") in (None, [None])
 
 
+@pytest.mark.slow
 def test_lra_ema_student_gradient_is_the_meta_gradient_on_ema_batches(teacher_dir,
                                                                       tmp_path):
   """lra_ema end to end for one iteration; its checkpointed state = objectives.meta on
@@ -307,6 +312,7 @@ def test_lra_ema_student_gradient_is_the_meta_gradient_on_ema_batches(teacher_di
              zip(jax.tree.leaves(wrong), jax.tree.leaves(out.grads))) > 1e-6
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_equals_an_uninterrupted_run(teacher_dir, tmp_path):
   config = tiny_config(teacher_dir, "lra_mb", num_epochs=3)
   reference = trainer.run(config, tmp_path / "reference", log=lambda s: None)
@@ -366,6 +372,7 @@ def _read_until(proc, words, lines):
   raise AssertionError(f"{words!r} never came:\n" + "\n".join(lines[-30:]))
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_at_the_next_iteration_and_the_rerun_resumes(teacher_dir, tmp_path):
   """Issue 26, item 1: a real SIGINT to a real process, as a terminal's Ctrl-C sends."""
   # 40 iterations: the SIGINT, sent as the first one ends, lands long before the last.
@@ -396,6 +403,7 @@ def test_ctrl_c_saves_at_the_next_iteration_and_the_rerun_resumes(teacher_dir, t
   assert len(read_metrics(workdir)) == 40
 
 
+@pytest.mark.slow
 def test_a_second_ctrl_c_stops_at_once_even_while_compiling(teacher_dir, tmp_path):
   """Issue 26, item 1: the main thread is inside XLA's compile when both arrive."""
   workdir = tmp_path / "run"
@@ -434,6 +442,7 @@ def test_ctrl_c_while_loading_is_one_line(teacher_dir, tmp_path):
   assert lines[-1].startswith("Ctrl-C"), text
 
 
+@pytest.mark.slow
 def test_four_devices_match_one_device(teacher_dir, tmp_path):
   """Sharded over 4 fake CPU devices: same global batch, same numbers (float32)."""
   config = tiny_config(teacher_dir, "lra_mb")
@@ -625,6 +634,7 @@ def test_auto_step_loop_scans_on_cpu_up_to_its_batch_limit(teacher_dir, step_loo
   assert experiment.build(config, log=lambda s: None).unroll is unrolled
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", [
     "lra_mb", pytest.param("lra_pre", marks=pytest.mark.slow),
     pytest.param("mad", marks=pytest.mark.slow)])

@@ -23,6 +23,7 @@ def _quiet(lines):
   return lines.append
 
 
+@pytest.mark.slow
 def test_rerun_with_changed_fields_corrupt_checkpoint_and_extension(teacher_dir, tmp_path):
   config = tiny_config(teacher_dir, "dfkd", num_epochs=2)
   reference = trainer.run(config, tmp_path, log=lambda s: None)
@@ -80,6 +81,7 @@ def test_rerun_with_changed_fields_corrupt_checkpoint_and_extension(teacher_dir,
     trainer.run(longer, tmp_path, log=lambda s: None, allow_config_change=["seed"])
 
 
+@pytest.mark.slow
 def test_a_second_process_on_the_workdir_is_refused(teacher_dir, tmp_path):
   holder = subprocess.Popen(
       [sys.executable, "-c", "import pathlib, sys, time\n"
@@ -142,16 +144,17 @@ def _can_mount_tmpfs() -> bool:
 FULL_DISK_SCRIPT = r"""
 set -u
 mount -t tmpfs -o size="$SIZE" tmpfs "$FS"
-python -m dfkd_jax.train "$@" --workdir="$FS/run" > "$OUT/first.log" 2>&1
+"$PYTHON" -m dfkd_jax.train "$@" --workdir="$FS/run" > "$OUT/first.log" 2>&1
 echo $? > "$OUT/first.rc"
 ls "$FS/run/checkpoints" > "$OUT/after_first.ls"
 mount -o remount,size=64m "$FS"   # The user frees space.
-python -m dfkd_jax.train "$@" --workdir="$FS/run" > "$OUT/rerun.log" 2>&1
+"$PYTHON" -m dfkd_jax.train "$@" --workdir="$FS/run" > "$OUT/rerun.log" 2>&1
 echo $? > "$OUT/rerun.rc"
 cp "$FS/run/summary.json" "$OUT/summary.json"
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not _can_mount_tmpfs(), reason="needs unshare -rm (user namespaces) to "
                     "mount a small tmpfs")
 def test_a_real_full_disk_is_one_line_and_the_rerun_resumes_exactly(teacher_dir, tmp_path):
@@ -170,7 +173,7 @@ def test_a_real_full_disk_is_one_line_and_the_rerun_resumes_exactly(teacher_dir,
   out.mkdir()
   fs.mkdir()
   env = {**os.environ, "SIZE": str(int(2.5 * checkpoint_bytes)), "FS": str(fs),
-         "OUT": str(out)}
+         "OUT": str(out), "PYTHON": sys.executable}
   subprocess.run(["timeout", "-s", "KILL", "900", "unshare", "-rm", "bash", "-c",
                   FULL_DISK_SCRIPT, "full_disk", *flags], cwd=REPO, env=env, check=True,
                  timeout=960)
