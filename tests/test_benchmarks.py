@@ -76,6 +76,7 @@ def test_smoke_run_reports_every_case_with_sane_numbers(smoke):
   assert results[1]["flops_per_iteration"] > results[0]["flops_per_iteration"]
 
 
+@pytest.mark.slow
 def test_smoke_run_reports_the_meta_overhead(smoke):
   (overhead,) = smoke["meta_overhead"]
   joint, meta = smoke["results"]
@@ -109,6 +110,7 @@ def test_bad_arguments_are_clear_errors_before_compiling(args, message, capsys):
   assert message in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_markdown_tables_of_the_smoke_result(smoke, tmp_path, capsys):
   path = tmp_path / "smoke.json"
   path.write_text(json.dumps(smoke))
