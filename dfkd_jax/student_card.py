@@ -122,14 +122,21 @@ def save_student(out: str | os.PathLike, variables: Mapping[str, Any],
   """Writes the student folder ``out`` atomically (the caller checks overwriting).
 
   Args:
-    out: the folder to write (replaced if it exists).
+    out: the folder to write (replaced if it is a student folder).
     variables: ``{"params": ..., "batch_stats": ...}`` of ``card.arch``.
     card: the card.
 
   Returns:
     The absolute folder.
+
+  Raises:
+    ValueError: ``out`` exists and is not a student folder (never replaced).
   """
   out = pathlib.Path(out).absolute()
+  if out.exists() and not is_student_folder(out):
+    raise ValueError(f"{out} exists and is not a student folder (student.json and "
+                     "variables/ only); save_student replaces only a student folder: "
+                     "choose another path")
   staging = staging_dir(out)
   try:
     to_save = jax.tree.map(jnp.asarray, {"params": dict(variables["params"]),
