@@ -147,7 +147,8 @@ def make_train_step(module: flax.linen.Module, optimizer: optax.GradientTransfor
   return train_step
 
 
-def _check_workdir(workdir: pathlib.Path, overwrite: bool, text: str) -> None:
+def _check_workdir(workdir: pathlib.Path, overwrite: bool, text: str | None = None
+                   ) -> None:
   """Refuses (before any training) to replace a teacher or a non-empty folder, and
   with ``overwrite`` anything but a teacher (:func:`dfkd_jax.teacher.check_destination`:
   never a run directory, the current directory or a folder above it)."""
@@ -157,7 +158,8 @@ def _check_workdir(workdir: pathlib.Path, overwrite: bool, text: str) -> None:
             else "other files")
     raise FileExistsError(f"workdir {workdir} already holds {what}; choose another "
                           "--workdir or pass --config.overwrite=True to replace it")
-  teacher_lib.check_destination(text, "--workdir", True)
+  teacher_lib.check_destination(str(workdir) if text is None else text, "--workdir",
+                                True)
 
 
 def train_and_save(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
