@@ -171,28 +171,34 @@ def summary_path(run: Run, index: int | None) -> pathlib.Path:
   return run.workdir / f"seed_{run.seeds[index]}" / summary_lib.SUMMARY_FILE
 
 
-def kept_epoch(run: Run, index: int | None) -> tuple[int | None, str]:
+def kept_epoch(run: Run, index: int | None,
+               log: Callable[[str], None] = lambda line: None) -> tuple[int | None, str]:
   """The 1-based epoch the run's data-free selection kept for replica ``index`` and
   its criterion, as the run's ``summary.json`` records them (the criterion of the
   last train command, which may differ from ``run_config.json``'s); from the newest
-  checkpoint's history and the recorded config for a run without a summary.
+  checkpoint's history and the recorded config for a run without a summary, or with a
+  damaged one (said in ``log``).
 
   Raises:
-    ExportError: a damaged summary, or no checkpoint yet.
+    ExportError: no checkpoint yet.
   """
   path = summary_path(run, index)
   if path.is_file():
     try:
       recorded = summary_lib.Summary.load(path)
+      return recorded.selected_epoch, recorded.criterion or "last"
     except ValueError as e:
-      raise ExportError(f"{' '.join(str(e).split())}; rerun the run's train command "
-                        "(it rewrites it) or pass --checkpoint=STEP") from None
-    return recorded.selected_epoch, recorded.criterion or "last"
+      log(f"{' '.join(str(e).split())[:300]}; the kept epoch is taken from the "
+          "newest checkpoint and run_config.json's criterion instead")
   criterion = (run.config.get("selection") or {}).get("criterion", "last")
   if criterion == "last":
     return None, criterion
   newest = choose_step(run, None)
-  history = _history(run.workdir / CHECKPOINT_DIR / str(newest))
+  try:
+    history = _history(run.workdir / CHECKPOINT_DIR / str(newest))
+  except Exception as e:  # pylint: disable=broad-except  # orbax errors.
+    raise ExportError(f"the history of checkpoint {newest} does not restore "
+                      f"({type(e).__name__}); pass --checkpoint=STEP") from None
   if index is not None:
     history = history["replicas"][index]
   epoch = selection.selected_epoch(criterion, history.get("criteria") or {},
@@ -200,7 +206,8 @@ def kept_epoch(run: Run, index: int | None) -> tuple[int | None, str]:
   return None if epoch is None else epoch + 1, criterion
 
 
-def default_steps(run: Run, index: int | None) -> list[int]:
+def default_steps(run: Run, index: int | None,
+                  log: Callable[[str], None] = lambda line: None) -> list[int]:
   """The checkpoints ``export`` tries without ``--checkpoint``: the one of the epoch
   the run kept (:func:`kept_epoch`), or for ``last`` (and runs made before selection)
   every checkpoint, newest first (a damaged one falls back to the one before, as
@@ -211,7 +218,7 @@ def default_steps(run: Run, index: int | None) -> list[int]:
   """
   steps = checkpoint_steps(run)
   newest_first = sorted(steps, reverse=True)
-  epoch, criterion = kept_epoch(run, index)
+  epoch, criterion = kept_epoch(run, index, log)
   if not steps:
     choose_step(run, None)  # Raises: no checkpoint yet.
   if epoch is None or criterion == "last":
@@ -291,7 +298,7 @@ def restore_default(run: Run, index: int | None, seed: int | None,
   Raises:
     ExportError: none of them restores (one line, with the causes).
   """
-  steps = default_steps(run, index)
+  steps = default_steps(run, index, log)
   failed = []
   for step in steps:
     try:
