@@ -192,8 +192,8 @@ def load_variables(path: str | os.PathLike) -> dict[str, Any]:
   directory = pathlib.Path(path).absolute() / VARIABLES_DIR
   if not directory.is_dir():
     raise FileNotFoundError(f"{directory} not found: the student folder {path} is "
-                            "incomplete; export the student again with python -m dfkd_jax.export "
-                            "--format=flax")
+                            "incomplete; export the student again with python -m "
+                            "dfkd_jax.export --format=flax")
   try:
     with ocp.StandardCheckpointer() as checkpointer:
       tree = checkpointer.metadata(directory).item_metadata.tree

@@ -173,9 +173,9 @@ def check_destination(directory: str | os.PathLike, flag: str, overwrite: bool) 
   """
   text = os.fspath(directory)
   if os.path.exists(text) and text.strip() and not overwrite:
+    way = "--overwrite" if flag == "--out" else "overwrite=True"
     raise FileExistsError(f"teacher directory {os.path.abspath(text)} already exists; "
-                          f"pass {'--overwrite' if flag == '--out' else 'overwrite=True'} "
-                          "to replace it")
+                          f"pass {way} to replace it")
   workdir_lib.check_output(text, flag, True, is_teacher_dir,
                            "teacher directory (teacher.json and variables/)")
 

@@ -112,7 +112,8 @@ def _check_place(text: str, flag: str) -> pathlib.Path:
   cwd = pathlib.Path.cwd().resolve()
   resolved = path.resolve()
   if resolved == cwd or resolved in cwd.parents:
-    where = "the current directory" if resolved == cwd else "a folder above the current one"
+    where = ("the current directory" if resolved == cwd
+             else "a folder above the current one")
     raise OutputError(f"{flag}={text} is {where} ({cwd}); it is never written or "
                       f"replaced: pass a new path, e.g. {flag}={cwd / 'student'}")
   parent = path.parent

@@ -91,7 +91,8 @@ def test_existing_teacher_or_files_are_refused_unless_overwrite(digits_teacher, 
   # atomically; not retrained here to keep the suite fast), and never for other files
   # (issue 37: --overwrite replaces only an earlier output of the same kind).
   train_teacher._check_workdir(workdir, overwrite=True)
-  with pytest.raises(workdir_lib.OutputError, match=r"is not an earlier teacher directory"):
+  with pytest.raises(workdir_lib.OutputError,
+                     match=r"is not an earlier teacher directory"):
     train_teacher._check_workdir(copy, overwrite=True)
   assert (copy / "notes.txt").read_text() == "not a teacher"
 
