@@ -95,6 +95,12 @@ def _silence_late_disk_full_reports() -> None:
   for name in _LOGGERS:
     if _LATE_FILTER not in logging.getLogger(name).filters:
       logging.getLogger(name).addFilter(_LATE_FILTER)
+  drop_closed_loop_callbacks()
+
+
+def drop_closed_loop_callbacks() -> None:
+  """Drops, from now on, tensorstore's "Event loop is closed" callbacks of reads or
+  writes that failed (a traceback each at exit, after the caller's one-line error)."""
   if getattr(sys.unraisablehook, "dfkd_jax_drops_closed_loop_callbacks", False):
     return
   next_hook = sys.unraisablehook

@@ -445,9 +445,7 @@ def convert(torch_checkpoint: str | os.PathLike, arch: str, num_classes: int,
       source=f"converted from PyTorch {os.path.basename(torch_checkpoint)}",
       class_names=_class_names(class_names, num_classes, dataset_spec))
   _check_fits(meta)
-  if os.path.exists(out) and not overwrite:
-    raise FileExistsError(f"teacher directory {out} already exists; pass --overwrite "
-                          "(overwrite=True) to replace it")
+  teacher_lib.check_destination(out, "--out", overwrite)
   check = None if check_inputs is None else load_check_inputs(check_inputs, meta)
   state_dict = load_torch_state_dict(torch_checkpoint, trust_checkpoint)
   variables = state_dict_to_variables(state_dict, arch, num_classes, input_shape)
@@ -459,7 +457,7 @@ def convert(torch_checkpoint: str | os.PathLike, arch: str, num_classes: int,
         f"{check_tolerance:g} on "
         f"{result.examples} `{check.kind}` of {check.path}, top-1 agreement "
         f"{result.top1_agreement:.2f}%")
-  teacher_lib.save_teacher(out, variables, meta, overwrite=overwrite)
+  teacher_lib.save_teacher(out, variables, meta, overwrite=overwrite, flag="--out")
   return meta
 
 

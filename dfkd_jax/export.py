@@ -24,13 +24,19 @@ The run is read from its files alone: ``run_config.json`` (the student's archite
 the teacher's classes, input shape and normalisation, the seeds) and the student's
 ``params``/``batch_stats`` of one orbax checkpoint (the rest of the training state is
 not read; nothing is compiled but the student). ``--checkpoint`` defaults to the
-student the run's data-free selection kept (``config.selection.criterion``,
-:mod:`dfkd_jax.selection`; its checkpoint is never rotated out), and to the newest for
-``last`` and runs made before selection. A run of replicas (``config.num_seeds > 1``) exports one seed per call
-(``--seed``). Bad input (no run or no checkpoint yet, an unknown seed or step, an
-architecture the torch format does not cover, an existing ``--out`` without
-``--overwrite``) is one line, before anything is written; the output is written into a
-temporary sibling and renamed into place.
+student the run's data-free selection kept, as its ``summary.json`` records it
+(``selected_epoch``: the criterion of the last train command, which may differ from
+``run_config.json``'s; :mod:`dfkd_jax.selection`), and to the newest for ``last`` and
+runs made before selection; a newest checkpoint that does not restore falls back to the
+one before it, with a line, as training does. A run of replicas (``config.num_seeds >
+1``) exports one seed per call (``--seed``). Bad input (no run or no checkpoint yet, a
+damaged record or checkpoint, an unknown seed or step, an architecture the torch format
+does not cover, an existing ``--out`` without ``--overwrite``, a moved test set) is one
+line, before anything is written and before the conversion; ``--overwrite`` replaces
+only an earlier export of the same format, never a run directory, a folder holding or
+inside one, the current directory or an empty ``--out``
+(:func:`dfkd_jax.workdir.check_output`). The output is written into a temporary sibling
+and renamed into place.
 """
 
 from __future__ import annotations
@@ -56,9 +62,12 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from dfkd_jax import checkpoints as checkpoints_lib
 from dfkd_jax import data
+from dfkd_jax import progress
 from dfkd_jax import selection
 from dfkd_jax import student_card
+from dfkd_jax import summary as summary_lib
 from dfkd_jax import torch_layout
 from dfkd_jax import workdir as workdir_lib
 
@@ -73,6 +82,10 @@ ONNX_TOLERANCE = 1e-4
 
 class ExportError(ValueError):
   """Bad input to the export; one line naming the value and the fix."""
+
+
+class DamagedCheckpointError(ExportError):
+  """A checkpoint that does not restore (one line, with orbax's cause)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,8 +120,16 @@ def read_run(workdir: str | os.PathLike) -> Run:
   if not path.is_file():
     raise ExportError(f"--workdir={workdir} holds no run ({path.name} not found); pass "
                       "the --workdir of a python -m dfkd_jax.train run")
-  record = json.loads(path.read_text())
-  return Run(workdir, record["config"], record["teacher"])
+  try:
+    record = json.loads(path.read_text())
+    run = Run(workdir, dict(record["config"]), dict(record["teacher"]))
+    _ = run.seeds, run.config["student"], run.config["iterations_per_epoch"]
+  except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+    cause = f"no field {e}" if isinstance(e, KeyError) else " ".join(str(e).split())
+    raise ExportError(f"{path} is damaged ({cause}); restore it from a copy: the train "
+                      "command rewrites it only for a workdir without checkpoints"
+                      ) from None
+  return run
 
 
 def checkpoint_steps(run: Run) -> list[int]:
@@ -143,27 +164,83 @@ def _history(step_dir: pathlib.Path) -> dict[str, Any]:
     return checkpointer.restore(step_dir / "history")
 
 
-def selected_step(run: Run, index: int | None) -> int:
-  """The checkpoint of the epoch the run's selection criterion chose for replica
-  ``index`` (read from the newest checkpoint's history); the newest checkpoint for the
-  ``last`` criterion, runs made before selection, or a chosen step not on disk.
+def summary_path(run: Run, index: int | None) -> pathlib.Path:
+  """The ``summary.json`` of the run (of replica ``index``)."""
+  if index is None:
+    return run.workdir / summary_lib.SUMMARY_FILE
+  return run.workdir / f"seed_{run.seeds[index]}" / summary_lib.SUMMARY_FILE
+
+
+def kept_epoch(run: Run, index: int | None,
+               log: Callable[[str], None] = lambda line: None) -> tuple[int | None, str]:
+  """The 1-based epoch the run's data-free selection kept for replica ``index`` and
+  its criterion, as the run's ``summary.json`` records them (the criterion of the
+  last train command, which may differ from ``run_config.json``'s); from the newest
+  checkpoint's history and the recorded config for a run without a summary, or with a
+  damaged one (said in ``log``).
 
   Raises:
     ExportError: no checkpoint yet.
   """
-  newest = choose_step(run, None)
+  path = summary_path(run, index)
+  if path.is_file():
+    try:
+      recorded = summary_lib.Summary.load(path)
+      return recorded.selected_epoch, recorded.criterion or "last"
+    except ValueError as e:
+      log(f"{' '.join(str(e).split())[:300]}; the kept epoch is taken from the "
+          "newest checkpoint and run_config.json's criterion instead")
   criterion = (run.config.get("selection") or {}).get("criterion", "last")
   if criterion == "last":
-    return newest
-  history = _history(run.workdir / CHECKPOINT_DIR / str(newest))
+    return None, criterion
+  newest = choose_step(run, None)
+  try:
+    history = _history(run.workdir / CHECKPOINT_DIR / str(newest))
+  except Exception as e:  # pylint: disable=broad-except  # orbax errors.
+    raise ExportError(f"the history of checkpoint {newest} does not restore "
+                      f"({type(e).__name__}); pass --checkpoint=STEP") from None
   if index is not None:
     history = history["replicas"][index]
   epoch = selection.selected_epoch(criterion, history.get("criteria") or {},
                                    len(history.get("test_accuracy", [])))
-  if epoch is None:
-    return newest
-  step = (epoch + 1) * int(run.config["iterations_per_epoch"])
-  return step if step in checkpoint_steps(run) else newest
+  return None if epoch is None else epoch + 1, criterion
+
+
+def default_steps(run: Run, index: int | None,
+                  log: Callable[[str], None] = lambda line: None) -> list[int]:
+  """The checkpoints ``export`` tries without ``--checkpoint``: the one of the epoch
+  the run kept (:func:`kept_epoch`), or for ``last`` (and runs made before selection)
+  every checkpoint, newest first (a damaged one falls back to the one before, as
+  training does).
+
+  Raises:
+    ExportError: no checkpoint yet, or the kept epoch's checkpoint is not on disk.
+  """
+  steps = checkpoint_steps(run)
+  newest_first = sorted(steps, reverse=True)
+  epoch, criterion = kept_epoch(run, index, log)
+  if not steps:
+    choose_step(run, None)  # Raises: no checkpoint yet.
+  if epoch is None or criterion == "last":
+    return newest_first
+  step = epoch * int(run.config["iterations_per_epoch"])
+  if step not in steps:
+    raise ExportError(
+        f"{summary_path(run, index)} keeps epoch {epoch} (criterion {criterion}), whose "
+        f"checkpoint {step} is not in {run.workdir / CHECKPOINT_DIR} (rotated out before "
+        f"that criterion was in force); pass --checkpoint= one of "
+        f"{', '.join(map(str, steps))}")
+  return [step]
+
+
+def selected_step(run: Run, index: int | None) -> int:
+  """The checkpoint of the epoch the run kept for replica ``index``
+  (:func:`default_steps`' first).
+
+  Raises:
+    ExportError: no checkpoint yet, or the kept one is not on disk.
+  """
+  return default_steps(run, index)[0]
 
 
 def replica_index(run: Run, seed: int | None) -> int | None:
@@ -201,14 +278,63 @@ def _restore(step_dir: pathlib.Path) -> tuple[dict[str, Any], dict[str, Any]]:
           }, history
 
 
+def _restore_or_explain(run: Run, step: int) -> tuple[dict[str, Any], dict[str, Any]]:
+  """:func:`_restore` of checkpoint ``step``; ExportError (its cause) if it fails."""
+  try:
+    return _restore(run.workdir / CHECKPOINT_DIR / str(step))
+  except Exception as e:  # pylint: disable=broad-except  # orbax/tensorstore errors.
+    checkpoints_lib.drop_closed_loop_callbacks()
+    cause = (str(e).strip().splitlines() or [""])[0][:200]
+    raise DamagedCheckpointError(
+        f"checkpoint {step} in {run.workdir / CHECKPOINT_DIR} does not restore "
+        f"({type(e).__name__}: {cause})") from None
+
+
+def restore_default(run: Run, index: int | None, seed: int | None,
+                    log: Callable[[str], None]) -> "Student":
+  """The student :func:`default_steps` names: the first of its checkpoints that
+  restores, saying so for each damaged one.
+
+  Raises:
+    ExportError: none of them restores (one line, with the causes).
+  """
+  steps = default_steps(run, index, log)
+  failed = []
+  for step in steps:
+    try:
+      return restore_student(run, step, seed)
+    except DamagedCheckpointError as e:
+      failed.append(str(e))
+      if step != steps[-1]:
+        log(f"{e}; trying the one before it")
+  others = sorted(set(checkpoint_steps(run)) - set(steps))
+  way = (f"pass --checkpoint= one of {', '.join(map(str, others))}" if others
+         else "none of the run's checkpoints restores")
+  raise ExportError(f"{'; '.join(failed)}: no checkpoint to export; {way}")
+
+
+def evaluation_dataset(run: Run) -> str:
+  """The dataset the run evaluated its students on, as the trainer chose it
+  (:func:`dfkd_jax.data.evaluation_dataset`): ``config.dataset`` for a
+  ``folder:``/``npz:`` run, the teacher's id (whose variant decides the preprocessing)
+  for the others; ``config.dataset`` as given when it no longer loads (moved)."""
+  dataset = run.config.get("dataset") or run.teacher["dataset"]
+  meta = types.SimpleNamespace(dataset=run.teacher["dataset"])  # All it reads.
+  try:
+    return data.evaluation_dataset(meta, dataset)
+  except (ValueError, FileNotFoundError):
+    return dataset
+
+
 def restore_student(run: Run, step: int, seed: int | None) -> Student:
   """The student of checkpoint ``step`` (of replica ``seed``), with its card.
 
   Raises:
     ExportError: an unknown seed, or a replica that failed (NaN/Inf).
+    DamagedCheckpointError: the checkpoint does not restore.
   """
   index = replica_index(run, seed)
-  variables, history = _restore(run.workdir / CHECKPOINT_DIR / str(step))
+  variables, history = _restore_or_explain(run, step)
   seed = run.seeds[0] if index is None else run.seeds[index]
   if index is not None:
     variables = jax.tree.map(lambda a: a[index], variables)
@@ -224,9 +350,9 @@ def restore_student(run: Run, step: int, seed: int | None) -> Student:
   card = student_card.StudentCard(
       arch=run.config["student"], num_classes=int(teacher["num_classes"]),
       input_shape=tuple(int(d) for d in teacher["input_shape"]),
-      mean=tuple(teacher["mean"]), std=tuple(teacher["std"]), dataset=teacher["dataset"],
-      method=run.config["method"], seed=seed, step=step, test_accuracy=accuracy,
-      teacher_arch=teacher["arch"],
+      mean=tuple(teacher["mean"]), std=tuple(teacher["std"]),
+      dataset=evaluation_dataset(run), method=run.config["method"], seed=seed,
+      step=step, test_accuracy=accuracy, teacher_arch=teacher["arch"],
       source=f"{run.workdir / CHECKPOINT_DIR / str(step)}")
   return Student(variables, card)
 
@@ -246,16 +372,25 @@ def check_class_names(run: Run, dataset_id: str) -> None:
                                   class_names=run.teacher.get("class_names") or ())
   try:
     data.check_class_names(teacher, dataset_id)
-  except ValueError as e:
-    raise ExportError(str(e)) from None
+  except (ValueError, FileNotFoundError) as e:  # Differ, or moved: one line either way.
+    raise ExportError(' '.join(str(e).split())) from None
 
 
 def test_set(run: Run, card: student_card.StudentCard, log=None
              ) -> tuple[np.ndarray, np.ndarray]:
-  """The run's test set as the student sees it: normalised NHWC images and labels."""
-  dataset = data.get_dataset(card.dataset)
-  split = data.load_split(card.dataset, "test",
-                          data_dir=run.config.get("data_dir") or None, log=log)
+  """The run's test set as the student sees it: normalised NHWC images and labels.
+
+  Raises:
+    ExportError: it does not load (moved, not prepared): one line.
+  """
+  try:
+    dataset = data.get_dataset(card.dataset)
+    split = data.load_split(card.dataset, "test",
+                            data_dir=run.config.get("data_dir") or None,
+                            image_size=int(run.config.get("image_size") or 0), log=log)
+  except (FileNotFoundError, ValueError) as e:
+    raise ExportError(f"the ONNX check needs the run's test set: "
+                      f"{' '.join(str(e).split())}") from None
   images = data.preprocess(split.images, dataset, pixel_max=split.pixel_max,
                            image_shape=card.input_shape,
                            normalization=(card.mean, card.std))
@@ -352,10 +487,17 @@ def check_onnx(model_bytes: bytes, student: Student, images: np.ndarray,
 
 def write_onnx(run: Run, student: Student, out: pathlib.Path, log) -> OnnxCheck:
   """Converts, checks on the test set, then writes ``out`` (ExportError if the check
-  fails: nothing is written)."""
-  model_bytes = onnx_model(student).SerializeToString()
+  fails: nothing is written). The test set is loaded first, so that a missing one is
+  said before the conversion; each stage says what it does, and every 15 s that it
+  still runs."""
   images, labels = test_set(run, student.card, log)
-  check = check_onnx(model_bytes, student, images, labels)
+  with progress.Heartbeat(log, "converting", "converting the student to ONNX with "
+                          "jax2onnx (about half a minute on a CPU) ...", 15.0):
+    model_bytes = onnx_model(student).SerializeToString()
+  with progress.Heartbeat(log, "checking", f"checking the ONNX model in onnxruntime "
+                          f"against the JAX student on {len(labels)} test images ...",
+                          15.0):
+    check = check_onnx(model_bytes, student, images, labels)
   log(f"onnxruntime vs JAX on the {student.card.dataset} test set ({check.examples} "
       f"images): max |logit difference| {check.max_abs_diff:.3g} "
       f"({check.relative_diff:.3g} of the largest logit), accuracy ONNX "
@@ -402,6 +544,34 @@ def _write_file(out: pathlib.Path, content: bytes) -> None:
     shutil.rmtree(staging, ignore_errors=True)
 
 
+def _is_onnx_export(path: pathlib.Path) -> bool:
+  """An ONNX file :func:`write_onnx` wrote: it parses and carries the card."""
+  import onnx  # pylint: disable=g-import-not-at-top  # jax2onnx's dependency.
+  try:
+    model = onnx.load(str(path), load_external_data=False)
+  except Exception:  # pylint: disable=broad-except  # Anything else is not ours.
+    return False
+  return any(p.key == "dfkd_jax.student" for p in model.metadata_props)
+
+
+def _is_torch_export(path: pathlib.Path) -> bool:
+  """A ``.pth`` :func:`write_torch` wrote: ``{"state_dict", "student": card}``."""
+  torch = _import_torch()
+  try:
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+  except Exception:  # pylint: disable=broad-except  # Anything else is not ours.
+    return False
+  return (isinstance(payload, dict) and set(payload) == {"state_dict", "student"}
+          and isinstance(payload["student"], dict)
+          and payload["student"].get("format_version") == student_card.FORMAT_VERSION)
+
+
+# What --overwrite may replace, per format: an earlier export of that format.
+EARLIER_EXPORT = {"onnx": lambda p: p.is_file() and _is_onnx_export(p),
+                  "torch": lambda p: p.is_file() and _is_torch_export(p),
+                  "flax": student_card.is_student_folder}
+
+
 def export(workdir: str | os.PathLike, fmt: str, out: str | os.PathLike,
            seed: int | None = None, checkpoint: int | None = None,
            overwrite: bool = False, log: Callable[[str], None] = print
@@ -419,39 +589,41 @@ def export(workdir: str | os.PathLike, fmt: str, out: str | os.PathLike,
     checkpoint: the step to export; default the selected epoch's
       (:func:`selected_step`).
     overwrite: replace an existing ``out``.
-    log: receives the check's line (onnx).
+    log: receives the progress and check lines (onnx), and a line per damaged
+      checkpoint passed over.
 
   Returns:
     The exported student's card.
 
   Raises:
     ExportError: bad input (one line).
+    dfkd_jax.workdir.OutputError: an ``out`` that must not be written or replaced
+      (:func:`dfkd_jax.workdir.check_output`; ``overwrite`` replaces only an earlier
+      export of the format).
     FileExistsError: ``out`` exists and ``overwrite`` is false.
     ModuleNotFoundError: a library of the format is not installed.
   """
   if fmt not in FORMATS:
     raise ExportError(f"--format={fmt!r}; valid formats: {', '.join(FORMATS)}")
-  out = pathlib.Path(out).absolute()
-  if out.exists() and not overwrite:
-    raise FileExistsError(f"--out={out} already exists; pass --overwrite to replace it")
-  if fmt == "flax" and out.is_file() or fmt != "flax" and out.is_dir():
-    raise ExportError(f"--out={out} is a {'file' if out.is_file() else 'folder'}; "
-                      f"--format={fmt} writes a {'folder' if fmt == 'flax' else 'file'}")
+  if fmt == "torch":
+    _import_torch()
+  elif fmt == "onnx":
+    _onnx_libraries()
+  out = workdir_lib.check_output(os.fspath(out), "--out", overwrite,
+                                 EARLIER_EXPORT[fmt],
+                                 f"--format={fmt} export (with its student card)")
   run = read_run(workdir)
   arch = run.config["student"]
   if fmt == "torch" and arch not in torch_layout.TORCH_LAYOUTS:
     raise ExportError(f"--format=torch does not cover the student {arch!r}; it covers "
                       f"{', '.join(sorted(torch_layout.TORCH_LAYOUTS))}; use --format=onnx")
-  if fmt == "torch":
-    _import_torch()
-  elif fmt == "onnx":
-    _onnx_libraries()
-    check_class_names(run, run.teacher["dataset"])  # The test set test_set() reads.
   index = replica_index(run, seed)
-  step = (choose_step(run, checkpoint) if checkpoint is not None
-          else selected_step(run, index))
-  student = restore_student(run, step, seed)
+  if checkpoint is not None:
+    student = restore_student(run, choose_step(run, checkpoint), seed)
+  else:
+    student = restore_default(run, index, seed, log)
   if fmt == "onnx":
+    check_class_names(run, student.card.dataset)  # The set test_set() reads.
     write_onnx(run, student, out, log)
   elif fmt == "torch":
     write_torch(student, out)
@@ -492,7 +664,8 @@ def main(argv: list[str]) -> None:
   try:
     card = export(_FLAGS.workdir, _FLAGS.format, _FLAGS.out, seed=_FLAGS.seed,
                   checkpoint=_FLAGS.checkpoint, overwrite=_FLAGS.overwrite, log=print)
-  except (ExportError, FileExistsError, ModuleNotFoundError) as e:
+  except (ExportError, workdir_lib.OutputError, FileExistsError,
+          ModuleNotFoundError) as e:
     raise SystemExit("error: " + " ".join(str(e).split())) from None
   accuracy = ("not evaluated at this step" if card.test_accuracy is None
               else f"{card.test_accuracy:.2f}%")

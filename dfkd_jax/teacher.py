@@ -31,6 +31,7 @@ import orbax.checkpoint as ocp
 
 from dfkd_jax import distributed
 from dfkd_jax import models
+from dfkd_jax import workdir as workdir_lib
 
 FORMAT_VERSION = 1
 META_FILE = "teacher.json"
@@ -159,8 +160,39 @@ def _check_variables(expected: Mapping[str, Any], actual: Mapping[str, Any],
                      + "; ".join(problems))
 
 
+def is_teacher_dir(path: pathlib.Path) -> bool:
+  """Whether ``path`` is a teacher directory :func:`save_teacher` wrote (its
+  ``teacher.json`` and ``variables/``, nothing else) or an empty folder: what
+  ``overwrite`` may replace."""
+  try:
+    names = {p.name for p in path.iterdir()}
+  except OSError:
+    return False
+  return not names or names <= {META_FILE, VARIABLES_DIR} and META_FILE in names
+
+
+def check_destination(directory: str | os.PathLike, flag: str, overwrite: bool) -> None:
+  """Refuses, before any work, a teacher directory that must not be written: an
+  existing one without ``overwrite``; an empty path, the current directory or a folder
+  above it; with ``overwrite`` anything but an earlier teacher
+  (:func:`dfkd_jax.workdir.check_output`): never a run directory or what holds one.
+
+  Raises:
+    FileExistsError: it exists and ``overwrite`` is false.
+    dfkd_jax.workdir.OutputError: it must not be written (one line).
+  """
+  text = os.fspath(directory)
+  if os.path.exists(text) and text.strip() and not overwrite:
+    way = "--overwrite" if flag == "--out" else "overwrite=True"
+    raise FileExistsError(f"teacher directory {os.path.abspath(text)} already exists; "
+                          f"pass {way} to replace it")
+  workdir_lib.check_output(text, flag, True, is_teacher_dir,
+                           "teacher directory (teacher.json and variables/)")
+
+
 def save_teacher(directory: str | os.PathLike, variables: Variables, meta: TeacherMeta,
-                 overwrite: bool = False) -> pathlib.Path:
+                 overwrite: bool = False, flag: str = "teacher directory"
+                 ) -> pathlib.Path:
   """Writes a teacher checkpoint atomically.
 
   Args:
@@ -168,19 +200,21 @@ def save_teacher(directory: str | os.PathLike, variables: Variables, meta: Teach
     variables: ``{"params": ..., "batch_stats": ...}`` (``batch_stats`` may be absent
       for networks without BatchNorm); other collections are dropped.
     meta: the metadata; ``meta.arch`` must be a registered classifier.
-    overwrite: replace an existing teacher at ``directory``.
+    overwrite: replace an existing teacher at ``directory`` (only a teacher:
+      :func:`check_destination`).
+    flag: how the user gave ``directory``, for the messages.
 
   Returns:
     The absolute teacher directory.
 
   Raises:
     FileExistsError: ``directory`` exists and ``overwrite`` is false.
-    ValueError: unknown architecture, or variables not matching it.
+    ValueError: unknown architecture, or variables not matching it; a ``directory``
+      that must not be written (:class:`dfkd_jax.workdir.OutputError`).
   """
-  directory = distributed.filesystem_path(directory, "teacher directory").absolute()
-  if directory.exists() and not overwrite:
-    raise FileExistsError(f"Teacher directory {directory} already exists; pass "
-                          "overwrite=True to replace it")
+  distributed.filesystem_path(directory, flag)
+  check_destination(directory, flag, overwrite)
+  directory = pathlib.Path(directory).absolute()
   models.resolve(meta.arch, "classifier", "arch")
   module = models.get(meta.arch, num_classes=meta.num_classes,
                       input_shape=meta.input_shape, label="arch")

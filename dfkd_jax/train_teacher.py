@@ -147,14 +147,19 @@ def make_train_step(module: flax.linen.Module, optimizer: optax.GradientTransfor
   return train_step
 
 
-def _check_workdir(workdir: pathlib.Path, overwrite: bool) -> None:
-  """Refuses (before any training) to replace a teacher or a non-empty folder."""
+def _check_workdir(workdir: pathlib.Path, overwrite: bool, text: str | None = None
+                   ) -> None:
+  """Refuses (before any training) to replace a teacher or a non-empty folder, and
+  with ``overwrite`` anything but a teacher (:func:`dfkd_jax.teacher.check_destination`:
+  never a run directory, the current directory or a folder above it)."""
   if workdir.exists() and not overwrite and (
       not workdir.is_dir() or any(workdir.iterdir())):
     what = ("a teacher" if (workdir / teacher_lib.META_FILE).is_file()
             else "other files")
     raise FileExistsError(f"workdir {workdir} already holds {what}; choose another "
                           "--workdir or pass --config.overwrite=True to replace it")
+  teacher_lib.check_destination(str(workdir) if text is None else text, "--workdir",
+                                True)
 
 
 def train_and_save(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
@@ -174,8 +179,9 @@ def train_and_save(config: ml_collections.ConfigDict, workdir: str | os.PathLike
     FileNotFoundError: dataset not prepared (the message says how).
     FileExistsError: ``workdir`` already holds a teacher and ``overwrite`` is false.
   """
+  text = os.fspath(workdir)
   workdir = distributed.filesystem_path(workdir, "workdir").absolute()
-  _check_workdir(workdir, config.overwrite)
+  _check_workdir(workdir, config.overwrite, text)
   dataset = data.get_dataset(config.dataset)
   spec = dataset.spec
   data_shape = spec.stored_shape(config.image_size)
@@ -253,7 +259,7 @@ def train_and_save(config: ml_collections.ConfigDict, workdir: str | os.PathLike
   meta = dataclasses.replace(meta, test_accuracy=round(accuracy, 4))
   variables = jax.device_get({"params": state["params"],
                               "batch_stats": state["batch_stats"]})
-  path = teacher_lib.save_teacher(workdir, variables, meta,
+  path = teacher_lib.save_teacher(text, variables, meta, flag="--workdir",
                                   overwrite=config.overwrite or workdir.exists())
   log(f"saved teacher {config.model} ({accuracy:.2f}% test accuracy) to {path} "
       f"after {time.time() - start:.1f}s")

@@ -15,6 +15,11 @@
   :data:`CHANGEABLE`). Fields in :data:`FREE` never change a result and may differ.
 * :func:`check_writable` -- a clear error for a workdir that cannot be written, before
   the teacher and the test set are loaded.
+* :func:`check_output` -- what the tools that write one file or folder (``export
+  --out``, ``convert --out``, ``train_teacher --workdir``) may write or replace: never
+  an empty path, the current directory or a folder above it, and with ``--overwrite``
+  only an earlier output of the same kind (the caller recognises it), never a run
+  directory, a folder holding one or a run's own files.
 """
 
 from __future__ import annotations
@@ -27,10 +32,12 @@ import json
 import os
 import pathlib
 import socket
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 LOCK_FILE = "run.lock"
 RECORD_FILE = "run_config.json"
+# What only a run directory holds (dfkd_jax.trainer, dfkd_jax.summary).
+RUN_FILES = (RECORD_FILE, LOCK_FILE, "summary.json", "metrics.jsonl", "checkpoints")
 
 # Fields that do not change a run's numbers: where files are, how often they are kept,
 # how the exact evaluation is batched, whether event files are written, the
@@ -72,6 +79,96 @@ def check_writable(workdir: pathlib.Path) -> None:
     what = "is not a folder" if not existing.is_dir() else "is not writable"
     raise PermissionError(f"workdir {workdir}: {existing} {what}; choose another "
                           "--workdir or fix its permissions")
+
+
+class OutputError(ValueError):
+  """An output path that must not be written or replaced; one line, with the fix."""
+
+
+def is_run_dir(path: pathlib.Path) -> bool:
+  """Whether ``path`` is a folder holding a run's files (:data:`RUN_FILES`)."""
+  return path.is_dir() and any((path / name).exists() for name in RUN_FILES)
+
+
+def _run_inside(path: pathlib.Path, depth: int = 2) -> pathlib.Path | None:
+  """A run directory in ``path``'s subfolders, ``depth`` levels down at most."""
+  try:
+    children = [c for c in path.iterdir() if c.is_dir() and not c.is_symlink()]
+  except OSError:
+    return None
+  for child in children:
+    found = child if is_run_dir(child) else (
+        _run_inside(child, depth - 1) if depth > 1 else None)
+    if found is not None:
+      return found
+  return None
+
+
+def _check_place(text: str, flag: str) -> pathlib.Path:
+  """``text`` as an absolute path that is not empty, the current directory or a folder
+  above it, and whose nearest existing parent is a folder."""
+  if not text.strip():
+    raise OutputError(f"{flag} is empty (an unset shell variable?); pass the path to "
+                      "write")
+  path = pathlib.Path(text).absolute()
+  cwd = pathlib.Path.cwd().resolve()
+  resolved = path.resolve()
+  if resolved == cwd or resolved in cwd.parents:
+    where = ("the current directory" if resolved == cwd
+             else "a folder above the current one")
+    raise OutputError(f"{flag}={text} is {where} ({cwd}); it is never written or "
+                      f"replaced: pass a new path, e.g. {flag}={cwd / 'student'}")
+  parent = path.parent
+  while not parent.exists() and parent != parent.parent:
+    parent = parent.parent
+  if not parent.is_dir():
+    raise OutputError(f"{flag}={text}: {parent} is a file, not a folder; pass a path "
+                      "in a folder")
+  return path
+
+
+def check_output(text: str, flag: str, overwrite: bool,
+                 earlier_output: Callable[[pathlib.Path], bool], kind: str
+                 ) -> pathlib.Path:
+  """Checks that ``text`` may be written, before anything is read, compiled or written.
+
+  Args:
+    text: the path as the user gave it.
+    flag: how the user gave it (``--out``), for the messages.
+    overwrite: whether an existing output may be replaced.
+    earlier_output: recognises an earlier output of the same kind at a path.
+    kind: what that output is, for the messages ("student folder written by
+      python -m dfkd_jax.export --format=flax").
+
+  Returns:
+    The absolute path.
+
+  Raises:
+    OutputError: an empty path, the current directory or a folder above it, a parent
+      that is a file, or (with ``overwrite``) anything but an earlier output: one line.
+    FileExistsError: ``text`` exists and ``overwrite`` is false.
+  """
+  path = _check_place(text, flag)
+  if not (path.exists() or path.is_symlink()):
+    return path
+  if not overwrite:
+    raise FileExistsError(f"{flag}={path} already exists; pass --overwrite to replace it")
+  refuse = f"{flag}={path}"
+  fix = (f"--overwrite replaces only an earlier {kind}: choose another {flag} (or "
+         "remove it yourself)")
+  if path.is_symlink():
+    raise OutputError(f"{refuse} is a symbolic link; {fix}")
+  if is_run_dir(path):
+    raise OutputError(f"{refuse} is a run directory (it holds "
+                      f"{next(n for n in RUN_FILES if (path / n).exists())}); {fix}")
+  if earlier_output(path):
+    return path
+  around = next((p for p in path.parents if is_run_dir(p)), None)
+  inside = _run_inside(path) if path.is_dir() and around is None else None
+  what = (f"lies inside the run directory {around}" if around is not None else
+          f"holds the run directory {inside}" if inside is not None else
+          f"is not an earlier {kind}")
+  raise OutputError(f"{refuse} {what}; {fix}")
 
 
 class Lock:

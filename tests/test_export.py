@@ -125,6 +125,9 @@ def test_onnx_export_gives_the_jax_students_predictions(run_dir, tmp_path):
   result = run_export(run_dir, "--format=onnx", f"--out={out}")
   assert result.returncode == 0, result.stderr
   assert "max |logit difference|" in result.stdout and "accuracy ONNX" in result.stdout
+  # Each stage of the ~75 s says what it does (issue 37).
+  assert "converting the student to ONNX" in result.stdout
+  assert "checking the ONNX model in onnxruntime" in result.stdout
 
   run = export.read_run(run_dir)
   student = export.restore_student(run, 4, None)
@@ -331,3 +334,263 @@ def test_overwrite_replaces_an_earlier_export(run_dir, tmp_path):
   assert result.returncode == 0, result.stderr
   assert dfkd_jax.load_student(out).card.step == 4
   assert sorted(p.name for p in tmp_path.iterdir()) == ["student"]
+
+
+# ---------------------------------------------------------------------------
+# Issue 37: --overwrite replaces only an earlier export; no input is read wrong in
+# silence; damaged files are one line.
+# ---------------------------------------------------------------------------
+
+
+def snapshot(root: pathlib.Path) -> dict[str, bytes]:
+  """Every file under ``root`` (relative path -> bytes)."""
+  return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+          if p.is_file()}
+
+
+@pytest.fixture
+def run_copy(run_dir, tmp_path):
+  """A copy of the tiny run in ``tmp_path/home/run``, and its files' bytes."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path / "home" / "run"
+  shutil.copytree(run_dir, workdir)
+  return workdir, snapshot(workdir)
+
+
+def run_cli(module, cwd, *flags):
+  """``python -m dfkd_jax.<module> FLAGS`` in ``cwd`` (this tree on the path)."""
+  path = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
+  return subprocess.run([sys.executable, "-m", f"dfkd_jax.{module}", *flags],
+                        capture_output=True, text=True, check=False, cwd=cwd,
+                        env={**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": path})
+
+
+# --out, relative to the folder holding the run (the command's cwd), and the words of
+# the refusal.
+OVERWRITE_PATHS = {
+    "workdir": ("run", "is a run directory (it holds run_config.json)"),
+    "inside_workdir": ("run/checkpoints", "lies inside the run directory"),
+    "empty": ("", "--out is empty"),
+    "cwd": (".", "is the current directory"),
+    "cwd_absolute": ("{cwd}", "is the current directory"),
+    "above_cwd": ("..", "is a folder above the current one"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(OVERWRITE_PATHS))
+def test_overwrite_never_deletes_a_run_or_the_current_directory(case, run_copy):
+  workdir, before = run_copy
+  home = workdir.parent
+  out, words = OVERWRITE_PATHS[case]
+  result = run_cli("export", home, f"--workdir={workdir}", "--format=flax",
+                   f"--out={out.format(cwd=home)}", "--overwrite")
+  line = _one_line_error(result)
+  assert words in line, line
+  assert "choose" in line or "pass" in line, line
+  assert snapshot(workdir) == before
+  assert sorted(p.name for p in home.iterdir()) == ["run"]
+
+
+def test_overwrite_refuses_the_parent_of_the_workdir(run_copy, tmp_path):
+  workdir, before = run_copy
+  elsewhere = tmp_path / "elsewhere"
+  elsewhere.mkdir()
+  line = _one_line_error(run_cli("export", elsewhere, f"--workdir={workdir}",
+                                 "--format=flax", f"--out={workdir.parent}",
+                                 "--overwrite"))
+  assert f"holds the run directory {workdir}" in line
+  assert snapshot(workdir) == before
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torch"])
+def test_overwrite_never_replaces_a_runs_file(fmt, run_copy):
+  workdir, before = run_copy
+  line = _one_line_error(run_cli("export", workdir.parent, f"--workdir={workdir}",
+                                 f"--format={fmt}", f"--out={workdir / 'summary.json'}",
+                                 "--overwrite"))
+  assert "lies inside the run directory" in line
+  assert snapshot(workdir) == before
+
+
+def test_overwrite_refuses_what_another_tool_wrote(run_dir, tmp_path):
+  """A folder of the user's, and a file that is not an export of the format."""
+  mine = tmp_path / "mine"
+  mine.mkdir()
+  (mine / "notes.txt").write_text("mine")
+  line = _one_line_error(run_export(run_dir, "--format=flax", f"--out={mine}",
+                                    "--overwrite"))
+  assert "is not an earlier --format=flax export" in line
+  assert (mine / "notes.txt").read_text() == "mine"
+  other = tmp_path / "model.onnx"
+  other.write_bytes(b"not an onnx model of ours")
+  line = _one_line_error(run_export(run_dir, "--format=onnx", f"--out={other}",
+                                    "--overwrite"))
+  assert "is not an earlier --format=onnx export" in line
+  assert other.read_bytes() == b"not an onnx model of ours"
+
+
+def test_convert_and_train_teacher_never_replace_a_run(run_copy, tmp_path):
+  """The other tools that replace a folder: convert --out and train_teacher --workdir
+  (a teacher directory) refuse a run directory before any work."""
+  workdir, before = run_copy
+  pth = tmp_path / "student.pth"
+  assert run_export(workdir, "--format=torch", f"--out={pth}").returncode == 0
+  line = _one_line_error(run_cli(
+      "convert", tmp_path, f"--torch_checkpoint={pth}", "--arch=digits_cnn_half",
+      "--num_classes=10", "--dataset=digits", f"--out={workdir}", "--overwrite"))
+  assert "is a run directory" in line
+  result = run_cli("train_teacher", tmp_path,
+                   f"--config={REPO / 'configs/teacher/digits.py'}",
+                   f"--workdir={workdir}", "--config.overwrite=True")
+  assert result.returncode == 1 and "is a run directory" in result.stderr, result.stderr
+  assert "epoch 1/" not in result.stdout  # Refused before training.
+  assert snapshot(workdir) == before
+
+
+def test_an_out_whose_parent_is_a_file_is_one_line_before_the_conversion(run_dir,
+                                                                         tmp_path):
+  (tmp_path / "models").write_text("a file")
+  out = tmp_path / "models" / "student.onnx"
+  result = run_export(run_dir, "--format=onnx", f"--out={out}")
+  line = _one_line_error(result)
+  assert f"{tmp_path / 'models'} is a file, not a folder" in line
+  assert "converting" not in result.stdout
+  assert (tmp_path / "models").read_text() == "a file"
+
+
+def card_step(out: pathlib.Path) -> int:
+  return json.loads((out / "student.json").read_text())["step"]
+
+
+def test_export_keeps_what_the_summary_kept_after_a_rerun_with_another_criterion(
+    teacher_dir, tmp_path):
+  """A run kept an epoch by `agreement`; rerun with `last` (a free field), its summary
+  keeps the last epoch: export follows it, not run_config.json's criterion."""
+  options = {"selection.criterion": "agreement", "selection.probe_size": 32,
+             "selection.probe_epochs": 2, "iterations_per_epoch": 1,
+             "student_steps": 1, "checkpoints_to_keep": 1, "num_epochs": 4}
+  workdir = tmp_path / "run"
+  first = trainer.run(tiny_config(teacher_dir, "mb_dfkd", **options), workdir,
+                      log=lambda s: None)
+  assert first["selected_epoch"] != 4, "the test needs agreement to keep another epoch"
+  trainer.run(tiny_config(teacher_dir, "mb_dfkd", **{**options,
+                                                      "selection.criterion": "last"}),
+              workdir, log=lambda s: None)
+  summary = json.loads((workdir / "summary.json").read_text())
+  assert (summary["criterion"], summary["selected_epoch"]) == ("last", 4)
+  result = run_export(workdir, "--format=flax", f"--out={tmp_path / 'student'}")
+  assert result.returncode == 0, result.stderr
+  assert card_step(tmp_path / "student") == 4
+  # And back: the summary keeps agreement's epoch again, whose checkpoint is on disk.
+  trainer.run(tiny_config(teacher_dir, "mb_dfkd", **options), workdir, log=lambda s: None)
+  result = run_export(workdir, "--format=flax", f"--out={tmp_path / 'again'}")
+  assert result.returncode == 0, result.stderr
+  assert card_step(tmp_path / "again") == first["selected_epoch"]
+
+
+def unit_test_images():
+  """The digits test set as [0, 1] floats at the student's input shape, and labels."""
+  split = data.load_split("digits", "test")
+  images = data.preprocess(split.images, data.get_dataset("digits"),
+                           pixel_max=split.pixel_max, image_shape=(8, 8, 1),
+                           normalization=((0.0,), (1.0,)))
+  return np.asarray(images), np.asarray(split.labels)
+
+
+def test_load_student_scales_uint8_images_and_refuses_0_255_floats(run_dir, tmp_path):
+  out = tmp_path / "student"
+  assert run_export(run_dir, "--format=flax", f"--out={out}").returncode == 0
+  predict = dfkd_jax.load_student(out)
+  images, _ = unit_test_images()
+  as_uint8 = np.rint(images * 255).astype(np.uint8)
+  np.testing.assert_allclose(np.asarray(predict(as_uint8)),
+                             np.asarray(predict(as_uint8 / np.float32(255))),
+                             rtol=1e-5, atol=1e-5)
+  for bad, words in [(as_uint8.astype(np.float32), "float images in [0, 255]"),
+                     (images.transpose(0, 3, 1, 2), "NCHW? pass NHWC"),
+                     (as_uint8.astype(np.int64), "images of dtype int64")]:
+    with pytest.raises(ValueError) as error:
+      predict(bad)
+    assert words in str(error.value) and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("damage", ["truncated_card", "no_variables"])
+def test_load_student_on_a_damaged_folder_is_one_line(damage, run_dir, tmp_path):
+  out = tmp_path / "student"
+  assert run_export(run_dir, "--format=flax", f"--out={out}").returncode == 0
+  if damage == "truncated_card":
+    card = out / "student.json"
+    card.write_bytes(card.read_bytes()[:40])
+  else:
+    import shutil  # pylint: disable=g-import-not-at-top
+    shutil.rmtree(out / "variables")
+  with pytest.raises((ValueError, FileNotFoundError)) as error:
+    dfkd_jax.load_student(out)
+  message = str(error.value)
+  assert "\n" not in message and "export the student again" in message, message
+  assert ("student.json cannot be read" if damage == "truncated_card"
+          else "variables not found") in message
+
+
+def damage_checkpoint(workdir: pathlib.Path, step: int, what: str) -> None:
+  state = workdir / "checkpoints" / str(step) / "state"
+  if what == "metadata":
+    (state / "_METADATA").write_bytes((state / "_METADATA").read_bytes()[:20])
+  else:  # The arrays' data files, zeroed.
+    for path in (state / "ocdbt.process_0" / "d").iterdir():
+      path.write_bytes(bytes(path.stat().st_size))
+
+
+@pytest.mark.parametrize("what", ["metadata", "data"])
+def test_a_damaged_latest_checkpoint_falls_back_to_the_one_before(what, run_copy,
+                                                                   tmp_path):
+  workdir, _ = run_copy
+  damage_checkpoint(workdir, 4, what)
+  out = tmp_path / "student"
+  result = run_export(workdir, "--format=flax", f"--out={out}")
+  assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+  assert "checkpoint 4 in" in result.stdout and "does not restore" in result.stdout
+  assert "trying the one before it" in result.stdout
+  assert card_step(out) == 2
+  damage_checkpoint(workdir, 2, what)
+  line = _one_line_error(run_export(workdir, "--format=flax",
+                                    f"--out={tmp_path / 'none'}"))
+  assert "checkpoint 2 in" in line and "no checkpoint to export" in line
+  line = _one_line_error(run_export(workdir, "--format=flax",
+                                    f"--out={tmp_path / 'none'}", "--checkpoint=4"))
+  assert "checkpoint 4 in" in line and "does not restore" in line
+
+
+def test_a_truncated_run_config_is_one_line(run_copy, tmp_path):
+  workdir, _ = run_copy
+  record = workdir / "run_config.json"
+  record.write_bytes(record.read_bytes()[:100])
+  line = _one_line_error(run_export(workdir, "--format=flax",
+                                    f"--out={tmp_path / 'student'}"))
+  assert "run_config.json is damaged" in line and "restore it from a copy" in line
+
+
+def test_the_card_records_the_runs_dataset_and_a_moved_one_is_one_line(run_copy,
+                                                                       tmp_path):
+  """A run on a folder: dataset (its record's config.dataset; the teacher's is
+  digits): the card records the folder, and once it moved the ONNX check says so."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  workdir, _ = run_copy
+  images, labels = unit_test_images()
+  folder = tmp_path / "pngs"
+  for i, (image, label) in enumerate(zip(images, labels)):
+    path = folder / "test" / str(label) / f"{i:04d}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.rint(image[..., 0] * 255).astype(np.uint8)).save(path)
+  record = json.loads((workdir / "run_config.json").read_text())
+  record["config"]["dataset"] = f"folder:{folder}"
+  (workdir / "run_config.json").write_text(json.dumps(record))
+  result = run_export(workdir, "--format=flax", f"--out={tmp_path / 'student'}")
+  assert result.returncode == 0, result.stderr
+  card = json.loads((tmp_path / "student" / "student.json").read_text())
+  assert card["dataset"] == f"folder:{folder}"
+  folder.rename(tmp_path / "moved")
+  result = run_export(workdir, "--format=onnx", f"--out={tmp_path / 'student.onnx'}")
+  line = _one_line_error(result)
+  assert "the ONNX check needs the run's test set" in line and str(folder) in line
+  assert "converting" not in result.stdout

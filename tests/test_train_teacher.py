@@ -16,6 +16,7 @@ from dfkd_jax import parallel
 from dfkd_jax import models
 from dfkd_jax import teacher as teacher_lib
 from dfkd_jax import train_teacher
+from dfkd_jax import workdir as workdir_lib
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIGS = REPO_ROOT / "configs" / "teacher"
@@ -87,10 +88,14 @@ def test_existing_teacher_or_files_are_refused_unless_overwrite(digits_teacher, 
   (copy / "notes.txt").write_text("not a teacher")
   with pytest.raises(FileExistsError, match=r"other files"):
     train_teacher.train_and_save(_digits_config(), copy, log=lambda line: None)
-  # With overwrite the check passes (save_teacher then replaces the folder atomically;
-  # not retrained here to keep the suite fast).
+  # With overwrite the check passes for a teacher (save_teacher then replaces it
+  # atomically; not retrained here to keep the suite fast), and never for other files
+  # (issue 37: --overwrite replaces only an earlier output of the same kind).
   train_teacher._check_workdir(workdir, overwrite=True)
-  train_teacher._check_workdir(copy, overwrite=True)
+  with pytest.raises(workdir_lib.OutputError,
+                     match=r"is not an earlier teacher directory"):
+    train_teacher._check_workdir(copy, overwrite=True)
+  assert (copy / "notes.txt").read_text() == "not a teacher"
 
 
 @pytest.mark.parametrize("overrides,match", [
