@@ -215,7 +215,9 @@ def _kept(summary) -> str:
   text = (f"epoch {summary['selected_epoch']} by {summary['criterion']} "
           f"{summary['selected_accuracy']:.2f}%" if summary.get("selected_epoch")
           else "the last epoch")
-  return text + (" (COLLAPSED: see its summary)" if summary.get("collapsed") else "")
+  collapsed = summary.get("collapsed")
+  return text + (f" (COLLAPSED: {collapsed.removeprefix('collapsed: ')})" if collapsed
+                 else "")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,10 @@ cache. The rest works on synthetic curves and summaries.
 import csv
 import json
 import math
+import os
 import pathlib
+import subprocess
+import sys
 
 import chex
 import jax
@@ -29,9 +32,11 @@ from dfkd_jax import selection
 from dfkd_jax import selection_report
 from dfkd_jax import study_runs
 from dfkd_jax import summary as summary_lib
+from dfkd_jax import train_teacher
 from dfkd_jax import trainer
 from test_trainer import teacher_dir, tiny_config  # pylint: disable=unused-import  # fixture
 
+REPO = pathlib.Path(__file__).resolve().parents[1]
 SEEDS = (0, 1)
 EPOCHS = 3
 # Two probe slots of 16 samples (<= the tiny batch of 32); a constant learning rate so
@@ -343,6 +348,81 @@ def test_report_marks_collapsed_runs(tmp_path):
   assert "COLLAPSED" in table and "1 of 2 runs" in table, table
   lines = [l for l in table.splitlines() if "`dfkd` seed 1" in l]
   assert len(lines) == 1 and "COLLAPSED: in every epoch (1-3)" in lines[0], table
+
+
+# Real collapses from real settings (issue 37, item 5): the digits config, its own
+# teacher, a few epochs. On main all three were read as healthy runs.
+REAL = {"tensorboard": False, "num_epochs": 3, "iterations_per_epoch": 2}
+
+
+@pytest.fixture(scope="module")
+def digits_teacher(tmp_path_factory):
+  """The quickstart's teacher, trained as configs/teacher/digits.py ships (~20 s)."""
+  path = tmp_path_factory.mktemp("shipped_teacher") / "digits"
+  train_teacher.train_and_save(
+      run_config.load_config_file(str(REPO / "configs/teacher/digits.py")), path,
+      log=lambda s: None)
+  return path
+
+
+def _digits(teacher_dir, method="lra_mb", **overrides):
+  cfg = run_config.load_config_file(f"{REPO / 'configs/digits.py'}:{method}")
+  cfg.teacher_dir, cfg.teacher_config = str(teacher_dir), ""
+  for key, value in {**REAL, **overrides}.items():
+    *parents, leaf = key.split(".")
+    target = cfg
+    for parent in parents:
+      target = target[parent]
+    target[leaf] = value
+  return cfg
+
+
+def test_a_generator_driven_to_collapse_is_flagged_by_the_cli(digits_teacher, tmp_path):
+  """The generator's learning rate 1e3: the student stays at chance while its plain
+  probe agreement reads ~0.95 (the probe comes from the collapsed generator)."""
+  workdir = tmp_path / "run"
+  args = [sys.executable, "-m", "dfkd_jax.train",
+          f"--config={REPO / 'configs/digits.py'}:lra_mb", f"--workdir={workdir}",
+          f"--config.teacher_dir={digits_teacher}", "--config.teacher_config=",
+          "--config.generator_optimizer.learning_rate=1e3"] + [
+              f"--config.{k}={v}" for k, v in REAL.items()]
+  done = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600,
+                        env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert done.returncode == 0, done.stderr[-3000:]
+  summary = json.loads((workdir / "summary.json").read_text())
+  assert max(summary["test_accuracy"]) < 30.0, summary["test_accuracy"]  # It did collapse.
+  assert min(summary["criteria"]["agreement"]) > 0.5  # What main trusted.
+  assert summary["collapsed"] and "the generator collapsed" in summary["collapsed"]
+  assert set(summary["criteria"]["fault"]) == {2.0}
+  assert "; WARNING collapsed: in epoch" in done.stdout, done.stdout[-3000:]
+  last = done.stdout.strip().splitlines()[-1]
+  assert last.startswith("done: ") and "(COLLAPSED: in epoch" in last, last
+
+
+def test_a_diverging_student_is_flagged_in_its_first_epoch(digits_teacher, tmp_path):
+  """The student's learning rate 50: its loss explodes (~1e5-1e12) and NaNs follow;
+  the one epoch recorded before the NaN is flagged, not kept as a healthy student."""
+  lines = []
+  cfg = _digits(digits_teacher, "lra_mb", **{"student_optimizer.learning_rate": 50.0})
+  try:
+    trainer.run(cfg, tmp_path, log=lines.append)
+  except trainer.NonFiniteLossError:
+    pass  # The run stops at the NaN; its summary keeps the epochs before it.
+  summary = json.loads((tmp_path / "summary.json").read_text())
+  assert summary["criteria"]["fault"][0] == 1.0, summary["criteria"]
+  assert summary["collapsed"].startswith("collapsed: in epoch 1 the student diverged")
+  assert any("WARNING collapsed: in epoch 1 the student diverged" in l for l in lines)
+
+
+def test_a_healthy_run_is_not_flagged_and_keeps_its_last_epoch(digits_teacher,
+                                                               tmp_path):
+  lines = []
+  cfg = _digits(digits_teacher, "lra_mb", num_epochs=4, iterations_per_epoch=4)
+  summary = trainer.run(cfg, tmp_path, log=lines.append)
+  assert summary["test_accuracy"][-1] > 50.0, summary["test_accuracy"]
+  assert summary["collapsed"] is None and not any("WARNING" in l for l in lines), lines
+  assert set(summary["criteria"]["fault"]) == {0.0}, summary["criteria"]
+  assert summary["selected_epoch"] == 4
 
 
 @pytest.mark.parametrize("overrides, error", [
