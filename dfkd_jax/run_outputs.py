@@ -64,10 +64,12 @@ class History:
     return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
 
   def end_epoch(self, accuracy: float, criteria: dict[str, float] | None = None,
-                num_classes: int = 0, collapse_epochs: int = 0) -> None:
+                num_classes: int = 0, collapse_epochs: int = 0,
+                finished: bool = True) -> None:
     """Records a finished epoch: its accuracy, its cosines' mean and its criteria and
     health signals (one missing for earlier epochs is padded with ``None``); marks the
-    run collapsed when they say so (:func:`dfkd_jax.selection.collapse`)."""
+    run collapsed when they say so (:func:`dfkd_jax.selection.collapse`; ``finished``:
+    this is the run's last epoch)."""
     done = len(self.test_accuracy)
     self.test_accuracy.append(accuracy)
     self.alignment.append(float(np.mean(self.epoch_cosines)) if self.epoch_cosines
@@ -79,7 +81,7 @@ class History:
       values.append(_json_float(value))
     if "agreement" in self.criteria or "fault" in self.criteria:
       self.collapsed = selection.collapse(self.criteria, num_classes, collapse_epochs,
-                                          len(self.test_accuracy))
+                                          len(self.test_accuracy), finished)
 
 
 def histories_from_json(d: dict[str, Any], num_replicas: int) -> list[History]:
@@ -318,7 +320,8 @@ def _collapsed_text(histories: Sequence[History], seeds, num_classes: int = 0) -
       fault = selection.epoch_faults(h.criteria, num_classes,
                                      len(h.test_accuracy))[-1]
       if fault:
-        notes.append(f"; WARNING {who}this epoch's student is not kept: {fault}")
+        notes.append(f"; WARNING {who}this epoch's student is faulty, not kept while "
+                     f"the run has a healthy one: {fault}")
   return "".join(notes)
 
 

@@ -32,8 +32,8 @@ student agrees no better than chance (balanced agreement below :data:`CHANCE_FAC
 / ``num_classes``). Every criterion, ``last`` included, skips faulty epochs while the
 run has a healthy one (:func:`selected_epoch`). A run is *collapsed*
 (:func:`collapse`) when a student diverged, when ``collapse_epochs`` consecutive
-epochs are faulty, or when every epoch so far is (the kept student is then a faulty
-one): its epoch lines, its summary and the report say so.
+epochs are faulty, or when every epoch of the finished run is (the kept student is
+then a faulty one): its epoch lines, its summary and the report say so.
 
 Everything here is plain Python and NumPy on recorded per-epoch values, but
 :func:`fault_code`, which the device computes too.
@@ -232,11 +232,13 @@ def epoch_faults(criteria: Mapping[str, Sequence[float | None]], num_classes: in
 
 
 def collapse(criteria: Mapping[str, Sequence[float | None]], num_classes: int,
-             epochs: int, num_epochs: int | None = None) -> str | None:
+             epochs: int, num_epochs: int | None = None,
+             finished: bool = True) -> str | None:
   """Why a run is collapsed, or ``None`` (``epochs`` 0: never): the first epoch whose
   student diverged; else the first ``epochs`` consecutive faulty epochs
-  (:func:`epoch_faults`); else every one of its ``num_epochs`` (default: as many as
-  ``agreement`` or ``fault`` has) epochs faulty, so that the kept student is too."""
+  (:func:`epoch_faults`); else, once the run is ``finished``, every one of its
+  ``num_epochs`` (default: as many as ``agreement`` or ``fault`` has) epochs faulty,
+  so that the kept student is too (a run still under way may yet get a healthy one)."""
   if epochs <= 0:
     return None
   if num_epochs is None:
@@ -252,7 +254,7 @@ def collapse(criteria: Mapping[str, Sequence[float | None]], num_classes: int,
       first = epoch + 2 - epochs
       span = f"epoch {first}" if first == epoch + 1 else f"epochs {first}-{epoch + 1}"
       return f"collapsed: in {span} {fault}"
-  if faults and all(faults):
+  if finished and faults and all(faults):
     span = "epoch 1" if len(faults) == 1 else f"every epoch (1-{len(faults)})"
     return (f"collapsed: in {span} {faults[-1]}; the kept student is one of "
             "them")
