@@ -15,11 +15,14 @@ turns a preemption notice into a stop that every process agrees on.
   picks the same iteration on every process, even when only one process was signalled;
   in a single process a Python handler sets a flag. A first Ctrl-C (SIGINT) is such a
   notice too (in a multi-process run it is passed on as this process's SIGTERM); a
-  second one ends the process at once, even inside a compilation.
+  second one ends the process at once, even inside a compilation, but never inside a
+  checkpoint save (:meth:`PreemptionWatch.saving`): a save under way is finished first.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import os
 import pathlib
 import re
@@ -140,8 +143,14 @@ class PreemptionWatch:
   can sit in one XLA compilation or iteration for minutes. So the C-level handler's
   wake-up byte (:func:`signal.set_wakeup_fd`) is read by a thread that answers at once:
   the first Ctrl-C is logged as a stop at the next iteration boundary, a second ends
-  the process (exit 130) with one line, without saving; the checkpoints already saved
-  stay and the same command resumes from the latest.
+  the process (exit 130) with one line, without saving more; the checkpoints already
+  saved stay and the same command resumes from the latest. A second Ctrl-C during a
+  save (the loop wraps every save in :meth:`saving`) waits for that save to finish, so
+  no checkpoint is left half-written and none that the save rotates out is lost. After
+  a stop by Ctrl-C the process keeps that answer until it ends (the run is stopping
+  anyway): a further Ctrl-C while it unwinds or runs its exit handlers ends it at once
+  with one line, never with a ``KeyboardInterrupt`` traceback (during the interpreter's
+  exit handlers it is ignored: the process is ending).
   """
 
   def __init__(self, log: Callable[[str], None] = print):
@@ -152,6 +161,8 @@ class PreemptionWatch:
     self._previous_wakeup = None
     self._pipe = None
     self._thread = None
+    self._save_lock = threading.Lock()
+    self._saving_step = None
     self.distributed = False
     self.interrupted = False  # Ctrl-C (SIGINT) was pressed.
 
@@ -199,12 +210,34 @@ class PreemptionWatch:
     finally:
       os.close(read_end)
 
+  @contextlib.contextmanager
+  def saving(self, step: int):
+    """Context manager around the save of checkpoint ``step``: a second Ctrl-C that
+    arrives meanwhile ends the process only once the save is complete."""
+    with self._save_lock:
+      self._saving_step = step
+      try:
+        yield
+      finally:
+        self._saving_step = None
+
+  def _stop_now(self) -> None:
+    """Ends the process (exit 130) with one line, after any save under way."""
+    waited = not self._save_lock.acquire(blocking=False)
+    if waited:
+      step = self._saving_step
+      self._save_lock.acquire()  # Never released: the process ends below.
+      line = (f"Ctrl-C again: stopped once the checkpoint under way ({step}) was "
+              "complete; rerun the same command to resume from it")
+    else:
+      line = ("Ctrl-C again: stopped at once, without saving; the checkpoints saved "
+              "so far are kept: rerun the same command to resume from the latest")
+    os.write(2, line.encode() + b"\n")
+    os._exit(INTERRUPTED_EXIT_CODE)  # pylint: disable=protected-access
+
   def _on_ctrl_c(self) -> None:
     if self.interrupted:
-      os.write(2, b"Ctrl-C again: stopped at once, without saving; the checkpoints "
-               b"saved so far are kept: rerun the same command to resume from the "
-               b"latest\n")
-      os._exit(INTERRUPTED_EXIT_CODE)  # pylint: disable=protected-access
+      self._stop_now()
     self.interrupted = True
     if self.distributed:  # jax's notifier: every process stops at the same iteration.
       os.kill(os.getpid(), signal.SIGTERM)
@@ -216,11 +249,22 @@ class PreemptionWatch:
       signal.signal(signal.SIGTERM, self._previous)
       self._previous = None
     if self._pipe is not None:
+      # After a Ctrl-C the process is stopping: a further one ends it with one line
+      # (the Python-level handler runs between bytecodes of the unwinding main thread
+      # and of its exit handlers) instead of a KeyboardInterrupt traceback.
+      # Python resets a handled signal to its default while the interpreter finalizes,
+      # after the exit handlers: from the first of them on, one is ignored.
+      signal.signal(signal.SIGINT, self._after_stop if self.interrupted
+                    else self._previous_sigint)
+      if self.interrupted:
+        atexit.register(signal.signal, signal.SIGINT, signal.SIG_IGN)
       signal.set_wakeup_fd(self._previous_wakeup)
-      signal.signal(signal.SIGINT, self._previous_sigint)
       os.close(self._pipe[1])  # The thread reads the end of the pipe and stops.
       self._thread.join(timeout=5)
       self._pipe = self._thread = None
+
+  def _after_stop(self, signum, frame) -> None:  # pylint: disable=unused-argument
+    self._stop_now()
 
   def reached(self, step: int) -> bool:
     if self.distributed:

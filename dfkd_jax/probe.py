@@ -20,7 +20,10 @@ vmapped over it, so each replica gets its own probe (its seed's key) and criteri
 It returns the criteria of :mod:`dfkd_jax.selection`: ``agreement`` and ``js`` on the
 probe, and, for a method with replay, ``replay_agreement`` and ``replay_js`` on one
 retention batch of the replay source (``NaN`` while the source has none, e.g. an empty
-memory).
+memory); and the probe's health signals (:func:`health`): how many of the teacher's
+classes the probe covers, the class-balanced agreement, the student's loss against a
+constant student's, and the epoch's fault code (:func:`dfkd_jax.selection.fault_code`),
+all per replica, in the same call.
 
 Cost per epoch end: one generator and one teacher forward of ``probe_size /
 probe_epochs`` samples, one eval-mode student forward of ``probe_size`` samples, and
@@ -41,6 +44,7 @@ from jax.sharding import PartitionSpec as P
 
 from dfkd_jax import iteration as iteration_lib
 from dfkd_jax import parallel
+from dfkd_jax import selection
 from dfkd_jax.models import layers
 from dfkd_jax.replay import sources as replay_sources
 from dfkd_jax.run_setup import Setup
@@ -110,6 +114,44 @@ def scores(student_logits, teacher_logits, weight) -> tuple[jax.Array, jax.Array
   return mean(agree.astype(jnp.float32)), jnp.clip(mean(js), 0.0, jnp.log(2.0))
 
 
+def health(student_logits, teacher_logits, weight, kd_loss, num_classes: int
+           ) -> dict[str, jax.Array]:
+  """The probe's health signals (:data:`dfkd_jax.selection.HEALTH`) of this device's
+  rows, each weighted by ``weight`` (0/1), reduced over the mesh.
+
+  * ``probe_diversity``: the entropy of the class histogram of the teacher's top-1
+    labels on the probe, over ``ln(num_classes)`` (1: every class equally often; 0:
+    one class only, a collapsed generator).
+  * ``balanced_agreement``: the student-teacher top-1 agreement per teacher class,
+    averaged over the classes present (a student that predicts one class scores
+    1 / classes present, whatever the classes' frequencies).
+  * ``loss_ratio``: the student's mean ``kd_loss`` against the teacher over that of a
+    constant student (zero logits); non-finite when the student's outputs are.
+  * ``fault``: :func:`dfkd_jax.selection.fault_code` of the three.
+  """
+  labels = jax.nn.one_hot(jnp.argmax(teacher_logits, -1), num_classes) * weight[:, None]
+  agree = (jnp.argmax(student_logits, -1) == jnp.argmax(teacher_logits, -1))
+  counts = jax.lax.psum(jnp.sum(labels, 0), AXIS)
+  hits = jax.lax.psum(jnp.sum(labels * agree[:, None], 0), AXIS)
+  present = counts > 0
+  freq = counts / jnp.sum(counts)
+  entropy = -jnp.sum(jnp.where(present, freq * jnp.log(jnp.where(present, freq, 1.0)),
+                               0.0))
+  diversity = entropy / jnp.log(float(num_classes))
+  balanced = (jnp.sum(jnp.where(present, hits / jnp.where(present, counts, 1.0), 0.0))
+              / jnp.maximum(jnp.sum(present), 1))
+  total = jax.lax.psum(jnp.sum(weight), AXIS)
+
+  def mean_loss(logits):
+    return jax.lax.psum(jnp.sum(kd_loss(logits, teacher_logits) * weight), AXIS) / total
+
+  ratio = mean_loss(student_logits) / jnp.maximum(
+      mean_loss(jnp.zeros_like(student_logits)), 1e-12)
+  return {"probe_diversity": diversity, "balanced_agreement": balanced,
+          "loss_ratio": ratio,
+          "fault": selection.fault_code(diversity, balanced, ratio, num_classes)}
+
+
 def make_epoch_end(setup: Setup, state):
   """The jitted ``(state, probe, teacher_variables) -> (probe, criteria)`` of an epoch's
   end (the 0-based epoch just finished is ``state.step // iterations_per_epoch - 1``).
@@ -143,9 +185,12 @@ def make_epoch_end(setup: Setup, state):
           filled=probe.filled.at[slot].set(True))
       flat = probe.x.reshape(-1, *probe.x.shape[2:])
       weight = jnp.repeat(probe.filled.astype(jnp.float32), probe.x.shape[1])
-      agreement, js = scores(student_eval(state.student, flat),
-                             probe.teacher_logits.reshape(flat.shape[0], -1), weight)
-      criteria = {"agreement": agreement, "js": js}
+      student_logits = student_eval(state.student, flat)
+      teacher_logits = probe.teacher_logits.reshape(flat.shape[0], -1)
+      agreement, js = scores(student_logits, teacher_logits, weight)
+      criteria = {"agreement": agreement, "js": js,
+                  **health(student_logits, teacher_logits, weight, setup.kd_loss,
+                           setup.num_classes)}
       if with_replay:
         ctx = replay_sources.Context(
             teacher=teacher, draw=nets.draw, generate=nets.generate, normal=nets.normal,

@@ -38,7 +38,10 @@ and writes to ``--out``:
   ``Acc_last`` beside ``Acc_max`` in Table 1 (and in ``paired.md`` as paired columns),
   and per method and criterion its regret ``Acc_max - Acc_sel`` and its Spearman rank
   correlation with the test accuracy over the epochs, averaged over runs
-  (:mod:`dfkd_jax.selection_report`; ``selection.csv``).
+  (:mod:`dfkd_jax.selection_report`; ``selection.csv``). Runs flagged collapsed
+  (``summary.json``'s ``collapsed``, :func:`dfkd_jax.selection.collapse`) are counted
+  under their dataset's table and marked with the reason in its run list, and the
+  command warns of them on stderr.
 
 Loading and grouping the runs: :mod:`dfkd_jax.study_runs`; the figures:
 :mod:`dfkd_jax.figures`. Runs of different datasets get separate tables and figures. A
@@ -333,7 +336,7 @@ def write_report(workdirs: Iterable[str | os.PathLike], out_dir: str | os.PathLi
     log: receives the warnings (runs left out, unfinished runs, broken links).
 
   Returns:
-    ``{"runs": [...], "files": [written paths]}``.
+    ``{"runs": [...], "files": [written paths], "collapsed": [runs flagged collapsed]}``.
 
   Raises:
     FileNotFoundError, ValueError: as :func:`dfkd_jax.study_runs.load_runs`, or a
@@ -376,6 +379,12 @@ def write_report(workdirs: Iterable[str | os.PathLike], out_dir: str | os.PathLi
       md += [f"Teacher test accuracy: {format_stat(teacher)}%.", ""]
     md += [markdown_table(rows)]
     md += _unfinished_note(by_method)
+    flagged = [r for rs in by_method.values() for r in rs if r.collapsed]
+    if flagged:
+      md += [f"**COLLAPSED: {len(flagged)} of {sum(map(len, by_method.values()))} runs** "
+             "(their data-free selection says the kept student cannot be trusted: a "
+             "diverged student, a collapsed generator or chance agreement; each is "
+             "marked in the run list below); their numbers are in the table.", ""]
     uneven = [row.method for row in rows if len(set(row.epochs)) > 1]
     if uneven:
       md += [f"Runs of {', '.join(uneven)} have different epoch counts; their curves "
@@ -405,7 +414,10 @@ def write_report(workdirs: Iterable[str | os.PathLike], out_dir: str | os.PathLi
     md += ["Runs:", ""]
     md += [f"- `{r.method}` seed {r.seed}: {r.num_epochs}"
            f"{f' of {r.planned_epochs}' if r.unfinished else ''} epochs, "
-           f"`{_shown(r.path)}`" for rs in by_method.values() for r in rs]
+           f"`{_shown(r.path)}`"
+           + (f" **COLLAPSED: {r.collapsed.removeprefix('collapsed: ')}**"
+              if r.collapsed else "")
+           for rs in by_method.values() for r in rs]
     md.append("")
 
   paired = write_paired(grouped, pairs, out, interval)
@@ -420,7 +432,8 @@ def write_report(workdirs: Iterable[str | os.PathLike], out_dir: str | os.PathLi
     written.insert(0, out / SELECTION_CSV)
     _write_csv(out / SELECTION_CSV, selection_records)
   return {"runs": [str(r.path) for r in runs],
-          "files": [md_path, csv_path, *paired, *written]}
+          "files": [md_path, csv_path, *paired, *written],
+          "collapsed": [str(r.path) for r in runs if r.collapsed]}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -449,6 +462,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"error: {e}", file=sys.stderr)
     return 1
   print(f"{len(result['runs'])} runs -> " + ", ".join(str(p) for p in result["files"]))
+  if result["collapsed"]:
+    print(f"warning: {len(result['collapsed'])} run(s) flagged collapsed (marked in "
+          f"{TABLE_MARKDOWN}): {', '.join(result['collapsed'])}", file=sys.stderr)
   return 0
 
 

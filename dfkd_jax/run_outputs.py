@@ -43,8 +43,8 @@ class History:
     criteria: per data-free selection criterion (:mod:`dfkd_jax.selection`), its value
       after each completed epoch (``None``: not measured, e.g. epochs of a run resumed
       from a checkpoint made before criteria existed, or NaN).
-    collapsed: why the run is collapsed (:func:`dfkd_jax.selection.collapse`), or
-      ``None``.
+    collapsed: why the run is collapsed (:func:`dfkd_jax.selection.collapse`, decided
+      anew at every epoch's end from the criteria and health signals), or ``None``.
   """
 
   teacher_accuracy: float | None = None
@@ -64,10 +64,12 @@ class History:
     return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
 
   def end_epoch(self, accuracy: float, criteria: dict[str, float] | None = None,
-                num_classes: int = 0, collapse_epochs: int = 0) -> None:
-    """Records a finished epoch: its accuracy, its cosines' mean and its criteria (a
-    criterion missing for earlier epochs is padded with ``None``); marks the run
-    collapsed when its probe agreement says so."""
+                num_classes: int = 0, collapse_epochs: int = 0,
+                finished: bool = True) -> None:
+    """Records a finished epoch: its accuracy, its cosines' mean and its criteria and
+    health signals (one missing for earlier epochs is padded with ``None``); marks the
+    run collapsed when they say so (:func:`dfkd_jax.selection.collapse`; ``finished``:
+    this is the run's last epoch)."""
     done = len(self.test_accuracy)
     self.test_accuracy.append(accuracy)
     self.alignment.append(float(np.mean(self.epoch_cosines)) if self.epoch_cosines
@@ -77,9 +79,9 @@ class History:
       values = self.criteria.setdefault(name, [])
       values.extend([None] * (done - len(values)))
       values.append(_json_float(value))
-    if self.collapsed is None and "agreement" in self.criteria:
-      self.collapsed = selection.collapse(self.criteria["agreement"], num_classes,
-                                          collapse_epochs)
+    if "agreement" in self.criteria or "fault" in self.criteria:
+      self.collapsed = selection.collapse(self.criteria, num_classes, collapse_epochs,
+                                          len(self.test_accuracy), finished)
 
 
 def histories_from_json(d: dict[str, Any], num_replicas: int) -> list[History]:
@@ -200,6 +202,7 @@ class Outputs:
     self.layout, self.log, self.primary = layout, log, primary
     self.record, self.seeds = setup.record, list(layout.seeds)
     self.per_epoch, self.num_epochs = setup.iterations_per_epoch, setup.num_epochs
+    self.num_classes = setup.num_classes
     self._metrics = None
     self._tensorboard = [None] * len(self.seeds)
     if primary:
@@ -258,7 +261,8 @@ class Outputs:
                        **{f"epoch/{name}": values[-1]
                           for name, values in history.criteria.items()}})
         self._tensorboard[k].flush()
-    self.log(_epoch_line(epoch, self.num_epochs, histories, self.seeds, metrics, eta))
+    self.log(_epoch_line(epoch, self.num_epochs, histories, self.seeds, metrics, eta,
+                         self.num_classes))
 
   def finish(self, histories: Sequence[History]) -> dict[str, Any]:
     results = [self._summary(k, h) for k, h in enumerate(histories)]
@@ -276,8 +280,9 @@ class Outputs:
 
 
 def _epoch_line(epoch: int, num_epochs: int, histories: Sequence[History], seeds,
-                metrics, eta: str) -> str:
-  """The log line of a finished epoch: the student's accuracy, or each replica's."""
+                metrics, eta: str, num_classes: int = 0) -> str:
+  """The log line of a finished epoch: the student's accuracy, or each replica's, and
+  what is wrong with a replica's run (collapsed) or with this epoch's student."""
   teacher = histories[0].teacher_accuracy
   live = [k for k, h in enumerate(histories) if h.failed is None]  # Failed: junk losses.
   loss = float(np.nanmean(np.asarray(metrics["student_loss"]).reshape(-1)[live]
@@ -286,12 +291,13 @@ def _epoch_line(epoch: int, num_epochs: int, histories: Sequence[History], seeds
     h = histories[0]
     return (f"epoch {epoch + 1}/{num_epochs}: student {h.test_accuracy[-1]:.2f}% "
             f"(max {max(h.test_accuracy):.2f}%, teacher {teacher:.2f}%), student loss "
-            f"{loss:.4f}{_criteria_text(h)}, {eta}" + _collapsed_text(histories, seeds))
+            f"{loss:.4f}{_criteria_text(h)}, {eta}"
+            + _collapsed_text(histories, seeds, num_classes))
   accs = ", ".join(f"{h.test_accuracy[-1]:.2f}%" if h.failed is None else "failed"
                    for h in histories)
   return (f"epoch {epoch + 1}/{num_epochs}: students (seeds {seeds[0]}-{seeds[-1]}) "
           f"{accs} (teacher {teacher:.2f}%), mean student loss {loss:.4f}, {eta}"
-          + _collapsed_text(histories, seeds))
+          + _collapsed_text(histories, seeds, num_classes))
 
 
 def _criteria_text(history: History) -> str:
@@ -300,11 +306,23 @@ def _criteria_text(history: History) -> str:
   return "" if value is None else f", probe agreement {value:.3f}"
 
 
-def _collapsed_text(histories: Sequence[History], seeds) -> str:
-  """The epoch line's note on collapsed runs (empty when none is)."""
-  notes = [(f"seed {seeds[k]} " if len(histories) > 1 else "") + h.collapsed
-           for k, h in enumerate(histories) if h.collapsed and h.failed is None]
-  return "".join(f"; WARNING {note}" for note in notes)
+def _collapsed_text(histories: Sequence[History], seeds, num_classes: int = 0) -> str:
+  """The epoch line's note on collapsed runs, and on a faulty student of this epoch
+  that the selection will not keep (empty when none is)."""
+  notes = []
+  for k, h in enumerate(histories):
+    if h.failed is not None:
+      continue
+    who = f"seed {seeds[k]} " if len(histories) > 1 else ""
+    if h.collapsed:
+      notes.append(f"; WARNING {who}{h.collapsed}")
+    elif num_classes and h.test_accuracy:
+      fault = selection.epoch_faults(h.criteria, num_classes,
+                                     len(h.test_accuracy))[-1]
+      if fault:
+        notes.append(f"; WARNING {who}this epoch's student is faulty, not kept while "
+                     f"the run has a healthy one: {fault}")
+  return "".join(notes)
 
 
 def _truncate_metrics(path: pathlib.Path, completed_iterations: int,

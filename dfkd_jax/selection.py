@@ -19,11 +19,24 @@ traits):
 * ``replay_agreement``, ``replay_js``: the same on one batch of the replay source's
   samples (memory slot, EMA generator, VAE decoder); methods with replay only.
 
-A run whose ``agreement`` stays no better than chance (below :data:`CHANCE_FACTOR` /
-``num_classes``) for ``collapse_epochs`` consecutive epochs is *collapsed*
-(:func:`collapse`): its epoch lines and its summary say so.
+Beside the criteria each epoch records the probe's *health signals* (:data:`HEALTH`,
+computed on the device with them, :func:`dfkd_jax.probe.health`): ``probe_diversity``
+(the entropy of the teacher's label histogram on the probe over its maximum),
+``balanced_agreement`` (agreement averaged over the teacher's classes),
+``loss_ratio`` (the student's loss on the probe over a constant student's) and
+``fault``, the epoch's :func:`fault_code`: 0 healthy, or why its student cannot be
+trusted (:data:`FAULTS`): it diverged (loss ratio above :data:`DIVERGED_RATIO` or
+non-finite), the probe is collapsed (diversity below :data:`MIN_DIVERSITY`: the
+generator makes one or two classes, and agreement on it says nothing), or the
+student agrees no better than chance (balanced agreement below :data:`CHANCE_FACTOR`
+/ ``num_classes``). Every criterion, ``last`` included, skips faulty epochs while the
+run has a healthy one (:func:`selected_epoch`). A run is *collapsed*
+(:func:`collapse`) when a student diverged, when ``collapse_epochs`` consecutive
+epochs are faulty, or when every epoch of the finished run is (the kept student is
+then a faulty one): its epoch lines, its summary and the report say so.
 
-Everything here is plain Python and NumPy on recorded per-epoch values.
+Everything here is plain Python and NumPy on recorded per-epoch values, but
+:func:`fault_code`, which the device computes too.
 """
 
 from __future__ import annotations
@@ -32,6 +45,7 @@ import dataclasses
 import math
 from typing import Any, Mapping, Sequence
 
+import jax.numpy as jnp
 import numpy as np
 
 from dfkd_jax import registry
@@ -39,6 +53,18 @@ from dfkd_jax import registry
 #: Agreement below CHANCE_FACTOR / num_classes is "no better than chance": a student
 #: that predicts one class agrees on about 1 / num_classes of class-balanced samples.
 CHANCE_FACTOR = 1.5
+#: A probe whose teacher labels have less entropy than this fraction of ln(classes) is
+#: collapsed: 0.65 of ln 10 is about 4.5 equally frequent classes of 10. Measured on
+#: digits (issue 37): generators driven to collapse 0.16-0.53, healthy runs (their
+#: first epoch included) and untrained students 0.80-0.99.
+MIN_DIVERSITY = 0.65
+#: A student whose loss on the probe exceeds this many times a constant (zero-logit)
+#: student's has diverged.
+DIVERGED_RATIO = 10.0
+#: The probe's health signals recorded beside the criteria every epoch.
+HEALTH = ("probe_diversity", "balanced_agreement", "loss_ratio", "fault")
+#: What a nonzero ``fault`` code means (index = code).
+FAULTS = ("healthy", "diverged", "probe collapsed", "chance agreement")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,32 +160,104 @@ def select_epoch(values: Sequence[float | None], higher_is_better: bool = True
 def selected_epoch(name: str, criteria: Mapping[str, Sequence[float | None]],
                    num_epochs: int) -> int | None:
   """The 0-based epoch that criterion ``name`` chooses among ``num_epochs`` evaluated
-  epochs; the last one for ``last`` and when the criterion has no value yet (a run
-  resumed from a checkpoint made before criteria existed has none for its early
+  epochs, skipping the epochs whose recorded ``fault`` is nonzero while any epoch is
+  healthy; the last (healthy) one for ``last`` and when the criterion has no value yet
+  (a run resumed from a checkpoint made before criteria existed has none for its early
   epochs, which are then never chosen)."""
   if num_epochs == 0:
     return None
   criterion = CRITERIA.get(name)
+  faults = list(criteria.get("fault", ()))[:num_epochs]
+  faulty = {e for e, code in enumerate(faults) if code}  # None: not measured.
+  healthy = [e for e in range(num_epochs) if e not in faulty]
+  if not healthy:  # Nothing better to keep: as if there were no faults.
+    faulty, healthy = set(), list(range(num_epochs))
   values = list(criteria.get(name, ()))[:num_epochs] if name != "last" else []
+  values = [None if e in faulty else v for e, v in enumerate(values)]
   chosen = select_epoch(values, criterion.higher_is_better)
-  return num_epochs - 1 if chosen is None else chosen
+  return healthy[-1] if chosen is None else chosen
 
 
-def collapse(agreement: Sequence[float | None], num_classes: int,
-             epochs: int) -> str | None:
-  """Why a run is collapsed, or ``None``: the first ``epochs`` consecutive epochs
-  whose probe agreement is below ``CHANCE_FACTOR / num_classes`` (``epochs`` 0: off)."""
+def fault_code(diversity, balanced_agreement, loss_ratio, num_classes: int):
+  """An epoch's fault code (index into :data:`FAULTS`) from its health signals, on
+  NumPy or JAX values (the device computes it in :func:`dfkd_jax.probe.health`): 1 the
+  student diverged (``loss_ratio`` above :data:`DIVERGED_RATIO`, or not finite), 2 the
+  probe is collapsed (``diversity`` below :data:`MIN_DIVERSITY`), 3 chance agreement
+  (``balanced_agreement`` below ``CHANCE_FACTOR / num_classes``), else 0."""
+  diverged = jnp.logical_not(jnp.asarray(loss_ratio) <= DIVERGED_RATIO)  # NaN too.
+  return jnp.where(diverged, 1, jnp.where(
+      jnp.asarray(diversity) < MIN_DIVERSITY, 2,
+      jnp.where(jnp.asarray(balanced_agreement) < CHANCE_FACTOR / num_classes, 3, 0)))
+
+
+def _value(criteria: Mapping[str, Sequence[float | None]], name: str, epoch: int):
+  values = criteria.get(name, ())
+  return values[epoch] if epoch < len(values) else None
+
+
+def epoch_faults(criteria: Mapping[str, Sequence[float | None]], num_classes: int,
+                 num_epochs: int) -> list[str | None]:
+  """Per epoch, why its student cannot be trusted (one clause), or ``None``: from its
+  recorded ``fault`` code, or, for epochs recorded before health signals existed, from
+  a plain probe ``agreement`` below ``CHANCE_FACTOR / num_classes``."""
+  threshold = CHANCE_FACTOR / num_classes
+  out = []
+  for e in range(num_epochs):
+    code, agreement = _value(criteria, "fault", e), _value(criteria, "agreement", e)
+    if code is None:
+      code = 3 if agreement is not None and agreement < threshold else 0
+      balanced = agreement
+    else:
+      balanced = _value(criteria, "balanced_agreement", e)
+    code = int(code)
+    if code == 1:
+      ratio = _value(criteria, "loss_ratio", e)
+      out.append("the student diverged: its loss on the probe is "
+                 + ("not finite" if ratio is None else f"{ratio:.3g}x")
+                 + f" a constant student's (> {DIVERGED_RATIO:g}x)")
+    elif code == 2:
+      diversity = _value(criteria, "probe_diversity", e) or 0.0
+      out.append(f"the generator collapsed: the teacher's labels on the probe cover "
+                 f"{num_classes ** diversity:.1f} of {num_classes} classes (label "
+                 f"entropy {diversity:.2f} of its maximum, < {MIN_DIVERSITY:g}), so "
+                 "agreement on it says nothing")
+    elif code == 3:
+      shown = "?" if balanced is None else f"{balanced:.3f}"
+      out.append(f"the student agrees with the teacher no better than chance "
+                 f"(class-balanced probe agreement {shown} < {threshold:.3f} = "
+                 f"{CHANCE_FACTOR:g}/{num_classes})")
+    else:
+      out.append(None)
+  return out
+
+
+def collapse(criteria: Mapping[str, Sequence[float | None]], num_classes: int,
+             epochs: int, num_epochs: int | None = None,
+             finished: bool = True) -> str | None:
+  """Why a run is collapsed, or ``None`` (``epochs`` 0: never): the first epoch whose
+  student diverged; else the first ``epochs`` consecutive faulty epochs
+  (:func:`epoch_faults`); else, once the run is ``finished``, every one of its
+  ``num_epochs`` (default: as many as ``agreement`` or ``fault`` has) epochs faulty,
+  so that the kept student is too (a run still under way may yet get a healthy one)."""
   if epochs <= 0:
     return None
-  threshold = CHANCE_FACTOR / num_classes
+  if num_epochs is None:
+    num_epochs = max(len(criteria.get("fault", ())), len(criteria.get("agreement", ())))
+  faults = epoch_faults(criteria, num_classes, num_epochs)
+  for epoch, fault in enumerate(faults):
+    if fault and fault.startswith("the student diverged"):
+      return f"collapsed: in epoch {epoch + 1} {fault}"
   run = 0
-  for epoch, value in enumerate(agreement):
-    run = run + 1 if value is not None and value < threshold else 0
+  for epoch, fault in enumerate(faults):
+    run = run + 1 if fault else 0
     if run == epochs:
       first = epoch + 2 - epochs
-      return (f"collapsed: the student agrees with the teacher no better than chance "
-              f"(probe agreement < {threshold:.3f} = {CHANCE_FACTOR:g}/{num_classes}) "
-              f"in epochs {first}-{epoch + 1}")
+      span = f"epoch {first}" if first == epoch + 1 else f"epochs {first}-{epoch + 1}"
+      return f"collapsed: in {span} {fault}"
+  if finished and faults and all(faults):
+    span = "epoch 1" if len(faults) == 1 else f"every epoch (1-{len(faults)})"
+    return (f"collapsed: in {span} {faults[-1]}; the kept student is one of "
+            "them")
   return None
 
 

@@ -24,8 +24,9 @@ job steps with several tasks, or from the flags::
       --num_processes=2 --process_id=0     # and --process_id=1 on the other host
 
 A SIGTERM (preemption) saves a checkpoint at the next iteration boundary and exits with
-status 75; so does a first Ctrl-C, with status 130 (a second Ctrl-C stops at once,
-without saving). Rerunning the same command resumes.
+status 75; so does a first Ctrl-C, with status 130 (a second Ctrl-C stops at once
+without saving more, after finishing a checkpoint save under way). Rerunning the same
+command resumes.
 """
 
 from __future__ import annotations
@@ -170,7 +171,9 @@ def _kept(summary) -> str:
   text = (f"epoch {summary['selected_epoch']} by {summary['criterion']} "
           f"{summary['selected_accuracy']:.2f}%" if summary.get("selected_epoch")
           else "the last epoch")
-  return text + (" (COLLAPSED: see its summary)" if summary.get("collapsed") else "")
+  collapsed = summary.get("collapsed")
+  return text + (f" (COLLAPSED: {collapsed.removeprefix('collapsed: ')})" if collapsed
+                 else "")
 
 
 if __name__ == "__main__":

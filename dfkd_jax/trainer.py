@@ -9,7 +9,9 @@ reads the training state and never writes it), writes a checkpoint (never rotati
 the one of the epoch the criterion in force keeps), ``metrics.jsonl`` and
 ``summary.json``. A SIGTERM (preemption) saves a checkpoint at the
 next iteration boundary and raises :class:`Preempted`; checkpoints are numbered by
-iterations done.
+iterations done. Every save runs inside
+:meth:`dfkd_jax.distributed.PreemptionWatch.saving`, so a second Ctrl-C never cuts one
+short.
 
 Rerunning the same command resumes from the latest checkpoint, at its exact iteration;
 the result is the same as an uninterrupted run (all randomness derives from the seed and
@@ -348,13 +350,15 @@ def _run(setup: Setup, workdir: pathlib.Path, log, primary: bool,
         _end_epoch(histories, accuracies if replicas else [accuracies],
                    throughput.per_second, setup, criteria)
         checkpoints.keep(_selected_steps(histories, setup.criterion, per_epoch))
-        checkpoints.save(step + 1, state, layout.history_json(histories), probe)
+        with preemption.saving(step + 1):  # A second Ctrl-C waits for it.
+          checkpoints.save(step + 1, state, layout.history_json(histories), probe)
         outputs.epoch(epoch, histories, metrics, throughput.eta(total - step - 1))
       # Every process asks at every iteration (the sync protocol needs it).
       if preemption.reached(step + 1) and step + 1 < total:
-        if not saved:
-          checkpoints.save(step + 1, state, layout.history_json(histories), probe)
-        checkpoints.close()
+        with preemption.saving(step + 1):
+          if not saved:
+            checkpoints.save(step + 1, state, layout.history_json(histories), probe)
+          checkpoints.close()
         log(f"{preemption.notice}: stopped at epoch {epoch + 1}, iteration "
             f"{i + 1} of {per_epoch}, checkpoint saved in {checkpoints.directory}; "
             "rerun the same command to resume")
@@ -369,7 +373,8 @@ def _end_epoch(histories: Sequence[run_outputs.History], accuracies: Sequence[fl
   """Records a finished epoch (accuracy, criteria) in each live replica's History."""
   for history, accuracy, values in zip(histories, accuracies, criteria):
     if history.failed is None:
-      history.end_epoch(accuracy, values, setup.num_classes, setup.collapse_epochs)
+      history.end_epoch(accuracy, values, setup.num_classes, setup.collapse_epochs,
+                        finished=len(history.test_accuracy) + 1 == setup.num_epochs)
       if iterations_per_second:
         history.student_steps_per_second = iterations_per_second * setup.student_steps
 

@@ -8,15 +8,23 @@ cache. The rest works on synthetic curves and summaries.
 import csv
 import json
 import math
+import os
 import pathlib
+import subprocess
+import sys
 
+import chex
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from scipy import stats
 
 from dfkd_jax import checkpoints as checkpoints_lib
 from dfkd_jax import export
+from dfkd_jax import losses
 from dfkd_jax import parallel
+from dfkd_jax import probe as probe_lib
 from dfkd_jax import report
 from dfkd_jax import run_config
 from dfkd_jax import run_outputs
@@ -24,9 +32,11 @@ from dfkd_jax import selection
 from dfkd_jax import selection_report
 from dfkd_jax import study_runs
 from dfkd_jax import summary as summary_lib
+from dfkd_jax import train_teacher
 from dfkd_jax import trainer
 from test_trainer import teacher_dir, tiny_config  # pylint: disable=unused-import  # fixture
 
+REPO = pathlib.Path(__file__).resolve().parents[1]
 SEEDS = (0, 1)
 EPOCHS = 3
 # Two probe slots of 16 samples (<= the tiny batch of 32); a constant learning rate so
@@ -67,7 +77,8 @@ def test_criteria_are_finite_in_range_and_per_replica(with_criteria):
   assert [r["seed"] for r in runs] == list(SEEDS)
   for run in runs:
     criteria = run["criteria"]
-    assert set(criteria) == {"agreement", "js", "replay_agreement", "replay_js"}
+    assert set(criteria) == {"agreement", "js", "replay_agreement", "replay_js",
+                             *selection.HEALTH}
     assert all(len(v) == EPOCHS for v in criteria.values())
     assert all(0.0 <= a <= 1.0 for a in criteria["agreement"])
     assert all(0.0 <= j <= math.log(2) + 1e-6 for j in criteria["js"])
@@ -75,7 +86,9 @@ def test_criteria_are_finite_in_range_and_per_replica(with_criteria):
     # has a replay batch.
     assert all(v is not None and 0.0 <= v <= 1.0 for v in criteria["replay_agreement"])
     assert run["criterion"] == "agreement"
-    chosen = selection.select_epoch(criteria["agreement"])
+    assert all(0.0 <= v <= 1.0 + 1e-6 for v in criteria["probe_diversity"])
+    assert all(f in (0, 1, 2, 3) for f in criteria["fault"])
+    chosen = selection.selected_epoch("agreement", criteria, EPOCHS)
     assert run["selected_epoch"] == chosen + 1
     assert run["selected_accuracy"] == run["test_accuracy"][chosen]
     assert "collapsed" in run
@@ -173,16 +186,251 @@ def test_a_criterion_that_tracks_the_curve_chooses_its_best_epoch():
 
 
 def test_a_run_at_chance_agreement_for_several_epochs_is_collapsed():
-  chance = [0.1, 0.12, 0.09, 0.11]
-  assert "epochs 1-3" in selection.collapse(chance, 10, 3)
-  assert selection.collapse([0.1, 0.5, 0.1, 0.1], 10, 3) is None
-  assert selection.collapse(chance, 10, 0) is None
+  chance = [0.1, 0.12, 0.09, 0.11]  # Recorded before the health signals existed.
+  assert "epochs 1-3" in selection.collapse({"agreement": chance}, 10, 3)
+  assert selection.collapse({"agreement": [0.1, 0.5, 0.1, 0.1]}, 10, 3) is None
+  assert selection.collapse({"agreement": chance}, 10, 0) is None
   history = run_outputs.History(teacher_accuracy=99.0)
   for a in chance[:3]:
     history.end_epoch(10.0, {"agreement": a}, num_classes=10, collapse_epochs=3)
   assert history.collapsed and "collapsed" in history.collapsed
   line = run_outputs._epoch_line(2, 3, [history], [0], {"student_loss": 1.0}, "ETA 0")
   assert "WARNING collapsed" in line
+
+
+# ---------------------------------------------------------------------------
+# Collapse and divergence (issue 37, item 5): the pure functions.
+# ---------------------------------------------------------------------------
+
+CLASSES = 10
+HEALTHY, DIVERGED, PROBE_COLLAPSED, CHANCE = range(4)
+
+
+def _health(student_logits, teacher_logits, kd_loss=losses.mae):
+  """:func:`dfkd_jax.probe.health` on one device's rows, jitted as the epoch end is."""
+  weight = jnp.ones(teacher_logits.shape[:1], jnp.float32)
+  fn = jax.vmap(lambda s, t, w: probe_lib.health(s, t, w, kd_loss, CLASSES),
+                axis_name=probe_lib.AXIS)
+  out = jax.jit(fn)(student_logits[None], teacher_logits[None], weight[None])
+  return {k: float(v[0]) for k, v in out.items()}
+
+
+def _probe_logits(labels, scale=8.0):
+  return scale * jax.nn.one_hot(jnp.asarray(labels), CLASSES)
+
+
+BALANCED = np.arange(200) % CLASSES            # Every class, equally often.
+ONE_CLASS = np.full(200, 3)                    # What a collapsed generator makes.
+MOSTLY_ONE = np.where(np.arange(200) < 100, 3, np.arange(200) % CLASSES)  # 55% 3s.
+
+
+@pytest.mark.parametrize("name, teacher, student, fault", [
+    ("the teacher's twin", BALANCED, lambda t: t, HEALTHY),
+    ("one class on a balanced probe", BALANCED, lambda t: np.full_like(t, 3), CHANCE),
+    # Plain agreement reads 0.55 here; balanced agreement sees the constant student.
+    ("one class on a probe skewed to it", MOSTLY_ONE, lambda t: np.full_like(t, 3),
+     CHANCE),
+    ("the twin on a one-class probe", ONE_CLASS, lambda t: t, PROBE_COLLAPSED),
+    ("one class on a one-class probe", ONE_CLASS, lambda t: t, PROBE_COLLAPSED),
+])
+def test_health_signals_on_the_device(name, teacher, student, fault):
+  del name
+  got = _health(_probe_logits(student(teacher)), _probe_logits(teacher))
+  assert got["fault"] == fault, got
+  chex.assert_scalar_in(got["probe_diversity"], 0.0, 1.0 + 1e-6)
+  chex.assert_scalar_in(got["balanced_agreement"], 0.0, 1.0)
+  if teacher is BALANCED:
+    np.testing.assert_allclose(got["probe_diversity"], 1.0, rtol=1e-5)
+  if teacher is ONE_CLASS:
+    assert got["probe_diversity"] == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("kd_loss", [losses.mae, losses.kl_divergence])
+@pytest.mark.parametrize("scale, fault", [(8.0, HEALTHY), (1e6, DIVERGED),
+                                          (float("nan"), DIVERGED)])
+def test_an_exploding_or_non_finite_student_is_diverged(kd_loss, scale, fault):
+  teacher = _probe_logits(BALANCED)
+  student = jnp.roll(teacher, 0, -1) * scale / 8.0
+  if scale == 1e6:  # Huge and wrong: what a diverging student outputs.
+    student = jnp.roll(teacher, 1, -1) * scale
+  got = _health(student, teacher, kd_loss)
+  assert got["fault"] == fault, got
+  if fault == DIVERGED and np.isfinite(scale):
+    assert got["loss_ratio"] > selection.DIVERGED_RATIO
+
+
+@pytest.mark.parametrize("diversity, balanced, ratio, code", [
+    (0.9, 0.8, 0.3, HEALTHY),
+    (0.9, 0.8, 11.0, DIVERGED),
+    (0.9, 0.8, float("nan"), DIVERGED),
+    (0.9, 0.8, float("inf"), DIVERGED),
+    (0.2, 0.8, 0.3, PROBE_COLLAPSED),
+    (0.2, 0.1, 50.0, DIVERGED),                # Divergence first.
+    (0.9, 0.14, 0.3, CHANCE),
+    (0.9, 0.15, 0.3, HEALTHY),
+])
+def test_fault_code_is_the_same_on_numpy_and_jitted(diversity, balanced, ratio, code):
+  args = (np.float32(diversity), np.float32(balanced), np.float32(ratio))
+  assert int(selection.fault_code(*args, CLASSES)) == code
+  jitted = jax.jit(lambda *a: selection.fault_code(*a, CLASSES))
+  chex.assert_trees_all_equal(jitted(*args), jnp.asarray(code, jnp.int32))
+
+
+@pytest.mark.parametrize("name, faults, last, agreement", [
+    ("healthy", [0, 0, 0], 2, 1),
+    ("the last epoch at chance", [0, 0, CHANCE], 1, 1),
+    ("the best epoch collapsed", [0, PROBE_COLLAPSED, 0], 2, 2),
+    ("every epoch faulty", [CHANCE, CHANCE, CHANCE], 2, 1),
+    ("not measured", [None, 0, CHANCE], 1, 1),
+])
+def test_every_criterion_skips_faulty_epochs(name, faults, last, agreement):
+  del name
+  criteria = {"agreement": [0.5, 0.9, 0.6], "fault": faults}
+  assert selection.selected_epoch("last", criteria, 3) == last
+  assert selection.selected_epoch("agreement", criteria, 3) == agreement
+
+
+@pytest.mark.parametrize("faults, epochs, expected", [
+    ([0, 0, 0, 0], 3, None),
+    ([0, CHANCE, CHANCE, 0], 3, None),         # A dip the selection steps over.
+    ([0, 0, 0, DIVERGED], 3, "in epoch 4 the student diverged"),
+    ([0, CHANCE, CHANCE, CHANCE], 3, "in epochs 2-4 the student agrees"),
+    ([PROBE_COLLAPSED] * 2, 3, "every epoch (1-2) the generator collapsed"),
+    ([CHANCE], 3, "in epoch 1 the student agrees"),
+    ([CHANCE, DIVERGED], 0, None),             # 0: off.
+])
+def test_collapse_flags_divergence_at_once_runs_of_faults_and_all_faulty(
+    faults, epochs, expected):
+  n = len(faults)
+  criteria = {"agreement": [0.5] * n, "balanced_agreement": [0.1] * n,
+              "probe_diversity": [0.2] * n, "loss_ratio": [None] * n, "fault": faults}
+  if expected and "every epoch" in expected or faults == [CHANCE]:
+    # A run under way may still get a healthy epoch: only its end says "all faulty".
+    assert selection.collapse(criteria, CLASSES, epochs, finished=False) is None
+  got = selection.collapse(criteria, CLASSES, epochs)
+  if expected is None:
+    assert got is None
+  else:
+    assert got.startswith("collapsed: ") and expected in got, got
+    assert "\n" not in got
+
+
+def test_the_epoch_line_warns_of_a_faulty_epoch_and_of_a_collapsed_run():
+  history = run_outputs.History(teacher_accuracy=99.0)
+  health = {"agreement": 0.2, "balanced_agreement": 0.1, "probe_diversity": 0.9,
+            "loss_ratio": 0.9}
+  history.end_epoch(80.0, {**health, "agreement": 0.8, "balanced_agreement": 0.8,
+                           "fault": 0}, num_classes=10, collapse_epochs=3)
+  history.end_epoch(10.0, {**health, "fault": CHANCE}, num_classes=10,
+                    collapse_epochs=3)
+  assert history.collapsed is None
+  line = run_outputs._epoch_line(1, 3, [history], [0], {"student_loss": 1.0}, "ETA 0",
+                                 10)
+  assert "WARNING this epoch's student is faulty, not kept while the run has a " \
+         "healthy one: the student agrees" in line
+  history.end_epoch(10.0, {**health, "loss_ratio": 1e9, "fault": DIVERGED},
+                    num_classes=10, collapse_epochs=3)
+  line = run_outputs._epoch_line(2, 3, [history], [0], {"student_loss": 1.0}, "ETA 0",
+                                 10)
+  assert "WARNING collapsed: in epoch 3 the student diverged" in line
+  summary = run_outputs.summary({"method": "dfkd", "dataset": "digits", "seed": 0,
+                                 "selection": {"criterion": "last"}}, history)
+  assert summary.selected_epoch == 1 and summary.collapsed == history.collapsed
+  assert summary_lib.Summary.from_json(summary.to_json()) == summary
+
+
+def test_report_marks_collapsed_runs(tmp_path):
+  acc = [50.0, 10.0, 10.0]
+  write_run(tmp_path / "runs", "dfkd", 0, acc, [0.5, 0.1, 0.1])
+  path = tmp_path / "runs" / "dfkd_s1"
+  path.mkdir(parents=True)
+  summary_lib.Summary.of_run(
+      method="dfkd", dataset="digits", seed=1, teacher_accuracy=99.0,
+      test_accuracy=acc, alignment=[None] * 3, student_steps_per_second=1.0, config={},
+      criteria={"agreement": [0.9] * 3, "fault": [PROBE_COLLAPSED] * 3},
+      criterion="last", collapsed="collapsed: in every epoch (1-3) the generator "
+      "collapsed").write(path / report.SUMMARY_FILE)
+  report.write_report([tmp_path / "runs"], tmp_path / "out")
+  table = (tmp_path / "out" / report.TABLE_MARKDOWN).read_text()
+  assert "COLLAPSED" in table and "1 of 2 runs" in table, table
+  lines = [l for l in table.splitlines() if "`dfkd` seed 1" in l]
+  assert len(lines) == 1 and "COLLAPSED: in every epoch (1-3)" in lines[0], table
+
+
+# Real collapses from real settings (issue 37, item 5): the digits config, its own
+# teacher, a few epochs. On main all three were read as healthy runs.
+REAL = {"tensorboard": False, "num_epochs": 3, "iterations_per_epoch": 2}
+
+
+@pytest.fixture(scope="module")
+def digits_teacher(tmp_path_factory):
+  """The quickstart's teacher, trained as configs/teacher/digits.py ships (~20 s)."""
+  path = tmp_path_factory.mktemp("shipped_teacher") / "digits"
+  train_teacher.train_and_save(
+      run_config.load_config_file(str(REPO / "configs/teacher/digits.py")), path,
+      log=lambda s: None)
+  return path
+
+
+def _digits(teacher_dir, method="lra_mb", **overrides):
+  cfg = run_config.load_config_file(f"{REPO / 'configs/digits.py'}:{method}")
+  cfg.teacher_dir, cfg.teacher_config = str(teacher_dir), ""
+  for key, value in {**REAL, **overrides}.items():
+    *parents, leaf = key.split(".")
+    target = cfg
+    for parent in parents:
+      target = target[parent]
+    target[leaf] = value
+  return cfg
+
+
+def test_a_generator_driven_to_collapse_is_flagged_by_the_cli(digits_teacher, tmp_path):
+  """The generator's learning rate 1e3: the student stays at chance while its plain
+  probe agreement reads ~0.95 (the probe comes from the collapsed generator)."""
+  workdir = tmp_path / "run"
+  args = [sys.executable, "-m", "dfkd_jax.train",
+          f"--config={REPO / 'configs/digits.py'}:lra_mb", f"--workdir={workdir}",
+          f"--config.teacher_dir={digits_teacher}", "--config.teacher_config=",
+          "--config.generator_optimizer.learning_rate=1e3"] + [
+              f"--config.{k}={v}" for k, v in REAL.items()]
+  done = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600,
+                        env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert done.returncode == 0, done.stderr[-3000:]
+  summary = json.loads((workdir / "summary.json").read_text())
+  assert max(summary["test_accuracy"]) < 30.0, summary["test_accuracy"]  # It did collapse.
+  assert min(summary["criteria"]["agreement"]) > 0.5  # What main trusted.
+  assert summary["collapsed"] and "the generator collapsed" in summary["collapsed"]
+  assert set(summary["criteria"]["fault"]) == {2.0}
+  assert "; WARNING collapsed: in epoch" in done.stdout, done.stdout[-3000:]
+  last = done.stdout.strip().splitlines()[-1]
+  assert last.startswith("done: ") and "(COLLAPSED: in epoch" in last, last
+
+
+def test_a_diverging_student_is_flagged_in_its_first_epoch(digits_teacher, tmp_path):
+  """The student's learning rate 50: its loss explodes (~1e5-1e12) and NaNs follow;
+  the one epoch recorded before the NaN is flagged, not kept as a healthy student."""
+  lines = []
+  cfg = _digits(digits_teacher, "lra_mb", **{"student_optimizer.learning_rate": 50.0})
+  try:
+    trainer.run(cfg, tmp_path, log=lines.append)
+  except trainer.NonFiniteLossError:
+    pass  # The run stops at the NaN; its summary keeps the epochs before it.
+  summary = json.loads((tmp_path / "summary.json").read_text())
+  assert summary["collapsed"], summary  # main: None, a kept student at 6%.
+  assert summary["collapsed"].startswith("collapsed: in epoch 1 the student diverged")
+  assert any("WARNING collapsed: in epoch 1 the student diverged" in l for l in lines)
+  assert summary["criteria"]["fault"][0] == 1.0, summary["criteria"]
+
+
+def test_a_healthy_run_is_not_flagged_and_keeps_its_last_epoch(digits_teacher,
+                                                               tmp_path):
+  lines = []
+  cfg = _digits(digits_teacher, "lra_mb", num_epochs=4, iterations_per_epoch=4)
+  summary = trainer.run(cfg, tmp_path, log=lines.append)
+  assert summary["test_accuracy"][-1] > 50.0, summary["test_accuracy"]
+  assert summary["collapsed"] is None and not any("WARNING" in l for l in lines), lines
+  assert set(summary["criteria"]["fault"]) == {0.0}, summary["criteria"]
+  assert summary["selected_epoch"] == 4
 
 
 @pytest.mark.parametrize("overrides, error", [

@@ -427,6 +427,40 @@ def test_a_second_ctrl_c_stops_at_once_even_while_compiling(teacher_dir, tmp_pat
       (workdir / trainer.CHECKPOINT_DIR).iterdir())
 
 
+@pytest.mark.parametrize("delay", [0.3, 1.0])
+def test_a_second_ctrl_c_during_the_stop_ends_cleanly_and_the_rerun_resumes(
+    teacher_dir, tmp_path, delay):
+  """Issue 37, item 13: the second Ctrl-C lands while the first one's checkpoint is
+  being saved (0.3 s) or while the process unwinds and runs its exit handlers (1 s):
+  exit 130, one line, no traceback, no half-written checkpoint, and the rerun resumes
+  from the checkpoint the first Ctrl-C asked for."""
+  config = tiny_config(teacher_dir, "dfkd", num_epochs=1, iterations_per_epoch=40)
+  workdir = tmp_path / "run"
+  args = cli_args(config, workdir) + ["--config.iterations_per_epoch=40"]
+  proc, lines = _start(args), []
+  try:
+    _read_until(proc, "compiled and ran the first iteration", lines)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGINT)
+    lines += proc.communicate(timeout=300)[0].splitlines()
+  finally:
+    proc.kill()
+  text = "\n".join(lines)
+  assert proc.returncode == 130, text
+  assert "Traceback" not in text and "KeyboardInterrupt" not in text, text
+  assert lines[-1].startswith("Ctrl-C"), text
+  checkpoint_dir = workdir / trainer.CHECKPOINT_DIR
+  assert not list(checkpoint_dir.glob("*tmp*")), sorted(checkpoint_dir.iterdir())
+  steps = sorted(int(p.name) for p in checkpoint_dir.iterdir())
+  assert steps and 1 <= steps[-1] < 40, steps
+  resumed = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert f"resumed from {checkpoint_dir}: epoch 1, iteration {steps[-1] + 1} of 40" \
+      in resumed.stdout, resumed.stdout[-3000:]
+  assert len(read_metrics(workdir)) == 40
+
+
 def test_ctrl_c_while_loading_is_one_line(teacher_dir, tmp_path):
   """Issue 26, item 1: before the training loop, Ctrl-C stops with one line too."""
   proc, lines = _start(cli_args(tiny_config(teacher_dir, "dfkd"), tmp_path / "run")), []
