@@ -145,21 +145,21 @@ def _history(step_dir: pathlib.Path) -> dict[str, Any]:
 def selected_step(run: Run, index: int | None) -> int:
   """The checkpoint of the epoch the run's selection criterion chose for replica
   ``index`` (read from the newest checkpoint's history); the newest checkpoint for the
-  ``last`` criterion (unless the last epochs are faulty, which every criterion skips:
-  :func:`dfkd_jax.selection.selected_epoch`), runs made before selection, or a chosen
-  step not on disk.
+  ``last`` criterion, runs made before selection, or a chosen step not on disk.
 
   Raises:
     ExportError: no checkpoint yet.
   """
   newest = choose_step(run, None)
   criterion = (run.config.get("selection") or {}).get("criterion", "last")
+  if criterion == "last":
+    return newest
   history = _history(run.workdir / CHECKPOINT_DIR / str(newest))
   if index is not None:
     history = history["replicas"][index]
-  evaluated = len(history.get("test_accuracy", []))
-  epoch = selection.selected_epoch(criterion, history.get("criteria") or {}, evaluated)
-  if epoch is None or (criterion == "last" and epoch == evaluated - 1):
+  epoch = selection.selected_epoch(criterion, history.get("criteria") or {},
+                                   len(history.get("test_accuracy", [])))
+  if epoch is None:
     return newest
   step = (epoch + 1) * int(run.config["iterations_per_epoch"])
   return step if step in checkpoint_steps(run) else newest
