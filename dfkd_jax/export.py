@@ -191,17 +191,16 @@ def kept_epoch(run: Run, index: int | None,
       log(f"{' '.join(str(e).split())[:300]}; the kept epoch is taken from the "
           "newest checkpoint and run_config.json's criterion instead")
   criterion = (run.config.get("selection") or {}).get("criterion", "last")
+  if criterion == "last":
+    return None, criterion
   newest = choose_step(run, None)
   try:
     history = _history(run.workdir / CHECKPOINT_DIR / str(newest))
   except Exception as e:  # pylint: disable=broad-except  # orbax errors.
-    if criterion == "last":
-      return None, criterion  # default_steps falls back to the checkpoint before.
     raise ExportError(f"the history of checkpoint {newest} does not restore "
                       f"({type(e).__name__}); pass --checkpoint=STEP") from None
   if index is not None:
     history = history["replicas"][index]
-  # Every criterion, `last` too, skips the faulty epochs (selection.selected_epoch).
   epoch = selection.selected_epoch(criterion, history.get("criteria") or {},
                                    len(history.get("test_accuracy", [])))
   return None if epoch is None else epoch + 1, criterion
@@ -210,10 +209,9 @@ def kept_epoch(run: Run, index: int | None,
 def default_steps(run: Run, index: int | None,
                   log: Callable[[str], None] = lambda line: None) -> list[int]:
   """The checkpoints ``export`` tries without ``--checkpoint``: the one of the epoch
-  the run kept (:func:`kept_epoch`), or, when that is the newest (criterion ``last``
-  of a run whose last epoch is sound) and for runs made before selection, every
-  checkpoint, newest first (a damaged one falls back to the one before, as training
-  does).
+  the run kept (:func:`kept_epoch`), or for ``last`` (and runs made before selection)
+  every checkpoint, newest first (a damaged one falls back to the one before, as
+  training does).
 
   Raises:
     ExportError: no checkpoint yet, or the kept epoch's checkpoint is not on disk.
@@ -223,11 +221,9 @@ def default_steps(run: Run, index: int | None,
   epoch, criterion = kept_epoch(run, index, log)
   if not steps:
     choose_step(run, None)  # Raises: no checkpoint yet.
-  if epoch is None:
+  if epoch is None or criterion == "last":
     return newest_first
   step = epoch * int(run.config["iterations_per_epoch"])
-  if criterion == "last" and step >= newest_first[0]:
-    return newest_first
   if step not in steps:
     raise ExportError(
         f"{summary_path(run, index)} keeps epoch {epoch} (criterion {criterion}), whose "

@@ -65,11 +65,11 @@ class History:
 
   def end_epoch(self, accuracy: float, criteria: dict[str, float] | None = None,
                 num_classes: int = 0, collapse_epochs: int = 0,
-                finished: bool = True) -> None:
+                finished: bool = True, criterion: str = "last") -> None:
     """Records a finished epoch: its accuracy, its cosines' mean and its criteria and
     health signals (one missing for earlier epochs is padded with ``None``); marks the
     run collapsed when they say so (:func:`dfkd_jax.selection.collapse`; ``finished``:
-    this is the run's last epoch)."""
+    this is the run's last epoch; ``criterion``: the one in force)."""
     done = len(self.test_accuracy)
     self.test_accuracy.append(accuracy)
     self.alignment.append(float(np.mean(self.epoch_cosines)) if self.epoch_cosines
@@ -81,7 +81,8 @@ class History:
       values.append(_json_float(value))
     if "agreement" in self.criteria or "fault" in self.criteria:
       self.collapsed = selection.collapse(self.criteria, num_classes, collapse_epochs,
-                                          len(self.test_accuracy), finished)
+                                          len(self.test_accuracy), finished,
+                                          criterion)
 
 
 def histories_from_json(d: dict[str, Any], num_replicas: int) -> list[History]:
@@ -320,8 +321,7 @@ def _collapsed_text(histories: Sequence[History], seeds, num_classes: int = 0) -
       fault = selection.epoch_faults(h.criteria, num_classes,
                                      len(h.test_accuracy))[-1]
       if fault:
-        notes.append(f"; WARNING {who}this epoch's student is faulty, not kept while "
-                     f"the run has a healthy one: {fault}")
+        notes.append(f"; WARNING {who}this epoch's student is faulty: {fault}")
   return "".join(notes)
 
 

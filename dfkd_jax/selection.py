@@ -29,11 +29,11 @@ trusted (:data:`FAULTS`): it diverged (loss ratio above :data:`DIVERGED_RATIO` o
 non-finite), the probe is collapsed (diversity below :data:`MIN_DIVERSITY`: the
 generator makes one or two classes, and agreement on it says nothing), or the
 student agrees no better than chance (balanced agreement below :data:`CHANCE_FACTOR`
-/ ``num_classes``). Every criterion, ``last`` included, skips faulty epochs while the
-run has a healthy one (:func:`selected_epoch`). A run is *collapsed*
-(:func:`collapse`) when a student diverged, when ``collapse_epochs`` consecutive
-epochs are faulty, or when every epoch of the finished run is (the kept student is
-then a faulty one): its epoch lines, its summary and the report say so.
+/ ``num_classes``). The probe and replay criteria skip faulty epochs while the run has
+a healthy one (:func:`selected_epoch`); ``last`` keeps the last epoch. A run is
+*collapsed* (:func:`collapse`) when a student diverged, when ``collapse_epochs``
+consecutive epochs are faulty, or when the finished run keeps a faulty student: its
+epoch lines, its summary and the report say so.
 
 Everything here is plain Python and NumPy on recorded per-epoch values, but
 :func:`fault_code`, which the device computes too.
@@ -160,20 +160,22 @@ def select_epoch(values: Sequence[float | None], higher_is_better: bool = True
 def selected_epoch(name: str, criteria: Mapping[str, Sequence[float | None]],
                    num_epochs: int) -> int | None:
   """The 0-based epoch that criterion ``name`` chooses among ``num_epochs`` evaluated
-  epochs, skipping the epochs whose recorded ``fault`` is nonzero while any epoch is
-  healthy; the last (healthy) one for ``last`` and when the criterion has no value yet
-  (a run resumed from a checkpoint made before criteria existed has none for its early
-  epochs, which are then never chosen)."""
+  epochs: the last one for ``last``; a probe or replay criterion skips the epochs whose
+  recorded ``fault`` is nonzero while any epoch is healthy, and chooses the last
+  (healthy) one when it has no value yet (a run resumed from a checkpoint made before
+  criteria existed has none for its early epochs, which are then never chosen)."""
   if num_epochs == 0:
     return None
+  if name == "last":
+    return num_epochs - 1
   criterion = CRITERIA.get(name)
   faults = list(criteria.get("fault", ()))[:num_epochs]
   faulty = {e for e, code in enumerate(faults) if code}  # None: not measured.
   healthy = [e for e in range(num_epochs) if e not in faulty]
   if not healthy:  # Nothing better to keep: as if there were no faults.
     faulty, healthy = set(), list(range(num_epochs))
-  values = list(criteria.get(name, ()))[:num_epochs] if name != "last" else []
-  values = [None if e in faulty else v for e, v in enumerate(values)]
+  values = [None if e in faulty else v
+            for e, v in enumerate(list(criteria.get(name, ()))[:num_epochs])]
   chosen = select_epoch(values, criterion.higher_is_better)
   return healthy[-1] if chosen is None else chosen
 
@@ -232,13 +234,13 @@ def epoch_faults(criteria: Mapping[str, Sequence[float | None]], num_classes: in
 
 
 def collapse(criteria: Mapping[str, Sequence[float | None]], num_classes: int,
-             epochs: int, num_epochs: int | None = None,
-             finished: bool = True) -> str | None:
+             epochs: int, num_epochs: int | None = None, finished: bool = True,
+             criterion: str = "last") -> str | None:
   """Why a run is collapsed, or ``None`` (``epochs`` 0: never): the first epoch whose
   student diverged; else the first ``epochs`` consecutive faulty epochs
-  (:func:`epoch_faults`); else, once the run is ``finished``, every one of its
-  ``num_epochs`` (default: as many as ``agreement`` or ``fault`` has) epochs faulty,
-  so that the kept student is too (a run still under way may yet get a healthy one)."""
+  (:func:`epoch_faults`); else, once the run is ``finished``, the epoch that
+  ``criterion`` keeps among its ``num_epochs`` (default: as many as ``agreement`` or
+  ``fault`` has) being faulty (a run still under way may yet get a healthy one)."""
   if epochs <= 0:
     return None
   if num_epochs is None:
@@ -254,10 +256,13 @@ def collapse(criteria: Mapping[str, Sequence[float | None]], num_classes: int,
       first = epoch + 2 - epochs
       span = f"epoch {first}" if first == epoch + 1 else f"epochs {first}-{epoch + 1}"
       return f"collapsed: in {span} {fault}"
-  if finished and faults and all(faults):
-    span = "epoch 1" if len(faults) == 1 else f"every epoch (1-{len(faults)})"
-    return (f"collapsed: in {span} {faults[-1]}; the kept student is one of "
-            "them")
+  kept = selected_epoch(criterion, criteria, num_epochs) if finished else None
+  if kept is not None and faults[kept]:
+    if all(faults):
+      span = "epoch 1" if len(faults) == 1 else f"every epoch (1-{len(faults)})"
+      return f"collapsed: in {span} {faults[kept]}; the kept student is one of them"
+    return (f"collapsed: the kept student (epoch {kept + 1}, by {criterion}) is faulty: "
+            f"{faults[kept]}")
   return None
 
 

@@ -188,7 +188,10 @@ def test_a_criterion_that_tracks_the_curve_chooses_its_best_epoch():
 def test_a_run_at_chance_agreement_for_several_epochs_is_collapsed():
   chance = [0.1, 0.12, 0.09, 0.11]  # Recorded before the health signals existed.
   assert "epochs 1-3" in selection.collapse({"agreement": chance}, 10, 3)
-  assert selection.collapse({"agreement": [0.1, 0.5, 0.1, 0.1]}, 10, 3) is None
+  dip = {"agreement": [0.1, 0.5, 0.1, 0.1]}
+  assert selection.collapse(dip, 10, 3, finished=False) is None
+  # Finished, `last` keeps epoch 4, at chance (main kept it unflagged).
+  assert "the kept student (epoch 4, by last) is faulty" in selection.collapse(dip, 10, 3)
   assert selection.collapse({"agreement": chance}, 10, 0) is None
   history = run_outputs.History(teacher_accuracy=99.0)
   for a in chance[:3]:
@@ -283,10 +286,10 @@ def test_fault_code_is_the_same_on_numpy_and_jitted(diversity, balanced, ratio, 
     ("every epoch faulty", [CHANCE, CHANCE, CHANCE], 2, 1),
     ("not measured", [None, 0, CHANCE], 1, 1),
 ])
-def test_every_criterion_skips_faulty_epochs(name, faults, last, agreement):
-  del name
+def test_the_probe_criteria_skip_faulty_epochs(name, faults, last, agreement):
+  del name, last
   criteria = {"agreement": [0.5, 0.9, 0.6], "fault": faults}
-  assert selection.selected_epoch("last", criteria, 3) == last
+  assert selection.selected_epoch("last", criteria, 3) == 2  # The flag warns instead.
   assert selection.selected_epoch("agreement", criteria, 3) == agreement
 
 
@@ -297,6 +300,7 @@ def test_every_criterion_skips_faulty_epochs(name, faults, last, agreement):
     ([0, CHANCE, CHANCE, CHANCE], 3, "in epochs 2-4 the student agrees"),
     ([PROBE_COLLAPSED] * 2, 3, "every epoch (1-2) the generator collapsed"),
     ([CHANCE], 3, "in epoch 1 the student agrees"),
+    ([0, 0, CHANCE], 3, "the kept student (epoch 3, by last) is faulty: the student"),
     ([CHANCE, DIVERGED], 0, None),             # 0: off.
 ])
 def test_collapse_flags_divergence_at_once_runs_of_faults_and_all_faulty(
@@ -304,7 +308,7 @@ def test_collapse_flags_divergence_at_once_runs_of_faults_and_all_faulty(
   n = len(faults)
   criteria = {"agreement": [0.5] * n, "balanced_agreement": [0.1] * n,
               "probe_diversity": [0.2] * n, "loss_ratio": [None] * n, "fault": faults}
-  if expected and "every epoch" in expected or faults == [CHANCE]:
+  if expected and "diverged" not in expected and "epochs 2-4" not in expected:
     # A run under way may still get a healthy epoch: only its end says "all faulty".
     assert selection.collapse(criteria, CLASSES, epochs, finished=False) is None
   got = selection.collapse(criteria, CLASSES, epochs)
@@ -320,14 +324,14 @@ def test_the_epoch_line_warns_of_a_faulty_epoch_and_of_a_collapsed_run():
   health = {"agreement": 0.2, "balanced_agreement": 0.1, "probe_diversity": 0.9,
             "loss_ratio": 0.9}
   history.end_epoch(80.0, {**health, "agreement": 0.8, "balanced_agreement": 0.8,
-                           "fault": 0}, num_classes=10, collapse_epochs=3)
+                           "fault": 0}, num_classes=10, collapse_epochs=3,
+                    finished=False)
   history.end_epoch(10.0, {**health, "fault": CHANCE}, num_classes=10,
-                    collapse_epochs=3)
+                    collapse_epochs=3, finished=False)
   assert history.collapsed is None
   line = run_outputs._epoch_line(1, 3, [history], [0], {"student_loss": 1.0}, "ETA 0",
                                  10)
-  assert "WARNING this epoch's student is faulty, not kept while the run has a " \
-         "healthy one: the student agrees" in line
+  assert "WARNING this epoch's student is faulty: the student agrees" in line
   history.end_epoch(10.0, {**health, "loss_ratio": 1e9, "fault": DIVERGED},
                     num_classes=10, collapse_epochs=3)
   line = run_outputs._epoch_line(2, 3, [history], [0], {"student_loss": 1.0}, "ETA 0",
@@ -335,7 +339,7 @@ def test_the_epoch_line_warns_of_a_faulty_epoch_and_of_a_collapsed_run():
   assert "WARNING collapsed: in epoch 3 the student diverged" in line
   summary = run_outputs.summary({"method": "dfkd", "dataset": "digits", "seed": 0,
                                  "selection": {"criterion": "last"}}, history)
-  assert summary.selected_epoch == 1 and summary.collapsed == history.collapsed
+  assert summary.selected_epoch == 3 and summary.collapsed == history.collapsed
   assert summary_lib.Summary.from_json(summary.to_json()) == summary
 
 
