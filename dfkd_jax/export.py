@@ -372,7 +372,7 @@ def check_class_names(run: Run, dataset_id: str) -> None:
                                   class_names=run.teacher.get("class_names") or ())
   try:
     data.check_class_names(teacher, dataset_id)
-  except (ValueError, FileNotFoundError) as e:  # Differ, or moved: one line either way.
+  except ValueError as e:
     raise ExportError(' '.join(str(e).split())) from None
 
 
@@ -491,6 +491,7 @@ def write_onnx(run: Run, student: Student, out: pathlib.Path, log) -> OnnxCheck:
   said before the conversion; each stage says what it does, and every 15 s that it
   still runs."""
   images, labels = test_set(run, student.card, log)
+  check_class_names(run, student.card.dataset)  # The set just read.
   with progress.Heartbeat(log, "converting", "converting the student to ONNX with "
                           "jax2onnx (about half a minute on a CPU) ...", 15.0):
     model_bytes = onnx_model(student).SerializeToString()
@@ -623,7 +624,6 @@ def export(workdir: str | os.PathLike, fmt: str, out: str | os.PathLike,
   else:
     student = restore_default(run, index, seed, log)
   if fmt == "onnx":
-    check_class_names(run, student.card.dataset)  # The set test_set() reads.
     write_onnx(run, student, out, log)
   elif fmt == "torch":
     write_torch(student, out)

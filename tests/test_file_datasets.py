@@ -341,9 +341,8 @@ def test_distillation_evaluates_on_a_test_only_folder(folder_teacher, digits_fol
     trainer.run(_distil_config(teacher_dir, f"folder:{test_only}", image_size=16),
                 tmp_path / "run2", log=lambda line: None)
   assert not (tmp_path / "run2" / trainer.SUMMARY_FILE).exists()
-  # The teacher's own folder renamed a class since: export's check refuses it by name.
-  moved = [(digits_folder / s / "nine", digits_folder / s / "nein")
-           for s in ("train", "test")]
+  # The run's test folder renamed a class since: export's check refuses it by name.
+  moved = [(test_only / "test" / "nine", test_only / "test" / "nein")]
   try:
     for a, b in moved:
       a.rename(b)
@@ -357,7 +356,7 @@ def test_distillation_evaluates_on_a_test_only_folder(folder_teacher, digits_fol
   assert proc.returncode == 1, proc.stderr[-2000:]
   assert proc.stderr.strip().splitlines()[-1].startswith(
       "error: teacher 'digits_cnn' was trained on classes eight, five, four, nine, one, "
-      f"seven, ... (10 in all) but dataset 'folder:{digits_folder}' has eight, five, "
+      f"seven, ... (10 in all) but dataset 'folder:{test_only}' has eight, five, "
       "four, nein, one, seven, ... (10 in all): its class 'nein' is not one of the "
       "teacher's (which has 'nine'); rename its class folders")
   assert not (tmp_path / "s.onnx").exists()
