@@ -138,7 +138,7 @@ def readme_test_command():
 
 def readme_second_tier_command():
   text = (REPO / "README.md").read_text()
-  commands = [l for l in text.splitlines() if l.startswith("python -m pytest -q -m slow")]
+  commands = [l for l in text.splitlines() if l.startswith("python -m pytest -q -n 2 -m slow")]
   assert len(commands) == 1, commands
   return commands[0]
 
@@ -168,8 +168,8 @@ printf '%s' '{activate}' > "$3/bin/activate"
   assert proc.returncode == pytest_status, proc.stderr
   lines = calls.read_text().splitlines()
   assert lines[0].startswith("python3 -m venv " + str(scratch))
-  second_tier = ["python -m pytest -q -m slow"] if pytest_status == 0 else []
-  assert lines[1:] == ['pip install -e .[test]', "python -m pytest -q", *second_tier]
+  second_tier = ["python -m pytest -q -n 2 -m slow"] if pytest_status == 0 else []
+  assert lines[1:] == ['pip install -e .[test]', "python -m pytest -q -n 2", *second_tier]
   assert ("ci: second tier took" in proc.stdout) == (pytest_status == 0), proc.stdout
   assert list(scratch.iterdir()) == []
 
