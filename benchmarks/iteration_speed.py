@@ -6,7 +6,7 @@ r"""Speed of one DFKD training iteration: time, compile time, memory, FLOP/s (JS
   python -m benchmarks.iteration_speed --smoke # tiny digits config (what CI runs)
 
 Run from the repository root. For every method, model pair and batch size it builds the
-trainer's own jitted iteration (:func:`dfkd_jax.iteration.make_iteration`: generator steps
+trainer's own jitted iteration (:func:`dfkd_jax.run.iteration.make_iteration`: generator steps
 then student steps, one program with donated state, sharded over all devices of
 ``jax.devices()``) and reports:
 
@@ -58,13 +58,13 @@ from typing import Any, Callable, NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 
-from dfkd_jax import data
-from dfkd_jax import experiment
-from dfkd_jax import iteration
-from dfkd_jax import methods
 from dfkd_jax import models
-from dfkd_jax import parallel
-from dfkd_jax import teacher as teacher_lib
+from dfkd_jax.data import datasets as data
+from dfkd_jax.methods import presets as methods
+from dfkd_jax.models import teacher as teacher_lib
+from dfkd_jax.parallel import mesh as parallel
+from dfkd_jax.run import experiment
+from dfkd_jax.run import iteration
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 META_TARGET = 1.8
@@ -380,7 +380,7 @@ def run_suite(method_names: Sequence[str], pair_names: Sequence[str],
       "teacher_weights": "random init: the speed of an iteration does not depend on "
                          "the weights' values",
       "iteration": "generator_steps generator updates + student_steps student updates, "
-                   "one jitted call with donated state (dfkd_jax.iteration.make_iteration)",
+                   "one jitted call with donated state (dfkd_jax.run.iteration.make_iteration)",
       "timing": f"median of {repeats} calls after one warm-up call; the methods of one "
                 "(pair, batch size) timed in interleaved rounds",
       "matmul": matmul,

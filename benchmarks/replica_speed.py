@@ -5,7 +5,7 @@ r"""Per-replica speed: one iteration of an N-replica program against a single ru
       --out=docs/results/benchmarks/cpu_replica_speed_digits.json
 
 Run from the repository root. For every method it builds the trainer's own jitted
-iteration (:func:`dfkd_jax.iteration.make_iteration`) for a single run (``num_seeds=1``)
+iteration (:func:`dfkd_jax.run.iteration.make_iteration`) for a single run (``num_seeds=1``)
 and for ``num_seeds=N`` of every ``--replicas`` under every ``--replica_loops``
 (``config.replica_loop``: ``map`` or ``vmap``), compiles each, then times them in
 interleaved rounds (one call of each per round, ``--repeats`` rounds after one warm-up),
@@ -31,7 +31,8 @@ from typing import Any, Sequence
 import jax
 
 from benchmarks import whole_runs
-from dfkd_jax import experiment, iteration, parallel
+from dfkd_jax.parallel import mesh as parallel
+from dfkd_jax.run import experiment, iteration
 
 
 def compile_program(config) -> dict[str, Any]:

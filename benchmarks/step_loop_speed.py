@@ -5,13 +5,13 @@ r"""Scanned vs unrolled steps: compile time and seconds per iteration per batch 
       --out=docs/results/benchmarks/cpu_step_loop_lenet5.json
 
 Run from the repository root. For every method and batch size it builds the trainer's
-own jitted iteration (:func:`dfkd_jax.iteration.make_iteration`) with
+own jitted iteration (:func:`dfkd_jax.run.iteration.make_iteration`) with
 ``config.step_loop`` = ``unroll`` and = ``scan``, compiles both, then times all of them
 in interleaved rounds (one call of each per round, ``--repeats`` rounds after one
 warm-up) so that load changes on a shared machine hit them alike. It reports per case
 ``compile_seconds``, ``seconds_per_iteration`` (the median call) and ``ratio_to_unroll``
 (scanned over unrolled seconds per iteration at the same method and batch size): the
-measurement behind ``step_loop="auto"`` (``dfkd_jax.experiment``).
+measurement behind ``step_loop="auto"`` (``dfkd_jax.run.experiment``).
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ not as a reproduced result. The official
 code's own setting, with the published numbers: ``configs/recipes/lra_cifar10.py``.
 """
 
-from dfkd_jax import run_config
+from dfkd_jax.run import run_config
 
 
 def get_config(arg: str | None = None):

@@ -11,7 +11,7 @@ stalls near 75%) and meta.alpha = 0.1 (the paper's 0.9 costs ~8 points); the siz
 chosen to run in minutes on a CPU, the rest is the paper's.
 """
 
-from dfkd_jax import run_config
+from dfkd_jax.run import run_config
 
 
 def get_config(arg: str | None = None):

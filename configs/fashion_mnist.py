@@ -16,7 +16,7 @@ alpha = 0.01 were measured on MNIST (LRA's 0.1 stalled there; alpha = 0.1 with i
 ~50 points, docs/results.md) and are taken over, not re-measured.
 """
 
-from dfkd_jax import run_config
+from dfkd_jax.run import run_config
 
 
 def get_config(arg: str | None = None):

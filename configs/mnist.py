@@ -32,7 +32,7 @@ peers' own MNIST settings, with their published numbers: configs/recipes/dfad_mn
 and configs/recipes/dafl_mnist.py.
 """
 
-from dfkd_jax import run_config
+from dfkd_jax.run import run_config
 
 
 def get_config(arg: str | None = None):

@@ -10,7 +10,7 @@ Measured: none of these values on SVHN yet; alpha's rule comes from digits and
 MNIST.
 """
 
-from dfkd_jax import run_config
+from dfkd_jax.run import run_config
 
 
 def get_config(arg: str | None = None):

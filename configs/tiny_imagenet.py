@@ -12,7 +12,7 @@ Measured: none of these values on Tiny-ImageNet yet; alpha's rule comes from dig
 MNIST.
 """
 
-from dfkd_jax import run_config
+from dfkd_jax.run import run_config
 
 
 def get_config(arg: str | None = None):

@@ -41,12 +41,12 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
-from dfkd_jax import distributed
-from dfkd_jax import parallel
-from dfkd_jax import run_config
-from dfkd_jax import train_teacher
-from dfkd_jax import trainer
-from dfkd_jax import workdir
+from dfkd_jax.core import workdir
+from dfkd_jax.parallel import distributed
+from dfkd_jax.parallel import mesh as parallel
+from dfkd_jax.run import run_config
+from dfkd_jax.run import train_teacher
+from dfkd_jax.run import trainer
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, e.g. configs/cifar10.py[:method].", lock_config=True)
@@ -99,7 +99,7 @@ def train_teacher_on_first_use(config, log=print) -> None:
 
 def parse_flags(argv: Sequence[str]) -> Sequence[str]:
   """absl's flag parsing, with a one-line error for a bad config file or field
-  (:func:`dfkd_jax.run_config.parse_flags`)."""
+  (:func:`dfkd_jax.run.run_config.parse_flags`)."""
   return run_config.parse_flags(
       argv, fields="every field is listed in docs/config_fields.md; --print_config "
       "shows a command line's config")

@@ -1,4 +1,4 @@
-"""The checkpoint store's failure handling (dfkd_jax.checkpoints).
+"""The checkpoint store's failure handling (dfkd_jax.run.checkpoints).
 
 The real full disk is tested end to end in tests/test_workdir.py; here, which errors
 count as a full disk and what happens to the libraries' own reports of a failed save.
@@ -14,7 +14,7 @@ import types
 import orbax.checkpoint as ocp
 import pytest
 
-from dfkd_jax import checkpoints
+from dfkd_jax.run import checkpoints
 
 
 @pytest.mark.parametrize("error, full", [

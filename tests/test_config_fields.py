@@ -1,4 +1,4 @@
-"""dfkd_jax.config_fields: the field list is read from default_config and is current."""
+"""dfkd_jax.run.config_fields: the field list is read from default_config and is current."""
 
 import inspect
 import pathlib
@@ -6,8 +6,8 @@ import pathlib
 import ml_collections
 import pytest
 
-from dfkd_jax import config_fields
-from dfkd_jax import experiment
+from dfkd_jax.run import config_fields
+from dfkd_jax.run import experiment
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "config_fields.md"
@@ -15,7 +15,7 @@ DOC = REPO / "docs" / "config_fields.md"
 
 def test_committed_docs_config_fields_is_what_the_generator_produces_now():
   assert DOC.read_text() == config_fields.markdown(), (
-      "docs/config_fields.md is stale; run `python -m dfkd_jax.config_fields "
+      "docs/config_fields.md is stale; run `python -m dfkd_jax.run.config_fields "
       "--out=docs/config_fields.md`")
 
 

@@ -6,7 +6,7 @@ import types
 import numpy as np
 import pytest
 
-from dfkd_jax import experiment
+from dfkd_jax.run import experiment
 
 FOUR_DEVICES = types.SimpleNamespace(devices=np.empty(4))
 

@@ -13,12 +13,12 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from dfkd_jax import data
-from dfkd_jax import experiment
-from dfkd_jax import methods
 from dfkd_jax import models
-from dfkd_jax import parallel
-from dfkd_jax import train_teacher
+from dfkd_jax.data import datasets as data
+from dfkd_jax.methods import presets as methods
+from dfkd_jax.parallel import mesh as parallel
+from dfkd_jax.run import experiment
+from dfkd_jax.run import train_teacher
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CONFIG_FILES = sorted(p.relative_to(REPO).as_posix()

@@ -17,9 +17,9 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from dfkd_jax import convert
-from dfkd_jax import data
-from dfkd_jax import teacher
+from dfkd_jax.data import datasets as data
+from dfkd_jax.interop import convert
+from dfkd_jax.models import teacher
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 

@@ -1,4 +1,4 @@
-"""Tests of dfkd_jax.data: pipelines on mocked TFDS data, digits, real MNIST, errors."""
+"""Tests of dfkd_jax.data.datasets: pipelines on mocked TFDS data, digits, real MNIST, errors."""
 
 import gzip
 import os
@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from dfkd_jax import data
-from dfkd_jax import data_cache
-from dfkd_jax import teacher as teacher_lib
+from dfkd_jax.data import data_cache
+from dfkd_jax.data import datasets as data
+from dfkd_jax.models import teacher as teacher_lib
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -174,7 +174,7 @@ def test_unprepared_dataset_names_archives_and_command(tmp_path):
 def test_an_unprepared_dataset_is_one_message_without_tfds_warnings(tmp_path):
   """Issue 26, item 7: TFDS's warning about a folder that does not exist stays out."""
   result = subprocess.run(
-      [sys.executable, "-c", "import sys\nfrom dfkd_jax import data\n"
+      [sys.executable, "-c", "import sys\nfrom dfkd_jax.data import datasets as data\n"
        "data.load_split('mnist', 'test', data_dir=sys.argv[1])", str(tmp_path / "tfds")],
       capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)),
       timeout=300, check=False)

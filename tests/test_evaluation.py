@@ -1,4 +1,4 @@
-"""Tests for dfkd_jax.evaluation and dfkd_jax.curves (LRA Sec. 4.1 / Table 1 metrics)."""
+"""Tests for dfkd_jax.run.evaluation and dfkd_jax.metrics.curves (LRA Sec. 4.1 / Table 1 metrics)."""
 
 import fractions
 import json
@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dfkd_jax import curves
-from dfkd_jax import evaluation
+from dfkd_jax.metrics import curves
+from dfkd_jax.run import evaluation
 
 # ---------------------------------------------------------------------------
 # count_correct

@@ -25,13 +25,13 @@ from torch import nn
 import torch.nn.functional as F
 
 import dfkd_jax
-from dfkd_jax import convert
-from dfkd_jax import data
-from dfkd_jax import export
 from dfkd_jax import models
-from dfkd_jax import teacher as teacher_lib
-from dfkd_jax import torch_layout
-from dfkd_jax import trainer
+from dfkd_jax.data import datasets as data
+from dfkd_jax.interop import convert
+from dfkd_jax.interop import export
+from dfkd_jax.interop import torch_layout
+from dfkd_jax.models import teacher as teacher_lib
+from dfkd_jax.run import trainer
 from test_convert import TorchLeNet5, TorchResNet, TorchWRN, _randomise_bn
 from test_trainer import teacher_dir, tiny_config  # pylint: disable=unused-import  # fixture
 

@@ -1,4 +1,4 @@
-"""Tests of folder:PATH and npz:FILE datasets (dfkd_jax.file_datasets) on real files.
+"""Tests of folder:PATH and npz:FILE datasets (dfkd_jax.data.file_datasets) on real files.
 
 The images are scikit-learn's digits written as PNGs (lossless, so the loaded arrays
 must equal the written ones) and small RGB JPEGs; whole runs train a tiny teacher on a
@@ -17,13 +17,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dfkd_jax import convert
-from dfkd_jax import data
-from dfkd_jax import experiment
-from dfkd_jax import file_datasets
-from dfkd_jax import teacher as teacher_lib
-from dfkd_jax import train_teacher
-from dfkd_jax import trainer
+from dfkd_jax.data import datasets as data
+from dfkd_jax.data import file_datasets
+from dfkd_jax.interop import convert
+from dfkd_jax.models import teacher as teacher_lib
+from dfkd_jax.run import experiment
+from dfkd_jax.run import train_teacher
+from dfkd_jax.run import trainer
 from test_trainer import TEACHER_EPOCHS, tiny_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -717,7 +717,7 @@ def test_convert_records_class_names_and_refuses_others(tmp_path):
 
 def test_a_run_record_without_teacher_class_names_still_resumes(tmp_path):
   """Runs recorded before teachers had class names: same teacher, no refusal."""
-  from dfkd_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  from dfkd_jax.core import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   import dataclasses  # pylint: disable=g-import-not-at-top
   meta = _meta(10)
   config = {"method": "dfkd", "seed": 0, "num_seeds": 1}

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from dfkd_jax import progress
-from dfkd_jax import trainer
+from dfkd_jax.run import progress
+from dfkd_jax.run import trainer
 
 from test_trainer import cli_args, teacher_dir, tiny_config  # pylint: disable=unused-import
 

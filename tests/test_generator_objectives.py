@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from dfkd_jax import generator_objectives as go
-from dfkd_jax.losses import BNMoments
+from dfkd_jax.math.losses import BNMoments
+from dfkd_jax.methods import generator_objectives as go
 from dfkd_jax.models.layers import ClassifierFeatures
 
 N, C, D = 6, 4, 5

@@ -1,4 +1,4 @@
-"""Unit tests of the iteration's two steps, each alone (dfkd_jax.iteration).
+"""Unit tests of the iteration's two steps, each alone (dfkd_jax.run.iteration).
 
 Tiny random networks on 8x8 digits-shaped images, one device; the expected updates are
 computed here from the losses and optax directly, outside ``shard_map``.
@@ -14,15 +14,15 @@ import numpy as np
 import optax
 import pytest
 
-from dfkd_jax import generator_objectives
-from dfkd_jax import iteration
-from dfkd_jax import losses
 from dfkd_jax import models
-from dfkd_jax import objectives
-from dfkd_jax import parallel
+from dfkd_jax.math import losses
+from dfkd_jax.math import objectives
+from dfkd_jax.methods import generator_objectives
 from dfkd_jax.models import layers
+from dfkd_jax.parallel import mesh as parallel
 from dfkd_jax.replay import memory as memory_lib
 from dfkd_jax.replay import sources
+from dfkd_jax.run import iteration
 
 SHAPE, CLASSES, LATENT, BATCH = (8, 8, 1), 10, 8, 16
 WEIGHTS = generator_objectives.GeneratorLossWeights(

@@ -1,4 +1,4 @@
-"""Tests of dfkd_jax.losses against independent NumPy references (float64)."""
+"""Tests of dfkd_jax.math.losses against independent NumPy references (float64)."""
 
 import math
 
@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from dfkd_jax import losses
+from dfkd_jax.math import losses
 
 SHAPES = ((4, 10), (2, 3, 5), (1, 2), (16, 100))
 TEMPERATURES = (0.5, 1.0, 3.0)

@@ -25,9 +25,9 @@ import jax
 import numpy as np
 import pytest
 
-from dfkd_jax import distributed
-from dfkd_jax import run_outputs
-from dfkd_jax import trainer
+from dfkd_jax.parallel import distributed
+from dfkd_jax.run import run_outputs
+from dfkd_jax.run import trainer
 
 from test_trainer import teacher_dir  # pylint: disable=unused-import  # fixture
 

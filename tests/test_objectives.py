@@ -12,9 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dfkd_jax import losses
-from dfkd_jax import objectives
-from dfkd_jax.objectives import InnerStep, KDBatch
+from dfkd_jax.math import losses
+from dfkd_jax.math import objectives
+from dfkd_jax.math.objectives import InnerStep, KDBatch
 
 KD_LOSSES = {"mae": losses.mae, "kl": lambda s, t: losses.kl_divergence(s, t, 2.0)}
 INNER_STEPS = (InnerStep.SGD, InnerStep.SGD_WEIGHT_DECAY)

@@ -1,10 +1,10 @@
-"""The shared optimisers (dfkd_jax.optimizers)."""
+"""The shared optimisers (dfkd_jax.math.optimizers)."""
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dfkd_jax import optimizers
+from dfkd_jax.math import optimizers
 
 
 def _learning_rates(optimizer, steps):

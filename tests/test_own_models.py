@@ -20,15 +20,15 @@ import pytest
 
 import dfkd_jax
 import own_models
-from dfkd_jax import data
-from dfkd_jax import experiment
-from dfkd_jax import export
 from dfkd_jax import models
-from dfkd_jax import parallel
-from dfkd_jax import run_config
-from dfkd_jax import teacher as teacher_lib
-from dfkd_jax import train_teacher
-from dfkd_jax import trainer
+from dfkd_jax.data import datasets as data
+from dfkd_jax.interop import export
+from dfkd_jax.models import teacher as teacher_lib
+from dfkd_jax.parallel import mesh as parallel
+from dfkd_jax.run import experiment
+from dfkd_jax.run import run_config
+from dfkd_jax.run import train_teacher
+from dfkd_jax.run import trainer
 from test_trainer import (  # pylint: disable=unused-import
     REPO, cli_args, teacher_dir, tiny_config)
 

@@ -8,11 +8,11 @@ import pathlib
 
 import pytest
 
-from dfkd_jax import distributed
-from dfkd_jax import experiment
-from dfkd_jax import teacher
-from dfkd_jax import train_teacher
-from dfkd_jax import trainer
+from dfkd_jax.models import teacher
+from dfkd_jax.parallel import distributed
+from dfkd_jax.run import experiment
+from dfkd_jax.run import train_teacher
+from dfkd_jax.run import trainer
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 URLS = ["gs://bucket/runs/c10", "s3://bucket/teacher", "file:///tmp/run",

@@ -1,4 +1,4 @@
-"""The one registry style (dfkd_jax.registry) and the seams it closes.
+"""The one registry style (dfkd_jax.core.registry) and the seams it closes.
 
 Every kind a config names is a Registry whose lookup error lists that kind's names
 only, whose entries carry their traits, and which refuses to replace an entry; below
@@ -10,13 +10,13 @@ import pathlib
 
 import pytest
 
-from dfkd_jax import generator_objectives
-from dfkd_jax import losses
-from dfkd_jax import methods
 from dfkd_jax import models
-from dfkd_jax import objectives
-from dfkd_jax import registry
-from dfkd_jax import selection
+from dfkd_jax.core import registry
+from dfkd_jax.math import losses
+from dfkd_jax.math import objectives
+from dfkd_jax.methods import generator_objectives
+from dfkd_jax.methods import presets as methods
+from dfkd_jax.metrics import selection
 from dfkd_jax.replay import sources
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "dfkd_jax"
@@ -100,8 +100,8 @@ def _imports(path: pathlib.Path) -> set[str]:
   return names
 
 
-@pytest.mark.parametrize("module", ["trainer.py", "run_outputs.py", "iteration.py",
-                                    "probe.py", "selection.py", "replay/sources.py",
+@pytest.mark.parametrize("module", ["run/trainer.py", "run/run_outputs.py", "run/iteration.py",
+                                    "run/probe.py", "metrics/selection.py", "replay/sources.py",
                                     "replay/memory.py", "replay/generative.py",
                                     "replay/ema.py"])
 def test_below_the_assembler_nothing_reads_the_config(module):
@@ -109,7 +109,7 @@ def test_below_the_assembler_nothing_reads_the_config(module):
 
 
 def test_the_iteration_imports_setup_not_the_assembler():
-  imported = _imports(PACKAGE / "iteration.py")
-  assert "dfkd_jax.run_setup" in imported
-  assert not {"dfkd_jax.experiment", "dfkd_jax.run_config"} & imported
-  assert _imports(PACKAGE / "run_setup.py") == set()  # A leaf.
+  imported = _imports(PACKAGE / "run/iteration.py")
+  assert "dfkd_jax.run.run_setup" in imported
+  assert not {"dfkd_jax.run.experiment", "dfkd_jax.run.run_config"} & imported
+  assert _imports(PACKAGE / "run/run_setup.py") == set()  # A leaf.

@@ -16,14 +16,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dfkd_jax import data
-from dfkd_jax import experiment
-from dfkd_jax import iteration
-from dfkd_jax import losses
-from dfkd_jax import run_outputs
-from dfkd_jax import study_runs
-from dfkd_jax import summary as summary_lib
-from dfkd_jax import trainer
+from dfkd_jax.data import datasets as data
+from dfkd_jax.math import losses
+from dfkd_jax.metrics import summary as summary_lib
+from dfkd_jax.run import experiment
+from dfkd_jax.run import iteration
+from dfkd_jax.run import run_outputs
+from dfkd_jax.run import trainer
+from dfkd_jax.study import study_runs
 from test_trainer import read_metrics, run_iterations, teacher_dir, tiny_config  # pylint: disable=unused-import  # fixture
 
 SEEDS = (3, 4, 5)

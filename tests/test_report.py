@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from dfkd_jax import experiment
-from dfkd_jax import figures
-from dfkd_jax import methods
-from dfkd_jax import paired_stats
-from dfkd_jax import report
-from dfkd_jax import study_runs
-from dfkd_jax import summary as summary_lib
+from dfkd_jax.methods import presets as methods
+from dfkd_jax.metrics import summary as summary_lib
+from dfkd_jax.run import experiment
+from dfkd_jax.study import figures
+from dfkd_jax.study import paired_stats
+from dfkd_jax.study import report
+from dfkd_jax.study import study_runs
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -274,7 +274,7 @@ def test_runs_of_a_method_with_different_percentiles_are_an_error(tmp_path):
 
 def test_reads_what_the_trainer_writes(tmp_path):
   """The trainer's own summary() output (the contract) goes through the report."""
-  from dfkd_jax import run_outputs  # pylint: disable=g-import-not-at-top
+  from dfkd_jax.run import run_outputs  # pylint: disable=g-import-not-at-top
   for seed, acc in enumerate(([50.0, 70.0, 60.0], [55.0, 65.0, 75.0])):
     config = experiment.default_config()
     config.method, config.seed, config.num_epochs = "mb_dfkd", seed, len(acc)

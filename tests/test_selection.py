@@ -20,20 +20,20 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from dfkd_jax import checkpoints as checkpoints_lib
-from dfkd_jax import export
-from dfkd_jax import losses
-from dfkd_jax import parallel
-from dfkd_jax import probe as probe_lib
-from dfkd_jax import report
-from dfkd_jax import run_config
-from dfkd_jax import run_outputs
-from dfkd_jax import selection
-from dfkd_jax import selection_report
-from dfkd_jax import study_runs
-from dfkd_jax import summary as summary_lib
-from dfkd_jax import train_teacher
-from dfkd_jax import trainer
+from dfkd_jax.interop import export
+from dfkd_jax.math import losses
+from dfkd_jax.metrics import selection
+from dfkd_jax.metrics import summary as summary_lib
+from dfkd_jax.parallel import mesh as parallel
+from dfkd_jax.run import checkpoints as checkpoints_lib
+from dfkd_jax.run import probe as probe_lib
+from dfkd_jax.run import run_config
+from dfkd_jax.run import run_outputs
+from dfkd_jax.run import train_teacher
+from dfkd_jax.run import trainer
+from dfkd_jax.study import report
+from dfkd_jax.study import selection_report
+from dfkd_jax.study import study_runs
 from test_trainer import teacher_dir, tiny_config  # pylint: disable=unused-import  # fixture
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -210,7 +210,7 @@ HEALTHY, DIVERGED, PROBE_COLLAPSED, CHANCE = range(4)
 
 
 def _health(student_logits, teacher_logits, kd_loss=losses.mae):
-  """:func:`dfkd_jax.probe.health` on one device's rows, jitted as the epoch end is."""
+  """:func:`dfkd_jax.run.probe.health` on one device's rows, jitted as the epoch end is."""
   weight = jnp.ones(teacher_logits.shape[:1], jnp.float32)
   fn = jax.vmap(lambda s, t, w: probe_lib.health(s, t, w, kd_loss, CLASSES),
                 axis_name=probe_lib.AXIS)

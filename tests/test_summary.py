@@ -1,10 +1,10 @@
-"""The summary.json contract (dfkd_jax.summary.Summary): round trip and rejections."""
+"""The summary.json contract (dfkd_jax.metrics.summary.Summary): round trip and rejections."""
 
 import json
 
 import pytest
 
-from dfkd_jax import summary as summary_lib
+from dfkd_jax.metrics import summary as summary_lib
 
 
 def _summary(acc=(50.0, 70.0, 60.0), alignment=(None, 0.25, -0.5)):

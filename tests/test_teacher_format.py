@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from dfkd_jax import models
-from dfkd_jax import teacher
+from dfkd_jax.models import teacher
 
 
 def _digits_teacher():

@@ -10,13 +10,13 @@ import jax
 import numpy as np
 import pytest
 
-from dfkd_jax import data
-from dfkd_jax import evaluation
-from dfkd_jax import parallel
 from dfkd_jax import models
-from dfkd_jax import teacher as teacher_lib
-from dfkd_jax import train_teacher
-from dfkd_jax import workdir as workdir_lib
+from dfkd_jax.core import workdir as workdir_lib
+from dfkd_jax.data import datasets as data
+from dfkd_jax.models import teacher as teacher_lib
+from dfkd_jax.parallel import mesh as parallel
+from dfkd_jax.run import evaluation
+from dfkd_jax.run import train_teacher
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIGS = REPO_ROOT / "configs" / "teacher"
@@ -145,7 +145,7 @@ def test_cli_refuses_existing_teacher_without_traceback(digits_teacher):
 BAD_CLI_CONFIGS = [
     (["digits.py", "--config.num_epochz=3"], r"^error: in --config: 'num_epochz' Did you "
      r"mean \"num_epochs\" instead of \"num_epochz\"\? \(a teacher config's fields are "
-     r"those of dfkd_jax.train_teacher.default_config\(\)"),
+     r"those of dfkd_jax.run.train_teacher.default_config\(\)"),
     (["digits.py:resnet18"], r"^error: --config=.*digits.py:resnet18: this config file "
      r"takes no ':ARG' \(only --config.FIELD=VALUE overrides\); see --help$"),
     (["cifar10.py:resnet99"], r"^error: --config=.*cifar10.py:resnet99: unknown model "

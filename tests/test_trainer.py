@@ -15,15 +15,15 @@ import jax
 import numpy as np
 import pytest
 
-from dfkd_jax import experiment
-from dfkd_jax import generator_objectives
-from dfkd_jax import iteration
-from dfkd_jax import losses
-from dfkd_jax import methods
-from dfkd_jax import parallel
-from dfkd_jax import run_outputs
-from dfkd_jax import train_teacher
-from dfkd_jax import trainer
+from dfkd_jax.math import losses
+from dfkd_jax.methods import generator_objectives
+from dfkd_jax.methods import presets as methods
+from dfkd_jax.parallel import mesh as parallel
+from dfkd_jax.run import experiment
+from dfkd_jax.run import iteration
+from dfkd_jax.run import run_outputs
+from dfkd_jax.run import train_teacher
+from dfkd_jax.run import trainer
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TEACHER_EPOCHS = 3
@@ -254,7 +254,7 @@ def test_lra_ema_student_gradient_is_the_meta_gradient_on_ema_batches(teacher_di
   G(z) and G~(z') built here by hand, and G~ = a G_0 + (1 - a) G_1 (MAD eq. 5)."""
   import jax  # pylint: disable=g-import-not-at-top
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  from dfkd_jax import losses, objectives  # pylint: disable=g-import-not-at-top
+  from dfkd_jax.math import losses, objectives  # pylint: disable=g-import-not-at-top
   lr = 0.05
   config = tiny_config(teacher_dir, "lra_ema", student_steps=1, num_epochs=1,
                        iterations_per_epoch=1,

@@ -1,4 +1,4 @@
-"""A workdir holds exactly one run (dfkd_jax.workdir, the trainer's use of it)."""
+"""A workdir holds exactly one run (dfkd_jax.core.workdir, the trainer's use of it)."""
 
 import errno
 import json
@@ -11,8 +11,8 @@ import time
 import orbax.checkpoint as ocp
 import pytest
 
-from dfkd_jax import trainer
-from dfkd_jax import workdir as workdir_lib
+from dfkd_jax.core import workdir as workdir_lib
+from dfkd_jax.run import trainer
 
 from test_trainer import cli_args, teacher_dir, tiny_config  # pylint: disable=unused-import  # fixture
 
@@ -85,7 +85,7 @@ def test_rerun_with_changed_fields_corrupt_checkpoint_and_extension(teacher_dir,
 def test_a_second_process_on_the_workdir_is_refused(teacher_dir, tmp_path):
   holder = subprocess.Popen(
       [sys.executable, "-c", "import pathlib, sys, time\n"
-       "from dfkd_jax import workdir\n"
+       "from dfkd_jax.core import workdir\n"
        "with workdir.Lock(pathlib.Path(sys.argv[1])):\n"
        "  print('locked', flush=True); time.sleep(120)\n", str(tmp_path)],
       cwd=REPO, stdout=subprocess.PIPE, text=True)

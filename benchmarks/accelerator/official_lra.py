@@ -94,7 +94,7 @@ def old_pillow_names() -> list[str]:
 
 
 def _our_latent_dims() -> dict[str, int]:
-  from dfkd_jax import experiment  # pylint: disable=g-import-not-at-top
+  from dfkd_jax.run import experiment  # pylint: disable=g-import-not-at-top
   return {"lenet5": experiment.load_config_file(str(REPO / "configs/mnist.py")).latent_dim,
           "resnet34": experiment.load_config_file(str(REPO / "configs/cifar10.py")).latent_dim}
 

@@ -44,7 +44,7 @@ def test_results(path: pathlib.Path) -> list[dict[str, str]] | None:
 def cifar10_iterations() -> tuple[int, int]:
   """(epochs, iterations per epoch) of configs/cifar10.py."""
   try:
-    from dfkd_jax import experiment  # pylint: disable=g-import-not-at-top
+    from dfkd_jax.run import experiment  # pylint: disable=g-import-not-at-top
     config = experiment.load_config_file(str(REPO / "configs/cifar10.py"))
     return int(config.num_epochs), int(config.iterations_per_epoch)
   except Exception:  # pylint: disable=broad-except  # Reported with the fallback.

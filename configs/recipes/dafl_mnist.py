@@ -25,7 +25,7 @@ PyTorch's default initialisation (``dafl_generator`` uses LRA's U(-0.08, 0.08)).
 run here.
 """
 
-from dfkd_jax import run_config
+from dfkd_jax.run import run_config
 
 
 def get_config(arg: str | None = None):

@@ -24,7 +24,7 @@ generator step of an iteration (here: after). Not yet run here.
 
 import ml_collections
 
-from dfkd_jax import run_config
+from dfkd_jax.run import run_config
 
 
 def get_config(arg: str | None = None):

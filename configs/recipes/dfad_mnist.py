@@ -29,7 +29,7 @@ track each other (checked against DFAD's code). Not yet run to the end here: a
 
 import ml_collections
 
-from dfkd_jax import run_config
+from dfkd_jax.run import run_config
 
 
 def get_config(arg: str | None = None):

@@ -10,7 +10,7 @@ for its teacher (README, Table 2); this config gave 98.93% (seed 0, 12.8 min on 
 2-core development machine shared with other jobs, commit e56771f).
 """
 
-from dfkd_jax import train_teacher
+from dfkd_jax.run import train_teacher
 
 
 def get_config():

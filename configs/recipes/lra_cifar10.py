@@ -20,14 +20,14 @@ use batch 1024 (and so 36 iterations); the paper says 512 for every method, as h
 
 What the official code computed differs from what this trainer computes with these
 values: its meta-gradient never reached the student (``higher``'s copied initial
-weights, see ``dfkd_jax/objectives.py``), so its Ours-1 student stepped on the MAE of
+weights, see ``dfkd_jax/math/objectives.py``), so its Ours-1 student stepped on the MAE of
 the fresh and replayed batches together, closest to
 ``--config.student_update=joint``. With the exact meta-gradient, alpha = 0.9 (9x the
 student's learning rate) cost ~8 points on digits and ~47 on MNIST
 (docs/results.md); ``configs/cifar10.py`` uses alpha = 0.1. Not yet run here.
 """
 
-from dfkd_jax import run_config
+from dfkd_jax.run import run_config
 
 
 def get_config(arg: str | None = None):

@@ -13,7 +13,7 @@ caveat as in ``configs/recipes/lra_cifar10.py``. Not yet run here.
 
 import pathlib
 
-from dfkd_jax import run_config
+from dfkd_jax.run import run_config
 
 
 def get_config(arg: str | None = None):

@@ -15,7 +15,7 @@ picks the data and the teacher), so every setting and every caveat of
 
 import pathlib
 
-from dfkd_jax import run_config
+from dfkd_jax.run import run_config
 
 
 def get_config(arg: str | None = None):

@@ -12,7 +12,7 @@ DAFL's step schedule (x0.1 at epochs 80 and 120) is
 ``--config.lr_schedule=step --config.lr_decay_epochs="(80, 120)"``.
 """
 
-from dfkd_jax import train_teacher
+from dfkd_jax.run import train_teacher
 
 
 def get_config(model: str | None = None):

@@ -6,7 +6,7 @@ r"""Digits teacher: ``digits_cnn`` on scikit-learn's bundled 8x8 digits (no down
 Reaches ~98% test accuracy in well under a minute on a CPU.
 """
 
-from dfkd_jax import train_teacher
+from dfkd_jax.run import train_teacher
 
 
 def get_config():

@@ -10,7 +10,7 @@ Adam (lr 1e-3, cosine-decayed over 20 epochs), batch 256, 28x28 images resized t
 instead.
 """
 
-from dfkd_jax import train_teacher
+from dfkd_jax.run import train_teacher
 
 
 def get_config():

@@ -13,7 +13,7 @@ epochs. ``--config.dataset=mnist:pad`` zero-pads 28x28 to 32x32 instead of resiz
 (``generator_loss.bn_prior``, DFQ, MAD) need.
 """
 
-from dfkd_jax import train_teacher
+from dfkd_jax.run import train_teacher
 
 
 def get_config(model: str | None = None):

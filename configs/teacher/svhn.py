@@ -10,7 +10,7 @@ with random 4-pixel-padded crops and no flips (digits are not mirror-symmetric),
 epochs (SVHN's train split is 73k images). ``svhn.py:wrn40_2`` selects WRN-40-2.
 """
 
-from dfkd_jax import train_teacher
+from dfkd_jax.run import train_teacher
 
 
 def get_config(model: str | None = None):

@@ -24,13 +24,13 @@ from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 
-from dfkd_jax import registry
+from dfkd_jax.core import registry
+from dfkd_jax.models import user
 from dfkd_jax.models.digits import DigitsCNN
 from dfkd_jax.models.generators import DAFLGenerator, MADGenerator, MAD_IMAGE_SIZES
 from dfkd_jax.models.layers import BatchNorm, ClassifierFeatures
 from dfkd_jax.models.lenet import LeNet5
 from dfkd_jax.models.resnet import ResNet
-from dfkd_jax.models import user
 from dfkd_jax.models.vae import VAE
 from dfkd_jax.models.wrn import WideResNet
 

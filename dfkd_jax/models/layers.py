@@ -6,7 +6,7 @@ definition used by the peers (CMI, DFAD, DAFL, LRA, MAD). Two details make ports
 * :class:`BatchNorm` follows ``torch.nn.BatchNorm2d``: normalisation with the *biased*
   batch variance, running variance updated with the *unbiased* one, ``momentum=0.1``
   (Flax's ``0.9``), ``eps=1e-5`` by default. It also reports the moments of its input
-  (:class:`dfkd_jax.losses.BNMoments`) for BatchNorm moment matching (MAD eq. 9).
+  (:class:`dfkd_jax.math.losses.BNMoments`) for BatchNorm moment matching (MAD eq. 9).
 * Initialisers reproduce PyTorch's defaults (``kaiming_uniform_(a=sqrt(5))`` for conv and
   linear weights, ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))`` for biases) unless a peer
   overrides them.
@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dfkd_jax.losses import BNMoments
+from dfkd_jax.math.losses import BNMoments
 from dfkd_jax.models import conv
 
 Array = jax.Array
@@ -39,7 +39,7 @@ class ClassifierFeatures(NamedTuple):
 
   Attributes:
     penultimate: ``[N, D]`` features fed to the final linear layer (LRA eq. 13).
-    bn_moments: one :class:`~dfkd_jax.losses.BNMoments` per BatchNorm layer, in
+    bn_moments: one :class:`~dfkd_jax.math.losses.BNMoments` per BatchNorm layer, in
       forward order (empty for networks without BatchNorm, e.g. LeNet-5).
   """
 

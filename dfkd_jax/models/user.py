@@ -38,7 +38,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dfkd_jax.losses import BNMoments
+from dfkd_jax.math.losses import BNMoments
 from dfkd_jax.models.layers import ClassifierFeatures
 
 DOCS = "docs/contracts.md, 'Your models'"

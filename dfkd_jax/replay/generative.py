@@ -43,8 +43,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from dfkd_jax import losses
-from dfkd_jax import optimizers
+from dfkd_jax.math import losses
+from dfkd_jax.math import optimizers
 
 Array = chex.Array
 TeacherFn = Callable[[Array], Array]

@@ -2,7 +2,7 @@
 
 The trainer's student update asks a :class:`ReplaySource` for a retention batch
 (samples and the teacher's logits on them) and a validity flag, and hands it to
-:func:`dfkd_jax.objectives.joint` or :func:`~dfkd_jax.objectives.meta` unchanged: the
+:func:`dfkd_jax.math.objectives.joint` or :func:`~dfkd_jax.math.objectives.meta` unchanged: the
 update never knows which source it got. A source also says how its state evolves at
 the three points of an iteration where replay schemes act:
 
@@ -17,7 +17,7 @@ Each replay kind is one frozen dataclass of plain values implementing the interf
 directly (:class:`NoReplay`, :class:`MemoryReplay`, :class:`VAEReplay`,
 :class:`EMAReplay`), registered in :data:`REPLAYS` with its traits: the config section
 it reads, that section's field rules and its cross-field checks on plain values (the
-config layer, :mod:`dfkd_jax.run_config`, applies them; nothing here reads the config).
+config layer, :mod:`dfkd_jax.run.run_config`, applies them; nothing here reads the config).
 "No replay" is the :class:`NoReplay` object: its hooks leave the (empty) state as it is.
 
 Every method is pure and traced inside the trainer's one jitted, ``shard_map``-ped
@@ -43,11 +43,11 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 import numpy as np
 
-from dfkd_jax import config_checks
 from dfkd_jax import models
-from dfkd_jax import objectives
-from dfkd_jax import parallel
-from dfkd_jax import registry
+from dfkd_jax.core import config_checks
+from dfkd_jax.core import registry
+from dfkd_jax.math import objectives
+from dfkd_jax.parallel import mesh as parallel
 from dfkd_jax.replay import ema as ema_lib
 from dfkd_jax.replay import generative
 from dfkd_jax.replay import memory as memory_lib
@@ -104,7 +104,7 @@ class ReplaySource:
 
   Class-level traits (read by the config layer and the assembler):
     section: the config section of the kind's options (``""``: none).
-    rules: ``(field, rule)`` rows of that section (:mod:`dfkd_jax.config_checks`).
+    rules: ``(field, rule)`` rows of that section (:mod:`dfkd_jax.core.config_checks`).
     provides_retention: it gives retention batches (all but :class:`NoReplay`).
   """
 

@@ -1,0 +1,119 @@
+"""The optimisers of the student, the generator and the teacher, as optax transformations.
+
+One place for the three trainers' optimisers, built from plain values (the configs are
+resolved by :mod:`dfkd_jax.run.experiment` and :mod:`dfkd_jax.train_teacher`):
+
+* :func:`student`: SGD with momentum and coupled weight decay (PyTorch ``SGD``, the
+  peers' student optimiser), with the learning rate of a per-epoch cosine schedule
+  (PyTorch ``CosineAnnealingLR(T_max=num_epochs)`` stepped once per epoch) or constant;
+* :func:`generator`: Adam (the peers' generator optimiser);
+* :func:`classifier`: the teacher's SGD or Adam with a per-step constant, cosine or step
+  schedule;
+* :func:`apply`: one update of parameters with any of them (every trainer's step).
+
+Weight decay is added to the gradient before the update, as PyTorch's optimisers do
+(``optax.add_decayed_weights`` first in the chain).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import optax
+
+STUDENT_SCHEDULES = ("cosine", "constant")
+CLASSIFIER_SCHEDULES = ("constant", "cosine", "step")
+CLASSIFIER_OPTIMIZERS = ("sgd", "adam")
+
+
+def apply(optimizer: optax.GradientTransformation, grads: Any, opt_state: Any,
+          params: Any) -> tuple[Any, Any]:
+  """One optimiser step: ``(new_params, new_opt_state)`` from ``grads`` at ``params``."""
+  updates, opt_state = optimizer.update(grads, opt_state, params)
+  return optax.apply_updates(params, updates), opt_state
+
+
+def _with_weight_decay(base: optax.GradientTransformation,
+                       weight_decay: float) -> optax.GradientTransformation:
+  if not weight_decay:
+    return base
+  return optax.chain(optax.add_decayed_weights(weight_decay), base)
+
+
+def student(*, learning_rate: float, momentum: float, weight_decay: float,
+            schedule: str, num_epochs: int, steps_per_epoch: int
+            ) -> optax.GradientTransformation:
+  """The student's SGD (LRA Sec. 4.1: lr 0.1, momentum 0.9, weight decay 5e-4).
+
+  Args:
+    learning_rate: the initial learning rate.
+    momentum: SGD momentum (0 = none).
+    weight_decay: coupled weight decay.
+    schedule: ``cosine`` (per epoch, ``lr * (1 + cos(pi * epoch / num_epochs)) / 2``)
+      or ``constant``.
+    num_epochs: epochs of the run (the cosine period).
+    steps_per_epoch: student updates per epoch (iterations x student steps).
+
+  Returns:
+    The transformation; its update count advances once per student step.
+  """
+  if schedule == "cosine":
+    cosine = optax.cosine_decay_schedule(learning_rate, num_epochs)
+
+    def lr(count):  # Stepped once per epoch, as CosineAnnealingLR in the peers' code.
+      return cosine(count // steps_per_epoch)
+  elif schedule == "constant":
+    lr = learning_rate
+  else:
+    raise ValueError(f"student schedule={schedule!r}; valid: "
+                     f"{', '.join(STUDENT_SCHEDULES)}")
+  return optax.chain(optax.add_decayed_weights(weight_decay),
+                     optax.sgd(lr, momentum=momentum or None))
+
+
+def generator(*, learning_rate: float, b1: float, b2: float
+              ) -> optax.GradientTransformation:
+  """The generator's Adam (LRA Sec. 4.1: lr 1e-3, betas (0.9, 0.999))."""
+  return optax.adam(learning_rate, b1=b1, b2=b2)
+
+
+def classifier(*, optimizer: str, learning_rate: float, momentum: float = 0.0,
+               nesterov: bool = False, weight_decay: float = 0.0,
+               schedule: str = "constant", num_epochs: int = 1, steps_per_epoch: int = 1,
+               decay_epochs: Sequence[int] = (), decay_factor: float = 0.1
+               ) -> optax.GradientTransformation:
+  """A teacher's optimiser: ``sgd`` or ``adam``, with a per-step schedule.
+
+  Args:
+    optimizer: ``sgd`` or ``adam``.
+    learning_rate: the initial learning rate.
+    momentum, nesterov: SGD's (momentum 0 = none).
+    weight_decay: coupled weight decay (0 = none).
+    schedule: ``constant``, ``cosine`` (per step, to 0 at the end) or ``step``
+      (multiplied by ``decay_factor`` at each of ``decay_epochs``).
+    num_epochs, steps_per_epoch: the length of the run.
+    decay_epochs, decay_factor: the step schedule's.
+
+  Raises:
+    ValueError: an unknown optimiser or schedule, listing the valid ones.
+  """
+  total_steps = num_epochs * steps_per_epoch
+  if schedule == "constant":
+    lr = optax.constant_schedule(learning_rate)
+  elif schedule == "cosine":
+    lr = optax.cosine_decay_schedule(learning_rate, max(total_steps, 1))
+  elif schedule == "step":
+    lr = optax.piecewise_constant_schedule(
+        learning_rate, {int(epoch) * steps_per_epoch: decay_factor
+                        for epoch in decay_epochs})
+  else:
+    raise ValueError(f"unknown lr_schedule {schedule!r}; valid: "
+                     f"{', '.join(CLASSIFIER_SCHEDULES)}")
+  if optimizer == "sgd":
+    base = optax.sgd(lr, momentum=momentum or None, nesterov=nesterov)
+  elif optimizer == "adam":
+    base = optax.adam(lr)
+  else:
+    raise ValueError(f"unknown optimizer {optimizer!r}; valid: "
+                     f"{', '.join(CLASSIFIER_OPTIMIZERS)}")
+  return _with_weight_decay(base, weight_decay)
