@@ -112,7 +112,8 @@ def test_mapped_and_vmapped_replicas_are_the_same_computation(teacher_dir,
 
 def test_the_readme_says_replicas_drift_apart_by_rounding():
   """Issue 26, item 16: not "computes what the single run computes", unqualified."""
-  text = " ".join((pathlib.Path(__file__).parents[1] / "README.md").read_text().split())
+  text = " ".join((pathlib.Path(__file__).parents[1] / "docs/outputs.md").read_text()
+                  .split())
   claim = text[text.index("Replica k "):][:600]
   assert "not bit for bit" in claim and "first iteration agrees to ~1e-7" in claim
   assert "drift apart by rounding" in claim
