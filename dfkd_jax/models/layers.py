@@ -151,6 +151,11 @@ def batch_stats_axis(axis_name: str | None) -> Iterator[None]:
     _BATCH_STATS_AXIS.reset(token)
 
 
+def current_batch_stats_axis() -> str | None:
+  """The axis :func:`batch_stats_axis` set (``None`` outside it)."""
+  return _BATCH_STATS_AXIS.get()
+
+
 class BatchNorm(nn.Module):
   """``torch.nn.BatchNorm`` over the last axis, reporting its input moments.
 
