@@ -1,6 +1,16 @@
-r"""Import a published PyTorch teacher into the teacher checkpoint format.
+r"""Import a PyTorch teacher into the teacher checkpoint format.
 
-Usage::
+Your own ``nn.Module`` as it is, run through torchax (no Flax code;
+``pip install -e ".[torch_module]"``)::
+
+  python -m dfkd_jax.convert --torch_module=my_nets:Net --torch_checkpoint=net.pth \
+      [--torch_kwargs='{"num_classes": 10}'] --dataset=DATASET --out=teachers/mine \
+      [--check_inputs=check.npz]
+
+``my_nets`` must import wherever the teacher is read (``PYTHONPATH``); the teacher
+directory records the import path, the keyword arguments, the ``state_dict`` and the
+preprocessing. A Flax port of the architecture (a registered ``--arch`` or your own
+``--arch=package.module:Name``) runs fastest; usage::
 
   python -m dfkd_jax.convert --torch_checkpoint=cifar10_resnet34.pth \
       --arch=resnet34 --num_classes=10 --dataset=cifar10 --out=teachers/cifar10_resnet34 \
@@ -56,9 +66,15 @@ from absl import logging
 
 from dfkd_jax.data import datasets as data
 from dfkd_jax.interop import convert
+from dfkd_jax.interop import torch_convert
 
 
 _FLAGS = flags.FLAGS
+flags.DEFINE_string("torch_module", None, "Your PyTorch classifier as package.module:NAME "
+                    "(an nn.Module class or a function returning one), run as it is "
+                    "through torchax: no Flax port. Instead of --arch.")
+flags.DEFINE_string("torch_kwargs", None, "JSON object of keyword arguments for "
+                    "--torch_module's NAME, e.g. '{\"num_classes\": 10}'.")
 flags.DEFINE_string("torch_checkpoint", None, "PyTorch .pth/.pt file to convert.")
 flags.DEFINE_string("arch", None, "Registered classifier name, e.g. resnet34, or your "
                     "own Flax classifier as package.module:Name (its submodule names "
@@ -99,12 +115,17 @@ def _floats(values: list[str] | None, flag: str) -> tuple[float, ...] | None:
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  for name in ("torch_checkpoint", "arch", "num_classes", "out", "dataset"):
+  if _FLAGS.torch_module and _FLAGS.arch:
+    raise app.UsageError("pass --torch_module (the PyTorch module as it is) or --arch "
+                         "(a Flax port), not both")
+  required = ("torch_checkpoint", "out", "dataset") + (
+      () if _FLAGS.torch_module else ("arch", "num_classes"))
+  for name in required:
     if getattr(_FLAGS, name) is None:
       raise app.UsageError(f"--{name} is required")
   logging.set_verbosity(logging.WARNING)  # Orbax logs every step of the save at INFO.
   try:
-    meta = convert.convert(
+    meta = _convert_torch_module() if _FLAGS.torch_module else convert.convert(
         _FLAGS.torch_checkpoint, _FLAGS.arch, _FLAGS.num_classes, _FLAGS.out,
         dataset=_FLAGS.dataset, mean=_floats(_FLAGS.mean, "mean"),
         std=_floats(_FLAGS.std, "std"), channels=_FLAGS.channels,
@@ -113,12 +134,23 @@ def main(argv: list[str]) -> None:
         check_tolerance=_FLAGS.check_tolerance, log=print,
         class_names=_FLAGS.class_names)
   except (ValueError, KeyError, FileExistsError, FileNotFoundError,
-          ModuleNotFoundError) as e:
+          ImportError) as e:
     message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
     raise SystemExit("error: " + " ".join(str(message).split())) from None
   print(f"Wrote teacher {meta.arch} ({meta.num_classes} classes, input "
         f"{meta.input_shape}, dataset {meta.dataset}, mean {list(meta.mean)}, std "
         f"{list(meta.std)}) to {_FLAGS.out}")
+
+
+def _convert_torch_module():
+  """``--torch_module``: :func:`dfkd_jax.interop.torch_convert.convert`."""
+  return torch_convert.convert(
+      _FLAGS.torch_module, _FLAGS.torch_checkpoint, _FLAGS.out, dataset=_FLAGS.dataset,
+      torch_kwargs=_FLAGS.torch_kwargs, num_classes=_FLAGS.num_classes,
+      mean=_floats(_FLAGS.mean, "mean"), std=_floats(_FLAGS.std, "std"),
+      test_accuracy=_FLAGS.test_accuracy, overwrite=_FLAGS.overwrite,
+      trust_checkpoint=_FLAGS.trust_checkpoint, check_inputs=_FLAGS.check_inputs,
+      check_tolerance=_FLAGS.check_tolerance, log=print)
 
 
 if __name__ == "__main__":

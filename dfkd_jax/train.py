@@ -147,8 +147,9 @@ def main(argv: Sequence[str]) -> None:
           "beyond what the workdir already held: rerun the same command to start",
           file=sys.stderr)
     raise SystemExit(distributed.INTERRUPTED_EXIT_CODE) from None
-  except (ValueError, OSError, workdir.WorkdirInUseError,
-          trainer.NonFiniteLossError) as e:  # OSError: permissions, a full disk.
+  except (ValueError, OSError, ImportError, workdir.WorkdirInUseError,
+          trainer.NonFiniteLossError) as e:  # OSError: permissions, a full disk;
+    # ImportError: a PyTorch teacher without torch/torchax installed.
     raise SystemExit(f"error: {' '.join(str(e).split())}") from None
   if not distributed.is_primary():
     return

@@ -6,6 +6,10 @@ A teacher is a directory (see ``docs/contracts.md``)::
     teacher.json   # TeacherMeta: arch, classes, input shape, normalisation, ...
     variables/     # orbax checkpoint of {"params": ..., "batch_stats": ...}
 
+or, for a PyTorch module run as it is (:mod:`dfkd_jax.models.torch_module`), its
+``state_dict`` in ``state_dict.pt`` instead of ``variables/`` and ``teacher.json``'s
+``torch`` naming the module (:func:`save_torch_teacher`).
+
 :func:`save_teacher` writes everything into a temporary sibling directory and renames it
 into place, so an interrupted save never leaves a half-written teacher, and it refuses to
 replace an existing teacher unless ``overwrite=True``. :func:`load_teacher` rebuilds the
@@ -31,11 +35,13 @@ import orbax.checkpoint as ocp
 
 from dfkd_jax import models
 from dfkd_jax.core import workdir as workdir_lib
+from dfkd_jax.models import torch_module
 from dfkd_jax.parallel import distributed
 
 FORMAT_VERSION = 1
 META_FILE = "teacher.json"
 VARIABLES_DIR = "variables"
+TORCH_STATE_DICT = "state_dict.pt"
 
 Variables = Mapping[str, Any]
 
@@ -58,6 +64,8 @@ class TeacherMeta:
       npz's ``classes``), by index; ``()`` when unknown (teachers of built-in datasets,
       of unnamed data and those saved before names were recorded).
     format_version: version of this format.
+    torch: for a PyTorch teacher, ``{"module": "package.module:NAME", "kwargs": {...},
+      "state_dict": "state_dict.pt"}``; ``None`` for a Flax one.
   """
 
   arch: str
@@ -70,6 +78,7 @@ class TeacherMeta:
   source: str = ""
   class_names: tuple[str, ...] = ()
   format_version: int = FORMAT_VERSION
+  torch: Mapping[str, Any] | None = None
 
   def __post_init__(self):
     object.__setattr__(self, "input_shape", tuple(int(d) for d in self.input_shape))
@@ -90,6 +99,7 @@ class TeacherMeta:
 
   def to_json(self) -> dict[str, Any]:
     """The ``teacher.json`` dictionary (field names of ``docs/contracts.md``)."""
+    extra = {} if self.torch is None else {"torch": dict(self.torch)}
     return {
         "format_version": self.format_version,
         "arch": self.arch,
@@ -100,6 +110,7 @@ class TeacherMeta:
         "test_accuracy": self.test_accuracy,
         "source": self.source,
         **({"class_names": list(self.class_names)} if self.class_names else {}),
+        **extra,
     }
 
   @classmethod
@@ -123,7 +134,7 @@ class TeacherMeta:
                std=tuple(norm["std"]), dataset=data["dataset"],
                test_accuracy=data.get("test_accuracy"), source=data.get("source", ""),
                class_names=tuple(data.get("class_names") or ()),
-               format_version=data["format_version"])
+               format_version=data["format_version"], torch=data.get("torch"))
 
   def normalize(self, images: jax.Array) -> jax.Array:
     """``(images - mean) / std`` for ``[..., C]`` images in ``[0, 1]``."""
@@ -223,14 +234,50 @@ def save_teacher(directory: str | os.PathLike, variables: Variables, meta: Teach
   _check_variables(_abstract_variables(module, meta), to_save, meta.arch)
   to_save = jax.tree.map(jnp.asarray, to_save)
 
-  directory.parent.mkdir(parents=True, exist_ok=True)
-  staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-",
-                                          dir=directory.parent))
-  try:
+  def write_variables(staging: pathlib.Path) -> None:
     checkpointer = ocp.StandardCheckpointer()
     checkpointer.save(staging / VARIABLES_DIR, to_save)
     checkpointer.wait_until_finished()
     checkpointer.close()
+
+  return _write_atomically(directory, meta, write_variables)
+
+
+def save_torch_teacher(directory: str | os.PathLike, state_dict: Mapping[str, Any],
+                       meta: TeacherMeta, overwrite: bool = False) -> pathlib.Path:
+  """Writes a PyTorch teacher (``meta.torch`` names its module) atomically.
+
+  The ``state_dict`` is checked against the module (:func:`torch_module.teacher_of`)
+  and stored with ``torch.save`` as ``state_dict.pt`` (read back with
+  ``weights_only=True``: tensors only, nothing unpickled runs code).
+
+  Raises:
+    FileExistsError: ``directory`` exists and ``overwrite`` is false.
+    ValueError: the module does not import or build, or the weights do not fit it.
+    ModuleNotFoundError: torch or torchax is not installed.
+  """
+  directory = distributed.filesystem_path(directory, "teacher directory").absolute()
+  if directory.exists() and not overwrite:
+    raise FileExistsError(f"Teacher directory {directory} already exists; pass "
+                          "overwrite=True to replace it")
+  if not meta.torch:
+    raise ValueError(f"meta.torch is {meta.torch!r}; name the module: "
+                     "{'module': 'package.module:NAME', 'kwargs': {...}}")
+  meta = dataclasses.replace(meta, torch={**meta.torch, "state_dict": TORCH_STATE_DICT})
+  teacher = torch_module.teacher_of(meta.torch, label="--torch_module")
+  torch_module.variables_from_state_dict(state_dict, teacher)  # Checks the fit.
+  return _write_atomically(
+      directory, meta,
+      lambda staging: torch_module.save_state_dict(state_dict, staging / TORCH_STATE_DICT))
+
+
+def _write_atomically(directory: pathlib.Path, meta: TeacherMeta, write) -> pathlib.Path:
+  """Writes ``teacher.json`` and what ``write(staging)`` writes, then renames into place."""
+  directory.parent.mkdir(parents=True, exist_ok=True)
+  staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-",
+                                          dir=directory.parent))
+  try:
+    write(staging)
     with open(staging / META_FILE, "w") as f:
       json.dump(meta.to_json(), f, indent=2)
       f.flush()
@@ -288,6 +335,8 @@ def load_teacher(directory: str | os.PathLike
   """
   directory = pathlib.Path(directory).absolute()
   meta = load_meta(directory)
+  if meta.torch is not None:
+    return _load_torch_teacher(directory, meta)
   label = f"{directory / META_FILE}: arch"
   models.resolve(meta.arch, "classifier", label)
   module = models.get(meta.arch, num_classes=meta.num_classes,
@@ -314,6 +363,15 @@ def load_teacher(directory: str | os.PathLike
   _check_variables(_abstract_variables(module, meta), variables, meta.arch)
   return module, variables, meta
 
+def _load_torch_teacher(directory: pathlib.Path, meta: TeacherMeta
+                        ) -> tuple[nn.Module, dict[str, Any], TeacherMeta]:
+  """:func:`load_teacher` of a PyTorch teacher: imports the module, checks the weights."""
+  label = f"{directory / META_FILE}: torch.module"
+  teacher = torch_module.teacher_of(meta.torch, label=label)
+  path = directory / meta.torch.get("state_dict", TORCH_STATE_DICT)
+  state_dict = torch_module.load_state_dict(path)
+  variables = torch_module.variables_from_state_dict(state_dict, teacher)
+  return teacher, variables, meta
 
 
 def _damaged_teacher_message(directory: pathlib.Path, meta: TeacherMeta,
