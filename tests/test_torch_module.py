@@ -73,6 +73,13 @@ NETS = textwrap.dedent('''
       return Net(num_classes, width)
 
 
+    class Airy(Net):
+      """An op torchax has no lowering for (torchax 0.0.14.dev20261026)."""
+
+      def forward(self, x):
+        return super().forward(torch.special.airy_ai(x))
+
+
     NOT_A_MODULE = 3
 
 
@@ -168,6 +175,63 @@ def test_batchnorm_moments_and_penultimate_equal_pytorch_hooks(nets_dir):
     np.testing.assert_allclose(moments.running_var, running_var, atol=0)
   np.testing.assert_allclose(features.penultimate, fc_input[0], atol=1e-5)
   assert features.penultimate.shape == (len(x), 32)
+
+
+SHARDED = textwrap.dedent('''
+    import jax, jax.numpy as jnp, numpy as np, torch
+    from jax.sharding import NamedSharding, PartitionSpec as P
+    from dfkd_jax.models import layers, torch_module
+    import tx_user_nets
+    assert jax.device_count() == 2, jax.devices()
+    torch.manual_seed(0)
+    teacher = torch_module.teacher_of({"module": "tx_user_nets:Net", "kwargs": {}})
+    variables = torch_module.variables_from_state_dict(tx_user_nets.Net().state_dict(),
+                                                       teacher)
+    x = np.random.RandomState(0).randn(8, 8, 8, 1).astype(np.float32) * 2 + 1
+    mesh = jax.make_mesh((2,), ("data",))
+
+    def local(v, x):
+      with layers.batch_stats_axis("data"):
+        logits, features = teacher.apply(v, x, features=True)
+      return logits, features.bn_moments
+
+    sharded = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(P(), P("data")),
+                                    out_specs=(P("data"), P())))
+    logits, moments = sharded(jax.device_put(variables, NamedSharding(mesh, P())),
+                              jax.device_put(x, NamedSharding(mesh, P("data"))))
+    ref_logits, ref = teacher.apply(variables, x, features=True)
+    print("max logit diff", float(jnp.max(jnp.abs(logits - ref_logits))))
+    for m, r in zip(moments, ref.bn_moments, strict=True):
+      for a, b in zip(m, r):
+        np.testing.assert_allclose(a, b, atol=2e-5)
+    print("OK", len(moments))
+    ''')
+
+
+def test_batchnorm_moments_over_a_sharded_batch_are_the_global_ones(nets_dir):
+  """On a 2-device mesh inside `batch_stats_axis` (as the trainer runs the teacher),
+  every device gets the moments of the whole batch, as `models.BatchNorm` gives."""
+  env = env_with(nets_dir)
+  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+  env["JAX_PLATFORMS"] = "cpu"
+  result = subprocess.run([sys.executable, "-c", SHARDED], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "OK 4" in result.stdout, result.stdout
+
+
+def test_runs_in_bfloat16_as_the_trainer_casts_it(nets_dir):
+  """`config.compute_dtype=bfloat16` casts the teacher's float variables and input."""
+  net = pytorch_net(nets_dir)
+  teacher, variables = adapter(net)
+  cast = jax.tree.map(lambda a: a.astype(jnp.bfloat16)
+                      if jnp.issubdtype(a.dtype, jnp.floating) else a, variables)
+  x = jnp.asarray(inputs())
+  logits, features = jax.jit(lambda v, x: teacher.apply(v, x, features=True))(
+      cast, x.astype(jnp.bfloat16))
+  reference = teacher.apply(variables, x)
+  assert logits.dtype == jnp.bfloat16 and len(features.bn_moments) == 4
+  np.testing.assert_allclose(logits.astype(jnp.float32), reference, atol=0.05)
 
 
 # ---------------------------------------------------------------------------
@@ -335,6 +399,16 @@ def test_state_dict_that_does_not_fit_lists_the_keys(nets_dir, tmp_path):
   assert not (tmp_path / "t").exists()
 
 
+def test_an_op_torchax_cannot_lower_is_named_in_one_line(nets_dir, tmp_path):
+  torch.save(pytorch_net(nets_dir).state_dict(), tmp_path / "net.pth")
+  with pytest.raises(ValueError) as error:
+    torch_convert.convert("tx_user_nets:Airy", tmp_path / "net.pth", tmp_path / "t",
+                          dataset="digits")
+  line = _one_line(str(error.value))
+  assert "aten::special_airy_ai has no lowering" in line and "--arch" in line, line
+  assert not (tmp_path / "t").exists()
+
+
 def test_bad_torch_kwargs_fail_in_one_line(nets_dir, tmp_path):
   with pytest.raises(ValueError, match="is not JSON"):
     torch_convert.convert("tx_user_nets:Net", tmp_path / "x.pth", tmp_path / "t",
@@ -357,6 +431,7 @@ def test_train_refuses_a_teacher_whose_module_no_longer_imports(converted, nets_
        f"--workdir={tmp_path / 'run'}", "--config.num_epochs=1",
        "--config.iterations_per_epoch=1"], env)
   assert result.returncode != 0
+  assert "Traceback" not in result.stderr, result.stderr[-3000:]
   line = _one_line(result.stderr.strip().splitlines()[-1])
   assert "tx_user_nets" in line and "PYTHONPATH" in line, result.stderr[-2000:]
 
@@ -372,6 +447,31 @@ def test_train_checks_the_stored_weights_fit(converted, tmp_path):
     teacher_lib.load_teacher(copy)
   line = _one_line(str(error.value))
   assert "shape mismatches" in line and "stem.weight: (8, 1, 3, 3) != (4, 1, 3, 3)" in line
+
+
+def test_train_and_convert_without_torchax_say_how_to_install_it(converted, nets_dir,
+                                                                 tmp_path):
+  """Simulated absence: a `torchax` package first on PYTHONPATH that fails to import
+  (CI installs the real one)."""
+  out, root = converted
+  shadow = tmp_path / "shadow" / "torchax"
+  shadow.mkdir(parents=True)
+  (shadow / "__init__.py").write_text("raise ImportError(\"No module named 'torchax'\")\n")
+  env = env_with(nets_dir)
+  env["PYTHONPATH"] = os.pathsep.join([str(shadow.parent), env["PYTHONPATH"]])
+  train = run_module(
+      ["dfkd_jax.train", f"--config={REPO / 'configs/digits.py'}:dfkd",
+       f"--config.teacher_dir={out}", "--config.teacher_config=",
+       f"--workdir={tmp_path / 'run'}"], env)
+  convert = run_module(
+      ["dfkd_jax.convert", "--torch_module=tx_user_nets:Net",
+       f"--torch_checkpoint={root / 'net.pth'}", "--dataset=digits",
+       f"--out={tmp_path / 'never'}"], env)
+  for result in (train, convert):
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    line = _one_line(result.stderr.strip().splitlines()[-1])
+    assert "torchax" in line and torch_module.INSTALL in line, result.stderr[-2000:]
 
 
 def test_missing_torchax_is_one_line_naming_the_install(monkeypatch):

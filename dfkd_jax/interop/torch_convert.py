@@ -11,9 +11,6 @@ from __future__ import annotations
 import os
 from typing import Any, Callable, Mapping
 
-import jax
-import jax.numpy as jnp
-
 from dfkd_jax import data
 from dfkd_jax.interop import convert as convert_lib
 from dfkd_jax.models import teacher as teacher_lib
@@ -86,7 +83,9 @@ def convert(torch_module_path: str, torch_checkpoint: str | os.PathLike,
            convert_lib.load_check_inputs(check_inputs, meta))
   state_dict = convert_lib.load_torch_state_dict(torch_checkpoint, trust_checkpoint)
   variables = torch_module.variables_from_state_dict(state_dict, teacher)
-  _check_logits_shape(teacher, variables, meta)
+  torch_module.check_runs(teacher, variables, meta.input_shape, meta.num_classes,
+                          f"--torch_module={torch_module_path}",
+                          "pass --num_classes or --torch_kwargs that fit --dataset")
   if check is not None:
     result = convert_lib.check_logits(teacher, variables, meta, check, check_tolerance)
     log(f"check: max |logit difference| {result.max_abs_diff:.3g} = "
@@ -95,22 +94,3 @@ def convert(torch_module_path: str, torch_checkpoint: str | os.PathLike,
         f"top-1 agreement {result.top1_agreement:.2f}%")
   teacher_lib.save_torch_teacher(out, state_dict, meta, overwrite=overwrite)
   return meta
-
-
-def _check_logits_shape(teacher: torch_module.TorchTeacher, variables,
-                        meta: teacher_lib.TeacherMeta) -> None:
-  """The module on a dummy ``[2, *input_shape]`` batch (abstractly) gives the logits."""
-  x = jax.ShapeDtypeStruct((2, *meta.input_shape), jnp.float32)
-  try:
-    out = jax.eval_shape(lambda v, x: teacher.apply(v, x, features=True), variables, x)
-  except Exception as e:  # pylint: disable=broad-except; the user's forward, one line.
-    first = (str(e).strip().splitlines() or [""])[0]
-    h, w, c = meta.input_shape
-    raise ValueError(f"--torch_module={teacher.torch_module} fails on a [2, {c}, {h}, "
-                     f"{w}] input (--dataset={meta.dataset}) through torchax: "
-                     f"{type(e).__name__}: {first}") from None
-  logits = out[0]
-  if tuple(logits.shape) != (2, meta.num_classes):
-    raise ValueError(f"--torch_module={teacher.torch_module} returns {tuple(logits.shape)}"
-                     f" on a batch of 2, not logits (2, {meta.num_classes}); pass "
-                     "--num_classes or --torch_kwargs that fit --dataset")

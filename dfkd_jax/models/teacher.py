@@ -371,6 +371,9 @@ def _load_torch_teacher(directory: pathlib.Path, meta: TeacherMeta
   path = directory / meta.torch.get("state_dict", TORCH_STATE_DICT)
   state_dict = torch_module.load_state_dict(path)
   variables = torch_module.variables_from_state_dict(state_dict, teacher)
+  torch_module.check_runs(teacher, variables, meta.input_shape, meta.num_classes,
+                          label, "convert the teacher again with the right "
+                          "--torch_kwargs")
   return teacher, variables, meta
 
 

@@ -337,3 +337,29 @@ def load_state_dict(path: os.PathLike) -> dict[str, Any]:
     raise ValueError(f"{path} holds a {type(state_dict).__name__}, not a state_dict; "
                      "convert the teacher again")
   return dict(state_dict)
+
+
+def check_runs(teacher: TorchTeacher, variables, input_shape, num_classes: int,
+               label: str, fix: str) -> None:
+  """Runs ``teacher`` abstractly (``jax.eval_shape``: traced, not compiled) on a
+  ``[2, *input_shape]`` batch with ``features=True``.
+
+  Raises:
+    ValueError: in one line, an op torchax cannot lower (named), any other failure of
+      the forward, or logits that are not ``[2, num_classes]`` (``fix`` says what to do).
+  """
+  x = jax.ShapeDtypeStruct((2, *input_shape), jnp.float32)
+  h, w, c = input_shape
+  try:
+    logits, _ = jax.eval_shape(lambda v, x: teacher.apply(v, x, features=True),
+                               variables, x)
+  except Exception as e:  # pylint: disable=broad-except; the user's forward, one line.
+    first = (str(e).strip().splitlines() or [""])[0]
+    hint = ("; torchax cannot run that op: write that part of forward() with other "
+            "ops, or port the network to Flax (convert --arch)"
+            if type(e).__name__ == "OperatorNotFound" else "")
+    raise ValueError(f"{label} fails on a [2, {c}, {h}, {w}] input through torchax: "
+                     f"{type(e).__name__}: {first}{hint}") from None
+  if tuple(logits.shape) != (2, num_classes):
+    raise ValueError(f"{label} returns {tuple(logits.shape)} on a batch of 2, not "
+                     f"logits (2, {num_classes}); {fix}")
