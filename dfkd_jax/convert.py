@@ -10,7 +10,7 @@ Your own ``nn.Module`` as it is, run through torchax (no Flax code;
 ``my_nets`` must import wherever the teacher is read (``PYTHONPATH``); the teacher
 directory records the import path, the keyword arguments, the ``state_dict`` and the
 preprocessing. A Flax port of the architecture (a registered ``--arch`` or your own
-``--arch=package.module:Name``) runs fastest; usage::
+``--arch=package.module:Name``) needs neither torch nor torchax at run time; usage::
 
   python -m dfkd_jax.convert --torch_checkpoint=cifar10_resnet34.pth \
       --arch=resnet34 --num_classes=10 --dataset=cifar10 --out=teachers/cifar10_resnet34 \
