@@ -80,6 +80,14 @@ NETS = textwrap.dedent('''
         return super().forward(torch.special.airy_ai(x))
 
 
+    class Pair(Net):
+      """Returns (logits, features), as some model zoos do."""
+
+      def forward(self, x):
+        logits = super().forward(x)
+        return logits, x
+
+
     NOT_A_MODULE = 3
 
 
@@ -407,6 +415,15 @@ def test_an_op_torchax_cannot_lower_is_named_in_one_line(nets_dir, tmp_path):
   line = _one_line(str(error.value))
   assert "aten::special_airy_ai has no lowering" in line and "--arch" in line, line
   assert not (tmp_path / "t").exists()
+
+
+def test_a_forward_returning_a_tuple_is_one_line(nets_dir, tmp_path):
+  torch.save(pytorch_net(nets_dir).state_dict(), tmp_path / "net.pth")
+  with pytest.raises(ValueError) as error:
+    torch_convert.convert("tx_user_nets:Pair", tmp_path / "net.pth", tmp_path / "t",
+                          dataset="digits")
+  line = _one_line(str(error.value))
+  assert "returns a tuple, not one logits tensor" in line, line
 
 
 def test_bad_torch_kwargs_fail_in_one_line(nets_dir, tmp_path):

@@ -248,6 +248,10 @@ class TorchTeacher(nn.Module):
     x_nchw = jnp.moveaxis(x, -1, 1) if x.ndim == 4 else x
     logits, moments, penultimate = run(flatten(params), flatten(buffers), x_nchw,
                                        features)
+    if not isinstance(logits, jax.Array):
+      raise ValueError(f"{self.torch_module}'s forward() returns a "
+                       f"{type(logits).__name__}, not one logits tensor; wrap the "
+                       "module in one whose forward() returns the logits")
     if not features:
       return logits
     bn_moments = tuple(_global_moments(*m) for m in moments)
