@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from typing import Any, Callable, Mapping
 
-from dfkd_jax import data
+from dfkd_jax.data import datasets as data
 from dfkd_jax.interop import convert as convert_lib
 from dfkd_jax.models import teacher as teacher_lib
 from dfkd_jax.models import torch_module
