@@ -50,7 +50,7 @@ def _missing_teacher_message(config, path: pathlib.Path) -> str:
   """How to get the teacher of ``config.dataset``, and that its test split is needed."""
   spec = data.get_dataset(config.dataset).spec
   teacher_config = f"configs/teacher/{spec.name}.py"
-  if not (pathlib.Path(__file__).parents[1] / teacher_config).is_file():
+  if not (pathlib.Path(__file__).parents[2] / teacher_config).is_file():  # The repo.
     teacher_config = "configs/teacher/DATASET.py"  # None shipped for this dataset.
   how = (f"`python -m dfkd_jax.train` trains it from config.teacher_config="
          f"{config.teacher_config!r} on first use, or train it with "
