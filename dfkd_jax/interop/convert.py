@@ -1,51 +1,7 @@
-r"""Import a published PyTorch teacher into the teacher checkpoint format.
+"""Import a published PyTorch teacher into the teacher checkpoint format.
 
-Usage::
-
-  python -m dfkd_jax.convert --torch_checkpoint=cifar10_resnet34.pth \
-      --arch=resnet34 --num_classes=10 --dataset=cifar10 --out=teachers/cifar10_resnet34 \
-      [--check_inputs=check.npz]
-
-Reading the checkpoint needs PyTorch (the CPU build is enough):
-``pip install -e ".[convert]"``.
-
-Reads a ``state_dict`` as the peers publish it: CMI/DataFree ``{dataset}_{arch}.pth``
-files (``{"state_dict": ...}``), DFAD ``resnet34_8x`` checkpoints or a plain state dict;
-``module.`` prefixes of ``DataParallel`` are stripped. Every array of the Flax
-architecture must be found with the right shape and every PyTorch array must be used
-(``num_batches_tracked`` counters excepted); otherwise a ``ValueError`` names the keys.
-
-``--dataset`` is a :func:`dfkd_jax.data.datasets.get_dataset` id and is recorded in the teacher:
-evaluation preprocesses the test set the way it names. For a 28x28 source and a 32x32
-network (LeNet-5) ``mnist`` means bilinear resizing (torchvision ``Resize((32, 32))``, as
-DAFL trains) and ``mnist:pad`` zero-padding by 2 pixels (``Pad(2)``); the mean/std
-default to the dataset's (:func:`default_normalization`), ``--mean``/``--std`` override.
-The teacher records its class names: ``--class_names`` (the teacher's classes in the
-order of its outputs, e.g. PyTorch ``ImageFolder``'s ``dataset.classes``), which must
-equal the ``folder:``/``npz:`` dataset's, or else the dataset's names; distillation and
-export then refuse a dataset whose names differ (:func:`dfkd_jax.data.datasets.check_class_names`).
-
-``--check_inputs=FILE.npz`` runs the converted teacher on inputs PyTorch saw and compares
-its logits with the ones PyTorch gave, before anything is written: ``logits`` ``[N,
-classes]`` and either ``images``, the test images as the dataset stores them (uint8
-``[N, H, W]``, ``[N, H, W, C]`` or ``[N, C, H, W]``; preprocessed here as evaluation
-will, so this checks ``--dataset``/``--mean``/``--std`` too), or ``inputs``, the
-preprocessed tensors the PyTorch network got (``[N, C, H, W]`` or ``[N, H, W, C]``;
-checks the weights only). See the README for the one-liner that writes it.
-
-PyTorch names understood per architecture (:mod:`dfkd_jax.interop.torch_layout`):
-
-* ``resnet18/34``: CMI / DFAD ``conv1, bn1, layer{s}.{b}.{conv1,bn1,conv2,bn2},
-  layer{s}.{b}.shortcut.{0,1}, linear``;
-* ``resnet18_64/34_64``: LRA ``MyResNet`` (torchvision inside): ``resnet.conv1, ...,
-  layer{s}.{b}.downsample.{0,1}, resnet.fc``;
-* ``wrn*``: CMI ``conv1, block{g}.layer.{b}.{bn1,conv1,bn2,conv2,convShortcut}, bn1,
-  fc``;
-* ``lenet5*``: DAFL/DFAD ``conv1..3, fc1, fc2``; ``digits_cnn*``: ``conv{i}, bn{i}, fc``;
-* your own classifier (``--arch=package.module:Name``, ``docs/contracts.md``): the Flax
-  module path joined with dots (a submodule ``fc`` is PyTorch's ``fc``, ``block1`` >
-  ``conv`` is ``block1.conv``), ``kernel``/``scale`` as ``weight``, BatchNorm ``mean``/
-  ``var`` as ``running_mean``/``running_var``.
+The logic of ``python -m dfkd_jax.convert``; its usage, flags and outputs are in
+:mod:`dfkd_jax.convert` (what ``--help`` shows).
 """
 
 from __future__ import annotations

@@ -1,42 +1,7 @@
-r"""Export a run's distilled student: ONNX, a PyTorch state_dict or a Flax folder.
+"""Export a run's distilled student: ONNX, a PyTorch state_dict or a Flax folder.
 
-Usage::
-
-  python -m dfkd_jax.export --workdir=W --format=onnx|torch|flax --out=PATH \
-      [--seed=K] [--checkpoint=STEP] [--overwrite]
-
-* ``onnx`` (jax2onnx; ``pip install -e ".[export]"``): one ``.onnx`` file, input
-  ``images`` ``[batch, C, H, W]`` normalised with the card's mean/std, output
-  ``logits`` ``[batch, classes]``; the card is in the model's metadata
-  (``dfkd_jax.student``). Before it is written the file is run in onnxruntime on the
-  run's test set; the command prints the largest logit difference to the JAX student
-  and both accuracies, and refuses a model whose logits differ by more than
-  :data:`ONNX_TOLERANCE` of the largest logit.
-* ``torch``: a ``.pth`` of ``{"state_dict": ..., "student": card}`` (the CMI layout
-  ``convert`` reads, :data:`dfkd_jax.interop.torch_layout.TORCH_LAYOUTS`); ``python -m
-  dfkd_jax.convert`` of it gives back the exported arrays exactly. Input: normalised
-  NCHW, as the PyTorch networks of the peers take it.
-* ``flax``: a folder with ``student.json`` (the card) and ``variables/``;
-  ``dfkd_jax.load_student(PATH)`` returns its predict function
-  (:mod:`dfkd_jax.models.student_card`).
-
-The run is read from its files alone: ``run_config.json`` (the student's architecture,
-the teacher's classes, input shape and normalisation, the seeds) and the student's
-``params``/``batch_stats`` of one orbax checkpoint (the rest of the training state is
-not read; nothing is compiled but the student). ``--checkpoint`` defaults to the
-student the run's data-free selection kept, as its ``summary.json`` records it
-(``selected_epoch``: the criterion of the last train command, which may differ from
-``run_config.json``'s; :mod:`dfkd_jax.metrics.selection`), and to the newest for ``last`` and
-runs made before selection; a newest checkpoint that does not restore falls back to the
-one before it, with a line, as training does. A run of replicas (``config.num_seeds >
-1``) exports one seed per call (``--seed``). Bad input (no run or no checkpoint yet, a
-damaged record or checkpoint, an unknown seed or step, an architecture the torch format
-does not cover, an existing ``--out`` without ``--overwrite``, a moved test set) is one
-line, before anything is written and before the conversion; ``--overwrite`` replaces
-only an earlier export of the same format, never a run directory, a folder holding or
-inside one, the current directory or an empty ``--out``
-(:func:`dfkd_jax.core.workdir.check_output`). The output is written into a temporary sibling
-and renamed into place.
+The logic of ``python -m dfkd_jax.export``; its usage, flags and outputs are in
+:mod:`dfkd_jax.export` (what ``--help`` shows).
 """
 
 from __future__ import annotations

@@ -1,18 +1,7 @@
 """Trains a teacher classifier on real data and saves it as a teacher checkpoint.
 
-Usage::
-
-  python -m dfkd_jax.train_teacher --config=configs/teacher/mnist.py \\
-      --workdir=/path/to/teacher [--config.num_epochs=3] [--config.overwrite=True]
-
-The workdir *is* the teacher directory written by :func:`dfkd_jax.models.teacher.save_teacher`
-(``teacher.json`` + ``variables/``); an existing teacher there is never replaced unless
-``--config.overwrite=True``, and the check happens before training starts.
-
-Training follows the peers' recipes: cross-entropy, SGD with momentum and coupled
-(PyTorch-style) weight decay or Adam, a per-step cosine or step learning-rate schedule,
-the dataset's standard augmentation. Batches are NumPy arrays from
-:mod:`dfkd_jax.data.datasets`, sharded over all local devices along the batch axis.
+The logic of ``python -m dfkd_jax.train_teacher``; its usage, flags and outputs are in
+:mod:`dfkd_jax.train_teacher` (what ``--help`` shows).
 """
 
 from __future__ import annotations

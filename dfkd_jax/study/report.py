@@ -1,55 +1,7 @@
-r"""Tables and figures of DFKD runs from their ``summary.json`` files (LRA Table 1, Fig. 4).
+"""Tables and figures of DFKD runs from their ``summary.json`` files (LRA Table 1, Fig. 4).
 
-  python -m dfkd_jax.report runs/mnist --out docs/results/mnist [--pairs=lra_mb:mb_dfkd]
-      [--interval=t|bootstrap]
-
-reads every ``summary.json`` under the given run directories (a directory holding one
-is a run; any other directory is searched recursively, symbolic links followed;
-``LABEL=DIR`` names the runs
-under ``DIR`` ``LABEL`` instead of their method, e.g. an ablation
-``lra_mb_first_order=runs/ablations/first_order`` with ``--pairs=lra_mb_first_order:lra_mb``)
-and writes to ``--out``:
-
-* ``table1.md`` / ``table1.csv``: LRA Table 1's layout, one row per method: the mean
-  ``mu[S_Acc]`` and variance ``sigma^2[S_Acc]`` of the test accuracy over the epochs
-  above the 0/20/40/60/80th epoch percentile (:mod:`dfkd_jax.run.evaluation`) and
-  ``Acc_max``. The "Runs (seeds)" column gives the number of runs and their seeds
-  (``1 (seed 0)``, ``8 (seeds 0-7)``). When several runs (seeds) share a method, each
-  cell is the mean ± the sample standard deviation (``ddof=1``) of the runs' values; a
-  single run shows its value alone.
-* ``paired.md`` / ``paired.csv`` (:mod:`dfkd_jax.study.paired_stats`), written only when at
-  least one pair of methods shares >= 2 seeds on a dataset: for each pair ``A:B``
-  (``--pairs=A:B,C:D``; default :data:`dfkd_jax.study.paired_stats.DEFAULT_PAIRS`: each meta
-  method vs its joint-update control and every replay method vs ``dfkd``) the mean over
-  the shared seeds of ``A - B`` of every Table 1 column, its 95% t interval
-  (``--interval=bootstrap``: percentile bootstrap), the paired t-test p, its
-  Holm-adjusted p over every cell of the report (the p that marks a cell significant at
-  < 0.05), the Wilcoxon signed-rank p and, for cells not marked, the minimum detectable
-  difference at 80% power. Seeds only one of the two methods has are ignored; the table
-  states n and the seeds, and warns when n < 5.
-* PNG figures in the style of LRA Fig. 4: ``<dataset>_test_accuracy.png`` (test accuracy
-  per epoch) and ``<dataset>_cumulative_mean_accuracy.png`` (its running mean): per
-  method a thin line per run (seed) and a thick line with markers for the mean over
-  seeds (so a one-epoch run shows as a dot), the teacher's test accuracy as a dashed
-  black line, integer epoch ticks; and
-  ``<dataset>_alignment.png``, the per-epoch cosine between the acquisition and retention
-  gradients (Section 3.4) of the methods that log it.
-* Runs that record a data-free selection (:mod:`dfkd_jax.metrics.selection`): ``Acc_sel`` and
-  ``Acc_last`` beside ``Acc_max`` in Table 1 (and in ``paired.md`` as paired columns),
-  and per method and criterion its regret ``Acc_max - Acc_sel`` and its Spearman rank
-  correlation with the test accuracy over the epochs, averaged over runs
-  (:mod:`dfkd_jax.study.selection_report`; ``selection.csv``). Runs flagged collapsed
-  (``summary.json``'s ``collapsed``, :func:`dfkd_jax.metrics.selection.collapse`) are counted
-  under their dataset's table and marked with the reason in its run list, and the
-  command warns of them on stderr.
-
-Loading and grouping the runs: :mod:`dfkd_jax.study.study_runs`; the figures:
-:mod:`dfkd_jax.study.figures`. Runs of different datasets get separate tables and figures. A
-run with fewer epochs than its ``config.num_epochs`` (stopped early, killed, still
-running) is unfinished: a warning line, and its own row ``METHOD (unfinished)`` outside
-every statistic of the finished runs. Curves of finished runs of one method with
-different lengths (different ``num_epochs``) are averaged over the epochs they all have;
-the table states every run's epoch count.
+The logic of ``python -m dfkd_jax.report``; its usage, flags and outputs are in
+:mod:`dfkd_jax.report` (what ``--help`` shows).
 """
 
 from __future__ import annotations
