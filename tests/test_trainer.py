@@ -371,6 +371,22 @@ def _read_until(proc, words, lines):
       return
   raise AssertionError(f"{words!r} never came:\n" + "\n".join(lines[-30:]))
 
+def _interrupt(proc, words, timeout, *delays):
+  """Sends Ctrl-C once ``words`` came, then again after each of ``delays`` (seconds);
+  returns the process (ended) and every line it printed."""
+  lines = []
+  try:
+    _read_until(proc, words, lines)
+    proc.send_signal(signal.SIGINT)
+    for delay in delays:
+      time.sleep(delay)
+      proc.send_signal(signal.SIGINT)
+    lines += proc.communicate(timeout=timeout)[0].splitlines()
+  finally:
+    proc.kill()
+  return proc, lines
+
+
 
 @pytest.mark.slow
 def test_ctrl_c_saves_at_the_next_iteration_and_the_rerun_resumes(teacher_dir, tmp_path):
@@ -379,13 +395,7 @@ def test_ctrl_c_saves_at_the_next_iteration_and_the_rerun_resumes(teacher_dir, t
   config = tiny_config(teacher_dir, "dfkd", num_epochs=1, iterations_per_epoch=40)
   workdir = tmp_path / "run"
   args = cli_args(config, workdir) + ["--config.iterations_per_epoch=40"]
-  proc, lines = _start(args), []
-  try:
-    _read_until(proc, "compiled and ran the first iteration", lines)
-    proc.send_signal(signal.SIGINT)
-    lines += proc.communicate(timeout=300)[0].splitlines()
-  finally:
-    proc.kill()
+  proc, lines = _interrupt(_start(args), "compiled and ran the first iteration", 300)
   text = "\n".join(lines)
   assert proc.returncode == 130, text
   assert "Traceback" not in text and "KeyboardInterrupt" not in text, text
@@ -437,15 +447,7 @@ def test_a_second_ctrl_c_during_the_stop_ends_cleanly_and_the_rerun_resumes(
   config = tiny_config(teacher_dir, "dfkd", num_epochs=1, iterations_per_epoch=40)
   workdir = tmp_path / "run"
   args = cli_args(config, workdir) + ["--config.iterations_per_epoch=40"]
-  proc, lines = _start(args), []
-  try:
-    _read_until(proc, "compiled and ran the first iteration", lines)
-    proc.send_signal(signal.SIGINT)
-    time.sleep(delay)
-    proc.send_signal(signal.SIGINT)
-    lines += proc.communicate(timeout=300)[0].splitlines()
-  finally:
-    proc.kill()
+  proc, lines = _interrupt(_start(args), "compiled and ran the first iteration", 300, delay)
   text = "\n".join(lines)
   assert proc.returncode == 130, text
   assert "Traceback" not in text and "KeyboardInterrupt" not in text, text
@@ -463,13 +465,8 @@ def test_a_second_ctrl_c_during_the_stop_ends_cleanly_and_the_rerun_resumes(
 
 def test_ctrl_c_while_loading_is_one_line(teacher_dir, tmp_path):
   """Issue 26, item 1: before the training loop, Ctrl-C stops with one line too."""
-  proc, lines = _start(cli_args(tiny_config(teacher_dir, "dfkd"), tmp_path / "run")), []
-  try:
-    _read_until(proc, "loading the teacher", lines)
-    proc.send_signal(signal.SIGINT)
-    lines += proc.communicate(timeout=300)[0].splitlines()
-  finally:
-    proc.kill()
+  args = cli_args(tiny_config(teacher_dir, "dfkd"), tmp_path / "run")
+  proc, lines = _interrupt(_start(args), "loading the teacher", 300)
   text = "\n".join(lines)
   assert proc.returncode == 130, text
   assert "Traceback" not in text and "KeyboardInterrupt" not in text, text
