@@ -30,10 +30,12 @@ by bilinear resizing (as DAFL's ``teacher-train.py`` does, ``Resize((32, 32))``)
 ``:pad``, by zero-padding 2 pixels on each side (the original LeNet-5 recipe). The teacher
 checkpoint records the dataset id, so evaluation sees what training saw.
 
-Images are scaled to [0, 1], optionally augmented (random crop with 4 pixels of zero
-padding and horizontal flip for CIFAR, crop only for SVHN and Tiny-ImageNet) and
-normalised with per-channel mean/std (the constants the peers use). Batches are NumPy:
-NHWC float32 images, int32 labels, float32 mask.
+Images are scaled to [0, 1] and normalised with per-channel mean/std (the constants the
+peers use). Batches are NumPy: NHWC float32 images, int32 labels, float32 mask. Training
+augmentation runs on device, in the jitted step (:mod:`dfkd_jax.data.augment`); a
+dataset's spec says which it takes by default (random crop with 4 pixels of zero padding
+and horizontal flip for CIFAR, crop only for SVHN and Tiny-ImageNet, none for the
+others and for ``folder:``/``npz:`` data).
 """
 
 from __future__ import annotations
@@ -322,16 +324,15 @@ Normalization = tuple[Sequence[float], Sequence[float]]  # (mean, std) per chann
 
 
 def preprocess(images: np.ndarray, dataset: Dataset, *, pixel_max: float,
-               image_shape: Sequence[int], rng: np.random.Generator | None = None,
+               image_shape: Sequence[int],
                normalization: Normalization | None = None) -> np.ndarray:
-  """Scales, resizes/pads, optionally augments, and normalises a batch.
+  """Scales, resizes/pads and normalises a batch (augmentation: :mod:`.augment`).
 
   Args:
     images: ``[B, H, W, C]`` stored images.
     dataset: the parsed dataset id.
     pixel_max: the stored value of white.
     image_shape: the model's ``(H, W, C)``: native, or 32x32 for a 28x28 source.
-    rng: when given, apply the dataset's training augmentation with it.
     normalization: ``(mean, std)`` to use instead of the dataset's, e.g. the ones a
       converted teacher records (``TeacherMeta.mean``/``std``).
 
@@ -350,11 +351,6 @@ def preprocess(images: np.ndarray, dataset: Dataset, *, pixel_max: float,
     else:
       m = _bilinear_matrix(28, 32)  # Two matmuls: 8x faster than one 3-operand einsum.
       x = np.matmul(np.matmul(m, x.transpose(0, 3, 1, 2)), m.T).transpose(0, 2, 3, 1)
-  if rng is not None and dataset.spec.crop:
-    x = _random_crop(x, rng, padding=4)
-  if rng is not None and dataset.spec.flip:
-    flip = rng.random(x.shape[0]) < 0.5
-    x = np.where(flip[:, None, None, None], x[:, :, ::-1], x)
   mean, std = normalization or (dataset.spec.mean, dataset.spec.std)
   if not len(mean):
     raise ValueError(f"dataset {dataset.id!r} has no standard normalisation; pass the "
@@ -363,19 +359,8 @@ def preprocess(images: np.ndarray, dataset: Dataset, *, pixel_max: float,
   return ((x - mean) / std).astype(np.float32)
 
 
-def _random_crop(x: np.ndarray, rng: np.random.Generator, padding: int) -> np.ndarray:
-  """Random ``H x W`` crops of the zero-padded images (torchvision ``RandomCrop``)."""
-  n, h, w, _ = x.shape
-  padded = np.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
-  dy = rng.integers(0, 2 * padding + 1, size=n)
-  dx = rng.integers(0, 2 * padding + 1, size=n)
-  rows = (dy[:, None] + np.arange(h)[None, :])[:, :, None]
-  cols = (dx[:, None] + np.arange(w)[None, :])[:, None, :]
-  return padded[np.arange(n)[:, None, None], rows, cols]
-
-
 def train_batches(split: ArraySplit, dataset_id: str, *, batch_size: int, seed: int,
-                  epoch: int, image_shape: Sequence[int], augment: bool = True,
+                  epoch: int, image_shape: Sequence[int],
                   normalization: Normalization | None = None) -> Iterator[Batch]:
   """One shuffled training epoch; drops the last partial batch.
 
@@ -388,7 +373,6 @@ def train_batches(split: ArraySplit, dataset_id: str, *, batch_size: int, seed: 
     seed: run seed.
     epoch: epoch index (mixed into the seed).
     image_shape: the model's ``(H, W, C)``.
-    augment: apply the dataset's training augmentation.
     normalization: ``(mean, std)`` overriding the dataset's (see :func:`preprocess`).
 
   Yields:
@@ -404,8 +388,7 @@ def train_batches(split: ArraySplit, dataset_id: str, *, batch_size: int, seed: 
     idx = np.sort(order[start:start + batch_size])  # Sorted gathers are faster.
     idx = idx[rng.permutation(batch_size)]
     images = preprocess(split.images[idx], dataset, pixel_max=split.pixel_max,
-                        image_shape=image_shape, rng=rng if augment else None,
-                        normalization=normalization)
+                        image_shape=image_shape, normalization=normalization)
     yield Batch(images, split.labels[idx], np.ones(batch_size, np.float32))
 
 

@@ -80,8 +80,8 @@ def generator(*, learning_rate: float, b1: float, b2: float
 def classifier(*, optimizer: str, learning_rate: float, momentum: float = 0.0,
                nesterov: bool = False, weight_decay: float = 0.0,
                schedule: str = "constant", num_epochs: int = 1, steps_per_epoch: int = 1,
-               decay_epochs: Sequence[int] = (), decay_factor: float = 0.1
-               ) -> optax.GradientTransformation:
+               decay_epochs: Sequence[int] = (), decay_factor: float = 0.1,
+               warmup_epochs: float = 0.0) -> optax.GradientTransformation:
   """A teacher's optimiser: ``sgd`` or ``adam``, with a per-step schedule.
 
   Args:
@@ -93,15 +93,22 @@ def classifier(*, optimizer: str, learning_rate: float, momentum: float = 0.0,
       (multiplied by ``decay_factor`` at each of ``decay_epochs``).
     num_epochs, steps_per_epoch: the length of the run.
     decay_epochs, decay_factor: the step schedule's.
+    warmup_epochs: epochs of linear warm-up from 0 to ``learning_rate`` (the fast
+      CIFAR recipes' one-cycle start); the cosine then decays over the remaining steps,
+      the other schedules start after it.
 
   Raises:
     ValueError: an unknown optimiser or schedule, listing the valid ones.
   """
   total_steps = num_epochs * steps_per_epoch
+  warmup_steps = int(round(warmup_epochs * steps_per_epoch))
+  if not 0 <= warmup_steps < max(total_steps, 1):
+    raise ValueError(f"warmup_epochs={warmup_epochs} must be in [0, num_epochs="
+                     f"{num_epochs})")
   if schedule == "constant":
     lr = optax.constant_schedule(learning_rate)
   elif schedule == "cosine":
-    lr = optax.cosine_decay_schedule(learning_rate, max(total_steps, 1))
+    lr = optax.cosine_decay_schedule(learning_rate, max(total_steps - warmup_steps, 1))
   elif schedule == "step":
     lr = optax.piecewise_constant_schedule(
         learning_rate, {int(epoch) * steps_per_epoch: decay_factor
@@ -109,6 +116,9 @@ def classifier(*, optimizer: str, learning_rate: float, momentum: float = 0.0,
   else:
     raise ValueError(f"unknown lr_schedule {schedule!r}; valid: "
                      f"{', '.join(CLASSIFIER_SCHEDULES)}")
+  if warmup_steps:
+    lr = optax.join_schedules(
+        [optax.linear_schedule(0.0, learning_rate, warmup_steps), lr], [warmup_steps])
   if optimizer == "sgd":
     base = optax.sgd(lr, momentum=momentum or None, nesterov=nesterov)
   elif optimizer == "adam":

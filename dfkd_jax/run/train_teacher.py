@@ -21,6 +21,7 @@ import ml_collections
 import optax
 
 from dfkd_jax import models
+from dfkd_jax.data import augment
 from dfkd_jax.data import datasets as data
 from dfkd_jax.math import optimizers
 from dfkd_jax.models import teacher as teacher_lib
@@ -41,7 +42,8 @@ def default_config() -> ml_collections.ConfigDict:
   """Every field of a teacher config, set to the peers' CIFAR recipe.
 
   SGD (lr 0.1, momentum 0.9, coupled weight decay 5e-4), batch 128, 200 epochs, cosine
-  decay per step, standard augmentation. The files in ``configs/teacher/`` start from
+  decay per step, the dataset's standard augmentation. The files in ``configs/teacher/``
+  start from
   this and set the dataset, the model and what their recipe changes.
   """
   config = ml_collections.ConfigDict()
@@ -64,7 +66,15 @@ def default_config() -> ml_collections.ConfigDict:
   config.lr_schedule = "cosine"  # "cosine" | "step" | "constant".
   config.lr_decay_epochs = (80, 120)  # Used by lr_schedule="step" only.
   config.lr_decay_factor = 0.1
+  config.warmup_epochs = 0.0  # Linear warm-up from 0 before the schedule.
+  config.label_smoothing = 0.0  # Cross-entropy to (1 - s) one-hot + s / classes.
+  # Training augmentation, on device in the jitted step (dfkd_jax.data.augment):
+  # augment=False turns it off; else random crops of the images padded by crop_padding
+  # pixels (-1: the dataset's, 4 for CIFAR/SVHN/Tiny-ImageNet, none for MNIST and for
+  # folder:/npz: data) and horizontal flips (hflip "auto": the dataset's, "on", "off").
   config.augment = True
+  config.crop_padding = -1
+  config.hflip = "auto"
   config.seed = 0
   config.overwrite = False  # Replace an existing teacher in the workdir.
   return config
@@ -107,21 +117,78 @@ def make_optimizer(config: ml_collections.ConfigDict,
       momentum=config.momentum, nesterov=config.nesterov,
       weight_decay=config.weight_decay, schedule=config.lr_schedule,
       num_epochs=config.num_epochs, steps_per_epoch=steps_per_epoch,
-      decay_epochs=config.lr_decay_epochs, decay_factor=config.lr_decay_factor)
+      decay_epochs=config.lr_decay_epochs, decay_factor=config.lr_decay_factor,
+      warmup_epochs=config.warmup_epochs)
 
 
-def make_train_step(module: flax.linen.Module, optimizer: optax.GradientTransformation
-                    ) -> Callable[[State, jax.Array, jax.Array], tuple[State, jax.Array]]:
-  """A jitted ``(state, images, labels) -> (state, loss)`` cross-entropy step."""
+HFLIP = ("auto", "on", "off")
+
+
+@dataclasses.dataclass(frozen=True)
+class Augmentation:
+  """What the training step does to each batch (:func:`augment.crop_and_flip`)."""
+  crop_padding: int = 0
+  hflip: bool = False
+  pad_value: tuple[float, ...] = (0.0,)
+
+  def describe(self) -> str:
+    parts = ([f"random crops of {self.crop_padding}-pixel-padded images"]
+             if self.crop_padding else []) + (["horizontal flips"] if self.hflip else [])
+    return " + ".join(parts) or "none"
+
+
+def resolve_augmentation(config: ml_collections.ConfigDict, spec: data.DatasetSpec,
+                         normalization: tuple[tuple[float, ...], tuple[float, ...]]
+                         ) -> Augmentation:
+  """The augmentation of ``config`` for a dataset of ``spec`` (see :func:`default_config`).
+
+  Raises:
+    ValueError: ``crop_padding`` below -1 or ``hflip`` not one of :data:`HFLIP`.
+  """
+  check_augmentation(config)
+  if not config.augment:
+    return Augmentation()
+  padding = (4 if spec.crop else 0) if config.crop_padding == -1 else config.crop_padding
+  flip = spec.flip if config.hflip == "auto" else config.hflip == "on"
+  return Augmentation(padding, flip, augment.black_level(*normalization))
+
+
+def check_augmentation(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError, naming the field and the valid values, on a bad augmentation."""
+  if config.hflip not in HFLIP:
+    raise ValueError(f"config.hflip={config.hflip!r}; valid: {', '.join(HFLIP)}")
+  if config.crop_padding < -1:
+    raise ValueError(f"config.crop_padding={config.crop_padding} must be >= 0 (pixels), "
+                     "or -1 for the dataset's")
+  if not 0 <= config.label_smoothing < 1:
+    raise ValueError(f"config.label_smoothing={config.label_smoothing} must be in [0, 1)")
+
+
+def make_train_step(module: flax.linen.Module, optimizer: optax.GradientTransformation,
+                    augmentation: Augmentation = Augmentation(),
+                    label_smoothing: float = 0.0
+                    ) -> Callable[[State, jax.Array, jax.Array, jax.Array],
+                                  tuple[State, jax.Array]]:
+  """A jitted ``(state, images, labels, key) -> (state, loss)`` cross-entropy step.
+
+  ``key`` draws the batch's augmentation (unused without one); the one-hot targets are
+  smoothed by ``label_smoothing`` (Szegedy et al. 2016, Sec. 7).
+  """
 
   def loss_fn(params, batch_stats, images, labels):
     logits, updates = module.apply({"params": params, "batch_stats": batch_stats},
                                    images, train=True, mutable=["batch_stats"])
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]),
+                                  label_smoothing)
+    loss = optax.softmax_cross_entropy(logits, targets).mean()
     return loss, updates.get("batch_stats", batch_stats)
 
   @functools.partial(jax.jit, donate_argnums=0)
-  def train_step(state, images, labels):
+  def train_step(state, images, labels, key):
+    if augmentation.crop_padding or augmentation.hflip:
+      images = augment.crop_and_flip(key, images, padding=augmentation.crop_padding,
+                                     flip=augmentation.hflip,
+                                     pad_value=augmentation.pad_value)
     (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state["params"], state["batch_stats"], images, labels)
     params, opt_state = optimizers.apply(optimizer, grads, state["opt_state"],
@@ -166,6 +233,7 @@ def train_and_save(config: ml_collections.ConfigDict, workdir: str | os.PathLike
   text = os.fspath(workdir)
   workdir = distributed.filesystem_path(workdir, "workdir").absolute()
   _check_workdir(workdir, config.overwrite, text)
+  check_augmentation(config)
   dataset = data.get_dataset(config.dataset)
   spec = dataset.spec
   data_shape = spec.stored_shape(config.image_size)
@@ -210,7 +278,10 @@ def train_and_save(config: ml_collections.ConfigDict, workdir: str | os.PathLike
            "batch_stats": variables.get("batch_stats", {}),
            "opt_state": optimizer.init(variables["params"])}
   state = parallel.replicate(state, mesh)
-  train_step = make_train_step(module, optimizer)
+  augmentation = resolve_augmentation(config, spec, normalization)
+  log(f"augmentation: {augmentation.describe()}")
+  train_step = make_train_step(module, optimizer, augmentation, config.label_smoothing)
+  augment_key = jax.random.key(config.seed + 1)  # The init's is key(seed).
   eval_step = evaluation.make_eval_step(module)
 
   accuracy = 0.0
@@ -224,12 +295,12 @@ def train_and_save(config: ml_collections.ConfigDict, workdir: str | os.PathLike
       for batch in data.train_batches(train_split, dataset.id,
                                       batch_size=config.batch_size, seed=config.seed,
                                       epoch=epoch, image_shape=input_shape,
-                                      augment=config.augment,
                                       normalization=normalization):
         images, labels = parallel.global_batch(
             lambda rows, b=batch: (b.images[rows], b.labels[rows]), config.batch_size,
             mesh)
-        state, loss = train_step(state, images, labels)
+        key = jax.random.fold_in(augment_key, epoch * steps_per_epoch + len(losses))
+        state, loss = train_step(state, images, labels, key)
         losses.append(loss)
     variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
     accuracy = evaluation.accuracy(eval_step, variables, test_split, dataset.id,
