@@ -51,6 +51,9 @@ class Summary:
       ``None``.
     selected_accuracy: the test accuracy (%) of that epoch, for evaluation only.
     collapsed: why the run is collapsed (chance-level agreement), or ``None``.
+    train_seconds: per completed epoch, the program's cumulative seconds of training
+      iterations (compilation included, evaluation excluded; a program of N replicas:
+      all N together), or empty (runs made before it was recorded).
   """
 
   method: str
@@ -71,6 +74,7 @@ class Summary:
   selected_epoch: int | None = None
   selected_accuracy: float | None = None
   collapsed: str | None = None
+  train_seconds: tuple[float, ...] = ()
 
   @classmethod
   def of_run(cls, *, method: str, dataset: str, seed: int,
@@ -78,7 +82,8 @@ class Summary:
              alignment: Sequence[float | None], student_steps_per_second: float | None,
              config: dict[str, Any], failed: str | None = None,
              criteria: dict[str, Sequence[float | None]] | None = None,
-             criterion: str | None = None, collapsed: str | None = None) -> "Summary":
+             criterion: str | None = None, collapsed: str | None = None,
+             train_seconds: Sequence[float] = ()) -> "Summary":
     """The summary of a run's per-epoch history (metrics by :mod:`dfkd_jax.metrics.curves`);
     ``criterion`` (of ``criteria``) chooses ``selected_epoch``
     (:func:`dfkd_jax.metrics.selection.selected_epoch`)."""
@@ -97,7 +102,8 @@ class Summary:
     return cls(method, dataset, seed, teacher_accuracy, acc, acc_max, evolution,
                cumulative, aligned, student_steps_per_second, len(acc), config, failed,
                criteria, criterion, None if chosen is None else chosen + 1,
-               None if chosen is None else acc[chosen], collapsed)
+               None if chosen is None else acc[chosen], collapsed,
+               tuple(float(t) for t in train_seconds))
 
   def to_json(self) -> dict[str, Any]:
     """The JSON object of ``summary.json`` (``alignment`` and ``failed`` only when set)."""
@@ -111,6 +117,8 @@ class Summary:
       out["alignment"] = list(self.alignment)
     out.update(student_steps_per_second=self.student_steps_per_second,
                epochs_completed=self.epochs_completed, config=self.config)
+    if self.train_seconds:
+      out["train_seconds"] = list(self.train_seconds)
     if self.failed is not None:
       out["failed"] = self.failed
     if self.criterion is not None:
@@ -212,6 +220,12 @@ def _parse(data: Any, path) -> Summary:
   config = data.get("config", {})
   if not isinstance(config, dict):
     raise ValueError(f"{path}: config must be an object, got {type(config).__name__}")
+  train_seconds = ()
+  if data.get("train_seconds") is not None:
+    train_seconds = _curve(data["train_seconds"], "train_seconds", path)
+    if len(train_seconds) != len(acc):
+      raise ValueError(f"{path}: train_seconds has {len(train_seconds)} values but "
+                       f"test_accuracy has {len(acc)}")
   failed = data.get("failed")
   if failed is not None and not isinstance(failed, str):
     raise ValueError(f"{path}: failed must be a string (why the run stopped), got "
@@ -229,7 +243,7 @@ def _parse(data: Any, path) -> Summary:
                                        "student_steps_per_second", path,
                                        allow_none=True),
       epochs_completed=int(data.get("epochs_completed", len(acc))), config=config,
-      failed=failed)
+      failed=failed, train_seconds=train_seconds)
 
 
 def _selection(data: dict[str, Any], acc: tuple, path) -> dict[str, Any]:

@@ -35,6 +35,7 @@ from dfkd_jax.parallel import distributed
 from dfkd_jax.parallel import mesh as parallel
 from dfkd_jax.replay import sources as replay_sources
 
+ALPHA_SCHEDULES = ("constant", "student")
 INNER_STEPS = tuple(s.value for s in objectives.InnerStep)
 COMPUTE_DTYPES = ("float32", "bfloat16")
 STEP_LOOPS = ("auto", "scan", "unroll")
@@ -99,6 +100,10 @@ def default_config() -> ml_collections.ConfigDict:
       alpha=0.9,                 # Inner step size (official code: lr_S_in = 0.9).
       inner_step="sgd_weight_decay",  # "sgd" (eq. 6) | "sgd_weight_decay" (official).
       weight_decay=5e-4,
+      # "constant": alpha at every step; "student": alpha times the student's learning
+      # rate over its initial one (the cosine schedule), so the inner step of eq. 6
+      # keeps its ratio to the student's real step (issue 40's control).
+      alpha_schedule="constant",
       # Log cos(grad L_acq, grad L_ret) (Section 3.4) on the last student step of each
       # iteration: one more forward/backward on the replayed batch per iteration.
       with_alignment=True))
@@ -196,6 +201,7 @@ FIELD_RULES: tuple[tuple[str, checks.Rule], ...] = (
 META_RULES: tuple[tuple[str, checks.Rule], ...] = (
     ("meta.alpha", checks.POSITIVE),
     ("meta.inner_step", checks.one_of(INNER_STEPS)),
+    ("meta.alpha_schedule", checks.one_of(ALPHA_SCHEDULES)),
     ("meta.weight_decay", checks.NON_NEGATIVE),
     ("meta.with_alignment", checks.BOOL),
 )

@@ -319,6 +319,7 @@ def _run(setup: Setup, workdir: pathlib.Path, log, primary: bool,
   throughput = progress.Throughput()
   progress_line = progress.RateLimited(log, setup.progress_seconds)
   outputs = run_outputs.Outputs(layout, setup, log, primary, start)
+  clock = _Clock(histories)
   with contextlib.closing(outputs):
     for step in range(start, total):
       epoch, i = divmod(step, per_epoch)
@@ -330,6 +331,7 @@ def _run(setup: Setup, workdir: pathlib.Path, log, primary: bool,
         state, metrics = iteration(state, teacher_vars)
         metrics = jax.device_get(metrics)  # Blocks: one small transfer per iteration.
         throughput.add(time.time() - t0)
+      clock.add(time.time() - t0)
       per_replica = _per_replica(metrics, replicas)
       newly_failed = _check_finite(per_replica, epoch, i, checkpoints, histories, seeds,
                                    log, setup.compute_dtype.name)
@@ -347,6 +349,7 @@ def _run(setup: Setup, workdir: pathlib.Path, log, primary: bool,
         if epoch_end is not None:  # The data-free criteria, on the device.
           probe, values = epoch_end(state, probe, teacher_vars)
           criteria = _per_replica(jax.device_get(values), replicas)
+        clock.stamp(epoch_end=True)
         _end_epoch(histories, accuracies if replicas else [accuracies],
                    throughput.per_second, setup, criteria)
         checkpoints.keep(_selected_steps(histories, setup.criterion, per_epoch))
@@ -357,6 +360,7 @@ def _run(setup: Setup, workdir: pathlib.Path, log, primary: bool,
       if preemption.reached(step + 1) and step + 1 < total:
         with preemption.saving(step + 1):
           if not saved:
+            clock.stamp(epoch_end=False)
             checkpoints.save(step + 1, state, layout.history_json(histories), probe)
           checkpoints.close()
         log(f"{preemption.notice}: stopped at epoch {epoch + 1}, iteration "
@@ -365,6 +369,24 @@ def _run(setup: Setup, workdir: pathlib.Path, log, primary: bool,
         raise Preempted(step + 1, checkpoints.directory, preemption.exit_code)
     checkpoints.close()
     return outputs.finish(histories)
+
+
+class _Clock:
+  """Seconds of training iterations, carried in every History (``clock``) across
+  resumes and stamped into ``train_seconds`` at each epoch's end."""
+
+  def __init__(self, histories: Sequence[run_outputs.History]):
+    self.histories = histories
+    self.seconds = max(h.clock for h in histories)  # A resumed run goes on from it.
+
+  def add(self, seconds: float) -> None:
+    self.seconds += seconds
+
+  def stamp(self, epoch_end: bool) -> None:
+    for history in self.histories:
+      history.clock = round(self.seconds, 3)
+      if epoch_end and history.failed is None:
+        history.train_seconds.append(history.clock)
 
 
 def _end_epoch(histories: Sequence[run_outputs.History], accuracies: Sequence[float],
