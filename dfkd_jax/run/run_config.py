@@ -235,6 +235,10 @@ def validate(config: ml_collections.ConfigDict, mesh) -> methods.Method:
   selection.check(config.selection.to_dict(), replay.provides_retention,
                   config.batch_size, mesh.devices.size)
   parallel.check_divisible(config.eval_batch_size, "config.eval_batch_size", mesh)
+  if not config.dataset:
+    raise ValueError("config.dataset is empty; set --config.dataset=NAME (a built-in "
+                     "dataset) or folder:PATH / npz:FILE: the labelled test set the "
+                     "student is scored on")
   data.get_dataset(config.dataset)
   return method
 
