@@ -47,6 +47,21 @@ def test_train_seconds_round_trip_and_must_match_the_curve():
     summary_lib.Summary.from_json(data, "x.json")
 
 
+def test_cpu_cores_round_trip_are_optional_and_validated():
+  cores = dataclasses.replace(_summary(), cpu_cores=2)
+  data = cores.to_json()
+  assert data["cpu_cores"] == 2 and list(data)[-1] == "cpu_cores"
+  assert summary_lib.Summary.from_json(data) == cores
+  old = _summary().to_json()
+  assert "cpu_cores" not in old   # Runs made before it, accelerators: absent.
+  assert summary_lib.Summary.from_json(old).cpu_cores is None
+  assert summary_lib.Summary.from_json(dict(old, cpu_cores=None)).cpu_cores is None
+  for bad in (0, -1, 1.5, "2", True):
+    with pytest.raises(ValueError, match=r"x.json: cpu_cores must be a positive integer "
+                       rf"\(the CPU cores the run had\) or null, got {bad!r}"):
+      summary_lib.Summary.from_json(dict(old, cpu_cores=bad), "x.json")
+
+
 def test_a_run_before_its_first_epoch_has_an_empty_curve():
   empty = _summary(acc=(), alignment=())
   assert empty.acc_max is None and empty.to_json()["learning_evolution"] == {}

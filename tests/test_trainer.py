@@ -106,6 +106,8 @@ def test_method_runs_end_to_end_and_writes_the_summary(teacher_dir, tmp_path, me
   # Cumulative training seconds per epoch, the compiling first iteration included.
   first, second = on_disk["train_seconds"]
   assert 0 < first < second and second - first < first
+  # The cores it may run on (taskset), once: its cost is train_seconds x cpu_cores.
+  assert on_disk["cpu_cores"] == len(os.sched_getaffinity(0))
   metrics = read_metrics(tmp_path)
   assert len(metrics) == 2 * 2  # epochs x iterations
   assert all(np.isfinite(m["student_loss"]) and np.isfinite(m["generator_loss"])
@@ -137,6 +139,29 @@ MAD_CONDITIONAL = {"generator": "mad_generator",
                    "conditional_generator": True,
                    "generator_loss.teacher_logit_bound": 0.1,
                    "generator_loss.output_bound": 0.1, "student_logit_bound": 0.1}
+
+
+
+def test_cpu_cores_are_recorded_once_and_only_on_cpu_in_one_process(monkeypatch):
+  cpu = types.SimpleNamespace(devices=np.array([types.SimpleNamespace(platform="cpu")]))
+  gpu = types.SimpleNamespace(devices=np.array([types.SimpleNamespace(platform="gpu")]))
+  assert trainer.cpu_cores(cpu) == len(os.sched_getaffinity(0))
+  assert trainer.cpu_cores(gpu) is None
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+  assert trainer.cpu_cores(cpu) is None   # Processes may share cores or not.
+  histories = [run_outputs.History(), run_outputs.History()]
+  lines = []
+  trainer._record_cores(histories, 3, lines.append)  # pylint: disable=protected-access
+  assert [h.cpu_cores for h in histories] == [3, 3] and not lines
+  trainer._record_cores(histories, 3, lines.append)  # pylint: disable=protected-access
+  assert not lines
+  trainer._record_cores(histories, 1, lines.append)  # pylint: disable=protected-access
+  assert [h.cpu_cores for h in histories] == [3, 3]   # A resume keeps the first count.
+  assert lines == ["warning: this run started with 3 CPU core(s) and resumes with 1; "
+                   "summary.json keeps cpu_cores=3, so the report's core-seconds of its "
+                   "epochs from here on are counted at that rate"]
+  restored = run_outputs.History.from_json({"test_accuracy": [50.0]})  # An old one.
+  assert restored.cpu_cores is None
 
 
 @pytest.mark.slow

@@ -51,6 +51,10 @@ class History:
       N replicas records the time of all N.
     clock: the same count at the last save (the epoch in progress included), which a
       resumed run continues from.
+    cpu_cores: the CPU cores the program had at its first start (for a checkpoint made
+      before they were recorded: at its first resume;
+      :func:`dfkd_jax.run.trainer.cpu_cores`), or ``None`` (not a CPU run, or a
+      multi-process one).
   """
 
   teacher_accuracy: float | None = None
@@ -63,6 +67,7 @@ class History:
   collapsed: str | None = None
   train_seconds: list[float] = dataclasses.field(default_factory=list)
   clock: float = 0.0
+  cpu_cores: int | None = None
 
   def to_json(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
@@ -119,7 +124,8 @@ def summary(record: dict[str, Any] | ml_collections.ConfigDict, history: History
       student_steps_per_second=history.student_steps_per_second,
       config=record, failed=history.failed, criteria=history.criteria,
       criterion=record.get("selection", {}).get("criterion", "last"),
-      collapsed=history.collapsed, train_seconds=history.train_seconds)
+      collapsed=history.collapsed, train_seconds=history.train_seconds,
+      cpu_cores=history.cpu_cores)
 
 
 def replica_dir(workdir: pathlib.Path, seed: int) -> pathlib.Path:

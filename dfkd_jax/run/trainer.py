@@ -298,6 +298,7 @@ def _run(setup: Setup, workdir: pathlib.Path, log, primary: bool,
     state, histories, start = _restore(checkpoints, state, len(seeds), per_epoch,
                                        num_epochs, log)
     probe = _probe(setup, checkpoints, start)
+    _record_cores(histories, cpu_cores(mesh), log)
     checkpoints.keep(_selected_steps(histories, setup.criterion, per_epoch))
     if histories[0].teacher_accuracy is None:
       teacher_accuracy = _accuracy(
@@ -369,6 +370,31 @@ def _run(setup: Setup, workdir: pathlib.Path, log, primary: bool,
         raise Preempted(step + 1, checkpoints.directory, preemption.exit_code)
     checkpoints.close()
     return outputs.finish(histories)
+
+
+def cpu_cores(mesh) -> int | None:
+  """The CPU cores this program may run on (``len(os.sched_getaffinity(0))``, which
+  ``taskset`` sets), on CPU in one process; ``None`` on accelerators, and for a
+  multi-process program, whose processes may share cores or not."""
+  if mesh.devices.flat[0].platform != "cpu" or jax.process_count() > 1:
+    return None
+  if not hasattr(os, "sched_getaffinity"):  # macOS: no affinity, all cores.
+    return os.cpu_count()
+  return len(os.sched_getaffinity(0))
+
+
+def _record_cores(histories: Sequence[run_outputs.History], cores: int | None,
+                  log) -> None:
+  """Records ``cores`` in each History once, at the run's first start; a resume on
+  another count keeps the first, with a line (its ``train_seconds`` mix both)."""
+  recorded = histories[0].cpu_cores
+  if recorded is None:
+    for history in histories:
+      history.cpu_cores = cores
+  elif recorded != cores:
+    log(f"warning: this run started with {recorded} CPU core(s) and resumes with "
+        f"{cores}; summary.json keeps cpu_cores={recorded}, so the report's core-seconds "
+        "of its epochs from here on are counted at that rate")
 
 
 class _Clock:
