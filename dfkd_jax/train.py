@@ -93,8 +93,9 @@ def train_teacher_on_first_use(config, log=print) -> None:
         f"--workdir={teacher_dir}` once, in a single process, first")
   log(f"no teacher at {teacher_dir}: training one with {config.teacher_config} "
       "(first use; later runs reuse it)")
-  train_teacher.train_and_save(run_config.load_config_file(config.teacher_config),
-                               teacher_dir, log=log)
+  teacher_config = run_config.load_config_file(config.teacher_config, log,
+                                               "config.teacher_config")
+  train_teacher.train_and_save(teacher_config, teacher_dir, log=log)
 
 
 def parse_flags(argv: Sequence[str]) -> Sequence[str]:
@@ -109,7 +110,7 @@ def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   config = run_config.loaded_config(
-      _CONFIG.value, "the shipped configs are in configs/ of the repository")
+      _CONFIG.value, f"the shipped configs are in {run_config.CONFIGS_DIR}")
   if config is None:
     raise app.UsageError("--config is required")
   logging.set_verbosity(logging.WARNING)  # Orbax logs every checkpoint step at INFO.

@@ -34,7 +34,8 @@ def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   config = run_config.loaded_config(
-      flags.FLAGS.config, "the teacher configs are in configs/teacher/ of the repository")
+      flags.FLAGS.config,
+      f"the teacher configs are in {run_config.CONFIGS_DIR / 'teacher'}")
   if config is None or not workdir:
     raise app.UsageError("--config and --workdir are required")
   logging.set_verbosity(logging.WARNING)  # As train: orbax logs every save at INFO.
