@@ -9,9 +9,10 @@ Usage::
   ``images`` ``[batch, C, H, W]`` normalised with the card's mean/std, output
   ``logits`` ``[batch, classes]``; the card is in the model's metadata
   (``dfkd_jax.student``). Before it is written the file is run in onnxruntime on the
-  run's test set; the command prints the largest logit difference to the JAX student
-  and both accuracies, and refuses a model whose logits differ by more than
-  :data:`ONNX_TOLERANCE` of the largest logit.
+  run's test set (its ``config.dataset``: a built-in id, or its own ``folder:PATH`` /
+  ``npz:FILE`` data, read again from the path the run recorded); the command prints
+  the largest logit difference to the JAX student and both accuracies, and refuses a
+  model whose logits differ by more than :data:`ONNX_TOLERANCE` of the largest logit.
 * ``torch``: a ``.pth`` of ``{"state_dict": ..., "student": card}`` (the CMI layout
   ``convert`` reads, :data:`dfkd_jax.interop.torch_layout.TORCH_LAYOUTS`); ``python -m
   dfkd_jax.convert`` of it gives back the exported arrays exactly. Input: normalised

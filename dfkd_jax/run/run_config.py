@@ -51,7 +51,9 @@ def default_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.method = "lra_mb"
   c.student_update = ""          # Override of the method's update; "" = the preset's.
-  c.dataset = "digits"           # Test set the student is evaluated on every epoch.
+  # Test set the student is evaluated on every epoch: a built-in id, or your own data
+  # as folder:PATH (ImageFolder layout) or npz:FILE (x_test, y_test), docs/data.md.
+  c.dataset = "digits"
   c.data_dir = ""                # TFDS data dir ("" = $TFDS_DATA_DIR or ~/tensorflow_datasets).
   c.image_size = 0               # folder:/npz: data: resize images to SxS (PIL bilinear); 0 = native.
   c.teacher_dir = ""             # Teacher checkpoint (train_teacher or convert).
