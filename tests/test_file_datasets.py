@@ -380,7 +380,7 @@ def test_cli_refuses_a_bad_folder_in_one_line_before_training(tmp_path):
 
 def test_convert_checks_a_pytorch_teacher_on_folder_images(tmp_path):
   torch = pytest.importorskip("torch")
-  from test_convert import TorchLeNet5  # pylint: disable=g-import-not-at-top
+  from dfkd_jax.interop import torch_models  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)
   for i in range(12):
     path = tmp_path / "x" / "test" / "abc"[i % 3] / f"{i:02d}.png"
@@ -389,7 +389,7 @@ def test_convert_checks_a_pytorch_teacher_on_folder_images(tmp_path):
   dataset_id = f"folder:{tmp_path / 'x'}"
   images = data.load_split(dataset_id, "test").images[..., 0]  # As the folder stores them.
   torch.manual_seed(0)
-  model = TorchLeNet5(3).eval()
+  model = torch_models.LeNet5(3).eval()
   torch.save(model.state_dict(), tmp_path / "lenet.pth")
   with torch.no_grad():  # PyTorch's ToTensor(), Normalize(0.5, 0.5).
     logits = model((torch.from_numpy(images).float()[:, None] / 255 - 0.5) / 0.5).numpy()

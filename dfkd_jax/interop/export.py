@@ -474,7 +474,8 @@ def write_onnx(run: Run, student: Student, out: pathlib.Path, log) -> OnnxCheck:
 
 
 def write_torch(student: Student, out: pathlib.Path) -> None:
-  """Writes ``{"state_dict": ..., "student": card}`` with ``torch.save``."""
+  """Writes ``{"state_dict": ..., "student": card}`` with ``torch.save``; the classes of
+  :mod:`dfkd_jax.interop.torch_models` load it (``torch_models.load``)."""
   torch = _import_torch()
   state_dict = torch_layout.variables_to_state_dict(student.variables, student.card.arch)
   payload = {"state_dict": {k: torch.from_numpy(v) for k, v in state_dict.items()},
