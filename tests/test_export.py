@@ -9,6 +9,7 @@ accuracy the trainer measured itself.
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -92,9 +93,26 @@ def test_onnx_export_gives_the_jax_students_predictions(run_dir, tmp_path):
   result = run_export(run_dir, "--format=onnx", f"--out={out}")
   assert result.returncode == 0, result.stderr
   assert "max |logit difference|" in result.stdout and "accuracy ONNX" in result.stdout
-  # Each stage of the ~75 s says what it does (issue 37).
-  assert "converting the student to ONNX" in result.stdout
-  assert "checking the ONNX model in onnxruntime" in result.stdout
+  # Each stage of the ~75 s says what it does (issue 37), then how long it took (issue
+  # 40, item 6.5), in this order.
+  lines = result.stdout.splitlines()
+  stages = [r"loading the digits test set for the ONNX check \.\.\.$",
+            r"loaded 360 test images in \d+\.\d s$",
+            r"converting the student to ONNX with jax2onnx \(tens of seconds on a CPU\) "
+            r"\.\.\.$",
+            r"converted the student to ONNX in \d+\.\d s \(\d+\.\d\d MB\)$",
+            r"checking the ONNX model in onnxruntime against the JAX student on 360 test "
+            r"images \.\.\.$",
+            r"onnxruntime vs JAX on the digits test set \(360 images, checked in \d+\.\d "
+            r"s\): max \|logit difference\| ",
+            r"Wrote the digits_cnn_half student \(dfkd, seed 0, step 4, "]
+  found = [next(i for i, line in enumerate(lines) if re.match(stage, line))
+           for stage in stages]
+  assert found == sorted(found), result.stdout
+  # Between them only the heartbeat's "still" lines (every 10 s of a stage).
+  others = set(range(found[0], found[-1] + 1)) - set(found)
+  assert all(re.match(r"  \.\.\. still (converting|checking|loading the test set) "
+                      r"\(\d+ s\)$", lines[i]) for i in others), result.stdout
 
   run = export.read_run(run_dir)
   student = export.restore_student(run, 4, None)
