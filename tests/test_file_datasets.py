@@ -767,4 +767,4 @@ def test_a_run_record_without_teacher_class_names_still_resumes(tmp_path):
   record = json.loads(path.read_text())
   del record["teacher"]["class_names"]  # As those runs wrote it.
   path.write_text(json.dumps(record))
-  assert workdir_lib.check_record(tmp_path, config, dataclasses.asdict(meta)) == []
+  assert workdir_lib.check_record(tmp_path, config, dataclasses.asdict(meta)) == {}
