@@ -311,15 +311,13 @@ def resolve_config_file(value: str, name: str = "--config",
   path, sep, arg = str(value).partition(":")
   if pathlib.Path(path).is_file():
     return value
-  relative = pathlib.PurePath(path)
-  shipped = REPO_ROOT / relative
-  in_configs = (not relative.is_absolute() and relative.parts[:1] == ("configs",))
+  cwd = pathlib.Path.cwd()
+  shipped = REPO_ROOT / path
+  in_configs = pathlib.PurePath(path).parts[:1] == ("configs",)  # Relative, configs/.
   if in_configs and shipped.is_file():
     if log is not None:
-      log(f"{name}={path}: not in {pathlib.Path.cwd()}, using the repository's "
-          f"{shipped}")
+      log(f"{name}={path}: not in {cwd}, using the repository's {shipped}")
     return f"{shipped}{sep}{arg}"
-  cwd = pathlib.Path.cwd()
   where = f"in {cwd}" + (f" nor in the repository ({REPO_ROOT})"
                          if in_configs and cwd.resolve() != REPO_ROOT else "")
   shipped_configs = (f"the shipped configs are in {CONFIGS_DIR}" if CONFIGS_DIR.is_dir()
