@@ -244,8 +244,8 @@ def test_an_unknown_teacher_config_file_is_one_line():
       timeout=300, check=False)
   assert out.returncode != 0 and "Traceback" not in out.stderr
   assert out.stderr.strip().splitlines() == [
-      f"error: --config=configs/teacher/nope.py: no such file (from {REPO}); the teacher "
-      "configs are in configs/teacher/ of the repository"]
+      f"error: --config=configs/teacher/nope.py: no such file in {REPO}; pass a config "
+      f"file's path: the shipped configs are in {REPO / 'configs'}"]
 
 
 def test_a_bad_allow_config_change_is_refused_before_the_workdir_exists(teacher_dir,

@@ -255,7 +255,7 @@ def has_checkpoint(checkpoint_dir: pathlib.Path) -> bool:
 
 def check_record(workdir: pathlib.Path, config: dict[str, Any], teacher: dict[str, Any],
                  allowed: Iterable[str] = (), write: bool = True, trained: bool = True,
-                 log=lambda message: None) -> list[str]:
+                 log=lambda message: None) -> dict[str, tuple[Any, Any]]:
   """Compares ``config`` with the run the workdir holds, then records it.
 
   A workdir without a record (a new run, or one made before records existed) gets one.
@@ -272,7 +272,8 @@ def check_record(workdir: pathlib.Path, config: dict[str, Any], teacher: dict[st
     log: where the note on a replaced record goes.
 
   Returns:
-    The allowed fields that changed (empty for an unchanged run).
+    The allowed fields that changed, each with its recorded and its new value (empty
+    for an unchanged run).
 
   Raises:
     ConfigChangedError: result-deciding fields differ (one line, naming them all).
@@ -292,7 +293,7 @@ def check_record(workdir: pathlib.Path, config: dict[str, Any], teacher: dict[st
       log(f"workdir {workdir} holds no checkpoint: the record of the run that failed or "
           "stopped there before training is replaced by this command's config")
     record = None
-  changed = []
+  changed = {}
   if record is not None:
     # Fields added after a record was written take their default, the value those runs
     # had (num_seeds: one run).
@@ -312,7 +313,7 @@ def check_record(workdir: pathlib.Path, config: dict[str, Any], teacher: dict[st
       raise ConfigChangedError(
           f"workdir {workdir} holds a run made with other values ({values}); use a new "
           f"--workdir for the new run{way} (see docs/contracts.md)")
-    changed = [k for k in diffs if k in allowed]
+    changed = {k: (old.get(k), new.get(k)) for k in diffs if k in allowed}
   if write and (record is None or changed):
     history = (record or {}).get("changes", [])
     if changed:

@@ -47,7 +47,7 @@ def default_config() -> ml_collections.ConfigDict:
   this and set the dataset, the model and what their recipe changes.
   """
   config = ml_collections.ConfigDict()
-  config.dataset = ""
+  config.dataset = ""  # A built-in id, or your own folder:PATH / npz:FILE.
   config.data_dir = ""  # Empty: $TFDS_DATA_DIR or ~/tensorflow_datasets.
   config.image_size = 0  # folder:/npz: datasets: resize images to SxS; 0 = native size.
   # Input normalisation recorded in the teacher; empty: the dataset's constants, or for

@@ -143,10 +143,28 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
         workdir, setup.record, dataclasses.asdict(setup.teacher_meta),
         allow_config_change, write=primary, log=log,
         trained=workdir_lib.has_checkpoint(workdir / CHECKPOINT_DIR))
-    for field in changed:
-      log(f"config.{field} changed with --allow_config_change (recorded in "
-          f"{workdir / workdir_lib.RECORD_FILE})")
-    return _run(setup, workdir, log, primary, preemption)
+    for field, (old, new) in changed.items():
+      log(f"config.{field} changed from {old} to {new} with --allow_config_change "
+          f"(recorded in {workdir / workdir_lib.RECORD_FILE})")
+    return _run(setup, workdir, log, primary, preemption, _new_program(setup, changed))
+
+
+def _new_program(setup: Setup, changed: dict[str, tuple[Any, Any]]) -> str | None:
+  """Why the iteration compiled for the run the workdir holds does not fit this one:
+  a changed field that is compiled into it (``None``: none is).
+
+  Of the fields a resume may change (``--allow_config_change``), ``num_epochs`` is
+  compiled into the iteration when it sets the length of the student's cosine
+  learning-rate schedule (:func:`dfkd_jax.math.optimizers.student`); the persistent
+  compilation cache keys programs by their text, so the earlier length's does not fit.
+  """
+  schedule = setup.record["student_optimizer"]["schedule"]
+  if "num_epochs" not in changed or schedule != "cosine":
+    return None
+  old, new = changed["num_epochs"]
+  return (f"config.num_epochs changed from {old} to {new}, and the student's cosine "
+          "learning-rate schedule spans num_epochs: its length is compiled into the "
+          "iteration, so the program compiled for the earlier length does not fit")
 
 
 def _restore(checkpoints: checkpoints_lib.Checkpoints, state, num_replicas: int,
@@ -246,20 +264,32 @@ def _accuracy(setup: Setup, eval_step, variables, split) -> float | list[float]:
                              batch_size=setup.eval_batch_size, mesh=setup.mesh)
 
 
-def _first_call(iteration, state, teacher_vars, log, every: float):
-  """The first iteration, which compiles: said before, during and after."""
+def _first_call(iteration, state, teacher_vars, log, every: float, resumed: bool,
+                new_program: str | None):
+  """The first iteration, which compiles: said before, during and after, and why a
+  resumed run compiles again (``new_program``, :func:`_new_program`; or, when it does
+  so without a reason known here, that the cache held no program for it)."""
   hits = progress.compile_cache_hits()
   cache = jax.config.jax_compilation_cache_dir
-  first_line = ("compiling the training iteration (minutes on CPU the first time; "
-                + (f"cached in {cache} for later runs" if cache else "no compilation cache")
-                + "); XLA may print a 'Very slow compile?' notice meanwhile: it is not an "
-                "error")
+  where = f"cached in {cache} for later runs" if cache else "no compilation cache"
+  first_line = ((f"compiling the training iteration again: {new_program} (minutes on "
+                 f"CPU; {where})") if new_program else
+                (f"compiling the training iteration (minutes on CPU the first time; "
+                 f"{where})"))
+  first_line += ("; XLA may print a 'Very slow compile?' notice meanwhile: it is not an "
+                 "error")
   with progress.Heartbeat(log, "compiling", first_line, every) as heartbeat:
     state, metrics = iteration(state, teacher_vars)
     metrics = jax.device_get(metrics)
-  how = (" (loaded from the compilation cache)"
-         if progress.compile_cache_hits() > hits else "")
+  loaded = progress.compile_cache_hits() > hits
+  how = " (loaded from the compilation cache)" if loaded else ""
   log(f"compiled and ran the first iteration in {heartbeat.seconds:.1f} s{how}")
+  if resumed and cache and not loaded and not new_program:
+    log(f"the resumed run compiled its iteration again: no config field compiled into "
+        f"it changed, but the compilation cache in {cache} held no program for it (it "
+        "was cleared, jax, the devices or XLA_FLAGS changed, or the earlier compile "
+        f"took under {jax.config.jax_persistent_cache_min_compile_time_secs:g} s and "
+        "was not kept)")
   return state, metrics
 
 
@@ -276,8 +306,11 @@ def _progress(epoch, i, per_epoch, num_epochs, throughput, metrics, remaining) -
 
 
 def _run(setup: Setup, workdir: pathlib.Path, log, primary: bool,
-         preemption: distributed.PreemptionWatch) -> dict[str, Any]:
-  """The host loop of :func:`run`: one History per replica, one seed or many."""
+         preemption: distributed.PreemptionWatch,
+         new_program: str | None = None) -> dict[str, Any]:
+  """The host loop of :func:`run`: one History per replica, one seed or many;
+  ``new_program`` says why a resumed run's iteration is compiled again
+  (:func:`_new_program`)."""
   mesh, meta, seeds = setup.mesh, setup.teacher_meta, setup.seeds
   per_epoch, num_epochs = setup.iterations_per_epoch, setup.num_epochs
   total = num_epochs * per_epoch
@@ -327,7 +360,7 @@ def _run(setup: Setup, workdir: pathlib.Path, log, primary: bool,
       t0 = time.time()
       if step == start:  # The first call compiles.
         state, metrics = _first_call(iteration, state, teacher_vars, log,
-                                     setup.progress_seconds)
+                                     setup.progress_seconds, start > 0, new_program)
       else:
         state, metrics = iteration(state, teacher_vars)
         metrics = jax.device_get(metrics)  # Blocks: one small transfer per iteration.
