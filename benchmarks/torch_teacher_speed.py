@@ -25,10 +25,12 @@ Run from the repository root. For every ``TEACHER:STUDENT`` pair it
    (forward with the moments and the gradient with respect to the input);
 5. times them in interleaved rounds (every case once per round, the order reversed every
    other round, so load on a shared machine hits the Flax and the torchax case alike)
-   after one warm-up call, and reports the median seconds, the compile seconds, XLA's
-   FLOPs and bytes of each compiled program, its instruction counts (convolutions,
-   transposes, copies: the layout changes torchax's NCHW graph may add), and the ratio
-   torchax / Flax per pair and method (target: at most 1.25; reported, not asserted).
+   after one warm-up call, and reports the median wall-clock and process CPU seconds
+   (all threads; steadier than wall-clock time when other jobs load the machine), the
+   compile seconds, XLA's FLOPs and bytes of each compiled program, its instruction
+   counts (convolutions, transposes, copies: the layout changes torchax's NCHW graph
+   may add), and the ratio torchax / Flax per pair and method (target: at most 1.25;
+   reported, not asserted).
 
 The JSON also records the host, the versions of jax, jaxlib, flax, torch and torchax,
 the threads, ``uptime`` before and after, and the git commit.
@@ -265,21 +267,24 @@ class Case:
     self.kind, self.method, self.teacher_path = kind, method, teacher_path
     self.run, self.args = run, args
     self.compile_seconds = compile_seconds
+    self.compile_cpu_seconds: float | None = None
     cost = _cost(compiled.cost_analysis())
     self.flops, self.bytes_accessed = cost["flops"], cost["bytes_accessed"]
     self.cost_source = "XLA cost analysis of the compiled program"
     self.ops = hlo_op_counts(compiled.as_text())
     self.times: list[float] = []
+    self.cpu_times: list[float] = []
     self.first_metrics: dict[str, np.ndarray] | None = None
 
-  def step(self) -> float:
-    t0 = time.perf_counter()
+  def step(self) -> tuple[float, float]:
+    """One call: (wall seconds, CPU seconds of the process, all threads)."""
+    t0, c0 = time.perf_counter(), time.process_time()
     out = self.run()
     jax.block_until_ready(out)
-    seconds = time.perf_counter() - t0
+    seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
     if self.first_metrics is None and isinstance(out, dict):
       self.first_metrics = {k: np.asarray(v) for k, v in jax.device_get(out).items()}
-    return seconds
+    return seconds, cpu_seconds
 
 
 def iteration_case(pair: Pair, method: str, teacher_path: str, teacher_dir,
@@ -299,9 +304,9 @@ def iteration_case(pair: Pair, method: str, teacher_path: str, teacher_dir,
   state = parallel.put(state, setup.mesh, iteration.state_specs(state, setup.replay))
   teacher_vars = jax.device_put(setup.teacher_variables, parallel.replicated(setup.mesh))
   step = iteration.make_iteration(setup, state)
-  t0 = time.perf_counter()
+  t0, c0 = time.perf_counter(), time.process_time()
   compiled = step.lower(state, teacher_vars).compile()
-  compile_seconds = time.perf_counter() - t0
+  compile_seconds, compile_cpu = time.perf_counter() - t0, time.process_time() - c0
   holder = {"state": state}
 
   def run():
@@ -309,6 +314,7 @@ def iteration_case(pair: Pair, method: str, teacher_path: str, teacher_dir,
     return metrics
 
   case = Case("iteration", method, teacher_path, run, None, compile_seconds, compiled)
+  case.compile_cpu_seconds = compile_cpu
   if not setup.unroll:  # XLA counts a scanned body once: count the unrolled steps.
     unrolled = dataclasses.replace(setup, unroll=True)
     cost = _cost(iteration.make_iteration(unrolled, state).lower(
@@ -340,11 +346,13 @@ def teacher_case(teacher_path: str, teacher_dir, batch_size: int, seed: int) -> 
     return jnp.sum(logits * w) + prior
 
   fn = jax.jit(jax.value_and_grad(loss))
-  t0 = time.perf_counter()
+  t0, c0 = time.perf_counter(), time.process_time()
   compiled = fn.lower(x, variables).compile()
-  compile_seconds = time.perf_counter() - t0
-  return Case("teacher_forward_and_input_grad", None, teacher_path,
+  compile_seconds, compile_cpu = time.perf_counter() - t0, time.process_time() - c0
+  case = Case("teacher_forward_and_input_grad", None, teacher_path,
               lambda: compiled(x, variables), None, compile_seconds, compiled)
+  case.compile_cpu_seconds = compile_cpu
+  return case
 
 
 def time_cases(cases: Sequence[Case], repeats: int) -> None:
@@ -354,7 +362,9 @@ def time_cases(cases: Sequence[Case], repeats: int) -> None:
     case.step()
   for r in range(repeats):
     for case in (cases if r % 2 == 0 else cases[::-1]):
-      case.times.append(case.step())
+      seconds, cpu_seconds = case.step()
+      case.times.append(seconds)
+      case.cpu_times.append(cpu_seconds)
 
 
 def case_record(pair: Pair, case: Case, batch_size: int) -> dict[str, Any]:
@@ -362,8 +372,11 @@ def case_record(pair: Pair, case: Case, batch_size: int) -> dict[str, Any]:
   record = {"pair": pair.name, "teacher": pair.teacher, "student": pair.student,
             "kind": case.kind, "method": case.method, "teacher_path": case.teacher_path,
             "batch_size": batch_size, **getattr(case, "config", {}),
-            "compile_seconds": case.compile_seconds, "seconds": seconds,
+            "compile_seconds": case.compile_seconds,
+            "compile_cpu_seconds": case.compile_cpu_seconds, "seconds": seconds,
             "seconds_min": min(case.times), "seconds_all": case.times,
+            "cpu_seconds": statistics.median(case.cpu_times),
+            "cpu_seconds_all": case.cpu_times,
             "flops": case.flops, "bytes_accessed": case.bytes_accessed,
             "cost_source": case.cost_source,
             "hlo_op_counts": case.ops,
@@ -402,11 +415,16 @@ def ratios(pair: Pair, cases: Sequence[Case]) -> list[dict[str, Any]]:
       continue
     fx = by_key[(kind, method, "flax")]
     ratio = statistics.median(tx.times) / statistics.median(fx.times)
+    cpu_ratio = statistics.median(tx.cpu_times) / statistics.median(fx.cpu_times)
     row = {"pair": pair.name, "kind": kind, "method": method,
            "seconds_flax": statistics.median(fx.times),
            "seconds_torchax": statistics.median(tx.times),
            "ratio": ratio, "target": TARGET, "within_target": ratio <= TARGET,
+           "cpu_seconds_flax": statistics.median(fx.cpu_times),
+           "cpu_seconds_torchax": statistics.median(tx.cpu_times),
+           "cpu_ratio": cpu_ratio,
            "compile_ratio": tx.compile_seconds / fx.compile_seconds,
+           "compile_cpu_ratio": tx.compile_cpu_seconds / fx.compile_cpu_seconds,
            "flops_ratio": _ratio(tx.flops, fx.flops),
            "bytes_accessed_ratio": _ratio(tx.bytes_accessed, fx.bytes_accessed),
            "hlo_op_counts": {"flax": fx.ops, "torchax": tx.ops}}
@@ -503,7 +521,8 @@ def run_suite(pairs: Sequence[Pair], method_names: Sequence[str], batch_size: in
       for row in rows:
         log(f"  {row['kind']} {row['method'] or ''}: Flax "
             f"{row['seconds_flax'] * 1e3:.0f} ms, torchax "
-            f"{row['seconds_torchax'] * 1e3:.0f} ms, ratio {row['ratio']:.3f}, "
+            f"{row['seconds_torchax'] * 1e3:.0f} ms, ratio {row['ratio']:.3f} (CPU "
+            f"time {row['cpu_ratio']:.3f}), "
             f"FLOPs ratio {row['flops_ratio'] or float('nan'):.3f}")
       ratio_rows.extend(rows)
       pair_records.append({"pair": pair.name, "teacher": pair.teacher,
@@ -529,7 +548,11 @@ def run_suite(pairs: Sequence[Pair], method_names: Sequence[str], batch_size: in
                    "iteration.make_iteration): generator_steps generator updates + "
                    "student_steps student updates, donated state, bn_prior on",
       "timing": f"median of {repeats} calls after one warm-up call; every case of a "
-                "pair once per round, the order reversed every other round",
+                "pair once per round, the order reversed every other round; 'seconds' "
+                "is wall-clock time, 'cpu_seconds' the process's CPU time over all "
+                "threads (time.process_time) during the call, less sensitive to "
+                "other jobs on a shared machine (it includes the XLA thread pool's "
+                "spinning); 'ratio' is of the wall-clock medians",
       "pairs": pair_records,
       "results": results,
       "ratios": ratio_rows,

@@ -340,6 +340,7 @@ def test_torch_teacher_speed_smoke_writes_the_documented_fields(tmp_path):
                           for p in ("flax", "torchax")}
   for r in records.values():
     assert len(r["seconds_all"]) == 1 and r["seconds"] > 0 and r["compile_seconds"] > 0
+    assert len(r["cpu_seconds_all"]) == 1 and r["cpu_seconds"] > 0
     assert r["flops"] > 0 and r["hlo_op_counts"]["convolution"] > 0
   iteration_record = records[("iteration", "torchax")]
   assert iteration_record["bn_prior"] > 0 and iteration_record["method"] == "dfkd"
@@ -350,6 +351,7 @@ def test_torch_teacher_speed_smoke_writes_the_documented_fields(tmp_path):
     flax, torchax = records[(kind, "flax")], records[(kind, "torchax")]
     assert math.isfinite(row["ratio"]) and row["ratio"] > 0
     assert math.isclose(row["ratio"], torchax["seconds"] / flax["seconds"])
+    assert math.isclose(row["cpu_ratio"], torchax["cpu_seconds"] / flax["cpu_seconds"])
     assert row["target"] == 1.25 and row["within_target"] == (row["ratio"] <= 1.25)
     assert math.isfinite(row["flops_ratio"]) and math.isfinite(row["compile_ratio"])
   # The first iteration computes the same on both teachers, up to rounding.
