@@ -370,6 +370,28 @@ def test_replicas_on_a_torchax_teacher_equal_single_runs_at_iteration_1(converte
     assert np.all(np.asarray(metrics["generator_bn_prior"]) > 0)
 
 
+@pytest.mark.slow  # Three training processes: minutes on a loaded host.
+def test_two_processes_on_a_torchax_teacher_match_one_process(converted, nets_dir,
+                                                              tmp_path, monkeypatch):
+  """tests/test_multihost.py's check on the torchax teacher: two processes (gloo, one
+  CPU device each) give the run of one process with two devices; each process imports
+  the user's module and reads the teacher's state_dict itself."""
+  from test_multihost import Processes, assert_same_run, train_command  # pylint: disable=g-import-not-at-top
+  out, _ = converted
+  monkeypatch.setenv("PYTHONPATH", env_with(nets_dir)["PYTHONPATH"])
+  processes = Processes(tmp_path, tmp_path / "jax_cache")
+  try:
+    reference = processes.start(train_command(out, tmp_path / "reference"), "reference",
+                                devices=2)
+    assert processes.wait([reference]) == [0], processes.tail(reference)
+    group = processes.start_group(out, tmp_path / "run", "process")
+    assert processes.wait(group) == [0, 0], "\n".join(processes.tail(p) for p in group)
+  finally:
+    processes.kill_all()
+  assert "process 1 of 2, 1 local of 2 devices" in group[1].log.read_text()
+  assert_same_run(tmp_path / "run", tmp_path / "reference")
+
+
 def test_convert_checks_images_of_a_folder_preprocessed_as_evaluation_will(
     nets_dir, tmp_path, monkeypatch):
   """docs/own_teacher.md's short way: --dataset=folder:DATA, --mean/--std, and a check
