@@ -481,6 +481,7 @@ def time_pair(official, teacher_name: str, student_name: str, hp: Mapping[str, A
                                 "kd_repeats": timing["kd_repeats"] if "kd" in parts else 0,
                                 "bank_rounds": timing["bank_rounds"]},
             "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "repo_commit": checkout_commit(REPO),
             "load_average_1_5_15min_before": list(os.getloadavg())}
   with tempfile.TemporaryDirectory(prefix="official_fast_bank_") as bank:
     run = build(official, teacher_name, student_name, hp, pathlib.Path(bank))
@@ -587,7 +588,7 @@ def run_benchmark(checkout: pathlib.Path, pairs, g_steps_list, threads: int,
     if append and out and out.exists():
       previous = json.loads(out.read_text())
       for key in ("checkout_commit", "threads", "hyper_parameters"):
-        if previous.get(key) != result[key]:
+        if previous.get(key) != json.loads(json.dumps(result[key])):
           raise ValueError(f"--append: {out} has another {key} ({previous.get(key)!r})")
       result["load_average_1_5_15min_before"] = previous["load_average_1_5_15min_before"]
       result["results"] = previous["results"]
