@@ -74,6 +74,7 @@ import pathlib
 import platform
 import random
 import resource
+import signal
 import statistics
 import subprocess
 import sys
@@ -768,6 +769,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                       help="a check: WRN-16-2 -> WRN-16-1 at batch 8, one round of each, "
                            "and a few seconds of the end-to-end run")
   args = parser.parse_args(argv)
+  # A time limit's SIGTERM unwinds (the bank's temporary folder is removed; the loader's
+  # workers are shut down).
+  signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
   checkout = pathlib.Path(args.checkout).expanduser().resolve()
   if not (checkout / "datafree_kd.py").is_file() or not (
       checkout / "datafree/synthesis/fast_meta.py").is_file():
