@@ -180,9 +180,12 @@ def make_train_step(module: flax.linen.Module, optimizer: optax.GradientTransfor
   def loss_fn(params, batch_stats, images, labels):
     logits, updates = module.apply({"params": params, "batch_stats": batch_stats},
                                    images, train=True, mutable=["batch_stats"])
-    targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]),
-                                  label_smoothing)
-    loss = optax.softmax_cross_entropy(logits, targets).mean()
+    if label_smoothing:
+      targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]),
+                                    label_smoothing)
+      loss = optax.softmax_cross_entropy(logits, targets).mean()
+    else:  # The integer-label form: teachers trained before smoothing existed, exactly.
+      loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
     return loss, updates.get("batch_stats", batch_stats)
 
   @functools.partial(jax.jit, donate_argnums=0)
