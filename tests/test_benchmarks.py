@@ -298,3 +298,98 @@ def test_step_loop_speed_refuses_bad_flags(flag, tmp_path, capsys):
     step_loop_speed.main([flag, f"--out={tmp_path / 'r.json'}"])
   assert flag.split("=")[0] in capsys.readouterr().err
   assert not (tmp_path / "r.json").exists()
+
+
+# ---------------------------------------------------------------------------
+# benchmarks.torch_teacher_speed: a PyTorch teacher through torchax vs the Flax port.
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.slow  # Four compiles and two conversions: ~1 min on 2 idle cores, ~5 loaded.
+def test_torch_teacher_speed_smoke_writes_the_documented_fields(tmp_path):
+  pytest.importorskip("torch")
+  pytest.importorskip("torchax")
+  out = tmp_path / "torch_teacher_speed.json"
+  proc = subprocess.run(
+      [sys.executable, "-m", "benchmarks.torch_teacher_speed", "--smoke", f"--out={out}"],
+      cwd=REPO, capture_output=True, text=True, timeout=1200)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  result = json.loads(out.read_text())
+  assert json.loads(proc.stdout) == result
+  assert result["benchmark"] == "torch_teacher_speed" and result["smoke"]
+  assert len(result["git"]["commit"]) == 40
+  assert all(result["versions"][k] for k in ("jax", "jaxlib", "flax", "torch", "torchax"))
+  assert result["threads"]["cpu_count"] >= 1 and "XLA_FLAGS" in result["threads"]
+  for when in ("before", "after"):
+    assert "load average" in result[f"uptime_{when}"]
+    assert len(result[f"load_average_1_5_15min_{when}"]) == 3
+  assert result["settings"]["batch_size"] == 8 and result["settings"]["repeats"] == 1
+  # The same weights: both teachers give PyTorch's logits and the same BN moments.
+  (pair,) = result["pairs"]
+  assert pair["pair"] == "digits_cnn:digits_cnn_half"
+  assert "torch_models:DigitsCNN" in pair["convert_commands"]["torchax"]
+  assert "--arch=digits_cnn" in pair["convert_commands"]["flax"]
+  assert set(pair["convert_checks"]) == {"flax", "torchax"}
+  check = pair["logit_check"]
+  assert check["max_abs_diff_flax_vs_torchax"] < 1e-4
+  assert check["max_abs_diff_torchax_vs_pytorch"] < 1e-4
+  assert check["bn_moments"] == {"flax": 3, "torchax": 3}
+  assert check["bn_moments_max_abs_diff"] < 1e-4
+  records = {(r["kind"], r["teacher_path"]): r for r in result["results"]}
+  assert set(records) == {(k, p) for k in ("iteration", "teacher_forward_and_input_grad")
+                          for p in ("flax", "torchax")}
+  for r in records.values():
+    assert len(r["seconds_all"]) == 1 and r["seconds"] > 0 and r["compile_seconds"] > 0
+    assert len(r["cpu_seconds_all"]) == 1 and r["cpu_seconds"] > 0
+    assert r["flops"] > 0 and r["hlo_op_counts"]["convolution"] > 0
+  iteration_record = records[("iteration", "torchax")]
+  assert iteration_record["bn_prior"] > 0 and iteration_record["method"] == "dfkd"
+  assert (iteration_record["generator_steps"], iteration_record["student_steps"]) == (1, 1)
+  rows = {(r["kind"], r["method"]): r for r in result["ratios"]}
+  assert set(rows) == {("iteration", "dfkd"), ("teacher_forward_and_input_grad", None)}
+  for (kind, method), row in rows.items():
+    flax, torchax = records[(kind, "flax")], records[(kind, "torchax")]
+    assert math.isfinite(row["ratio"]) and row["ratio"] > 0
+    assert math.isclose(row["ratio"], torchax["seconds"] / flax["seconds"])
+    assert math.isclose(row["cpu_ratio"], torchax["cpu_seconds"] / flax["cpu_seconds"])
+    assert row["target"] == 1.25 and row["within_target"] == (row["ratio"] <= 1.25)
+    assert math.isfinite(row["flops_ratio"]) and math.isfinite(row["compile_ratio"])
+  # The first iteration computes the same on both teachers, up to rounding.
+  agreement = rows[("iteration", "dfkd")]["first_iteration_metrics_max_rel_diff"]
+  assert agreement["generator_loss"] < 1e-4 and agreement["student_loss"] < 1e-4
+
+
+def test_torch_teacher_speed_counts_hlo_instructions_by_opcode():
+  from benchmarks import torch_teacher_speed  # pylint: disable=g-import-not-at-top
+  hlo = """HloModule m, entry_computation_layout={(f32[2,3]{1,0})->f32[3,2]{1,0}}
+
+fused_transpose {
+  p0 = f32[2,3]{1,0} parameter(0)
+  ROOT t = f32[3,2]{1,0} transpose(p0), dimensions={1,0}
+}
+
+ENTRY %main (a: f32[2,3]) -> (f32[3,2], f32[2,3]) {
+  %a = f32[2,3]{1,0} parameter(0)
+  %c = f32[2,3]{0,1} copy(%a), metadata={op_name="jit(f)/conv(x)"}
+  %f = f32[3,2]{1,0} fusion(%a), kind=kLoop, calls=fused_transpose
+  ROOT %tuple = (f32[3,2]{1,0}, f32[2,3]{0,1}) tuple(%f, %c)
+}
+"""
+  counts = torch_teacher_speed.hlo_op_counts(hlo)
+  assert counts["transpose"] == 1 and counts["copy"] == 1 and counts["fusion"] == 1
+  assert counts["convolution"] == 0 and counts["instructions"] == 6
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--pairs=wrn40_2"], "must be TEACHER:STUDENT"),
+    (["--pairs=vgg:wrn16_1"], "has no PyTorch class"),
+    (["--pairs=lenet5:lenet5_half"], "does not take the 32x32"),
+    (["--methods=nope"], "unknown method 'nope'"),
+    (["--batch_size=0"], "--batch_size=0 must be a positive multiple"),
+])
+def test_torch_teacher_speed_refuses_bad_arguments_before_converting(args, message,
+                                                                     capsys):
+  pytest.importorskip("torch")
+  from benchmarks import torch_teacher_speed  # pylint: disable=g-import-not-at-top
+  assert torch_teacher_speed.main(args) == 1
+  assert message in capsys.readouterr().err

@@ -27,8 +27,10 @@ import jax.numpy as jnp
 from dfkd_jax.interop import torch_convert
 from dfkd_jax.models import teacher as teacher_lib
 from dfkd_jax.models import torch_module
+from dfkd_jax.parallel import mesh as parallel
 from dfkd_jax.run import trainer
 from dfkd_jax.run import experiment
+from dfkd_jax.run import iteration
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 NETS = textwrap.dedent('''
@@ -324,6 +326,70 @@ def test_distillation_with_bn_prior_runs_and_resumes(converted, tmp_path):
   assert len(metrics) == 4
   prior = [m[k] for m in metrics for k in m if "bn" in k and k.startswith("generator_")]
   assert prior and all(np.isfinite(p) and p > 0 for p in prior), metrics[0].keys()
+
+
+# The first iteration of replica k and of the single run of its seed: the same
+# computation up to float32 rounding (tests/test_replicas.py measured ~1e-7).
+FIRST_ITERATION_RTOL = 1e-5
+
+
+@pytest.mark.slow  # Three compiles of the digits iteration: minutes on a loaded host.
+def test_replicas_on_a_torchax_teacher_equal_single_runs_at_iteration_1(converted):
+  """``num_seeds=2`` on the torchax teacher, under both replica loops (``lax.map``, the
+  CPU default, and ``jax.vmap``, the accelerators'): replica k's first iteration is
+  the single run of seed k's, BatchNorm prior included."""
+  from test_trainer import run_iterations  # pylint: disable=g-import-not-at-top
+  out, _ = converted
+  seeds = (3, 4)
+  quiet = lambda s: None  # pylint: disable=unnecessary-lambda-assignment
+  single_config = _distill_config(out, 1)
+  single_config.seed = seeds[0]
+  single = experiment.build(single_config, log=quiet)
+  assert isinstance(single.teacher, torch_module.TorchTeacher)
+  placed = lambda state: parallel.put(state, single.mesh, iteration.state_specs(  # pylint: disable=unnecessary-lambda-assignment
+      state, single.replay))
+  step = iteration.make_iteration(single, placed(iteration.init_state(single)))
+  expected = []
+  for seed in seeds:  # One program, each seed's fresh state (as init_replicas stacks).
+    _, metrics = step(placed(iteration.init_state(single, seed)),
+                      single.teacher_variables)
+    expected.append(jax.device_get(metrics))
+  keys = ("generator_loss", "generator_bn_prior", "student_loss", "loss_acq")
+  for loop in ("map", "vmap"):
+    config = _distill_config(out, 1)
+    config.seed, config.num_seeds, config.replica_loop = seeds[0], len(seeds), loop
+    setup = experiment.build(config, log=quiet)
+    assert setup.map_replicas == (loop == "map") and setup.seeds == seeds
+    _, (metrics,) = run_iterations(setup, iteration.init_replicas(setup), 1)
+    for k, want in enumerate(expected):
+      for key in keys:
+        got = np.asarray(metrics[key])[k]
+        assert np.all(np.isfinite(got)) and np.all(np.isfinite(want[key])), key
+        np.testing.assert_allclose(got, want[key], rtol=FIRST_ITERATION_RTOL,
+                                   err_msg=f"{loop} replica {k} {key}")
+    assert np.all(np.asarray(metrics["generator_bn_prior"]) > 0)
+
+
+@pytest.mark.slow  # Three training processes: minutes on a loaded host.
+def test_two_processes_on_a_torchax_teacher_match_one_process(converted, nets_dir,
+                                                              tmp_path, monkeypatch):
+  """tests/test_multihost.py's check on the torchax teacher: two processes (gloo, one
+  CPU device each) give the run of one process with two devices; each process imports
+  the user's module and reads the teacher's state_dict itself."""
+  from test_multihost import Processes, assert_same_run, train_command  # pylint: disable=g-import-not-at-top
+  out, _ = converted
+  monkeypatch.setenv("PYTHONPATH", env_with(nets_dir)["PYTHONPATH"])
+  processes = Processes(tmp_path, tmp_path / "jax_cache")
+  try:
+    reference = processes.start(train_command(out, tmp_path / "reference"), "reference",
+                                devices=2)
+    assert processes.wait([reference]) == [0], processes.tail(reference)
+    group = processes.start_group(out, tmp_path / "run", "process")
+    assert processes.wait(group) == [0, 0], "\n".join(processes.tail(p) for p in group)
+  finally:
+    processes.kill_all()
+  assert "process 1 of 2, 1 local of 2 devices" in group[1].log.read_text()
+  assert_same_run(tmp_path / "run", tmp_path / "reference")
 
 
 def test_convert_checks_images_of_a_folder_preprocessed_as_evaluation_will(
