@@ -40,5 +40,14 @@ def get_config(arg: str | None = None):
   config.memory.num_slots = 10
   config.memory.samples_per_slot = 32
   config.memory.push_every_epochs = 1
+  # The fast methods (Fast DFKD), sized down: 1 epoch (10 rounds) of warm-up, a bank
+  # that holds every round of the run (12 x 10 x 128 samples), no stem reset, the
+  # 4-pixel crop padding of 32x32 images scaled to 8x8 (1 pixel), and the student's
+  # batches not augmented (the official MNIST transform has no augmentation).
+  config.fast.warmup_epochs = 1
+  config.fast.reset_epoch = 0
+  config.fast.crop_padding = 1
+  config.fast.augment_bank = False
+  config.bank.num_slots = 120
   config.eval_batch_size = 360
   return config
