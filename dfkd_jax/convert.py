@@ -26,7 +26,11 @@ architecture must be found with the right shape and every PyTorch array must be 
 (``num_batches_tracked`` counters excepted); otherwise a ``ValueError`` names the keys.
 
 ``--dataset`` is a :func:`dfkd_jax.data.datasets.get_dataset` id and is recorded in the teacher:
-evaluation preprocesses the test set the way it names. For a 28x28 source and a 32x32
+evaluation preprocesses the test set the way it names. Your own data is
+``--dataset=folder:PATH`` (torchvision's ImageFolder layout: ``PATH/test/<class>/*.png``,
+JPEG and the other image types too) or ``--dataset=npz:FILE`` (arrays ``x_test``,
+``y_test``, optionally ``classes``); neither has a standard normalisation, so pass the
+teacher's ``--mean``/``--std`` (docs/data.md). For a 28x28 source and a 32x32
 network (LeNet-5) ``mnist`` means bilinear resizing (torchvision ``Resize((32, 32))``, as
 DAFL trains) and ``mnist:pad`` zero-padding by 2 pixels (``Pad(2)``); the mean/std
 default to the dataset's (:func:`default_normalization`), ``--mean``/``--std`` override.
@@ -81,10 +85,12 @@ flags.DEFINE_string("arch", None, "Registered classifier name, e.g. resnet34, or
                     "are the PyTorch module names).")
 flags.DEFINE_integer("num_classes", None, "Number of classes.")
 flags.DEFINE_string("out", None, "Teacher directory to write.")
-flags.DEFINE_string("dataset", None, "Dataset id the teacher was trained on; sets the "
+flags.DEFINE_string("dataset", None, "Dataset the teacher was trained on; sets the "
                     "evaluation preprocessing and the default mean/std. One of "
                     f"{', '.join(data.dataset_ids())} (':pad' zero-pads 28x28 to 32x32 "
-                    "instead of resizing).")
+                    "instead of resizing), or your own data: folder:PATH (ImageFolder "
+                    "layout, PATH/test/<class>/*.png) or npz:FILE (arrays x_test, "
+                    "y_test); these have no standard mean/std: pass --mean and --std.")
 flags.DEFINE_list("mean", None, "Per-channel input mean (overrides the dataset's).")
 flags.DEFINE_list("std", None, "Per-channel input std (overrides the dataset's).")
 flags.DEFINE_integer("channels", None, "Input channels (default: the dataset's).")

@@ -9,13 +9,17 @@ Usage::
   ``images`` ``[batch, C, H, W]`` normalised with the card's mean/std, output
   ``logits`` ``[batch, classes]``; the card is in the model's metadata
   (``dfkd_jax.student``). Before it is written the file is run in onnxruntime on the
-  run's test set; the command prints the largest logit difference to the JAX student
-  and both accuracies, and refuses a model whose logits differ by more than
-  :data:`ONNX_TOLERANCE` of the largest logit.
+  run's test set (its ``config.dataset``: a built-in id, or its own ``folder:PATH`` /
+  ``npz:FILE`` data, read again from the path the run recorded); the command prints
+  the largest logit difference to the JAX student and both accuracies, and refuses a
+  model whose logits differ by more than :data:`ONNX_TOLERANCE` of the largest logit.
 * ``torch``: a ``.pth`` of ``{"state_dict": ..., "student": card}`` (the CMI layout
   ``convert`` reads, :data:`dfkd_jax.interop.torch_layout.TORCH_LAYOUTS`); ``python -m
-  dfkd_jax.convert`` of it gives back the exported arrays exactly. Input: normalised
-  NCHW, as the PyTorch networks of the peers take it.
+  dfkd_jax.convert`` of it gives back the exported arrays exactly. The PyTorch classes
+  are shipped: ``dfkd_jax.interop.torch_models.load(PATH)`` builds the student's (the
+  last line names it, e.g. ``WideResNet(depth=16, widen_factor=2, ...)``) and loads the
+  file with ``strict=True``. Input: normalised NCHW, as the PyTorch networks of the
+  peers take it.
 * ``flax``: a folder with ``student.json`` (the card) and ``variables/``;
   ``dfkd_jax.load_student(PATH)`` returns its predict function
   (:mod:`dfkd_jax.models.student_card`).
@@ -89,9 +93,21 @@ def main(argv: list[str]) -> None:
     raise SystemExit("error: " + " ".join(str(e).split())) from None
   accuracy = ("not evaluated at this step" if card.test_accuracy is None
               else f"{card.test_accuracy:.2f}%")
+  out = pathlib.Path(_FLAGS.out).absolute()
   print(f"Wrote the {card.arch} student ({card.method}, seed {card.seed}, step "
-        f"{card.step}, test accuracy {accuracy}) as {_FLAGS.format} to "
-        f"{pathlib.Path(_FLAGS.out).absolute()} in {time.time() - start:.1f} s")
+        f"{card.step}, test accuracy {accuracy}) as {_FLAGS.format} to {out} in "
+        f"{time.time() - start:.1f} s")
+  if _FLAGS.format == "torch":
+    print(_torch_usage(card, out))
+
+
+def _torch_usage(card, out: pathlib.Path) -> str:
+  """The line naming the PyTorch class that loads a torch export, and how."""
+  from dfkd_jax.interop import torch_models  # pylint: disable=g-import-not-at-top  # torch.
+  built = torch_models.describe(card.arch, card.num_classes, card.input_shape[-1])
+  return (f"In PyTorch: dfkd_jax.interop.torch_models.load({str(out)!r}) builds {built}, "
+          "loads the state_dict (strict) and returns it in eval mode; inputs: NCHW "
+          f"normalised with mean {list(card.mean)} std {list(card.std)}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 r"""Tables and figures of DFKD runs from their ``summary.json`` files (LRA Table 1, Fig. 4).
 
   python -m dfkd_jax.report runs/mnist --out docs/results/mnist [--pairs=lra_mb:mb_dfkd]
-      [--interval=t|bootstrap]
+      [--interval=t|bootstrap] [--time_budgets=15,30,60 [--cpu_cores=N]]
 
 reads every ``summary.json`` under the given run directories (a directory holding one
 is a run; any other directory is searched recursively, symbolic links followed;
@@ -43,6 +43,20 @@ and writes to ``--out``:
   under their dataset's table and marked with the reason in its run list, and the
   command warns of them on stderr.
 
+* With ``--time_budgets=15,30,60`` (core-minutes per seed: a run's cost is
+  ``train_seconds * cpu_cores / num_seeds`` core-seconds per seed, from its
+  ``summary.json``), ``time_to_accuracy.md`` / ``time_to_accuracy.json``: per method
+  the test accuracy of the last epoch completed within each budget (mean ± sd over the
+  seeds that reached it, n; a budget before the first epoch or past a run's end is not
+  reached, never extrapolated), Acc_max, the kept epoch and its accuracy, core-seconds
+  per iteration per seed; per pair the paired verdicts at each budget, whose cells join
+  ``paired.md``'s Holm family (both files say so); and
+  ``<dataset>_time_to_accuracy.png``: accuracy against core-minutes per seed and
+  against iterations, a step line per seed, the mean over seeds where all have a value
+  and a min-max band (:mod:`dfkd_jax.study.time_to_accuracy`). Runs without
+  ``train_seconds`` or ``cpu_cores`` are listed and left out (``--cpu_cores=N`` gives
+  runs without ``cpu_cores`` N cores).
+
 Loading and grouping the runs: :mod:`dfkd_jax.study.study_runs`; the figures:
 :mod:`dfkd_jax.study.figures`. Runs of different datasets get separate tables and figures. A
 run with fewer epochs than its ``config.num_epochs`` (stopped early, killed, still
@@ -60,6 +74,7 @@ from typing import Sequence
 
 from dfkd_jax.study import paired_stats
 from dfkd_jax.study import report
+from dfkd_jax.study import time_to_accuracy
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -80,10 +95,23 @@ def main(argv: Sequence[str] | None = None) -> int:
       "--interval", default="t", choices=paired_stats.INTERVALS,
       help="95%% interval of the paired differences: the paired t interval (default) "
            "or the percentile bootstrap (too narrow for few seeds)")
+  parser.add_argument(
+      "--time_budgets", default=None, metavar="MINUTES,...",
+      help="core-minutes per seed (train_seconds x cpu_cores / num_seeds) at which "
+           "time_to_accuracy.md/.json give each method's test accuracy (last epoch "
+           "within the budget) and the pairs' paired verdicts, with a figure per "
+           "dataset; e.g. 15,30,60")
+  parser.add_argument(
+      "--cpu_cores", default=None, type=int, metavar="N",
+      help="with --time_budgets: the CPU cores of runs whose summary.json does not "
+           "record cpu_cores (made before it was); without it they are left out")
   args = parser.parse_args(argv)
   try:
     pairs = None if args.pairs is None else paired_stats.parse_pairs(args.pairs)
-    result = report.write_report(args.workdirs, args.out, pairs, args.interval)
+    budgets = (None if args.time_budgets is None else
+               time_to_accuracy.parse_budgets(args.time_budgets))
+    result = report.write_report(args.workdirs, args.out, pairs, args.interval,
+                                 time_budgets=budgets, cpu_cores=args.cpu_cores)
   except (OSError, ValueError) as e:  # OSError: a missing run, permissions, a full disk.
     print(f"error: {e}", file=sys.stderr)
     return 1

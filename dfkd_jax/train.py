@@ -11,6 +11,13 @@ Usage::
 
 Running the same command again resumes from the latest checkpoint in ``--workdir``.
 
+``--config=configs/NAME.py`` works from any folder: a ``configs/...`` path that is not
+in the working directory is the repository's (one line names the file used). The test
+set the student is evaluated on is ``--config.dataset``: a built-in id (digits, mnist,
+fashion_mnist, svhn_cropped, cifar10, cifar100, tiny_imagenet) or your own data,
+``folder:PATH`` (ImageFolder layout: ``PATH/test/<class>/*.png``) or ``npz:FILE``
+(arrays ``x_test``, ``y_test``); see docs/data.md.
+
 First use: if ``config.teacher_dir`` holds no teacher and ``config.teacher_config``
 names a teacher config (the digits quickstart does), the teacher is trained first into
 ``config.teacher_dir`` (relative paths are relative to the current directory, not to
@@ -49,7 +56,8 @@ from dfkd_jax.run import train_teacher
 from dfkd_jax.run import trainer
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Config file, e.g. configs/cifar10.py[:method].", lock_config=True)
+    "config", None, "Config file, e.g. configs/cifar10.py[:method] (a configs/ path not "
+    "in the working directory is the repository's).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints and summaries go.")
 _COORDINATOR_ADDRESS = flags.DEFINE_string(
     "coordinator_address", None,
@@ -93,8 +101,9 @@ def train_teacher_on_first_use(config, log=print) -> None:
         f"--workdir={teacher_dir}` once, in a single process, first")
   log(f"no teacher at {teacher_dir}: training one with {config.teacher_config} "
       "(first use; later runs reuse it)")
-  train_teacher.train_and_save(run_config.load_config_file(config.teacher_config),
-                               teacher_dir, log=log)
+  teacher_config = run_config.load_config_file(config.teacher_config, log,
+                                               "config.teacher_config")
+  train_teacher.train_and_save(teacher_config, teacher_dir, log=log)
 
 
 def parse_flags(argv: Sequence[str]) -> Sequence[str]:
@@ -109,7 +118,7 @@ def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   config = run_config.loaded_config(
-      _CONFIG.value, "the shipped configs are in configs/ of the repository")
+      _CONFIG.value, f"the shipped configs are in {run_config.CONFIGS_DIR}")
   if config is None:
     raise app.UsageError("--config is required")
   logging.set_verbosity(logging.WARNING)  # Orbax logs every checkpoint step at INFO.

@@ -9,6 +9,12 @@ The workdir *is* the teacher directory written by :func:`dfkd_jax.models.teacher
 (``teacher.json`` + ``variables/``); an existing teacher there is never replaced unless
 ``--config.overwrite=True``, and the check happens before training starts.
 
+``--config=configs/teacher/NAME.py`` works from any folder (a ``configs/...`` path not
+in the working directory is the repository's). ``--config.dataset`` is a built-in id
+or your own data: ``folder:PATH`` (ImageFolder layout, ``PATH/train/<class>/*.png`` and
+``PATH/test/<class>/*.png``) or ``npz:FILE`` (arrays ``x_train``, ``y_train``,
+``x_test``, ``y_test``); see docs/data.md.
+
 Training follows the peers' recipes: cross-entropy, SGD with momentum and coupled
 (PyTorch-style) weight decay or Adam, a per-step cosine or step learning-rate schedule,
 the dataset's standard augmentation. Batches are NumPy arrays from
@@ -34,7 +40,8 @@ def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   config = run_config.loaded_config(
-      flags.FLAGS.config, "the teacher configs are in configs/teacher/ of the repository")
+      flags.FLAGS.config,
+      f"the teacher configs are in {run_config.CONFIGS_DIR / 'teacher'}")
   if config is None or not workdir:
     raise app.UsageError("--config and --workdir are required")
   logging.set_verbosity(logging.WARNING)  # As train: orbax logs every save at INFO.
@@ -53,7 +60,8 @@ if __name__ == "__main__":
   # Flags are defined only when run as a program, so that importing this module (the
   # distillation trainer trains missing teachers with it) defines no global flags.
   config_flags.DEFINE_config_file(
-      "config", None, "Teacher config file, e.g. configs/teacher/mnist.py.",
+      "config", None, "Teacher config file, e.g. configs/teacher/mnist.py (a configs/ "
+      "path not in the working directory is the repository's).",
       lock_config=True)
   flags.DEFINE_string("workdir", None, "Teacher directory to create.")
   app.run(main, flags_parser=train_teacher.parse_flags)

@@ -49,3 +49,20 @@ def mnist_archives() -> pathlib.Path:
   if not all((path / n).is_file() for n in names):
     pytest.skip(f"real MNIST archives not found under {path}")
   return path
+
+
+@pytest.fixture(scope="session")
+def cifar10_jpeg_test(tmp_path_factory) -> pathlib.Path:
+  """The CIFAR-10 JPEG folder's ``test/`` split unpacked from ``../shared/data``
+  (``DIR/test/<class>/*.jpg``), or skip."""
+  archive = SHARED_DATA / "cifar10_jpeg" / "cifar10_jpeg.tar.gz"
+  if not archive.is_file():
+    pytest.skip(f"the CIFAR-10 JPEG archive was not found at {archive}")
+  import tarfile  # pylint: disable=g-import-not-at-top
+  root = tmp_path_factory.mktemp("cifar10_jpeg")
+  with tarfile.open(archive) as tar:
+    tar.extractall(root, members=[m for m in tar.getmembers()
+                                  if m.name.lstrip("./").startswith("test/")],
+                   filter="data")
+  return root
+

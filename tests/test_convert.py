@@ -1,7 +1,8 @@
-"""PyTorch -> Flax teacher import: logits agree with PyTorch copies of each network.
+"""PyTorch -> Flax teacher import: logits agree with PyTorch versions of each network.
 
-The PyTorch modules below are written from the architecture descriptions (CMI / DFAD
-CIFAR ResNets, CMI WRNs, DAFL LeNet-5), with the peers' parameter names.
+The PyTorch modules are the package's own (:mod:`dfkd_jax.interop.torch_models`, written
+from the architecture descriptions: CMI / DFAD CIFAR ResNets, CMI WRNs, DAFL LeNet-5),
+with the peers' parameter names.
 """
 
 import json
@@ -19,114 +20,10 @@ import torch.nn.functional as F
 
 from dfkd_jax.data import datasets as data
 from dfkd_jax.interop import convert
+from dfkd_jax.interop import torch_models
 from dfkd_jax.models import teacher
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-class TorchBasicBlock(nn.Module):
-
-  def __init__(self, cin, cout, stride):
-    super().__init__()
-    self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-    self.bn1 = nn.BatchNorm2d(cout)
-    self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-    self.bn2 = nn.BatchNorm2d(cout)
-    self.shortcut = nn.Sequential()
-    if stride != 1 or cin != cout:
-      self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
-                                    nn.BatchNorm2d(cout))
-
-  def forward(self, x):
-    out = F.relu(self.bn1(self.conv1(x)))
-    return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
-
-
-class TorchResNet(nn.Module):
-
-  def __init__(self, blocks, num_classes):
-    super().__init__()
-    self.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
-    self.bn1 = nn.BatchNorm2d(64)
-    cin = 64
-    for i, (width, n) in enumerate(zip((64, 128, 256, 512), blocks)):
-      layer = []
-      for b in range(n):
-        layer.append(TorchBasicBlock(cin, width, 2 if i > 0 and b == 0 else 1))
-        cin = width
-      setattr(self, f"layer{i + 1}", nn.Sequential(*layer))
-    self.linear = nn.Linear(512, num_classes)
-
-  def forward(self, x):
-    out = F.relu(self.bn1(self.conv1(x)))
-    for i in range(4):
-      out = getattr(self, f"layer{i + 1}")(out)
-    return self.linear(F.avg_pool2d(out, 4).flatten(1))
-
-
-class TorchWRNBlock(nn.Module):
-
-  def __init__(self, cin, cout, stride):
-    super().__init__()
-    self.bn1 = nn.BatchNorm2d(cin)
-    self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-    self.bn2 = nn.BatchNorm2d(cout)
-    self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-    self.equal = cin == cout
-    if not self.equal:
-      self.convShortcut = nn.Conv2d(cin, cout, 1, stride, bias=False)  # pylint: disable=invalid-name
-
-  def forward(self, x):
-    a = F.relu(self.bn1(x))
-    out = self.conv2(F.relu(self.bn2(self.conv1(a))))
-    return (x if self.equal else self.convShortcut(a)) + out
-
-
-class TorchNetworkBlock(nn.Module):
-
-  def __init__(self, n, cin, cout, stride):
-    super().__init__()
-    self.layer = nn.Sequential(*[TorchWRNBlock(cin if i == 0 else cout, cout,
-                                               stride if i == 0 else 1)
-                                 for i in range(n)])
-
-  def forward(self, x):
-    return self.layer(x)
-
-
-class TorchWRN(nn.Module):
-
-  def __init__(self, depth, k, num_classes):
-    super().__init__()
-    n = (depth - 4) // 6
-    self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
-    self.block1 = TorchNetworkBlock(n, 16, 16 * k, 1)
-    self.block2 = TorchNetworkBlock(n, 16 * k, 32 * k, 2)
-    self.block3 = TorchNetworkBlock(n, 32 * k, 64 * k, 2)
-    self.bn1 = nn.BatchNorm2d(64 * k)
-    self.fc = nn.Linear(64 * k, num_classes)
-
-  def forward(self, x):
-    out = self.block3(self.block2(self.block1(self.conv1(x))))
-    out = F.adaptive_avg_pool2d(F.relu(self.bn1(out)), 1).flatten(1)
-    return self.fc(out)
-
-
-class TorchLeNet5(nn.Module):
-
-  def __init__(self, num_classes):
-    super().__init__()
-    self.conv1 = nn.Conv2d(1, 6, 5)
-    self.conv2 = nn.Conv2d(6, 16, 5)
-    self.conv3 = nn.Conv2d(16, 120, 5)
-    self.fc1 = nn.Linear(120, 84)
-    self.fc2 = nn.Linear(84, num_classes)
-
-  def forward(self, x):
-    out = F.max_pool2d(F.relu(self.conv1(x)), 2)
-    out = F.max_pool2d(F.relu(self.conv2(out)), 2)
-    out = F.relu(self.conv3(out)).flatten(1)
-    return self.fc2(F.relu(self.fc1(out)))
 
 
 def _randomise_bn(model: nn.Module, seed: int) -> None:
@@ -141,11 +38,11 @@ def _randomise_bn(model: nn.Module, seed: int) -> None:
 
 
 CASES = {
-    "resnet18": (lambda c: TorchResNet((2, 2, 2, 2), c), "cifar10", (3, 32, 32)),
-    "resnet34": (lambda c: TorchResNet((3, 4, 6, 3), c), "cifar10", (3, 32, 32)),
-    "wrn16_2": (lambda c: TorchWRN(16, 2, c), "cifar10", (3, 32, 32)),
-    "wrn40_2": (lambda c: TorchWRN(40, 2, c), "cifar100", (3, 32, 32)),
-    "lenet5": (lambda c: TorchLeNet5(c), "mnist", (1, 32, 32)),
+    "resnet18": (lambda c: torch_models.build("resnet18", c), "cifar10", (3, 32, 32)),
+    "resnet34": (lambda c: torch_models.build("resnet34", c), "cifar10", (3, 32, 32)),
+    "wrn16_2": (lambda c: torch_models.build("wrn16_2", c), "cifar10", (3, 32, 32)),
+    "wrn40_2": (lambda c: torch_models.build("wrn40_2", c), "cifar100", (3, 32, 32)),
+    "lenet5": (lambda c: torch_models.build("lenet5", c), "mnist", (1, 32, 32)),
 }
 
 
@@ -180,7 +77,7 @@ def test_converted_logits_match_pytorch(arch, tmp_path):
 def test_cli_writes_teacher_with_normalisation(tmp_path):
   torch.manual_seed(0)
   path = tmp_path / "lenet.pth"
-  torch.save(TorchLeNet5(10).state_dict(), path)  # plain state dict (DFAD style)
+  torch.save(torch_models.LeNet5(10).state_dict(), path)  # plain state dict (DFAD style)
   out = tmp_path / "teacher"
   subprocess.run([sys.executable, "-m", "dfkd_jax.convert", f"--torch_checkpoint={path}",
                   "--arch=lenet5", "--num_classes=10", f"--out={out}",
@@ -194,7 +91,7 @@ def test_cli_writes_teacher_with_normalisation(tmp_path):
 
 
 def test_mismatched_keys_and_shapes_are_named(tmp_path):
-  state = TorchLeNet5(10).state_dict()
+  state = torch_models.LeNet5(10).state_dict()
   state["fc3.weight"] = state.pop("fc2.weight")
   state["conv1.bias"] = torch.zeros(7)
   path = tmp_path / "bad.pth"
@@ -210,7 +107,7 @@ def test_mismatched_keys_and_shapes_are_named(tmp_path):
 
 def test_wrong_class_count_is_refused(tmp_path):
   path = tmp_path / "lenet.pth"
-  state = TorchLeNet5(10).state_dict()
+  state = torch_models.LeNet5(10).state_dict()
   torch.save(state, path)
   with pytest.raises(ValueError, match="fc2.weight"):
     convert.state_dict_to_variables(state, "lenet5", 100, (32, 32, 1))
@@ -227,7 +124,7 @@ def test_wrong_class_count_is_refused(tmp_path):
 
 def test_unknown_dataset_is_refused_even_with_mean_std(tmp_path):
   path = tmp_path / "lenet.pth"
-  torch.save(TorchLeNet5(10).state_dict(), path)
+  torch.save(torch_models.LeNet5(10).state_dict(), path)
   # Evaluation reads the recorded id, so one it cannot parse is refused here.
   with pytest.raises(ValueError, match=r"unknown dataset 'emnist'.*mnist"):
     convert.convert(path, "lenet5", 10, tmp_path / "teacher", dataset="emnist",
@@ -254,7 +151,7 @@ def _pad_pipeline(images: np.ndarray) -> np.ndarray:
 def test_pad_variant_converts_with_its_defaults(tmp_path):
   torch.manual_seed(0)
   path = tmp_path / "lenet.pth"
-  torch.save(TorchLeNet5(10).state_dict(), path)
+  torch.save(torch_models.LeNet5(10).state_dict(), path)
   meta = convert.convert(path, "lenet5", 10, tmp_path / "teacher", dataset="mnist:pad")
   assert meta.dataset == "mnist:pad" and meta.input_shape == (32, 32, 1)
   assert (meta.mean, meta.std) == ((0.1307,), (0.3081,))
@@ -265,7 +162,7 @@ def test_pad_variant_converts_with_its_defaults(tmp_path):
 def fixture_padded_lenet(tmp_path):
   """A LeNet-5 checkpoint and PyTorch's logits on zero-padded MNIST-like images."""
   torch.manual_seed(0)
-  model = TorchLeNet5(10).eval()
+  model = torch_models.LeNet5(10).eval()
   path = tmp_path / "lenet.pth"
   torch.save(model.state_dict(), path)
   rng = np.random.default_rng(0)
@@ -343,7 +240,7 @@ _BLOCK_TORCH = "import sys; sys.modules['torch'] = None; "
 @pytest.mark.parametrize("case", ["keys", "not_a_checkpoint", "existing_out",
                                   "no_torch"])
 def test_cli_errors_are_one_line(case, tmp_path):
-  state = TorchLeNet5(10).state_dict()
+  state = torch_models.LeNet5(10).state_dict()
   if case == "keys":  # Missing, unexpected and mis-shaped arrays at once.
     state["fc3.weight"] = state.pop("fc2.weight")
     state["conv1.bias"] = torch.zeros(7)
@@ -386,7 +283,7 @@ def test_cli_number_flags_no_teacher_can_have_are_one_line(flag, message, tmp_pa
   """Issue 37, item 12's siblings: these wrote a teacher (150% recorded as its accuracy)
   or a misleading line."""
   path = tmp_path / "lenet.pth"
-  torch.save(TorchLeNet5(10).state_dict(), path)
+  torch.save(torch_models.LeNet5(10).state_dict(), path)
   out = tmp_path / "teacher"
   result = subprocess.run(
       [sys.executable, "-m", "dfkd_jax.convert", f"--torch_checkpoint={path}",

@@ -1,7 +1,7 @@
 """`python -m dfkd_jax.export`: a real tiny run's student as ONNX, PyTorch and Flax.
 
-The ONNX file runs in onnxruntime, the PyTorch state_dict in PyTorch definitions of the
-architectures (test_convert's, and a DigitsCNN below), the Flax folder through
+The ONNX file runs in onnxruntime, the PyTorch state_dict in the package's PyTorch
+classes of the architectures (`dfkd_jax.interop.torch_models`), the Flax folder through
 `dfkd_jax.load_student`; each gives the JAX student's predictions, and the test
 accuracy the trainer measured itself.
 """
@@ -9,6 +9,7 @@ accuracy the trainer measured itself.
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -21,8 +22,6 @@ import onnxruntime
 import orbax.checkpoint as ocp
 import pytest
 import torch
-from torch import nn
-import torch.nn.functional as F
 
 import dfkd_jax
 from dfkd_jax import models
@@ -30,43 +29,12 @@ from dfkd_jax.data import datasets as data
 from dfkd_jax.interop import convert
 from dfkd_jax.interop import export
 from dfkd_jax.interop import torch_layout
+from dfkd_jax.interop import torch_models
 from dfkd_jax.models import teacher as teacher_lib
 from dfkd_jax.run import trainer
-from test_convert import TorchLeNet5, TorchResNet, TorchWRN, _randomise_bn
 from test_trainer import teacher_dir, tiny_config  # pylint: disable=unused-import  # fixture
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-
-
-class TorchDigitsCNN(nn.Module):
-  """`digits_cnn*` in PyTorch: 3x3 conv -> BN -> ReLU twice at 8x8, max-pool, once more
-  at 4x4, global average pooling, linear."""
-
-  def __init__(self, widths, num_classes):
-    super().__init__()
-    cin = 1
-    for i, width in enumerate(widths):
-      setattr(self, f"conv{i + 1}", nn.Conv2d(cin, width, 3, 1, 1, bias=False))
-      setattr(self, f"bn{i + 1}", nn.BatchNorm2d(width))
-      cin = width
-    self.fc = nn.Linear(cin, num_classes)
-
-  def forward(self, x):
-    for i in range(3):
-      if i == 2:
-        x = F.max_pool2d(x, 2)
-      x = F.relu(getattr(self, f"bn{i + 1}")(getattr(self, f"conv{i + 1}")(x)))
-    return self.fc(x.mean((2, 3)))
-
-
-TORCH_MODELS = {
-    "resnet18": lambda c: TorchResNet((2, 2, 2, 2), c),
-    "wrn16_1": lambda c: TorchWRN(16, 1, c),
-    "wrn40_2": lambda c: TorchWRN(40, 2, c),
-    "lenet5": TorchLeNet5,
-    "digits_cnn": lambda c: TorchDigitsCNN((32, 32, 64), c),
-    "digits_cnn_half": lambda c: TorchDigitsCNN((16, 16, 32), c),
-}
 
 
 LAST = {"selection.criterion": "last"}
@@ -125,9 +93,26 @@ def test_onnx_export_gives_the_jax_students_predictions(run_dir, tmp_path):
   result = run_export(run_dir, "--format=onnx", f"--out={out}")
   assert result.returncode == 0, result.stderr
   assert "max |logit difference|" in result.stdout and "accuracy ONNX" in result.stdout
-  # Each stage of the ~75 s says what it does (issue 37).
-  assert "converting the student to ONNX" in result.stdout
-  assert "checking the ONNX model in onnxruntime" in result.stdout
+  # Each stage of the ~75 s says what it does (issue 37), then how long it took (issue
+  # 40, item 6.5), in this order.
+  lines = result.stdout.splitlines()
+  stages = [r"loading the digits test set for the ONNX check \.\.\.$",
+            r"loaded 360 test images in \d+\.\d s$",
+            r"converting the student to ONNX with jax2onnx \(tens of seconds on a CPU\) "
+            r"\.\.\.$",
+            r"converted the student to ONNX in \d+\.\d s \(\d+\.\d\d MB\)$",
+            r"checking the ONNX model in onnxruntime against the JAX student on 360 test "
+            r"images \.\.\.$",
+            r"onnxruntime vs JAX on the digits test set \(360 images, checked in \d+\.\d "
+            r"s\): max \|logit difference\| ",
+            r"Wrote the digits_cnn_half student \(dfkd, seed 0, step 4, "]
+  found = [next(i for i, line in enumerate(lines) if re.match(stage, line))
+           for stage in stages]
+  assert found == sorted(found), result.stdout
+  # Between them only the heartbeat's "still" lines (every 10 s of a stage).
+  others = set(range(found[0], found[-1] + 1)) - set(found)
+  assert all(re.match(r"  \.\.\. still (converting|checking|loading the test set) "
+                      r"\(\d+ s\)$", lines[i]) for i in others), result.stdout
 
   run = export.read_run(run_dir)
   student = export.restore_student(run, 4, None)
@@ -153,17 +138,28 @@ def test_torch_export_runs_in_pytorch_and_converts_back_exactly(run_dir, tmp_pat
   assert result.returncode == 0, result.stderr
   payload = torch.load(out, weights_only=True)
   assert payload["student"]["step"] == 4 and payload["student"]["arch"] == "digits_cnn_half"
+  # The last line names the shipped class that loads it (issue 40, item 6.3).
+  assert result.stdout.strip().splitlines()[-1] == (
+      f"In PyTorch: dfkd_jax.interop.torch_models.load({str(out)!r}) builds "
+      "dfkd_jax.interop.torch_models.DigitsCNN(widths=(16, 16, 32), num_classes=10, "
+      "in_channels=1), loads the state_dict (strict) and returns it in eval mode; "
+      f"inputs: NCHW normalised with mean {payload['student']['normalization']['mean']} "
+      f"std {payload['student']['normalization']['std']}")
 
-  model = TorchDigitsCNN((16, 16, 32), 10)
+  # The class by hand, as the line names it, and through load().
+  model = torch_models.DigitsCNN(num_classes=10, widths=(16, 16, 32), in_channels=1)
   model.load_state_dict(payload["state_dict"], strict=True)
   model.eval()
+  loaded = torch_models.load(out)
+  assert loaded.card == payload["student"] and not loaded.training
   run = export.read_run(run_dir)
   student = export.restore_student(run, 4, None)
   images, labels = export.test_set(run, student.card)
-  with torch.no_grad():
-    got = model(torch.from_numpy(images.transpose(0, 3, 1, 2))).numpy()
   want = export.jax_logits(student, images)
-  np.testing.assert_allclose(got, want, atol=1e-5 * np.max(np.abs(want)), rtol=0)
+  for pytorch_model in (model, loaded):
+    with torch.no_grad():
+      got = pytorch_model(torch.from_numpy(images.transpose(0, 3, 1, 2))).numpy()
+    np.testing.assert_allclose(got, want, atol=1e-5 * np.max(np.abs(want)), rtol=0)
   accuracy = 100.0 * np.mean(got.argmax(-1) == labels)
   assert accuracy == pytest.approx(summary_accuracy(run_dir)[-1], abs=1e-9)
 
@@ -185,19 +181,25 @@ _SECOND_TIER_LAYOUTS = ("digits_cnn_half", "lenet5", "lenet5_half", "resnet18", 
 def test_torch_layout_round_trips_and_runs_in_pytorch(arch):
   num_classes = 7
   shape = models.input_shape(arch)
+  if shape[-1] is None:  # The ResNets and WRNs take any channels: RGB.
+    shape = (*shape[:2], 3)
   module = models.get(arch, num_classes=num_classes)
   variables = module.init(jax.random.key(1), jnp.zeros((1, *shape)))
-  # Non-trivial running statistics, so that a swapped mean/var would show.
-  key = jax.random.key(2)
-  variables = {"params": variables["params"], "batch_stats": jax.tree.map(
-      lambda a: a + 0.3 * jax.random.uniform(key, a.shape),
-      variables.get("batch_stats", {}))}
+  # Non-trivial running statistics, so that a swapped mean/var would show, and that
+  # keep the logits input-dependent (a shifted mean kills the ResNets' ReLUs).
+  rng = np.random.default_rng(2)
+  stats = flax.traverse_util.flatten_dict(flax.core.unfreeze(
+      variables.get("batch_stats", {})))
+  variables = {"params": variables["params"], "batch_stats": flax.traverse_util.
+               unflatten_dict({k: np.asarray(
+                   a + 0.1 * rng.normal(size=a.shape) if k[-1] == "mean"
+                   else a * (0.5 + rng.uniform(size=a.shape)), np.float32)
+                               for k, a in stats.items()})}
   state_dict = torch_layout.variables_to_state_dict(variables, arch)
   back = convert.state_dict_to_variables(state_dict, arch, num_classes, shape)
   assert_trees_equal(back, variables)
-  if arch not in TORCH_MODELS:
-    return
-  model = TORCH_MODELS[arch](num_classes)
+  # The package's PyTorch class of the architecture takes it as it is.
+  model = torch_models.build(arch, num_classes, shape[-1])
   model.load_state_dict({k: torch.from_numpy(v) for k, v in state_dict.items()},
                         strict=True)
   model.eval()
@@ -206,7 +208,23 @@ def test_torch_layout_round_trips_and_runs_in_pytorch(arch):
     got = model(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
   with jax.default_matmul_precision("highest"):
     want = np.asarray(module.apply(variables, x, train=False))
-  np.testing.assert_allclose(got, want, atol=1e-4 * np.max(np.abs(want)), rtol=0)
+  atol = 1e-5 * np.max(np.abs(want))
+  np.testing.assert_allclose(got, want, atol=atol, rtol=0)
+  assert np.max(np.std(want, axis=0)) > 100 * atol  # The logits depend on the input.
+
+
+def test_every_torch_layout_has_a_pytorch_class():
+  assert set(torch_models.ARCHS) == set(torch_layout.TORCH_LAYOUTS)
+  with pytest.raises(ValueError, match=r"^'my_pkg.nets:Net' has no PyTorch class here; "
+                     r"dfkd_jax.interop.torch_models covers digits_cnn, "):
+    torch_models.build("my_pkg.nets:Net", 10)
+
+
+def test_load_refuses_a_file_that_is_not_an_export(tmp_path):
+  torch.save(torch_models.build("lenet5", 10).state_dict(), tmp_path / "plain.pth")
+  with pytest.raises(ValueError, match="is not a `python -m dfkd_jax.export "
+                     "--format=torch` file"):
+    torch_models.load(tmp_path / "plain.pth")
 
 
 def test_every_torch_layout_names_a_classifier():

@@ -557,23 +557,29 @@ def test_a_generator_without_the_reset_layers_is_refused_when_reset(teacher_dir)
 
 
 def test_old_records_resume_with_the_new_sections(tmp_path):
-  """A run recorded before the fast sections and eta_min existed resumes under today's
-  config (their values change no other method); a real change is still refused."""
+  """A run recorded before the fast sections, eta_min and meta.alpha_schedule existed
+  resumes under today's config (their values change no other method); a real change,
+  such as another alpha schedule, is still refused."""
   from dfkd_jax.core import workdir  # pylint: disable=g-import-not-at-top
   config = experiment.load_config_file(f"{REPO / 'configs/digits.py'}:lra_mb").to_dict()
   old = {k: v for k, v in config.items() if k not in ("fast", "bank")}
   old["student_optimizer"] = {k: v for k, v in config["student_optimizer"].items()
                               if k != "min_learning_rate"}
+  old["meta"] = {k: v for k, v in config["meta"].items() if k != "alpha_schedule"}
   teacher = {"arch": "digits_cnn", "class_names": []}
   (tmp_path / workdir.RECORD_FILE).write_text(json.dumps(
       {"fingerprint": "", "config": old, "teacher": teacher, "changes": []}))
-  assert workdir.check_record(tmp_path, config, teacher, write=False) == []
+  assert not workdir.check_record(tmp_path, config, teacher, write=False)
   changed = json.loads(json.dumps(config))
   changed["bank"]["num_slots"] = 7  # The sections take the new values: still fine.
-  assert workdir.check_record(tmp_path, changed, teacher, write=False) == []
+  assert not workdir.check_record(tmp_path, changed, teacher, write=False)
   changed["batch_size"] = 64
   with pytest.raises(workdir.ConfigChangedError, match="batch_size"):
     workdir.check_record(tmp_path, changed, teacher, write=False)
+  scheduled = json.loads(json.dumps(config))
+  scheduled["meta"]["alpha_schedule"] = "student"
+  with pytest.raises(workdir.ConfigChangedError, match="meta.alpha_schedule"):
+    workdir.check_record(tmp_path, scheduled, teacher, write=False)
 
 
 def test_fast_runs_end_to_end_with_its_warm_up_and_bank(teacher_dir, tmp_path):

@@ -11,12 +11,14 @@ import pathlib
 import struct
 import subprocess
 import sys
+import warnings
 import zlib
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from dfkd_jax.data import data_cache
 from dfkd_jax.data import datasets as data
 from dfkd_jax.data import file_datasets
 from dfkd_jax.interop import convert
@@ -380,7 +382,7 @@ def test_cli_refuses_a_bad_folder_in_one_line_before_training(tmp_path):
 
 def test_convert_checks_a_pytorch_teacher_on_folder_images(tmp_path):
   torch = pytest.importorskip("torch")
-  from test_convert import TorchLeNet5  # pylint: disable=g-import-not-at-top
+  from dfkd_jax.interop import torch_models  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)
   for i in range(12):
     path = tmp_path / "x" / "test" / "abc"[i % 3] / f"{i:02d}.png"
@@ -389,7 +391,7 @@ def test_convert_checks_a_pytorch_teacher_on_folder_images(tmp_path):
   dataset_id = f"folder:{tmp_path / 'x'}"
   images = data.load_split(dataset_id, "test").images[..., 0]  # As the folder stores them.
   torch.manual_seed(0)
-  model = TorchLeNet5(3).eval()
+  model = torch_models.LeNet5(3).eval()
   torch.save(model.state_dict(), tmp_path / "lenet.pth")
   with torch.no_grad():  # PyTorch's ToTensor(), Normalize(0.5, 0.5).
     logits = model((torch.from_numpy(images).float()[:, None] / 255 - 0.5) / 0.5).numpy()
@@ -531,6 +533,45 @@ def test_load_says_images_per_class_the_cache_and_an_empty_class(tmp_path):
   assert first[1] == second[1] == (
       f"WARNING: {dataset_id} test: 1 of the 2 classes have no images (b); results "
       "cover only the others: add their images (test/b/)")
+
+
+@pytest.mark.parametrize("setting", ["default", "dir", "off", "unwritable"])
+def test_the_load_line_says_where_the_decoded_split_was_cached(setting, tmp_path,
+                                                               monkeypatch):
+  """Issue 40, item 6.4: a folder's cache is in the user's cache folder (not under
+  ~/tensorflow_datasets, nor under config.data_dir), and the log names the file."""
+  _image(tmp_path / "x" / "test" / "a" / "0.png")
+  dataset_id = f"folder:{tmp_path / 'x'}"
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+  root = {"default": tmp_path / "xdg" / "dfkd_jax" / "data" / "files",
+          "dir": tmp_path / "mine" / "files", "off": None,
+          "unwritable": tmp_path / "blocked" / "files"}[setting]
+  if setting == "default":
+    monkeypatch.delenv(data_cache.ENV)
+  else:
+    monkeypatch.setenv(data_cache.ENV, {"dir": str(tmp_path / "mine"), "off": "0",
+                                        "unwritable": str(tmp_path / "blocked")}[setting])
+  if setting == "unwritable":
+    (tmp_path / "blocked").write_text("a file where the cache folder would be")
+  assert data_cache.files_root() == root
+  lines = []
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    data.load_split(dataset_id, "test", data_dir=tmp_path / "tfds", log=lines.append)
+  assert not (tmp_path / "tfds").exists()
+  head, _, how = lines[0].partition("), ")
+  assert head == f"{dataset_id} test: 1 images in 1 classes (a 1"
+  if setting in ("off", "unwritable"):
+    assert how.startswith("decoded in ") and "cached" not in how
+    assert bool(caught) == (setting == "unwritable")  # The failed write warns.
+    return
+  [cache_file] = root.rglob("test-native.npz")
+  assert how.endswith(f" s, cached in {cache_file} (DFKD_JAX_DATA_CACHE=DIR caches in "
+                      "DIR, =0 not at all)")
+  again = []
+  data.load_split(dataset_id, "test", log=again.append)
+  assert again[0].endswith(f"read from the cache {cache_file} (delete it to decode "
+                           "again)")
 
 
 def test_the_cache_notices_a_file_replaced_with_the_same_size_and_time(tmp_path):
@@ -726,4 +767,4 @@ def test_a_run_record_without_teacher_class_names_still_resumes(tmp_path):
   record = json.loads(path.read_text())
   del record["teacher"]["class_names"]  # As those runs wrote it.
   path.write_text(json.dumps(record))
-  assert workdir_lib.check_record(tmp_path, config, dataclasses.asdict(meta)) == []
+  assert workdir_lib.check_record(tmp_path, config, dataclasses.asdict(meta)) == {}

@@ -1,6 +1,8 @@
 """What a first-time user sees: compile notices, heartbeat, ETA, cache, TensorBoard."""
 
+import os
 import pathlib
+import shutil
 import struct
 import subprocess
 import time
@@ -46,10 +48,10 @@ def test_no_rate_until_one_is_measured():
                   "loss 1.5000, ETA 0.1 min")
 
 
-def _train(config, workdir, cache_dir, *extra):
+def _train(config, workdir, cache_dir, *extra, env=None):
   args = cli_args(config, workdir) + [f"--compilation_cache_dir={cache_dir}", *extra]
   out = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=1200,
-                       check=True)
+                       check=True, env=env)
   return out.stdout + out.stderr
 
 
@@ -77,6 +79,49 @@ def test_second_run_loads_the_iteration_from_the_cache_and_writes_tensorboard(
   again = _train(config, tmp_path / "a", tmp_path / "xla", "--config.tensorboard=True")
   assert "holds the finished run" in again and "TensorBoard:" not in again
   assert sorted((tmp_path / "a" / "tensorboard").glob("events.out.tfevents.*")) == events
+
+
+def test_extending_num_epochs_says_why_the_iteration_compiles_again(teacher_dir,
+                                                                     tmp_path):
+  """Issue 40, item 6.6: the cosine schedule's length is compiled into the iteration."""
+  config = lambda n: tiny_config(teacher_dir, "dfkd", num_epochs=n, student_steps=1)  # pylint: disable=unnecessary-lambda-assignment
+  trainer.run(config(1), tmp_path, log=lambda s: None)
+  lines = []
+  trainer.run(config(3), tmp_path, log=lines.append, allow_config_change=["num_epochs"])
+  assert (f"config.num_epochs changed from 1 to 3 with --allow_config_change (recorded "
+          f"in {tmp_path / 'run_config.json'})") in lines
+  [first] = [l for l in lines if l.startswith("compiling the training iteration")]
+  assert first.startswith(
+      "compiling the training iteration again: config.num_epochs changed from 1 to 3, "
+      "and the student's cosine learning-rate schedule spans num_epochs: its length is "
+      "compiled into the iteration, so the program compiled for the earlier length does "
+      "not fit (minutes on CPU; cached in ")
+  assert not any("held no program" in l for l in lines)
+
+
+@pytest.mark.slow
+def test_a_resume_that_finds_no_cached_program_says_so(teacher_dir, tmp_path):
+  """With a constant schedule num_epochs is not compiled in: an extended run loads the
+  iteration from the cache; with the cache emptied it says why it compiled again."""
+  config = tiny_config(teacher_dir, "dfkd", num_epochs=1, student_steps=1)
+  cache = tmp_path / "xla"
+  flags = ["--config.student_optimizer.schedule=constant", "--config.num_epochs=2",
+           "--allow_config_change=num_epochs"]
+  env = {**os.environ, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+  for workdir, empty_the_cache in ((tmp_path / "a", False), (tmp_path / "b", True)):
+    _train(config, workdir, cache, flags[0], env=env)
+    if empty_the_cache:
+      shutil.rmtree(cache)
+    out = _train(config, workdir, cache, *flags, env=env)
+    assert "resumed from" in out and "compiling the training iteration again" not in out
+    if empty_the_cache:
+      assert "(loaded from the compilation cache)" not in out
+      assert (f"the resumed run compiled its iteration again: no config field compiled "
+              f"into it changed, but the compilation cache in {cache} held no program "
+              "for it (it was cleared, jax, the devices or XLA_FLAGS changed, or the "
+              "earlier compile took under 0 s and was not kept)") in out
+    else:
+      assert "(loaded from the compilation cache)" in out and "held no program" not in out
 
 
 def _read_scalars(folder):

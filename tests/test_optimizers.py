@@ -44,6 +44,25 @@ def test_classifier_schedules(schedule, expected):
   np.testing.assert_allclose(_learning_rates(opt, 4), expected, rtol=1e-6)
 
 
+@pytest.mark.parametrize("schedule, expected", [
+    # 1 epoch (2 steps) of linear warm-up from 0, then the schedule over the rest.
+    ("cosine", [0.0, 0.05, 0.1, 0.05]),
+    ("constant", [0.0, 0.05, 0.1, 0.1]),
+])
+def test_classifier_warmup_then_schedule(schedule, expected):
+  opt = optimizers.classifier(optimizer="sgd", learning_rate=0.1, schedule=schedule,
+                              num_epochs=2, steps_per_epoch=2, warmup_epochs=1)
+  np.testing.assert_allclose(_learning_rates(opt, 4), expected, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("warmup", [-1, 2, 3])
+def test_classifier_warmup_must_leave_steps_for_the_schedule(warmup):
+  with pytest.raises(ValueError, match=rf"warmup_epochs={warmup} must be in \[0, "
+                     r"num_epochs=2\)"):
+    optimizers.classifier(optimizer="sgd", learning_rate=0.1, schedule="cosine",
+                          num_epochs=2, steps_per_epoch=2, warmup_epochs=warmup)
+
+
 @pytest.mark.parametrize("kwargs, words", [
     ({"optimizer": "rmsprop"}, "unknown optimizer 'rmsprop'; valid: sgd, adam"),
     ({"optimizer": "sgd", "schedule": "linear"}, "unknown lr_schedule 'linear'"),

@@ -103,10 +103,10 @@ def guide_commands() -> dict[str, set[str]]:
   return commands
 
 
-def run(args, env, timings, used):
+def run(args, env, timings, used, cwd):
   start = time.time()
   proc = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True,
-                        timeout=300, check=False, cwd=REPO, env=env)
+                        timeout=300, check=False, cwd=cwd, env=env)
   name = args[0].split(".")[-1]
   timings[name] = time.time() - start
   used[name] = {a[2:].split("=")[0] for a in args[1:]}
@@ -129,27 +129,30 @@ def test_the_guide_from_a_pytorch_state_dict_and_a_folder_to_an_onnx_student(tmp
              "--arch=own_models:TinyNet", "--num_classes=10", f"--dataset={dataset}",
              f"--mean={MEAN}", f"--std={STD}", f"--check_inputs={tmp_path / 'check.npz'}",
              f"--test_accuracy={torch_accuracy}", f"--out={tmp_path / 'teacher'}"],
-            env, timings, used)
+            env, timings, used, tmp_path)
   assert "top-1 agreement 100.00%" in out
   meta = json.loads((tmp_path / "teacher" / "teacher.json").read_text())
   assert (meta["arch"], meta["input_shape"]) == ("own_models:TinyNet", [8, 8, 1])
 
-  # Step 4: distil, evaluating on the folder's test/ (tiny budget).
-  run(["dfkd_jax.train", f"--config={REPO / 'configs/digits.py'}:dfkd",
+  # Step 4: distil, evaluating on the folder's test/ (tiny budget). As in the guide,
+  # from the user's folder: configs/digits.py is the repository's (issue 40, item 6.1).
+  out = run(["dfkd_jax.train", "--config=configs/digits.py:dfkd",
        f"--config.dataset={dataset}", f"--config.teacher_dir={tmp_path / 'teacher'}",
        "--config.teacher_config=", "--config.student=digits_cnn_half",
        "--config.generator=own_models:TinyGenerator", "--config.num_epochs=1",
        "--config.iterations_per_epoch=2", "--config.student_steps=1",
        "--config.batch_size=32", "--config.latent_dim=16", "--config.tensorboard=False",
        f"--workdir={tmp_path / 'run'}"],
-      env, timings, used)
+      env, timings, used, tmp_path)
+  assert out.splitlines()[0] == (f"--config=configs/digits.py: not in {tmp_path}, using "
+                                 f"the repository's {REPO / 'configs/digits.py'}")
   summary = json.loads((tmp_path / "run" / "summary.json").read_text())
   assert summary["teacher_accuracy"] == pytest.approx(torch_accuracy, abs=1e-3)
   assert len(summary["test_accuracy"]) == 1
 
   # Step 5: export to ONNX (checked in onnxruntime by the command itself).
   out = run(["dfkd_jax.export", f"--workdir={tmp_path / 'run'}", "--format=onnx",
-             f"--out={tmp_path / 'student.onnx'}"], env, timings, used)
+             f"--out={tmp_path / 'student.onnx'}"], env, timings, used, tmp_path)
   assert "max |logit difference|" in out
 
   # Step 6: the student in onnxruntime, on the PNGs, preprocessed as the card says.

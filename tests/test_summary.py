@@ -1,5 +1,6 @@
 """The summary.json contract (dfkd_jax.metrics.summary.Summary): round trip and rejections."""
 
+import dataclasses
 import json
 
 import pytest
@@ -32,6 +33,33 @@ def test_json_has_the_documented_fields_in_order():
                         "config"]
   assert "alignment" not in _summary(alignment=(None, None, None)).to_json()
   json.dumps(data, allow_nan=False)
+
+
+def test_train_seconds_round_trip_and_must_match_the_curve():
+  timed = dataclasses.replace(_summary(), train_seconds=(10.0, 20.5, 31.0))
+  data = timed.to_json()
+  assert data["train_seconds"] == [10.0, 20.5, 31.0]
+  assert summary_lib.Summary.from_json(data) == timed
+  assert "train_seconds" not in _summary().to_json()  # Runs made before it: absent.
+  data["train_seconds"] = [10.0]
+  with pytest.raises(ValueError, match=r"x.json: train_seconds has 1 values but "
+                     r"test_accuracy has 3"):
+    summary_lib.Summary.from_json(data, "x.json")
+
+
+def test_cpu_cores_round_trip_are_optional_and_validated():
+  cores = dataclasses.replace(_summary(), cpu_cores=2)
+  data = cores.to_json()
+  assert data["cpu_cores"] == 2 and list(data)[-1] == "cpu_cores"
+  assert summary_lib.Summary.from_json(data) == cores
+  old = _summary().to_json()
+  assert "cpu_cores" not in old   # Runs made before it, accelerators: absent.
+  assert summary_lib.Summary.from_json(old).cpu_cores is None
+  assert summary_lib.Summary.from_json(dict(old, cpu_cores=None)).cpu_cores is None
+  for bad in (0, -1, 1.5, "2", True):
+    with pytest.raises(ValueError, match=r"x.json: cpu_cores must be a positive integer "
+                       rf"\(the CPU cores the run had\) or null, got {bad!r}"):
+      summary_lib.Summary.from_json(dict(old, cpu_cores=bad), "x.json")
 
 
 def test_a_run_before_its_first_epoch_has_an_empty_curve():

@@ -41,7 +41,10 @@ def test_teacher_configs_are_complete_and_valid(path):
   module = _config_module(path.stem)
   config = module.get_config()
   assert list(config.to_dict()) == list(train_teacher.default_config().to_dict())
-  assert config.dataset.split(":")[0] in data.SPECS
+  if config.dataset:
+    assert config.dataset.split(":")[0] in data.SPECS
+  else:  # A folder the user unpacks: the docstring's command says which.
+    assert "--config.dataset=folder:DATA" in module.__doc__
   assert models.is_classifier(config.model)
   assert config.optimizer in ("sgd", "adam") and config.learning_rate > 0
   if "model" in module.get_config.__code__.co_varnames:  # configs/teacher/X.py:MODEL
@@ -110,6 +113,60 @@ def test_bad_config_raises_value_error(tmp_path, overrides, match):
     train_teacher.train_and_save(_digits_config(**overrides), tmp_path / "t",
                                  log=lambda line: None)
   assert not (tmp_path / "t").exists()
+
+
+@pytest.mark.parametrize("overrides,match", [
+    (dict(dataset=""), r"config.dataset is empty; set --config.dataset=NAME"),
+    (dict(hflip="yes"), r"config.hflip='yes'; valid: auto, on, off"),
+    (dict(crop_padding=-2), r"config.crop_padding=-2 must be >= 0"),
+    (dict(label_smoothing=1.0), r"config.label_smoothing=1.0 must be in \[0, 1\)"),
+])
+def test_bad_fields_are_refused_before_any_data_is_loaded(tmp_path, overrides, match):
+  lines = []
+  with pytest.raises(ValueError, match=match):
+    train_teacher.train_and_save(_digits_config(**overrides), tmp_path / "t",
+                                 log=lines.append)
+  assert not lines and not (tmp_path / "t").exists()
+
+
+@pytest.mark.parametrize("dataset, overrides, expected", [
+    ("cifar10", {}, (4, True)),  # The dataset's standard recipe.
+    ("svhn_cropped", {}, (4, False)),
+    ("mnist", {}, (0, False)),
+    ("cifar10", dict(augment=False), (0, False)),
+    ("cifar10", dict(crop_padding=2, hflip="off"), (2, False)),
+    ("folder:DIR", {}, (0, False)),  # Own data: none unless asked for (flips can
+    ("folder:DIR", dict(crop_padding=4, hflip="on"), (4, True)),  # hurt digits, text).
+])
+def test_augmentation_follows_the_dataset_unless_set(dataset, overrides, expected):
+  spec = (data.SPECS[dataset] if ":" not in dataset
+          else data.DatasetSpec(dataset, 2, (8, 8, 3), (), ()))
+  config = train_teacher.default_config()
+  config.update(overrides)
+  got = train_teacher.resolve_augmentation(config, spec, ((0.5,) * 3, (0.25,) * 3))
+  assert (got.crop_padding, got.hflip) == expected
+  assert got.pad_value == ((-2.0,) * 3 if expected != (0, False) else (0.0,))
+
+
+def test_train_step_augments_per_key_and_reproducibly():
+  module = models.get("digits_cnn", num_classes=10, input_shape=(8, 8, 1), label="m")
+  variables = module.init(jax.random.key(0), np.zeros((1, 8, 8, 1), np.float32))
+  optimizer = train_teacher.make_optimizer(_digits_config(), steps_per_epoch=1)
+  images = np.asarray(jax.random.normal(jax.random.key(1), (32, 8, 8, 1)))
+  labels = np.arange(32, dtype=np.int32) % 10
+
+  def loss(augmentation, key):
+    step = train_teacher.make_train_step(module, optimizer, augmentation)
+    state = {"params": variables["params"], "batch_stats": variables["batch_stats"],
+             "opt_state": optimizer.init(variables["params"])}
+    return float(step(jax.tree.map(np.array, state), images, labels,
+                      jax.random.key(key))[1])
+
+  crop = train_teacher.Augmentation(2, True, (0.0,))
+  plain = loss(train_teacher.Augmentation(), 0)
+  assert plain == loss(train_teacher.Augmentation(), 7)  # No augmentation: key unused.
+  assert loss(crop, 0) == loss(crop, 0)
+  assert len({plain, loss(crop, 0), loss(crop, 1)}) == 3
 
 
 def test_optimizer_schedules():

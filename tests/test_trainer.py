@@ -103,6 +103,11 @@ def test_method_runs_end_to_end_and_writes_the_summary(teacher_dir, tmp_path, me
   assert set(on_disk["learning_evolution"]) == {"0", "20", "40", "60", "80"}
   assert on_disk["teacher_accuracy"] > 80
   assert on_disk["student_steps_per_second"] > 0
+  # Cumulative training seconds per epoch, the compiling first iteration included.
+  first, second = on_disk["train_seconds"]
+  assert 0 < first < second and second - first < first
+  # The cores it may run on (taskset), once: its cost is train_seconds x cpu_cores.
+  assert on_disk["cpu_cores"] == len(os.sched_getaffinity(0))
   metrics = read_metrics(tmp_path)
   assert len(metrics) == 2 * 2  # epochs x iterations
   assert all(np.isfinite(m["student_loss"]) and np.isfinite(m["generator_loss"])
@@ -134,6 +139,29 @@ MAD_CONDITIONAL = {"generator": "mad_generator",
                    "conditional_generator": True,
                    "generator_loss.teacher_logit_bound": 0.1,
                    "generator_loss.output_bound": 0.1, "student_logit_bound": 0.1}
+
+
+
+def test_cpu_cores_are_recorded_once_and_only_on_cpu_in_one_process(monkeypatch):
+  cpu = types.SimpleNamespace(devices=np.array([types.SimpleNamespace(platform="cpu")]))
+  gpu = types.SimpleNamespace(devices=np.array([types.SimpleNamespace(platform="gpu")]))
+  assert trainer.cpu_cores(cpu) == len(os.sched_getaffinity(0))
+  assert trainer.cpu_cores(gpu) is None
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+  assert trainer.cpu_cores(cpu) is None   # Processes may share cores or not.
+  histories = [run_outputs.History(), run_outputs.History()]
+  lines = []
+  trainer._record_cores(histories, 3, lines.append)  # pylint: disable=protected-access
+  assert [h.cpu_cores for h in histories] == [3, 3] and not lines
+  trainer._record_cores(histories, 3, lines.append)  # pylint: disable=protected-access
+  assert not lines
+  trainer._record_cores(histories, 1, lines.append)  # pylint: disable=protected-access
+  assert [h.cpu_cores for h in histories] == [3, 3]   # A resume keeps the first count.
+  assert lines == ["warning: this run started with 3 CPU core(s) and resumes with 1; "
+                   "summary.json keeps cpu_cores=3, so the report's core-seconds of its "
+                   "epochs from here on are counted at that rate"]
+  restored = run_outputs.History.from_json({"test_accuracy": [50.0]})  # An old one.
+  assert restored.cpu_cores is None
 
 
 @pytest.mark.slow
@@ -342,6 +370,9 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(teacher_dir, tmp_path)
   for key in ("test_accuracy", "acc_max", "learning_evolution",
               "cumulative_mean_accuracy", "alignment", "teacher_accuracy"):
     assert result[key] == reference[key], key
+  # The resumed run goes on from the killed one's clock: three increasing stamps.
+  seconds = result["train_seconds"]
+  assert len(seconds) == 3 and 0 < seconds[0] < seconds[1] < seconds[2]
   strip = lambda ms: [{k: v for k, v in m.items()} for m in ms]
   assert strip(read_metrics(workdir)) == strip(read_metrics(tmp_path / "reference"))
 
@@ -739,3 +770,52 @@ def test_a_nan_generator_stops_the_run_though_the_losses_stay_finite(teacher_dir
                      match=r"generated images .*100(\.0)?% .* epoch 1, iteration 1"):
     trainer.run(tiny_config(teacher_dir, "dfkd"), tmp_path, log=lambda s: None)
   assert not (tmp_path / trainer.SUMMARY_FILE).exists()
+
+
+def test_alpha_schedule_student_follows_the_students_cosine(teacher_dir):
+  """meta.alpha_schedule="student": alpha times lr_t / lr_0 per epoch (issue 40)."""
+  config = tiny_config(teacher_dir, "lra_mb", num_epochs=4,
+                       **{"meta.alpha_schedule": "student"})
+  scale = experiment._alpha_scale(config)  # pylint: disable=protected-access
+  got = [float(scale(np.int32(step))) for step in range(8)]
+  epochs = np.repeat(np.arange(4), 2)  # iterations_per_epoch = 2.
+  np.testing.assert_allclose(got, (1 + np.cos(np.pi * epochs / 4)) / 2, rtol=1e-6)
+  config.meta.alpha_schedule = "constant"
+  assert experiment._alpha_scale(config) is None  # pylint: disable=protected-access
+  config.student_optimizer.schedule = "constant"
+  config.meta.alpha_schedule = "student"
+  assert [float(experiment._alpha_scale(config)(s)) for s in (0, 7)] == [1.0, 1.0]  # pylint: disable=protected-access
+
+
+@pytest.mark.slow
+def test_alpha_schedule_student_equals_constant_alpha_changed_per_epoch(teacher_dir):
+  """Two epochs with the student schedule equal epoch 0 at alpha and epoch 1 at
+  alpha / 2 (the cosine over 2 epochs halves the learning rate), with retention from
+  epoch 1 on, so the meta term sees the scaled alpha."""
+  def setup_of(schedule, alpha):
+    return experiment.build(tiny_config(teacher_dir, "lra_mb", num_epochs=2,
+                                        **{"meta.alpha": alpha,
+                                           "meta.alpha_schedule": schedule}),
+                            log=lambda s: None)
+
+  scheduled = setup_of("student", 0.1)
+  first, second = setup_of("constant", 0.1), setup_of("constant", 0.05)
+  start = jax.device_get(iteration.init_state(scheduled))  # Host: runs donate theirs.
+  specs = iteration.state_specs(start, scheduled.replay)
+
+  def run(steps):
+    state = parallel.put(start, scheduled.mesh, specs)
+    metrics = []
+    for setup in steps:
+      state, m = iteration.make_iteration(setup, state)(state, setup.teacher_variables)
+      metrics.append(jax.device_get(m))
+    return jax.device_get(state.student.params), metrics
+
+  ours, ours_metrics = run([scheduled] * 4)
+  reference, ref_metrics = run([first, first, second, second])
+  assert ours_metrics[2]["retention_steps"] > 0  # The meta term is active in epoch 1.
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+               ours, reference)
+  constant, _ = run([first] * 4)
+  assert not all(np.allclose(a, b) for a, b in zip(jax.tree.leaves(ours),
+                                                      jax.tree.leaves(constant)))

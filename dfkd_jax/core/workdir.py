@@ -47,7 +47,8 @@ RUN_FILES = (RECORD_FILE, LOCK_FILE, "summary.json", "metrics.jsonl", "checkpoin
 FREE = frozenset({"checkpoints_to_keep", "tensorboard", "eval_batch_size", "data_dir",
                   "teacher_dir", "teacher_config", "progress_seconds", "selection"})
 # Result-deciding fields that older records lack, with the value their runs had.
-ADDED_DEFAULTS = {"num_seeds": 1, "student_optimizer.min_learning_rate": 0.0}
+ADDED_DEFAULTS = {"num_seeds": 1, "student_optimizer.min_learning_rate": 0.0,
+                  "meta.alpha_schedule": "constant"}
 # Sections added for methods that older runs could not use (the fast methods'): a
 # record without them takes the new config's values, which change no other method.
 ADDED_SECTIONS = frozenset({"fast", "bank"})
@@ -258,7 +259,7 @@ def has_checkpoint(checkpoint_dir: pathlib.Path) -> bool:
 
 def check_record(workdir: pathlib.Path, config: dict[str, Any], teacher: dict[str, Any],
                  allowed: Iterable[str] = (), write: bool = True, trained: bool = True,
-                 log=lambda message: None) -> list[str]:
+                 log=lambda message: None) -> dict[str, tuple[Any, Any]]:
   """Compares ``config`` with the run the workdir holds, then records it.
 
   A workdir without a record (a new run, or one made before records existed) gets one.
@@ -275,7 +276,8 @@ def check_record(workdir: pathlib.Path, config: dict[str, Any], teacher: dict[st
     log: where the note on a replaced record goes.
 
   Returns:
-    The allowed fields that changed (empty for an unchanged run).
+    The allowed fields that changed, each with its recorded and its new value (empty
+    for an unchanged run).
 
   Raises:
     ConfigChangedError: result-deciding fields differ (one line, naming them all).
@@ -295,7 +297,7 @@ def check_record(workdir: pathlib.Path, config: dict[str, Any], teacher: dict[st
       log(f"workdir {workdir} holds no checkpoint: the record of the run that failed or "
           "stopped there before training is replaced by this command's config")
     record = None
-  changed = []
+  changed = {}
   if record is not None:
     # Fields added after a record was written take their default, the value those runs
     # had (num_seeds: one run).
@@ -317,7 +319,7 @@ def check_record(workdir: pathlib.Path, config: dict[str, Any], teacher: dict[st
       raise ConfigChangedError(
           f"workdir {workdir} holds a run made with other values ({values}); use a new "
           f"--workdir for the new run{way} (see docs/contracts.md)")
-    changed = [k for k in diffs if k in allowed]
+    changed = {k: (old.get(k), new.get(k)) for k in diffs if k in allowed}
   if write and (record is None or changed):
     history = (record or {}).get("changes", [])
     if changed:

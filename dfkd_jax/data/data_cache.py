@@ -7,8 +7,12 @@ images: 37-78 s on 2 CPU cores); the cache keeps the decoded arrays, exactly as 
 padding, augmentation, normalisation) runs after loading, per batch, so every dataset
 variant and normalisation shares one cache file and none can be served a stale one.
 
-Where: ``<data_dir>/dfkd_jax_cache/<source>/<version>/<split>.npz``, or under
-``$DFKD_JAX_DATA_CACHE/<data_dir name>-<hash>/`` when that variable names a folder;
+Where: a TFDS or Tiny-ImageNet split beside its data,
+``<data_dir>/dfkd_jax_cache/<source>/<version>/<split>.npz``, or under
+``$DFKD_JAX_DATA_CACHE/<data_dir name>-<hash>/`` when that variable names a folder; your
+own ``folder:``/``npz:`` data, which has no ``data_dir``, under :func:`files_root`:
+``$DFKD_JAX_DATA_CACHE/files/``, or by default the user's cache folder,
+``$XDG_CACHE_HOME/dfkd_jax/data/files/`` (``~/.cache/dfkd_jax/data/files/``).
 ``DFKD_JAX_DATA_CACHE=0`` turns the cache off. A file is used only if the key stored in
 it equals the expected one: the cache format version, the source, its TFDS version, the
 split and a fingerprint (names, sizes, modification times) of the prepared files, so
@@ -33,6 +37,7 @@ import numpy as np
 ENV = "DFKD_JAX_DATA_CACHE"
 FORMAT_VERSION = 1
 DIR_NAME = "dfkd_jax_cache"
+FILES_DIR = "files"  # Under the root of folder:/npz: datasets (files_root()).
 _OFF = ("0", "off", "false", "no")
 
 Arrays = dict[str, np.ndarray]
@@ -48,6 +53,24 @@ def cache_root(data_dir: str | os.PathLike) -> pathlib.Path | None:
     return data_dir / DIR_NAME
   digest = hashlib.sha256(os.fsencode(data_dir)).hexdigest()[:12]
   return pathlib.Path(setting).expanduser() / f"{data_dir.name}-{digest}"
+
+
+def user_cache_dir() -> pathlib.Path:
+  """``$XDG_CACHE_HOME/dfkd_jax``, or ``~/.cache/dfkd_jax`` (the compilation cache's
+  parent too)."""
+  base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+  return pathlib.Path(base).expanduser().absolute() / "dfkd_jax"
+
+
+def files_root() -> pathlib.Path | None:
+  """The cache folder of ``folder:``/``npz:`` datasets: ``$DFKD_JAX_DATA_CACHE/files``,
+  or ``<user cache>/data/files`` (:func:`user_cache_dir`); ``None`` when turned off."""
+  setting = os.environ.get(ENV, "").strip()
+  if setting.lower() in _OFF:
+    return None
+  root = pathlib.Path(setting).expanduser().absolute() if setting else (
+      user_cache_dir() / "data")
+  return root / FILES_DIR
 
 
 def fingerprint(base: pathlib.Path, files: Iterable[pathlib.Path],
@@ -68,7 +91,8 @@ def fingerprint(base: pathlib.Path, files: Iterable[pathlib.Path],
 
 
 def cached(path: pathlib.Path | None, key: Mapping[str, Any],
-           decode: Callable[[], Arrays]) -> Arrays:
+           decode: Callable[[], Arrays],
+           on_write: Callable[[pathlib.Path], None] | None = None) -> Arrays:
   """``decode()``'s arrays, read from ``path`` when it holds them for ``key``.
 
   Args:
@@ -76,6 +100,8 @@ def cached(path: pathlib.Path | None, key: Mapping[str, Any],
     key: JSON-serialisable description of what ``decode`` reads; a file stored under
       another key is stale.
     decode: makes the arrays (called on a miss; the result is written to ``path``).
+    on_write: called with ``path`` once the arrays are written there (not when the
+      write failed: that only warns).
 
   Returns:
     The arrays, by name.
@@ -86,7 +112,8 @@ def cached(path: pathlib.Path | None, key: Mapping[str, Any],
   arrays = _read(path, key_json)
   if arrays is None:
     arrays = decode()
-    _write(path, key_json, arrays)
+    if _write(path, key_json, arrays) and on_write is not None:
+      on_write(path)
   return arrays
 
 
@@ -103,8 +130,12 @@ def _read(path: pathlib.Path, key_json: str) -> Arrays | None:
     return None  # A corrupt or truncated file: decode again and replace it.
 
 
-def _write(path: pathlib.Path, key_json: str, arrays: Arrays) -> None:
-  """Writes ``arrays`` atomically (temporary file + rename); warns if it cannot."""
+def _write(path: pathlib.Path, key_json: str, arrays: Arrays) -> bool:
+  """Writes ``arrays`` atomically (temporary file + rename); warns if it cannot.
+
+  Returns:
+    Whether the file was written.
+  """
   tmp = None
   try:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -115,10 +146,12 @@ def _write(path: pathlib.Path, key_json: str, arrays: Arrays) -> None:
       os.fsync(f.fileno())
     os.chmod(tmp, 0o644)  # mkstemp makes it private; the data it caches is not.
     os.replace(tmp, path)
+    return True
   except OSError as e:
     warnings.warn(f"could not cache the decoded split in {path} ({e}); it will be "
                   f"decoded again next time. Set {ENV}=DIR to cache elsewhere or "
                   f"{ENV}=0 to stop trying", stacklevel=3)
+    return False
   finally:
     if tmp is not None and os.path.exists(tmp):
       os.remove(tmp)

@@ -59,9 +59,11 @@ class ArraySplit(NamedTuple):
   pixel_max: float
 
 
-def cached_split(path: pathlib.Path | None, key: dict,
-                 decode: Callable[[], tuple]) -> ArraySplit:
+def cached_split(path: pathlib.Path | None, key: dict, decode: Callable[[], tuple],
+                 on_write: Callable[[pathlib.Path], None] | None = None) -> ArraySplit:
   """``decode()`` (the fields of an :class:`ArraySplit`) through
-  :func:`dfkd_jax.data.data_cache.cached`: read from ``path`` when its ``key`` matches."""
-  arrays = data_cache.cached(path, key, lambda: dict(zip(ArraySplit._fields, decode())))
+  :func:`dfkd_jax.data.data_cache.cached`: read from ``path`` when its ``key`` matches
+  (``on_write(path)`` once a decoded split is written there)."""
+  arrays = data_cache.cached(path, key, lambda: dict(zip(ArraySplit._fields, decode())),
+                             on_write)
   return ArraySplit(arrays["images"], arrays["labels"], float(arrays["pixel_max"]))

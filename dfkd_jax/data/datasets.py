@@ -137,9 +137,10 @@ def load_split(dataset_id: str, split: str, *,
                log: Callable[[str], None] | None = None) -> ArraySplit:
   """Loads a whole split (``train`` or ``test``) into memory, as stored.
 
-  The decoded arrays of a TFDS or Tiny-ImageNet split are cached on disk
-  (:mod:`dfkd_jax.data.data_cache`: ``<data_dir>/dfkd_jax_cache/``, off with
-  ``DFKD_JAX_DATA_CACHE=0``), so only the first load decodes the images.
+  The decoded arrays of a split are cached on disk (:mod:`dfkd_jax.data.data_cache`: a
+  TFDS or Tiny-ImageNet split in ``<data_dir>/dfkd_jax_cache/``, a ``folder:``/``npz:``
+  one in ``~/.cache/dfkd_jax/data/files/``; ``DFKD_JAX_DATA_CACHE=DIR`` moves both, ``=0``
+  turns the cache off), so only the first load decodes the images.
 
   Args:
     dataset_id: see :func:`get_dataset`.
@@ -164,8 +165,8 @@ def load_split(dataset_id: str, split: str, *,
   spec.stored_shape(image_size)  # Checks image_size.
   data_dir = pathlib.Path(data_dir or DEFAULT_DATA_DIR).expanduser()
   cache_root = data_cache.cache_root(data_dir) if cache else None
-  if isinstance(spec, file_datasets.FileSpec):
-    return spec.load(split, cache_root, image_size, log)
+  if isinstance(spec, file_datasets.FileSpec):  # No data_dir: the user's cache folder.
+    return spec.load(split, data_cache.files_root() if cache else None, image_size, log)
   if spec.name == "digits":
     return _load_digits(split)
   if spec.name == "tiny_imagenet":

@@ -29,13 +29,16 @@ Images keep their native size when all agree; ``image_size=S`` (``config.image_s
 resizes every image to ``S x S`` when it is loaded, with PIL's bilinear filter (what
 torchvision's ``Resize((S, S))`` does to PIL images; antialiased when shrinking), so the
 stored split is ``S x S``. Decoded (and resized) splits go through
-:mod:`dfkd_jax.data.data_cache`, keyed by the dataset's absolute path, the split, the size and
-a fingerprint (names, sizes, modification and status-change times, inodes) of the files
-read, so an added, removed, edited or replaced file is noticed; loading logs how many
-images of each class were read and whether they were decoded or came from the cache
-(which file). There is no augmentation and no standard normalisation: a
-teacher trained by ``train_teacher`` takes ``config.mean``/``config.std`` or the per-channel
-mean/std of its train split, and records them in its metadata.
+:mod:`dfkd_jax.data.data_cache`, in the user's cache folder
+(``~/.cache/dfkd_jax/data/files/``, or ``$DFKD_JAX_DATA_CACHE/files/``;
+:func:`dfkd_jax.data.data_cache.files_root`), keyed by the dataset's absolute path, the
+split, the size and a fingerprint (names, sizes, modification and status-change times,
+inodes) of the files read, so an added, removed, edited or replaced file is noticed;
+loading logs how many images of each class were read and whether they were decoded
+(and cached in which file) or came from the cache (which file). There is no
+augmentation and no standard normalisation: a teacher trained by ``train_teacher``
+takes ``config.mean``/``config.std`` or the per-channel mean/std of its train split,
+and records them in its metadata.
 
 Parsing the id checks the layout and reads every image's header (size and colour mode),
 once per process while the folders are unchanged (1797 digit PNGs: 0.5 s), so a
@@ -134,8 +137,10 @@ class FileSpec(DatasetSpec):
            log: Callable[[str], None] | None = None) -> ArraySplit:
     """Loads ``split`` (resized to ``image_size`` if given) through the data cache.
 
-    ``log`` receives how many images of each class were read, and whether they were
-    decoded or read from the cache; a class without images is a warning.
+    ``cache_root`` is the cache folder of file datasets
+    (:func:`dfkd_jax.data.data_cache.files_root`; ``None``: no cache). ``log`` receives
+    how many images of each class were read, and whether they were decoded (and where
+    they were cached) or read from the cache; a class without images is a warning.
 
     Raises:
       FileNotFoundError: the split is absent.
@@ -155,7 +160,7 @@ class FileSpec(DatasetSpec):
     else:
       listing, base = [path], path.parent
       decode = lambda: _decode_npz(self, split, image_size)
-    start, decoded, cache_file = time.time(), [], None
+    start, decoded, written, cache_file = time.time(), [], [], None
     if cache_root is None:
       result = ArraySplit(*decode())
     else:
@@ -163,13 +168,17 @@ class FileSpec(DatasetSpec):
              "classes": list(self.classes),
              "files": data_cache.fingerprint(base, listing, strict=True)}
       digest = hashlib.sha256(self.name.encode()).hexdigest()[:16]
-      cache_file = (cache_root / "files" / f"{self.source}-{path.name}-{digest}" /
+      cache_file = (cache_root / f"{self.source}-{path.name}-{digest}" /
                     f"{split}-{image_size or 'native'}.npz")
-      result = cached_split(cache_file, key, lambda: decoded.append(1) or decode())
+      result = cached_split(cache_file, key, lambda: decoded.append(1) or decode(),
+                            written.append)
     if log is not None:
       how = (f"read from the cache {cache_file} (delete it to decode again)"
              if cache_file is not None and not decoded
              else f"decoded in {time.time() - start:.1f} s")
+      if written:
+        how += (f", cached in {cache_file} ({data_cache.ENV}=DIR caches in DIR, =0 "
+                "not at all)")
       for line in self._report(split, result.labels, how):
         log(line)
     return result

@@ -39,6 +39,8 @@ _FLAX_MAX_POOL = pooling.max_pool  # Before jax2onnx replaces it (see _flax_max_
 # Largest max |ONNX - JAX logit| / max |JAX logit| accepted (float32 reorderings of the
 # same ops give ~1e-7).
 ONNX_TOLERANCE = 1e-4
+# The ONNX export's stages say every this many seconds that they still run.
+PROGRESS_SECONDS = 10.0
 
 
 class ExportError(ValueError):
@@ -449,22 +451,29 @@ def check_onnx(model_bytes: bytes, student: Student, images: np.ndarray,
 def write_onnx(run: Run, student: Student, out: pathlib.Path, log) -> OnnxCheck:
   """Converts, checks on the test set, then writes ``out`` (ExportError if the check
   fails: nothing is written). The test set is loaded first, so that a missing one is
-  said before the conversion; each stage says what it does, and every 15 s that it
-  still runs."""
-  images, labels = test_set(run, student.card, log)
+  said before the conversion; each stage says what it does when it starts, every
+  :data:`PROGRESS_SECONDS` that it still runs, and how long it took."""
+  with progress.Heartbeat(log, "loading the test set", f"loading the "
+                          f"{student.card.dataset} test set for the ONNX check ...",
+                          PROGRESS_SECONDS) as loading:
+    images, labels = test_set(run, student.card, log)
+  log(f"loaded {len(labels)} test images in {loading.seconds:.1f} s")
   check_class_names(run, student.card.dataset)  # The set just read.
   with progress.Heartbeat(log, "converting", "converting the student to ONNX with "
-                          "jax2onnx (about half a minute on a CPU) ...", 15.0):
+                          "jax2onnx (tens of seconds on a CPU) ...",
+                          PROGRESS_SECONDS) as converting:
     model_bytes = onnx_model(student).SerializeToString()
+  log(f"converted the student to ONNX in {converting.seconds:.1f} s "
+      f"({len(model_bytes) / 1e6:.2f} MB)")
   with progress.Heartbeat(log, "checking", f"checking the ONNX model in onnxruntime "
                           f"against the JAX student on {len(labels)} test images ...",
-                          15.0):
+                          PROGRESS_SECONDS) as checking:
     check = check_onnx(model_bytes, student, images, labels)
   log(f"onnxruntime vs JAX on the {student.card.dataset} test set ({check.examples} "
-      f"images): max |logit difference| {check.max_abs_diff:.3g} "
-      f"({check.relative_diff:.3g} of the largest logit), accuracy ONNX "
-      f"{check.onnx_accuracy:.2f}% / JAX {check.jax_accuracy:.2f}%, same top-1 class on "
-      f"{check.agreement:.2f}%")
+      f"images, checked in {checking.seconds:.1f} s): max |logit difference| "
+      f"{check.max_abs_diff:.3g} ({check.relative_diff:.3g} of the largest logit), "
+      f"accuracy ONNX {check.onnx_accuracy:.2f}% / JAX {check.jax_accuracy:.2f}%, same "
+      f"top-1 class on {check.agreement:.2f}%")
   if not check.relative_diff <= ONNX_TOLERANCE:
     raise ExportError(f"the ONNX model's logits differ from the JAX student's by "
                       f"{check.relative_diff:.3g} of the largest logit (> "
@@ -474,7 +483,8 @@ def write_onnx(run: Run, student: Student, out: pathlib.Path, log) -> OnnxCheck:
 
 
 def write_torch(student: Student, out: pathlib.Path) -> None:
-  """Writes ``{"state_dict": ..., "student": card}`` with ``torch.save``."""
+  """Writes ``{"state_dict": ..., "student": card}`` with ``torch.save``; the classes of
+  :mod:`dfkd_jax.interop.torch_models` load it (``torch_models.load``)."""
   torch = _import_torch()
   state_dict = torch_layout.variables_to_state_dict(student.variables, student.card.arch)
   payload = {"state_dict": {k: torch.from_numpy(v) for k, v in state_dict.items()},

@@ -302,7 +302,8 @@ class MetaOptions(NamedTuple):
 
 
 # ``(params, batch_stats, apply_fn, acq, ret, *, retention_weight, with_alignment,
-# kd_loss, axis_name) -> ObjectiveOutput``; ``ret`` is ``None`` for ``acquire``.
+# kd_loss, axis_name, alpha_scale=1.0) -> ObjectiveOutput``; ``ret`` is ``None`` for
+# ``acquire``; the meta rules take ``alpha * alpha_scale`` as the inner step size.
 StudentUpdate = Callable[..., ObjectiveOutput]
 
 
@@ -326,8 +327,8 @@ def _acquire_rule(meta_options):
   del meta_options
 
   def update(params, batch_stats, apply_fn, acq, ret, *, retention_weight,
-             with_alignment, kd_loss, axis_name):
-    del ret, retention_weight, with_alignment
+             with_alignment, kd_loss, axis_name, alpha_scale=1.0):
+    del ret, retention_weight, with_alignment, alpha_scale
     return acquire(params, batch_stats, apply_fn, acq, kd_loss=kd_loss,
                    axis_name=axis_name)
 
@@ -338,8 +339,8 @@ def _joint_rule(meta_options):
   del meta_options
 
   def update(params, batch_stats, apply_fn, acq, ret, *, retention_weight,
-             with_alignment, kd_loss, axis_name):
-    del with_alignment
+             with_alignment, kd_loss, axis_name, alpha_scale=1.0):
+    del with_alignment, alpha_scale
     return joint(params, batch_stats, apply_fn, acq, ret,
                  retention_weight=retention_weight, kd_loss=kd_loss,
                  axis_name=axis_name)
@@ -352,8 +353,9 @@ def _meta_rule(first_order: bool):
 
   def make(meta_options):
     def update(params, batch_stats, apply_fn, acq, ret, *, retention_weight,
-               with_alignment, kd_loss, axis_name):
-      return meta(params, batch_stats, apply_fn, acq, ret, alpha=meta_options.alpha,
+               with_alignment, kd_loss, axis_name, alpha_scale=1.0):
+      return meta(params, batch_stats, apply_fn, acq, ret,
+                  alpha=meta_options.alpha * alpha_scale,
                   inner_step=meta_options.inner_step,
                   weight_decay=meta_options.weight_decay, first_order=first_order,
                   retention_weight=retention_weight, with_alignment=with_alignment,

@@ -60,19 +60,34 @@ def student(*, learning_rate: float, momentum: float, weight_decay: float,
   Returns:
     The transformation; its update count advances once per student step.
   """
-  if schedule == "cosine":
-    cosine = optax.cosine_decay_schedule(learning_rate, num_epochs,
-                                         alpha=min_learning_rate / learning_rate)
+  factor = student_lr_factor(schedule, num_epochs)
 
-    def lr(count):  # Stepped once per epoch, as CosineAnnealingLR in the peers' code.
-      return cosine(count // steps_per_epoch)
-  elif schedule == "constant":
+  def lr(count):  # Stepped once per epoch, as CosineAnnealingLR in the peers' code.
+    # eta + (lr - eta) * factor: exactly lr * factor when eta is 0.
+    return (min_learning_rate
+            + (learning_rate - min_learning_rate) * factor(count // steps_per_epoch))
+
+  if schedule == "constant":  # A float: no schedule count in the optimiser's state.
     lr = learning_rate
-  else:
-    raise ValueError(f"student schedule={schedule!r}; valid: "
-                     f"{', '.join(STUDENT_SCHEDULES)}")
   return optax.chain(optax.add_decayed_weights(weight_decay),
                      optax.sgd(lr, momentum=momentum or None))
+
+
+def student_lr_factor(schedule: str, num_epochs: int):
+  """The student's learning rate over its initial one, as a function of the epoch.
+
+  ``cosine``: ``(1 + cos(pi * epoch / num_epochs)) / 2``; ``constant``: 1. The meta
+  step of ``meta.alpha_schedule="student"`` follows it too.
+
+  Raises:
+    ValueError: an unknown schedule, listing the valid ones.
+  """
+  if schedule == "cosine":
+    return optax.cosine_decay_schedule(1.0, num_epochs)
+  if schedule == "constant":
+    return lambda epoch: 1.0
+  raise ValueError(f"student schedule={schedule!r}; valid: "
+                   f"{', '.join(STUDENT_SCHEDULES)}")
 
 
 def generator(*, learning_rate: float, b1: float, b2: float

@@ -51,6 +51,13 @@ class Summary:
       ``None``.
     selected_accuracy: the test accuracy (%) of that epoch, for evaluation only.
     collapsed: why the run is collapsed (chance-level agreement), or ``None``.
+    train_seconds: per completed epoch, the program's cumulative seconds of training
+      iterations (compilation included, evaluation excluded; a program of N replicas:
+      all N together), or empty (runs made before it was recorded).
+    cpu_cores: the CPU cores the program had (``len(os.sched_getaffinity(0))`` at its
+      first start), or ``None``: not a CPU run, a multi-process run, or a run made
+      before it was recorded. A seed's cost in core-seconds is ``train_seconds *
+      cpu_cores / config.num_seeds``.
   """
 
   method: str
@@ -71,6 +78,8 @@ class Summary:
   selected_epoch: int | None = None
   selected_accuracy: float | None = None
   collapsed: str | None = None
+  train_seconds: tuple[float, ...] = ()
+  cpu_cores: int | None = None
 
   @classmethod
   def of_run(cls, *, method: str, dataset: str, seed: int,
@@ -78,7 +87,9 @@ class Summary:
              alignment: Sequence[float | None], student_steps_per_second: float | None,
              config: dict[str, Any], failed: str | None = None,
              criteria: dict[str, Sequence[float | None]] | None = None,
-             criterion: str | None = None, collapsed: str | None = None) -> "Summary":
+             criterion: str | None = None, collapsed: str | None = None,
+             train_seconds: Sequence[float] = (),
+             cpu_cores: int | None = None) -> "Summary":
     """The summary of a run's per-epoch history (metrics by :mod:`dfkd_jax.metrics.curves`);
     ``criterion`` (of ``criteria``) chooses ``selected_epoch``
     (:func:`dfkd_jax.metrics.selection.selected_epoch`)."""
@@ -97,10 +108,11 @@ class Summary:
     return cls(method, dataset, seed, teacher_accuracy, acc, acc_max, evolution,
                cumulative, aligned, student_steps_per_second, len(acc), config, failed,
                criteria, criterion, None if chosen is None else chosen + 1,
-               None if chosen is None else acc[chosen], collapsed)
+               None if chosen is None else acc[chosen], collapsed,
+               tuple(float(t) for t in train_seconds), cpu_cores)
 
   def to_json(self) -> dict[str, Any]:
-    """The JSON object of ``summary.json`` (``alignment`` and ``failed`` only when set)."""
+    """The JSON object of ``summary.json`` (``alignment``, ``failed``, ``train_seconds`` and ``cpu_cores`` only when set)."""
     out = {"method": self.method, "dataset": self.dataset, "seed": self.seed,
            "teacher_accuracy": self.teacher_accuracy,
            "test_accuracy": list(self.test_accuracy), "acc_max": self.acc_max,
@@ -111,6 +123,10 @@ class Summary:
       out["alignment"] = list(self.alignment)
     out.update(student_steps_per_second=self.student_steps_per_second,
                epochs_completed=self.epochs_completed, config=self.config)
+    if self.train_seconds:
+      out["train_seconds"] = list(self.train_seconds)
+    if self.cpu_cores is not None:
+      out["cpu_cores"] = self.cpu_cores
     if self.failed is not None:
       out["failed"] = self.failed
     if self.criterion is not None:
@@ -212,6 +228,12 @@ def _parse(data: Any, path) -> Summary:
   config = data.get("config", {})
   if not isinstance(config, dict):
     raise ValueError(f"{path}: config must be an object, got {type(config).__name__}")
+  train_seconds = ()
+  if data.get("train_seconds") is not None:
+    train_seconds = _curve(data["train_seconds"], "train_seconds", path)
+    if len(train_seconds) != len(acc):
+      raise ValueError(f"{path}: train_seconds has {len(train_seconds)} values but "
+                       f"test_accuracy has {len(acc)}")
   failed = data.get("failed")
   if failed is not None and not isinstance(failed, str):
     raise ValueError(f"{path}: failed must be a string (why the run stopped), got "
@@ -229,7 +251,18 @@ def _parse(data: Any, path) -> Summary:
                                        "student_steps_per_second", path,
                                        allow_none=True),
       epochs_completed=int(data.get("epochs_completed", len(acc))), config=config,
-      failed=failed)
+      failed=failed, train_seconds=train_seconds,
+      cpu_cores=_cpu_cores(data.get("cpu_cores"), path))
+
+
+def _cpu_cores(value, path) -> int | None:
+  """``cpu_cores``: a positive integer, or absent/null (not a CPU run, a multi-process
+  run, or made before it was recorded)."""
+  if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                            or value < 1):
+    raise ValueError(f"{path}: cpu_cores must be a positive integer (the CPU cores the "
+                     f"run had) or null, got {value!r}")
+  return value
 
 
 def _selection(data: dict[str, Any], acc: tuple, path) -> dict[str, Any]:

@@ -124,6 +124,18 @@ def _unroll(step_loop: str, batch_size: int, mesh) -> bool:
   return step_loop == "unroll"
 
 
+def _alpha_scale(config: ml_collections.ConfigDict
+                 ) -> Callable[[jax.Array], jax.Array] | None:
+  """``meta.alpha_schedule``'s factor on alpha per iteration: the student's learning
+  rate over its initial one at that iteration's epoch ("student"), or None (1)."""
+  if config.meta.alpha_schedule != "student":
+    return None
+  factor = optimizers.student_lr_factor(config.student_optimizer.schedule,
+                                        config.num_epochs)
+  per_epoch = config.iterations_per_epoch
+  return lambda step: factor(step // per_epoch)
+
+
 def _map_replicas(replica_loop: str, mesh) -> bool:
   """``lax.map`` over replicas for ``map``, and for ``auto`` on CPU (``config.replica_loop``)."""
   return replica_loop == "map" or (replica_loop == "auto" and _on_cpu(mesh))
@@ -266,6 +278,7 @@ def _assemble(config, log, mesh, method: methods.Method) -> Setup:
       generator_optimizer=generator_optimizer,
       generator_loss_weights=_generator_loss_weights(config),
       student_update=objectives.get(method.student_update, meta_options),
+      alpha_scale=_alpha_scale(config) if update_rule.is_meta else None,
       needs_retention=update_rule.needs_retention,
       kd_loss=_kd_loss(method.student_loss, config.student_logit_bound,
                        config.generator_loss.logit_bound, temperature),

@@ -253,6 +253,8 @@ class StudentUpdate(NamedTuple):
   retention_weight: float
   optimizer: optax.GradientTransformation
   batch_size: int                    # Global batch of fresh samples.
+  # The meta rules' factor on alpha per iteration index; None = 1 (Setup.alpha_scale).
+  alpha_scale: Callable[[jax.Array], jax.Array] | None = None
 
 
 def generator_step(gen: ModelState, student: ModelState, teacher_vars, key,
@@ -304,7 +306,8 @@ class StepInputs(NamedTuple):
 
 def student_step(carry, xs, *, gen: ModelState, teacher_vars,
                  source: replay_sources.ReplaySource, ctx: replay_sources.Context,
-                 nets: Networks, update: StudentUpdate, keep_inputs: bool):
+                 nets: Networks, update: StudentUpdate, keep_inputs: bool,
+                 alpha_scale: jax.Array | float = 1.0):
   """One student update (a ``lax.scan`` body): fresh ``G(z)`` plus a retention batch.
 
   Args:
@@ -319,6 +322,7 @@ def student_step(carry, xs, *, gen: ModelState, teacher_vars,
     update: the update rule and optimiser.
     keep_inputs: carry this step's :class:`StepInputs` (for the meta updates'
       alignment, Sec. 3.4, taken once after the loop).
+    alpha_scale: the meta rules' factor on alpha this iteration.
 
   Returns:
     The new carry (with this step's fresh batch) and the step's metrics; retention
@@ -338,7 +342,7 @@ def student_step(carry, xs, *, gen: ModelState, teacher_vars,
     weight = retention_valid.astype(jnp.float32) * update.retention_weight
   out = update.update(student.params, student.batch_stats, nets.student, acq, ret,
                       retention_weight=weight, with_alignment=False,
-                      kd_loss=update.kd_loss, axis_name=AXIS)
+                      kd_loss=update.kd_loss, axis_name=AXIS, alpha_scale=alpha_scale)
   inputs = (StepInputs(student.params, student.batch_stats, ret, retention_valid),)
   params, opt_state = optimizers.apply(update.optimizer, out.grads, student.opt_state,
                                        student.params)
@@ -459,7 +463,8 @@ def adversarial_iteration(setup: Setup, nets: Networks):
       setup.conditional_generator)
   stu_update = StudentUpdate(
       setup.student_update, setup.needs_retention,
-      setup.kd_loss, setup.retention_weight, setup.student_optimizer, setup.batch_size)
+      setup.kd_loss, setup.retention_weight, setup.student_optimizer, setup.batch_size,
+      setup.alpha_scale)
   local_batch = setup.batch_size // setup.mesh.devices.size
   unroll, num_steps = setup.unroll, setup.student_steps
   # The meta update's alignment costs two more forward/backward passes, so only the
@@ -490,7 +495,9 @@ def adversarial_iteration(setup: Setup, nets: Networks):
                np.arange(num_steps, dtype=np.int32))
       step = functools.partial(student_step, gen=gen, teacher_vars=teacher_vars,
                                source=source, ctx=ctx, nets=nets, update=stu_update,
-                               keep_inputs=align)
+                               keep_inputs=align,
+                               alpha_scale=(1.0 if stu_update.alpha_scale is None
+                                            else stu_update.alpha_scale(state.step)))
       carry = (state.student, replay, x0, t0)
       if align:
         carry += (_placeholder_inputs(state.student, source, ctx, replay),)

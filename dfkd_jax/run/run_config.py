@@ -2,7 +2,8 @@
 
 :func:`default_config` holds every field with the papers' defaults (configs in
 ``configs/`` start from it), :func:`load_config_file` reads ``configs/NAME.py[:arg]``
-(:func:`parse_arg` is the one parser of ``:arg``) and :func:`validate` checks values
+(:func:`parse_arg` is the one parser of ``:arg``; :func:`resolve_config_file` finds the
+repository's ``configs/NAME.py`` from any folder) and :func:`validate` checks values
 before anything is built (errors name the value and the fix) and returns the resolved
 :class:`~dfkd_jax.methods.presets.Method`. :func:`dfkd_jax.run.experiment.build` assembles a
 validated config into a :class:`~dfkd_jax.run.run_setup.Setup`; nothing below that reads the
@@ -15,7 +16,7 @@ import importlib.util
 import os
 import pathlib
 import re
-from typing import Sequence
+from typing import Callable, Sequence
 
 from absl import flags
 import ml_collections
@@ -36,10 +37,15 @@ from dfkd_jax.parallel import distributed
 from dfkd_jax.parallel import mesh as parallel
 from dfkd_jax.replay import sources as replay_sources
 
+ALPHA_SCHEDULES = ("constant", "student")
 INNER_STEPS = tuple(s.value for s in objectives.InnerStep)
 COMPUTE_DTYPES = ("float32", "bfloat16")
 STEP_LOOPS = ("auto", "scan", "unroll")
 REPLICA_LOOPS = ("auto", "map", "vmap")
+# The repository this package was installed from (``pip install -e``): its configs/
+# folder holds the shipped config files.
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
+CONFIGS_DIR = REPO_ROOT / "configs"
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -47,7 +53,9 @@ def default_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.method = "lra_mb"
   c.student_update = ""          # Override of the method's update; "" = the preset's.
-  c.dataset = "digits"           # Test set the student is evaluated on every epoch.
+  # Test set the student is evaluated on every epoch: a built-in id, or your own data
+  # as folder:PATH (ImageFolder layout) or npz:FILE (x_test, y_test), docs/data.md.
+  c.dataset = "digits"
   c.data_dir = ""                # TFDS data dir ("" = $TFDS_DATA_DIR or ~/tensorflow_datasets).
   c.image_size = 0               # folder:/npz: data: resize images to SxS (PIL bilinear); 0 = native.
   c.teacher_dir = ""             # Teacher checkpoint (train_teacher or convert).
@@ -103,6 +111,10 @@ def default_config() -> ml_collections.ConfigDict:
       alpha=0.9,                 # Inner step size (official code: lr_S_in = 0.9).
       inner_step="sgd_weight_decay",  # "sgd" (eq. 6) | "sgd_weight_decay" (official).
       weight_decay=5e-4,
+      # "constant": alpha at every step; "student": alpha times the student's learning
+      # rate over its initial one (the cosine schedule), so the inner step of eq. 6
+      # keeps its ratio to the student's real step (issue 40's control).
+      alpha_schedule="constant",
       # Log cos(grad L_acq, grad L_ret) (Section 3.4) on the last student step of each
       # iteration: one more forward/backward on the replayed batch per iteration.
       with_alignment=True))
@@ -261,6 +273,7 @@ FAST_RULES: tuple[tuple[str, checks.Rule], ...] = (
 META_RULES: tuple[tuple[str, checks.Rule], ...] = (
     ("meta.alpha", checks.POSITIVE),
     ("meta.inner_step", checks.one_of(INNER_STEPS)),
+    ("meta.alpha_schedule", checks.one_of(ALPHA_SCHEDULES)),
     ("meta.weight_decay", checks.NON_NEGATIVE),
     ("meta.with_alignment", checks.BOOL),
 )
@@ -296,6 +309,10 @@ def validate(config: ml_collections.ConfigDict, mesh) -> methods.Method:
   selection.check(config.selection.to_dict(), replay.provides_retention,
                   config.batch_size, mesh.devices.size)
   parallel.check_divisible(config.eval_batch_size, "config.eval_batch_size", mesh)
+  if not config.dataset:
+    raise ValueError("config.dataset is empty; set --config.dataset=NAME (a built-in "
+                     "dataset) or folder:PATH / npz:FILE: the labelled test set the "
+                     "student is scored on")
   data.get_dataset(config.dataset)
   return method
 
@@ -369,33 +386,100 @@ def method_from_arg(arg: str | None, default: str = "lra_mb") -> str:
   return parse_arg(arg, key="method", default=default)
 
 
-def load_config_file(path: str) -> ml_collections.ConfigDict:
-  """``get_config()`` of the config file ``path`` (``path:arg`` passes ``arg``)."""
-  path, _, arg = str(path).partition(":")
-  if not pathlib.Path(path).is_file():
-    raise FileNotFoundError(f"config file {path!r} not found (paths are relative to the "
-                            f"working directory {os.getcwd()})")
+def resolve_config_file(value: str, name: str = "--config",
+                        log: Callable[[str], None] | None = None) -> str:
+  """``value`` (``PATH[:ARG]``), with a shipped config found from any folder.
+
+  A ``PATH`` that exists relative to the working directory (or is absolute) is used as
+  it is. Otherwise a ``configs/...`` path is looked up in the repository the package
+  was installed from (:data:`CONFIGS_DIR`), so the README's and the guides' commands
+  work from your own folder; ``log`` gets one line naming the file used.
+
+  Args:
+    value: the config file's path, with its ``:ARG`` if any.
+    name: the flag or field that gave it, for the messages.
+    log: receives the line saying which file was used (``None``: nothing said).
+
+  Returns:
+    ``value``, or the repository file's absolute path with the same ``:ARG``.
+
+  Raises:
+    FileNotFoundError: no such file in either place (one line naming the value and the
+      fix).
+  """
+  path, sep, arg = str(value).partition(":")
+  if pathlib.Path(path).is_file():
+    return value
+  cwd = pathlib.Path.cwd()
+  shipped = REPO_ROOT / path
+  in_configs = pathlib.PurePath(path).parts[:1] == ("configs",)  # Relative, configs/.
+  if in_configs and shipped.is_file():
+    if log is not None:
+      log(f"{name}={path}: not in {cwd}, using the repository's {shipped}")
+    return f"{shipped}{sep}{arg}"
+  where = f"in {cwd}" + (f" nor in the repository ({REPO_ROOT})"
+                         if in_configs and cwd.resolve() != REPO_ROOT else "")
+  shipped_configs = (f"the shipped configs are in {CONFIGS_DIR}" if CONFIGS_DIR.is_dir()
+                     else "the shipped configs/ folder is in the repository (clone it "
+                     "and pip install -e it to use them by their configs/ path)")
+  raise FileNotFoundError(f"{name}={path}: no such file {where}; pass a config file's "
+                          f"path: {shipped_configs}")
+
+
+def load_config_file(path: str, log: Callable[[str], None] | None = None,
+                     name: str = "config file") -> ml_collections.ConfigDict:
+  """``get_config()`` of the config file ``path`` (``path:arg`` passes ``arg``); a
+  ``configs/...`` path not in the working directory is the repository's
+  (:func:`resolve_config_file`, which says so in ``log``).
+
+  Raises:
+    FileNotFoundError: no such file (one line).
+  """
+  path, _, arg = resolve_config_file(str(path), name, log).partition(":")
   spec = importlib.util.spec_from_file_location("_dfkd_config", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config(arg) if arg else module.get_config()
 
 
+def _resolve_config_flag(argv: Sequence[str],
+                         log: Callable[[str], None]) -> list[str]:
+  """``argv`` with the value of ``--config`` resolved by :func:`resolve_config_file`
+  (``--config=V``, ``-config=V`` or ``--config V``; not after ``--``)."""
+  argv = list(argv)
+  for i, arg in enumerate(argv[1:], start=1):
+    if arg == "--":
+      break
+    flag, sep, value = arg.partition("=")
+    if flag in ("--config", "-config") and sep:
+      argv[i] = f"{flag}={resolve_config_file(value, '--config', log)}"
+    elif flag in ("--config", "-config") and i + 1 < len(argv):
+      argv[i + 1] = resolve_config_file(argv[i + 1], "--config", log)
+  return argv
 
-def parse_flags(argv: Sequence[str], fields: str) -> Sequence[str]:
+
+def parse_flags(argv: Sequence[str], fields: str,
+                log: Callable[[str], None] = print) -> Sequence[str]:
   """absl's flag parsing, with a one-line error for a bad config file or field.
 
   ml_collections loads the ``--config`` file and applies ``--config.FIELD=VALUE`` while
   the flags are parsed, before ``main`` runs; its errors would otherwise end in a
-  traceback. ``train`` and ``train_teacher`` parse their flags with this.
+  traceback. A ``--config=configs/...`` path that is not in the working directory is
+  the repository's (:func:`resolve_config_file`; one line in ``log`` says so). ``train``
+  and ``train_teacher`` parse their flags with this.
 
   Args:
     argv: the command line.
     fields: where the config's fields are listed, for the error of a misspelt field.
+    log: receives the line naming a config file found in the repository.
 
   Raises:
     SystemExit: one line, ``error: ...``.
   """
+  try:
+    argv = _resolve_config_flag(argv, log)
+  except FileNotFoundError as e:
+    raise SystemExit(f"error: {e}") from None
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:

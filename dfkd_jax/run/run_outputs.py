@@ -45,6 +45,16 @@ class History:
       from a checkpoint made before criteria existed, or NaN).
     collapsed: why the run is collapsed (:func:`dfkd_jax.metrics.selection.collapse`, decided
       anew at every epoch's end from the criteria and health signals), or ``None``.
+    train_seconds: after each completed epoch, the seconds this program has spent in
+      training iterations so far (each start's compiling first call included;
+      evaluation, probes and checkpoints excluded; resumed runs add up). A program of
+      N replicas records the time of all N.
+    clock: the same count at the last save (the epoch in progress included), which a
+      resumed run continues from.
+    cpu_cores: the CPU cores the program had at its first start (for a checkpoint made
+      before they were recorded: at its first resume;
+      :func:`dfkd_jax.run.trainer.cpu_cores`), or ``None`` (not a CPU run, or a
+      multi-process one).
   """
 
   teacher_accuracy: float | None = None
@@ -55,6 +65,9 @@ class History:
   failed: str | None = None
   criteria: dict[str, list[float | None]] = dataclasses.field(default_factory=dict)
   collapsed: str | None = None
+  train_seconds: list[float] = dataclasses.field(default_factory=list)
+  clock: float = 0.0
+  cpu_cores: int | None = None
 
   def to_json(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
@@ -113,7 +126,8 @@ def summary(record: dict[str, Any] | ml_collections.ConfigDict, history: History
       student_steps_per_second=history.student_steps_per_second,
       config=record, failed=history.failed, criteria=history.criteria,
       criterion=record.get("selection", {}).get("criterion", "last"),
-      collapsed=history.collapsed)
+      collapsed=history.collapsed, train_seconds=history.train_seconds,
+      cpu_cores=history.cpu_cores)
 
 
 def replica_dir(workdir: pathlib.Path, seed: int) -> pathlib.Path:

@@ -9,9 +9,10 @@ the types), so both import it without importing the assembler.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, TYPE_CHECKING
+from typing import Any, Callable, TYPE_CHECKING
 
 if TYPE_CHECKING:
+  import jax
   import optax
   from dfkd_jax.math import objectives
   from dfkd_jax.methods import fast as fast_lib
@@ -60,6 +61,9 @@ class Setup:
   generator_optimizer: optax.GradientTransformation
   generator_loss_weights: generator_objectives.GeneratorLossWeights
   student_update: objectives.StudentUpdate
+  # The meta step's factor on meta.alpha as a function of the iteration index (traced);
+  # None = 1 (meta.alpha_schedule="constant", and every rule that is not a meta rule).
+  alpha_scale: Callable[[jax.Array], jax.Array] | None
   needs_retention: bool                # The update rule takes a retention batch.
   kd_loss: objectives.KDLoss           # Per-example student loss (+ MAD's logit bound).
   retention_weight: float

@@ -47,7 +47,7 @@ def default_config() -> ml_collections.ConfigDict:
   this and set the dataset, the model and what their recipe changes.
   """
   config = ml_collections.ConfigDict()
-  config.dataset = ""
+  config.dataset = ""  # A built-in id, or your own folder:PATH / npz:FILE.
   config.data_dir = ""  # Empty: $TFDS_DATA_DIR or ~/tensorflow_datasets.
   config.image_size = 0  # folder:/npz: datasets: resize images to SxS; 0 = native size.
   # Input normalisation recorded in the teacher; empty: the dataset's constants, or for
@@ -140,21 +140,23 @@ class Augmentation:
 def resolve_augmentation(config: ml_collections.ConfigDict, spec: data.DatasetSpec,
                          normalization: tuple[tuple[float, ...], tuple[float, ...]]
                          ) -> Augmentation:
-  """The augmentation of ``config`` for a dataset of ``spec`` (see :func:`default_config`).
-
-  Raises:
-    ValueError: ``crop_padding`` below -1 or ``hflip`` not one of :data:`HFLIP`.
-  """
-  check_augmentation(config)
+  """The augmentation of ``config`` (checked by :func:`check_fields`) for a dataset of
+  ``spec`` (see :func:`default_config`)."""
   if not config.augment:
     return Augmentation()
   padding = (4 if spec.crop else 0) if config.crop_padding == -1 else config.crop_padding
   flip = spec.flip if config.hflip == "auto" else config.hflip == "on"
+  if not (padding or flip):
+    return Augmentation()
   return Augmentation(padding, flip, augment.black_level(*normalization))
 
 
-def check_augmentation(config: ml_collections.ConfigDict) -> None:
-  """Raises ValueError, naming the field and the valid values, on a bad augmentation."""
+def check_fields(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError, naming the field and the fix, on an empty dataset or a bad
+  augmentation or label smoothing (before anything is loaded)."""
+  if not config.dataset:
+    raise ValueError("config.dataset is empty; set --config.dataset=NAME (a built-in "
+                     "dataset) or folder:PATH / npz:FILE (your own data)")
   if config.hflip not in HFLIP:
     raise ValueError(f"config.hflip={config.hflip!r}; valid: {', '.join(HFLIP)}")
   if config.crop_padding < -1:
@@ -178,9 +180,12 @@ def make_train_step(module: flax.linen.Module, optimizer: optax.GradientTransfor
   def loss_fn(params, batch_stats, images, labels):
     logits, updates = module.apply({"params": params, "batch_stats": batch_stats},
                                    images, train=True, mutable=["batch_stats"])
-    targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]),
-                                  label_smoothing)
-    loss = optax.softmax_cross_entropy(logits, targets).mean()
+    if label_smoothing:
+      targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]),
+                                    label_smoothing)
+      loss = optax.softmax_cross_entropy(logits, targets).mean()
+    else:  # The integer-label form: teachers trained before smoothing existed, exactly.
+      loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
     return loss, updates.get("batch_stats", batch_stats)
 
   @functools.partial(jax.jit, donate_argnums=0)
@@ -233,7 +238,7 @@ def train_and_save(config: ml_collections.ConfigDict, workdir: str | os.PathLike
   text = os.fspath(workdir)
   workdir = distributed.filesystem_path(workdir, "workdir").absolute()
   _check_workdir(workdir, config.overwrite, text)
-  check_augmentation(config)
+  check_fields(config)
   dataset = data.get_dataset(config.dataset)
   spec = dataset.spec
   data_shape = spec.stored_shape(config.image_size)

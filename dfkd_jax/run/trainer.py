@@ -143,10 +143,28 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
         workdir, setup.record, dataclasses.asdict(setup.teacher_meta),
         allow_config_change, write=primary, log=log,
         trained=workdir_lib.has_checkpoint(workdir / CHECKPOINT_DIR))
-    for field in changed:
-      log(f"config.{field} changed with --allow_config_change (recorded in "
-          f"{workdir / workdir_lib.RECORD_FILE})")
-    return _run(setup, workdir, log, primary, preemption)
+    for field, (old, new) in changed.items():
+      log(f"config.{field} changed from {old} to {new} with --allow_config_change "
+          f"(recorded in {workdir / workdir_lib.RECORD_FILE})")
+    return _run(setup, workdir, log, primary, preemption, _new_program(setup, changed))
+
+
+def _new_program(setup: Setup, changed: dict[str, tuple[Any, Any]]) -> str | None:
+  """Why the iteration compiled for the run the workdir holds does not fit this one:
+  a changed field that is compiled into it (``None``: none is).
+
+  Of the fields a resume may change (``--allow_config_change``), ``num_epochs`` is
+  compiled into the iteration when it sets the length of the student's cosine
+  learning-rate schedule (:func:`dfkd_jax.math.optimizers.student`); the persistent
+  compilation cache keys programs by their text, so the earlier length's does not fit.
+  """
+  schedule = setup.record["student_optimizer"]["schedule"]
+  if "num_epochs" not in changed or schedule != "cosine":
+    return None
+  old, new = changed["num_epochs"]
+  return (f"config.num_epochs changed from {old} to {new}, and the student's cosine "
+          "learning-rate schedule spans num_epochs: its length is compiled into the "
+          "iteration, so the program compiled for the earlier length does not fit")
 
 
 def _restore(checkpoints: checkpoints_lib.Checkpoints, state, num_replicas: int,
@@ -246,20 +264,32 @@ def _accuracy(setup: Setup, eval_step, variables, split) -> float | list[float]:
                              batch_size=setup.eval_batch_size, mesh=setup.mesh)
 
 
-def _first_call(iteration, state, teacher_vars, log, every: float):
-  """The first iteration, which compiles: said before, during and after."""
+def _first_call(iteration, state, teacher_vars, log, every: float, resumed: bool,
+                new_program: str | None):
+  """The first iteration, which compiles: said before, during and after, and why a
+  resumed run compiles again (``new_program``, :func:`_new_program`; or, when it does
+  so without a reason known here, that the cache held no program for it)."""
   hits = progress.compile_cache_hits()
   cache = jax.config.jax_compilation_cache_dir
-  first_line = ("compiling the training iteration (minutes on CPU the first time; "
-                + (f"cached in {cache} for later runs" if cache else "no compilation cache")
-                + "); XLA may print a 'Very slow compile?' notice meanwhile: it is not an "
-                "error")
+  where = f"cached in {cache} for later runs" if cache else "no compilation cache"
+  first_line = ((f"compiling the training iteration again: {new_program} (minutes on "
+                 f"CPU; {where})") if new_program else
+                (f"compiling the training iteration (minutes on CPU the first time; "
+                 f"{where})"))
+  first_line += ("; XLA may print a 'Very slow compile?' notice meanwhile: it is not an "
+                 "error")
   with progress.Heartbeat(log, "compiling", first_line, every) as heartbeat:
     state, metrics = iteration(state, teacher_vars)
     metrics = jax.device_get(metrics)
-  how = (" (loaded from the compilation cache)"
-         if progress.compile_cache_hits() > hits else "")
+  loaded = progress.compile_cache_hits() > hits
+  how = " (loaded from the compilation cache)" if loaded else ""
   log(f"compiled and ran the first iteration in {heartbeat.seconds:.1f} s{how}")
+  if resumed and cache and not loaded and not new_program:
+    log(f"the resumed run compiled its iteration again: no config field compiled into "
+        f"it changed, but the compilation cache in {cache} held no program for it (it "
+        "was cleared, jax, the devices or XLA_FLAGS changed, or the earlier compile "
+        f"took under {jax.config.jax_persistent_cache_min_compile_time_secs:g} s and "
+        "was not kept)")
   return state, metrics
 
 
@@ -276,8 +306,11 @@ def _progress(epoch, i, per_epoch, num_epochs, throughput, metrics, remaining) -
 
 
 def _run(setup: Setup, workdir: pathlib.Path, log, primary: bool,
-         preemption: distributed.PreemptionWatch) -> dict[str, Any]:
-  """The host loop of :func:`run`: one History per replica, one seed or many."""
+         preemption: distributed.PreemptionWatch,
+         new_program: str | None = None) -> dict[str, Any]:
+  """The host loop of :func:`run`: one History per replica, one seed or many;
+  ``new_program`` says why a resumed run's iteration is compiled again
+  (:func:`_new_program`)."""
   mesh, meta, seeds = setup.mesh, setup.teacher_meta, setup.seeds
   per_epoch, num_epochs = setup.iterations_per_epoch, setup.num_epochs
   total = num_epochs * per_epoch
@@ -298,6 +331,7 @@ def _run(setup: Setup, workdir: pathlib.Path, log, primary: bool,
     state, histories, start = _restore(checkpoints, state, len(seeds), per_epoch,
                                        num_epochs, log)
     probe = _probe(setup, checkpoints, start)
+    _record_cores(histories, cpu_cores(mesh), log)
     checkpoints.keep(_selected_steps(histories, setup.criterion, per_epoch))
     if histories[0].teacher_accuracy is None:
       teacher_accuracy = _accuracy(
@@ -319,17 +353,19 @@ def _run(setup: Setup, workdir: pathlib.Path, log, primary: bool,
   throughput = progress.Throughput()
   progress_line = progress.RateLimited(log, setup.progress_seconds)
   outputs = run_outputs.Outputs(layout, setup, log, primary, start)
+  clock = _Clock(histories)
   with contextlib.closing(outputs):
     for step in range(start, total):
       epoch, i = divmod(step, per_epoch)
       t0 = time.time()
       if step == start:  # The first call compiles.
         state, metrics = _first_call(iteration, state, teacher_vars, log,
-                                     setup.progress_seconds)
+                                     setup.progress_seconds, start > 0, new_program)
       else:
         state, metrics = iteration(state, teacher_vars)
         metrics = jax.device_get(metrics)  # Blocks: one small transfer per iteration.
         throughput.add(time.time() - t0)
+      clock.add(time.time() - t0)
       per_replica = _per_replica(metrics, replicas)
       newly_failed = _check_finite(per_replica, epoch, i, checkpoints, histories, seeds,
                                    log, setup.compute_dtype.name)
@@ -347,6 +383,7 @@ def _run(setup: Setup, workdir: pathlib.Path, log, primary: bool,
         if epoch_end is not None:  # The data-free criteria, on the device.
           probe, values = epoch_end(state, probe, teacher_vars)
           criteria = _per_replica(jax.device_get(values), replicas)
+        clock.stamp(epoch_end=True)
         _end_epoch(histories, accuracies if replicas else [accuracies],
                    throughput.per_second, setup, criteria)
         checkpoints.keep(_selected_steps(histories, setup.criterion, per_epoch))
@@ -357,6 +394,7 @@ def _run(setup: Setup, workdir: pathlib.Path, log, primary: bool,
       if preemption.reached(step + 1) and step + 1 < total:
         with preemption.saving(step + 1):
           if not saved:
+            clock.stamp(epoch_end=False)
             checkpoints.save(step + 1, state, layout.history_json(histories), probe)
           checkpoints.close()
         log(f"{preemption.notice}: stopped at epoch {epoch + 1}, iteration "
@@ -365,6 +403,49 @@ def _run(setup: Setup, workdir: pathlib.Path, log, primary: bool,
         raise Preempted(step + 1, checkpoints.directory, preemption.exit_code)
     checkpoints.close()
     return outputs.finish(histories)
+
+
+def cpu_cores(mesh) -> int | None:
+  """The CPU cores this program may run on (``len(os.sched_getaffinity(0))``, which
+  ``taskset`` sets), on CPU in one process; ``None`` on accelerators, and for a
+  multi-process program, whose processes may share cores or not."""
+  if mesh.devices.flat[0].platform != "cpu" or jax.process_count() > 1:
+    return None
+  if not hasattr(os, "sched_getaffinity"):  # macOS: no affinity, all cores.
+    return os.cpu_count()
+  return len(os.sched_getaffinity(0))
+
+
+def _record_cores(histories: Sequence[run_outputs.History], cores: int | None,
+                  log) -> None:
+  """Records ``cores`` in each History once, at the run's first start; a resume on
+  another count keeps the first, with a line (its ``train_seconds`` mix both)."""
+  recorded = histories[0].cpu_cores
+  if recorded is None:
+    for history in histories:
+      history.cpu_cores = cores
+  elif recorded != cores:
+    log(f"warning: this run started with {recorded} CPU core(s) and resumes with "
+        f"{cores}; summary.json keeps cpu_cores={recorded}, so the report's core-seconds "
+        "of its epochs from here on are counted at that rate")
+
+
+class _Clock:
+  """Seconds of training iterations, carried in every History (``clock``) across
+  resumes and stamped into ``train_seconds`` at each epoch's end."""
+
+  def __init__(self, histories: Sequence[run_outputs.History]):
+    self.histories = histories
+    self.seconds = max(h.clock for h in histories)  # A resumed run goes on from it.
+
+  def add(self, seconds: float) -> None:
+    self.seconds += seconds
+
+  def stamp(self, epoch_end: bool) -> None:
+    for history in self.histories:
+      history.clock = round(self.seconds, 3)
+      if epoch_end and history.failed is None:
+        history.train_seconds.append(history.clock)
 
 
 def _end_epoch(histories: Sequence[run_outputs.History], accuracies: Sequence[float],

@@ -1,8 +1,10 @@
 """The report's figures in the style of LRA Fig. 4: a curve per run and the mean over a
-method's runs, per epoch (matplotlib, imported on first use)."""
+method's runs, per epoch; and the time to accuracy's step curves against cost
+(matplotlib, imported on first use)."""
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 from typing import Mapping, Sequence
 
@@ -95,3 +97,73 @@ def plot_curves(by_method: Mapping[str, Sequence[study_runs.Run]], curve_of, tit
   fig.savefig(path, format="png")
   plt.close(fig)
   return True
+
+
+@dataclasses.dataclass(frozen=True)
+class StepMean:
+  """Step curves on a common grid ``x``: their mean and a band from ``low`` to ``high``
+  (:func:`dfkd_jax.study.time_to_accuracy.step_mean`)."""
+
+  x: np.ndarray
+  mean: np.ndarray
+  low: np.ndarray
+  high: np.ndarray
+
+
+#: One panel of :func:`step_figure`: its x label and, per method, the per-seed curves
+#: ``(x, y)`` and their :class:`StepMean` (``None``: the seeds share no x).
+Panel = tuple[str, Mapping[str, tuple[Sequence[tuple[np.ndarray, np.ndarray]],
+                                      StepMean | None]]]
+
+
+def step_figure(panels: Sequence[Panel], title: str, band: str,
+                teacher_accuracy: float | None = None, marks: Sequence[float] = (),
+                marks_label: str = ""):
+  """Panels side by side of accuracy as step curves (a value holds until the next
+  point): per seed a thin line, per method the mean with markers and a shaded band
+  (``band`` names it in the legend); the teacher's accuracy dashed; ``marks`` dotted
+  vertical lines in the first panel (``marks_label`` in the legend)."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  from matplotlib import patches  # pylint: disable=g-import-not-at-top
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  styles = line_styles(list(panels[0][1]))
+  fig, axes = plt.subplots(1, len(panels), figsize=(5.8 * len(panels), 4.4), dpi=120,
+                           squeeze=False)
+  for ax, (xlabel, series) in zip(axes[0], panels):
+    for method, (curves, mean) in series.items():
+      color, linestyle = styles[method]
+      label = f"{method} (n={len(curves)})"
+      for i, (x, y) in enumerate(curves):  # Labelled here when there is no mean.
+        ax.step(x, y, where="post", color=color, linestyle=linestyle, linewidth=0.6,
+                alpha=0.35, marker=".", markersize=2,
+                label=label if mean is None and i == 0 else None)
+      if mean is not None:
+        ax.fill_between(mean.x, mean.low, mean.high, step="post", color=color,
+                        alpha=0.15, linewidth=0)
+        ax.step(mean.x, mean.mean, where="post", color=color, linestyle=linestyle,
+                linewidth=1.5, marker="o", markersize=3, label=label)
+    if teacher_accuracy is not None:
+      ax.axhline(teacher_accuracy, color="black", linestyle="--", linewidth=1.0,
+                 label=f"teacher ({teacher_accuracy:.2f}%)")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("test accuracy (%)")
+    ax.grid(alpha=0.3)
+  for i, mark in enumerate(marks):
+    axes[0][0].axvline(mark, color="grey", linestyle=":", linewidth=0.9,
+                       label=marks_label if i == 0 else None)
+  handles, labels = axes[0][0].get_legend_handles_labels()
+  handles.append(patches.Patch(color="grey", alpha=0.3))
+  labels.append(f"band: {band}")
+  axes[0][0].legend(handles, labels, loc="best", fontsize="small")
+  fig.suptitle(title)
+  fig.tight_layout()
+  return fig
+
+
+def save(fig, path: pathlib.Path) -> None:
+  """Writes ``fig`` as a PNG to ``path`` and closes it."""
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig.savefig(path, format="png")
+  plt.close(fig)

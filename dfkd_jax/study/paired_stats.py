@@ -384,8 +384,12 @@ def csv_records(dataset: str, comparison: Comparison) -> list[dict[str, Any]]:
           for column, d in comparison.differences.items()]
 
 
-def description(num_cells: int, interval: str = "t") -> str:
-  """The paragraph at the top of ``paired.md`` stating the method."""
+def description(num_cells: int, interval: str = "t", family: str | None = None) -> str:
+  """The paragraph at the top of ``paired.md`` stating the method; ``family``: the
+  family of Holm's correction in words when it holds more than the ``num_cells``
+  below (the time table's cells, :mod:`dfkd_jax.study.time_report`)."""
+  if family is None:
+    family = f"all {num_cells} cells below (every dataset × pair × Table 1 column)"
   if interval == "t":
     how = (f"the interval is the {CONFIDENCE:.0%} paired t interval, mean ± "
            "t(0.975, n−1)·sd/√n")
@@ -395,8 +399,8 @@ def description(num_cells: int, interval: str = "t") -> str:
            "for small n: it can exclude 0 where the t-test's p is above 0.05)")
   return (f"Paired by seed: only seeds both methods have count (n). Each cell is the "
           f"mean over seeds of A − B; {how}. The two-sided paired t-test p is adjusted "
-          f"by Holm's method over the family of this report: all {num_cells} cells "
-          "below (every dataset × pair × Table 1 column). A difference is marked "
+          f"by Holm's method over the family of this report: {family}. A difference "
+          "is marked "
           f"**bold** * when its Holm-adjusted p < {SIGNIFICANCE_LEVEL} and n >= "
           f"{FEW_SEEDS} (a pair of fewer seeds is descriptive: never marked), so the "
           f"chance that any null cell is marked is at most {SIGNIFICANCE_LEVEL}. MDD is "

@@ -12,13 +12,13 @@ import os
 import pathlib
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-import numpy as np
-
 from dfkd_jax.metrics import summary as summary_lib
 from dfkd_jax.study import figures
 from dfkd_jax.study import paired_stats
 from dfkd_jax.study import selection_report
 from dfkd_jax.study import study_runs
+from dfkd_jax.study import time_report
+from dfkd_jax.study import time_to_accuracy
 
 SUMMARY_FILE = summary_lib.SUMMARY_FILE
 TABLE_MARKDOWN = "table1.md"
@@ -28,21 +28,12 @@ PAIRED_CSV = "paired.csv"
 SELECTION_CSV = "selection.csv"
 
 
-@dataclasses.dataclass(frozen=True)
-class Stat:
-  """Mean and sample standard deviation over runs (``std`` is None for one run)."""
-
-  mean: float
-  std: float | None
-  n: int
-
-
-def mean_std(values: Sequence[float]) -> Stat:
-  """Mean and sample standard deviation (``ddof=1``) of ``values`` (non-empty)."""
-  v = np.asarray(values, dtype=np.float64)
-  if v.size == 0:
-    raise ValueError("mean_std of no values")
-  return Stat(float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else None, int(v.size))
+# The cells shared with the time table (:mod:`dfkd_jax.study.time_to_accuracy`).
+Stat = study_runs.Stat
+mean_std = study_runs.mean_std
+format_stat = study_runs.format_stat
+seeds_text = study_runs.seeds_text
+_optional_stat = study_runs.optional_stat
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,11 +50,6 @@ class Row:
   acc_sel: Stat | None = None     # Over the runs that record a selection.
   acc_last: Stat | None = None    # Shown beside Acc_sel.
   planned_epochs: tuple[int | None, ...] = ()  # config.num_epochs of each run.
-
-
-def _optional_stat(values) -> Stat | None:
-  values = [v for v in values if v is not None]
-  return mean_std(values) if values else None
 
 
 def table_row(method: str, runs: Sequence[study_runs.Run]) -> Row:
@@ -111,31 +97,6 @@ def table_rows(by_method: Mapping[str, Sequence[study_runs.Run]]) -> list[Row]:
 # ---------------------------------------------------------------------------
 # Writing.
 # ---------------------------------------------------------------------------
-
-
-def format_stat(stat: Stat | None, digits: int = 2) -> str:
-  """``"m ± s"`` (or ``"m"`` for one run, ``"-"`` for none)."""
-  if stat is None:
-    return "-"
-  if stat.std is None:
-    return f"{stat.mean:.{digits}f}"
-  return f"{stat.mean:.{digits}f} ± {stat.std:.{digits}f}"
-
-
-def seeds_text(seeds: Sequence[int]) -> str:
-  """The "Runs (seeds)" cell: the count, then the seeds, consecutive ones as ranges.
-
-  ``(0,)`` -> ``"1 (seed 0)"``; ``(0, 1, 2, 5)`` -> ``"4 (seeds 0-2, 5)"``.
-  """
-  seeds = sorted(seeds)
-  parts, start = [], 0
-  for i in range(1, len(seeds) + 1):
-    if i == len(seeds) or seeds[i] != seeds[i - 1] + 1:
-      first, last = seeds[start], seeds[i - 1]
-      parts += ([f"{first}-{last}"] if last - first >= 2 else
-                [str(s) for s in seeds[start:i]])
-      start = i
-  return f"{len(seeds)} ({'seed' if len(seeds) == 1 else 'seeds'} {', '.join(parts)})"
 
 
 def _epochs_text(row: Row) -> str:
@@ -227,17 +188,12 @@ def _unfinished_note(by_method: Mapping[str, Sequence[study_runs.Run]]) -> list[
           "not a finished run's. Rerun the same command to finish them.", ""]
 
 
-def write_paired(grouped: Mapping[str, Mapping[str, Sequence[study_runs.Run]]],
-                 pairs: Sequence[tuple[str, str]],
-                 out: pathlib.Path, interval: str = "t") -> list[pathlib.Path]:
-  """Writes ``paired.md`` / ``paired.csv`` (:mod:`dfkd_jax.study.paired_stats`).
-
-  Every cell written (all datasets, pairs and columns) is one family for Holm's
-  correction (:func:`dfkd_jax.study.paired_stats.adjust`).
-
-  Returns:
-    The written paths; none (and nothing written) when no pair shares 2 seeds.
-  """
+def paired_comparisons(grouped: Mapping[str, Mapping[str, Sequence[study_runs.Run]]],
+                       pairs: Sequence[tuple[str, str]], interval: str = "t"
+                       ) -> tuple[list[tuple[str, paired_stats.Comparison]],
+                                  dict[str, list[str]]]:
+  """Each pair's comparison per dataset (:func:`dfkd_jax.study.paired_stats.compare`,
+  not yet adjusted), and per dataset the pairs with runs but under 2 shared seeds."""
   found, skipped = [], {}
   for dataset, by_method in grouped.items():
     for a, b in pairs:
@@ -246,14 +202,29 @@ def write_paired(grouped: Mapping[str, Mapping[str, Sequence[study_runs.Run]]],
         found.append((dataset, comparison))
       elif a in by_method and b in by_method:
         skipped.setdefault(dataset, []).append(f"{a} − {b}")
+  return found, skipped
+
+
+def write_paired(grouped: Mapping[str, Mapping[str, Sequence[study_runs.Run]]],
+                 found: Sequence[tuple[str, paired_stats.Comparison]],
+                 skipped: Mapping[str, Sequence[str]], out: pathlib.Path,
+                 interval: str = "t", family: str | None = None) -> list[pathlib.Path]:
+  """Writes ``paired.md`` / ``paired.csv`` (:mod:`dfkd_jax.study.paired_stats`) of the
+  comparisons of :func:`paired_comparisons`, already Holm-adjusted over the report's
+  family: every cell written (all datasets, pairs and columns), and the time table's
+  cells when there are any (``family`` says so in words).
+
+  Returns:
+    The written paths; none (and nothing written) when no pair shares 2 seeds.
+  """
   if not found:
     return []
-  adjusted = paired_stats.adjust([comparison for _, comparison in found])
   md = ["# Paired differences between methods", "",
-        paired_stats.description(paired_stats.family_size(adjusted), interval), ""]
+        paired_stats.description(paired_stats.family_size([c for _, c in found]),
+                                 interval, family), ""]
   records = []
   for dataset in grouped:
-    comparisons = [c for (d, _), c in zip(found, adjusted) if d == dataset]
+    comparisons = [c for d, c in found if d == dataset]
     if not comparisons:
       continue
     md += [f"## {dataset}", ""]
@@ -272,7 +243,9 @@ def write_paired(grouped: Mapping[str, Mapping[str, Sequence[study_runs.Run]]],
 def write_report(workdirs: Iterable[str | os.PathLike], out_dir: str | os.PathLike,
                  pairs: Sequence[tuple[str, str]] | None = None,
                  interval: str = "t",
-                 log: Callable[[str], None] = print) -> dict[str, Any]:
+                 log: Callable[[str], None] = print,
+                 time_budgets: Sequence[float] | None = None,
+                 cpu_cores: int | None = None) -> dict[str, Any]:
   """Loads the runs under ``workdirs`` and writes the tables and figures to ``out_dir``.
 
   Args:
@@ -284,14 +257,22 @@ def write_report(workdirs: Iterable[str | os.PathLike], out_dir: str | os.PathLi
     interval: the paired differences' interval, ``"t"`` or ``"bootstrap"``
       (:func:`dfkd_jax.study.paired_stats.paired_difference`).
     log: receives the warnings (runs left out, unfinished runs, broken links).
+    time_budgets: core-minutes per seed at which ``time_to_accuracy.md`` / ``.json``
+      give each method's accuracy and the pairs' verdicts (their cells join the Holm
+      family of ``paired.md``), with a figure per dataset
+      (:mod:`dfkd_jax.study.time_to_accuracy`); ``None``: no time table.
+    cpu_cores: the cores of runs whose summary does not record them (else such runs
+      are left out of the time table); only with ``time_budgets``.
 
   Returns:
     ``{"runs": [...], "files": [written paths], "collapsed": [runs flagged collapsed]}``.
 
   Raises:
-    FileNotFoundError, ValueError: as :func:`dfkd_jax.study.study_runs.load_runs`, or a
-      method of ``pairs`` that no run has, before anything is written.
+    FileNotFoundError, ValueError: as :func:`dfkd_jax.study.study_runs.load_runs`, a
+      method of ``pairs`` that no run has, or a bad time budget or ``cpu_cores``,
+      before anything is written.
   """
+  time_to_accuracy.check_flags(time_budgets, cpu_cores)
   if interval not in paired_stats.INTERVALS:
     raise ValueError(f"unknown interval {interval!r}; valid: "
                      f"{', '.join(paired_stats.INTERVALS)}")
@@ -310,6 +291,8 @@ def write_report(workdirs: Iterable[str | os.PathLike], out_dir: str | os.PathLi
                        f"methods are {sorted(known, key=study_runs.method_sort_key)}")
   grouped = study_runs.group_runs(runs)
   tables = {dataset: table_rows(by_method) for dataset, by_method in grouped.items()}
+  time_study = (None if time_budgets is None else time_to_accuracy.TimeStudy.of(
+      grouped, sorted(set(time_budgets)), pairs, interval, cpu_cores))
   out.mkdir(parents=True, exist_ok=True)
   written = []
 
@@ -320,11 +303,12 @@ def write_report(workdirs: Iterable[str | os.PathLike], out_dir: str | os.PathLi
         "Acc_max is the best epoch's accuracy; Acc_sel (runs that record a data-free "
         "selection) the accuracy of the epoch their criterion kept without labels, "
         "Acc_last the last epoch's.", ""]
-  records, selection_records = [], []
+  records, selection_records, teachers = [], [], {}
   for dataset, rows in tables.items():
     by_method = grouped[dataset]
     md += [f"## {dataset}", ""]
     teacher = _optional_stat(r.teacher_accuracy for rs in by_method.values() for r in rs)
+    teachers[dataset] = None if teacher is None else teacher.mean
     if teacher is not None:
       md += [f"Teacher test accuracy: {format_stat(teacher)}%.", ""]
     md += [markdown_table(rows)]
@@ -370,10 +354,22 @@ def write_report(workdirs: Iterable[str | os.PathLike], out_dir: str | os.PathLi
            for rs in by_method.values() for r in rs]
     md.append("")
 
-  paired = write_paired(grouped, pairs, out, interval)
+  found, skipped = paired_comparisons(grouped, pairs, interval)
+  found, time_study, family = time_report.adjust_family(found, time_study,
+                                                       PAIRED_MARKDOWN)
+  paired = write_paired(grouped, found, skipped, out, interval, family)
   if paired:
     md += [f"Paired differences between methods over shared seeds: "
            f"[{PAIRED_MARKDOWN}]({PAIRED_MARKDOWN}).", ""]
+  timed = []
+  if time_study is not None:
+    timed = time_report.write(time_study, out, interval, family, teachers)
+    md += [f"Time to accuracy (core-minutes per seed): "
+           f"[{time_to_accuracy.TIME_MARKDOWN}]({time_to_accuracy.TIME_MARKDOWN}).", ""]
+    left_out = sum(len(runs) for runs in time_study.left_out.values())
+    if left_out:
+      log(f"time to accuracy: {left_out} run(s) left out, without train_seconds or "
+          f"cpu_cores (listed in {out / time_to_accuracy.TIME_MARKDOWN})")
   md_path = out / TABLE_MARKDOWN
   md_path.write_text("\n".join(md))
   csv_path = out / TABLE_CSV
@@ -382,5 +378,5 @@ def write_report(workdirs: Iterable[str | os.PathLike], out_dir: str | os.PathLi
     written.insert(0, out / SELECTION_CSV)
     _write_csv(out / SELECTION_CSV, selection_records)
   return {"runs": [str(r.path) for r in runs],
-          "files": [md_path, csv_path, *paired, *written],
+          "files": [md_path, csv_path, *paired, *timed, *written],
           "collapsed": [str(r.path) for r in runs if r.collapsed]}

@@ -5,7 +5,9 @@ A directory that holds ``summary.json`` is one run; any other directory is searc
 recursively, symbolic links followed; ``LABEL=DIR`` names the runs under ``DIR``
 ``LABEL`` instead of their method (an ablation gets its own row). Replicas marked failed
 are left out, named; unfinished runs (fewer epochs than their config asks for) get rows
-of their own, ``METHOD (unfinished)``, with a warning.
+of their own, ``METHOD (unfinished)``, with a warning. Also the statistics over runs
+(:class:`Stat`: mean ± sample std) and the cells that print them, which Table 1 and the
+time table share.
 """
 
 from __future__ import annotations
@@ -52,6 +54,12 @@ class Run:
     collapsed: why the run is collapsed, or ``None``.
     planned_epochs: the epochs its config asks for (``config.num_epochs``), or ``None``
       where the summary does not record it.
+    selected_epoch: the 1-based epoch its criterion kept, or ``None``.
+    train_seconds: ``[E]`` the program's cumulative training seconds per epoch, or
+      ``None`` (runs made before it was recorded).
+    cpu_cores: the program's CPU cores, or ``None`` (not recorded).
+    num_seeds: the seeds of its program (``config.num_seeds``; 1 when absent).
+    iterations_per_epoch: ``config.iterations_per_epoch``, or ``None`` when absent.
   """
 
   path: pathlib.Path
@@ -70,6 +78,11 @@ class Run:
   criteria: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
   collapsed: str | None = None
   planned_epochs: int | None = None
+  selected_epoch: int | None = None
+  train_seconds: np.ndarray | None = None
+  cpu_cores: int | None = None
+  num_seeds: int = 1
+  iterations_per_epoch: int | None = None
 
   @property
   def num_epochs(self) -> int:
@@ -182,12 +195,21 @@ def _run(summary: summary_lib.Summary, path) -> Run:
              criteria={k: np.array([np.nan if v is None else v for v in values],
                                    np.float64)
                        for k, values in summary.criteria.items()},
-             collapsed=summary.collapsed, planned_epochs=_planned_epochs(summary))
+             collapsed=summary.collapsed,
+             planned_epochs=_config_int(summary, "num_epochs"),
+             selected_epoch=summary.selected_epoch,
+             train_seconds=(np.asarray(summary.train_seconds, np.float64)
+                            if summary.train_seconds else None),
+             cpu_cores=summary.cpu_cores,
+             num_seeds=_config_int(summary, "num_seeds") or 1,
+             iterations_per_epoch=_config_int(summary, "iterations_per_epoch"))
 
 
-def _planned_epochs(summary: summary_lib.Summary) -> int | None:
-  planned = summary.config.get("num_epochs") if isinstance(summary.config, dict) else None
-  return planned if isinstance(planned, int) and not isinstance(planned, bool) else None
+def _config_int(summary: summary_lib.Summary, key: str) -> int | None:
+  """``config[key]`` when it is a positive integer, else ``None``."""
+  value = summary.config.get(key) if isinstance(summary.config, dict) else None
+  return (value if isinstance(value, int) and not isinstance(value, bool) and value > 0
+          else None)
 
 
 _LABEL = re.compile(r"^([A-Za-z][A-Za-z0-9_.+-]*)=(.+)$")
@@ -275,3 +297,56 @@ def group_runs(runs: Sequence[Run]) -> dict[str, dict[str, list[Run]]]:
   return {dataset: {m: sorted(by_method[m], key=lambda r: r.seed)
                     for m in sorted(by_method, key=method_sort_key)}
           for dataset, by_method in sorted(out.items())}
+
+
+# ---------------------------------------------------------------------------
+# Statistics over runs and their cells, shared by the report's tables.
+# ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Stat:
+  """Mean and sample standard deviation over runs (``std`` is None for one run)."""
+
+  mean: float
+  std: float | None
+  n: int
+
+
+def mean_std(values: Sequence[float]) -> Stat:
+  """Mean and sample standard deviation (``ddof=1``) of ``values`` (non-empty)."""
+  v = np.asarray(values, dtype=np.float64)
+  if v.size == 0:
+    raise ValueError("mean_std of no values")
+  return Stat(float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else None, int(v.size))
+
+
+def optional_stat(values) -> Stat | None:
+  """:func:`mean_std` of the values that are not ``None``; ``None`` when none is."""
+  values = [v for v in values if v is not None]
+  return mean_std(values) if values else None
+
+
+def format_stat(stat: Stat | None, digits: int = 2) -> str:
+  """``"m ± s"`` (or ``"m"`` for one run, ``"-"`` for none)."""
+  if stat is None:
+    return "-"
+  if stat.std is None:
+    return f"{stat.mean:.{digits}f}"
+  return f"{stat.mean:.{digits}f} ± {stat.std:.{digits}f}"
+
+
+def seeds_text(seeds: Sequence[int]) -> str:
+  """The "Runs (seeds)" cell: the count, then the seeds, consecutive ones as ranges.
+
+  ``(0,)`` -> ``"1 (seed 0)"``; ``(0, 1, 2, 5)`` -> ``"4 (seeds 0-2, 5)"``.
+  """
+  seeds = sorted(seeds)
+  parts, start = [], 0
+  for i in range(1, len(seeds) + 1):
+    if i == len(seeds) or seeds[i] != seeds[i - 1] + 1:
+      first, last = seeds[start], seeds[i - 1]
+      parts += ([f"{first}-{last}"] if last - first >= 2 else
+                [str(s) for s in seeds[start:i]])
+      start = i
+  return f"{len(seeds)} ({'seed' if len(seeds) == 1 else 'seeds'} {', '.join(parts)})"

@@ -1,0 +1,54 @@
+r"""CIFAR-10 on a CPU: WRN-16-2 teacher -> WRN-16-1 student, sized for one core.
+
+  mkdir -p DATA && tar -xzf ../shared/data/cifar10_jpeg/cifar10_jpeg.tar.gz -C DATA
+  python -m dfkd_jax.train --config=configs/cifar10_cpu.py:ema_dfkd \
+      --config.dataset=folder:DATA --workdir=runs/c10_ema_dfkd
+
+The teacher is the committed ``assets/teachers/cifar10_wrn16_2`` (trained from the JPEG
+folder by ``configs/teacher/cifar10_cpu.py``; its README gives the command, commit,
+accuracy and sha256), so nothing is retrained; ``--config.teacher_dir`` takes your own.
+``DATA`` is the test set the student is scored on (the folder's ``test/``).
+
+Every method (``:METHOD``) runs with the same generator, student and budget: batch 64,
+one generator step and 5 student steps per iteration, 40 iterations per epoch, 20
+epochs (800 iterations); generator ``dafl_generator`` (base width 32, latent 256,
+spectral norm), Adam 1e-3; student SGD 0.1 (momentum 0.9, wd 5e-4, cosine per epoch);
+the BatchNorm-moment prior on (``bn_prior = 1``: the teacher has BatchNorm, and on
+digits the student stalls without it); the meta step at the student's learning rate
+(``meta.alpha = 0.1``); a memory of 10 batches of 64 samples written every 2 epochs.
+
+Measured on CIFAR-10 (JPEG q75 folder): time per iteration, accuracy against time and
+the method to use are in docs/results/cifar10_cpu.md (commands, commit, host, load).
+"""
+
+import pathlib
+
+from dfkd_jax.run import run_config
+
+# The committed teacher, found from any working directory.
+TEACHER = pathlib.Path(__file__).resolve().parents[1] / "assets/teachers/cifar10_wrn16_2"
+
+
+def get_config(arg: str | None = None):
+  config = run_config.default_config()
+  config.method = run_config.method_from_arg(arg)
+  config.dataset = ""  # folder:DATA, the unpacked CIFAR-10 JPEG folder (required).
+  config.teacher_dir = str(TEACHER)
+  config.student = "wrn16_1"
+  config.generator = "dafl_generator"
+  config.generator_options.base_width = 32
+  config.latent_dim = 256
+  config.generator_loss.bn_prior = 1.0
+  config.batch_size = 64
+  config.num_epochs = 20
+  config.iterations_per_epoch = 40
+  config.generator_steps = 1
+  config.student_steps = 5
+  config.generator_optimizer.learning_rate = 1e-3
+  config.student_optimizer.learning_rate = 0.1
+  config.meta.alpha = 0.1
+  config.memory.num_slots = 10
+  config.memory.samples_per_slot = 64
+  config.memory.push_every_epochs = 2
+  config.eval_batch_size = 1000
+  return config
