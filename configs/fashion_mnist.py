@@ -34,5 +34,10 @@ def get_config(arg: str | None = None):
   config.student_optimizer.learning_rate = 0.01  # Measured on MNIST (see above).
   config.meta.alpha = config.student_optimizer.learning_rate
   config.memory.push_every_epochs = 2
+  # The fast methods: MNIST's sizes (configs/mnist.py), not run.
+  config.fast.warmup_epochs = 2
+  config.fast.reset_epoch = 0
+  config.fast.augment_bank = False
+  config.bank.num_slots = 64
   config.eval_batch_size = 1000
   return config

@@ -50,5 +50,13 @@ def get_config(arg: str | None = None):
   config.student_optimizer.learning_rate = 0.01
   config.meta.alpha = 0.01
   config.memory.push_every_epochs = 2
+  # The fast methods (Fast DFKD), sized down: 2 epochs of warm-up, a bank of the last
+  # 64 rounds (33k samples, 134 MB), no stem reset, the student's batches not
+  # augmented (the official MNIST transform has none). The LeNet-5 teacher has no
+  # BatchNorm: the BN term is dropped (with the BatchNorm teacher it is on). Not run.
+  config.fast.warmup_epochs = 2
+  config.fast.reset_epoch = 0
+  config.fast.augment_bank = False
+  config.bank.num_slots = 64
   config.eval_batch_size = 1000
   return config

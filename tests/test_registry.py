@@ -63,7 +63,7 @@ def test_update_rules_carry_their_traits(name, needs_retention, is_meta):
 def test_generator_losses_say_whether_they_need_batchnorm_moments():
   uses = {n for n, e in generator_objectives.GENERATOR_LOSSES.items()
           if e.uses_batchnorm_moments}
-  assert uses == {"dfq", "mad"}
+  assert uses == {"dfq", "mad", "fast"}
 
 
 def test_every_method_names_registered_entries_and_no_replay_is_an_object():

@@ -413,11 +413,16 @@ def test_default_pairs_compare_each_replay_method_with_dfkd_and_its_control():
                         ("lra_ema", "ema_dfkd")]:
     assert methods.get(control) == dataclasses.replace(
         methods.resolve(meta, "joint"), description=methods.get(control).description)
+  # Fast DFKD's exact meta-gradient against its first-order one (the same round).
+  assert ("fast_exact", "fast") in pairs
+  assert methods.get("fast_exact") == dataclasses.replace(
+      methods.get("fast"), meta_gradient="exact",
+      description=methods.get("fast_exact").description)
   replay = [m for m, method in methods.METHODS.items() if method.replay != "none"]
   assert sorted(replay) == sorted(paired_stats.REPLAY_METHODS)
   for method in replay:
     assert (method, "dfkd") in pairs
-  assert len(pairs) == 3 + len(replay)
+  assert len(pairs) == 4 + len(replay)
 
 
 def test_null_differences_are_significant_at_about_the_stated_level():

@@ -541,7 +541,7 @@ def test_four_devices_match_one_device(teacher_dir, tmp_path):
 @pytest.mark.parametrize("overrides, message", [
     ({"method": "nope"}, "unknown method 'nope'; valid methods: dafl, dfad, zskt, dfq, "
                          "dfkd, mb_dfkd, pre_dfkd, lra_mb, lra_pre, mad, ema_dfkd, "
-                         "lra_ema"),
+                         "lra_ema, fast, fast_reptile, fast_exact"),
     ({"method": "mad", "conditional_generator": True}, "conditional_generator=True needs"),
     ({"method": "mad", "generator_loss.output_bound": 0.1}, "output_bound=0.1 bounds"),
     ({"method": "mad", "ema.decay": 1.5}, r"config.ema.decay=1.5 must be a number in \[0, 1\]"),

@@ -47,7 +47,11 @@ RUN_FILES = (RECORD_FILE, LOCK_FILE, "summary.json", "metrics.jsonl", "checkpoin
 FREE = frozenset({"checkpoints_to_keep", "tensorboard", "eval_batch_size", "data_dir",
                   "teacher_dir", "teacher_config", "progress_seconds", "selection"})
 # Result-deciding fields that older records lack, with the value their runs had.
-ADDED_DEFAULTS = {"num_seeds": 1}
+ADDED_DEFAULTS = {"num_seeds": 1, "student_optimizer.min_learning_rate": 0.0,
+                  "meta.alpha_schedule": "constant"}
+# Sections added for methods that older runs could not use (the fast methods'): a
+# record without them takes the new config's values, which change no other method.
+ADDED_SECTIONS = frozenset({"fast", "bank"})
 # The same for the recorded teacher's metadata (teachers without class names).
 TEACHER_ADDED_DEFAULTS = {"class_names": []}
 # Fields that may change with an explicit --allow_config_change=FIELD: num_epochs extends
@@ -297,8 +301,10 @@ def check_record(workdir: pathlib.Path, config: dict[str, Any], teacher: dict[st
   if record is not None:
     # Fields added after a record was written take their default, the value those runs
     # had (num_seeds: one run).
-    old = {**ADDED_DEFAULTS, **_result_fields(record["config"])}
     new = _result_fields(config)
+    old = {**ADDED_DEFAULTS,
+           **{k: v for k, v in new.items() if k.split(".")[0] in ADDED_SECTIONS},
+           **_result_fields(record["config"])}
     diffs = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
     if record.get("teacher") != teacher:
       diffs.append("teacher")

@@ -41,18 +41,21 @@ def _with_weight_decay(base: optax.GradientTransformation,
 
 
 def student(*, learning_rate: float, momentum: float, weight_decay: float,
-            schedule: str, num_epochs: int, steps_per_epoch: int
-            ) -> optax.GradientTransformation:
+            schedule: str, num_epochs: int, steps_per_epoch: int,
+            min_learning_rate: float = 0.0) -> optax.GradientTransformation:
   """The student's SGD (LRA Sec. 4.1: lr 0.1, momentum 0.9, weight decay 5e-4).
 
   Args:
     learning_rate: the initial learning rate.
     momentum: SGD momentum (0 = none).
     weight_decay: coupled weight decay.
-    schedule: ``cosine`` (per epoch, ``lr * (1 + cos(pi * epoch / num_epochs)) / 2``)
-      or ``constant``.
-    num_epochs: epochs of the run (the cosine period).
+    schedule: ``cosine`` (per epoch, ``eta + (lr - eta) * (1 + cos(pi * epoch /
+      num_epochs)) / 2``, PyTorch's ``CosineAnnealingLR(T_max=num_epochs,
+      eta_min=eta)``) or ``constant``.
+    num_epochs: epochs of the cosine period (the run's, less any epochs without
+      student steps: the count advances only with them).
     steps_per_epoch: student updates per epoch (iterations x student steps).
+    min_learning_rate: ``eta``, the cosine's floor (0: LRA's; Fast DFKD's 2e-4).
 
   Returns:
     The transformation; its update count advances once per student step.
@@ -60,7 +63,9 @@ def student(*, learning_rate: float, momentum: float, weight_decay: float,
   factor = student_lr_factor(schedule, num_epochs)
 
   def lr(count):  # Stepped once per epoch, as CosineAnnealingLR in the peers' code.
-    return learning_rate * factor(count // steps_per_epoch)
+    # eta + (lr - eta) * factor: exactly lr * factor when eta is 0.
+    return (min_learning_rate
+            + (learning_rate - min_learning_rate) * factor(count // steps_per_epoch))
 
   if schedule == "constant":  # A float: no schedule count in the optimiser's state.
     lr = learning_rate

@@ -18,9 +18,13 @@ kind      loss (minimised by the generator)
 ``mad``   ``-a KL(T || S) + b L_BNmm`` (MAD eq. 9, squared norms) ``+ lambda_3 L_NLL +
           lambda_4 L_NormReg`` (eqs. 6-8, class-conditional generator only) ``+ zeta_1
           max(|T(x)| - delta, 0) + zeta_2 max(|u| - nu, 0)`` (Appendix A.3, eq. 11).
+``fast``  ``b L_BN + o CE(T(x), y) - a E[m KL(T || S)]`` -- Fast DFKD's synthesis loss
+          (DeepInversion's unsquared BN moments, as ``dfq``'s; cross-entropy to the
+          random targets ``y``; the adversarial KL masked to the samples where student
+          and teacher agree, ``m = [argmax S = argmax T]``).
 ========  ==============================================================================
 
-The BatchNorm-moment term of ``dfq`` and ``mad`` is used only when the teacher has
+The BatchNorm-moment term of ``dfq``, ``mad`` and ``fast`` is used only when the teacher has
 BatchNorm layers (MAD Sec. 3.2: "in case the teacher T has BatchNorm layers"); with a
 BatchNorm-free teacher (LeNet-5) it is dropped. The coefficients come from
 :class:`GeneratorLossWeights` (``config.generator_loss`` in the trainer); each kind
@@ -40,6 +44,7 @@ from typing import Callable, NamedTuple
 
 import chex
 import jax
+import jax.numpy as jnp
 
 from dfkd_jax.core import registry
 from dfkd_jax.math import losses
@@ -251,6 +256,37 @@ def mad(batch: GeneratorBatch, w: GeneratorLossWeights,
   return loss, terms
 
 
+def fast(batch: GeneratorBatch, w: GeneratorLossWeights,
+         axis_name: str | None = None) -> tuple[Array, Terms]:
+  """Fast DFKD's inner synthesis loss (``datafree/synthesis/fast_meta.py`` L142-150).
+
+  ``w.bn_moments * L_BN + w.one_hot * CE(T(x), y) + w.adversarial * L_adv`` with
+  ``L_BN`` DeepInversion's unsquared moment distances summed over the teacher's
+  BatchNorm layers (the term of ``dfq`` and of the ``bn_prior``; dropped for a teacher
+  without BatchNorm), ``CE`` the cross-entropy
+  of the teacher's logits to the round's random targets ``y = batch.labels``, and
+  ``L_adv = -mean_i(m_i KL(T(x_i) || S(x_i)))``, ``m_i = [argmax S(x_i) = argmax
+  T(x_i)]``: the generator seeks samples where the student still agrees with the
+  teacher in its decision but not in its distribution (the mean is over the whole
+  batch, masked samples counting 0). ``terms["disagreement"]`` is the masked mean KL;
+  ``terms["agreement"]`` the fraction of samples in the mask.
+  """
+  if batch.labels is None:
+    raise ValueError("the fast loss needs the round's target classes (batch.labels)")
+  kl = losses.kl_divergence(batch.student_logits, batch.teacher_logits)
+  mask = (jnp.argmax(batch.student_logits, -1)
+          == jnp.argmax(batch.teacher_logits, -1)).astype(kl.dtype)
+  terms = {"disagreement": losses.batch_mean(kl * mask, axis_name),
+           "agreement": losses.batch_mean(mask, axis_name),
+           "one_hot": losses.batch_mean(
+               losses.class_nll(batch.teacher_logits, batch.labels), axis_name)}
+  terms.update(_bn_terms(batch, squared=False))
+  loss = -w.adversarial * terms["disagreement"] + w.one_hot * terms["one_hot"]
+  if "bn_moments" in terms:
+    loss = loss + w.bn_moments * terms["bn_moments"]
+  return loss, terms
+
+
 class GeneratorLossEntry(NamedTuple):
   """A registered generator loss and its traits.
 
@@ -273,6 +309,7 @@ GENERATOR_LOSSES.register("dfad", GeneratorLossEntry(dfad))
 GENERATOR_LOSSES.register("zskt", GeneratorLossEntry(zskt))
 GENERATOR_LOSSES.register("dfq", GeneratorLossEntry(dfq, uses_batchnorm_moments=True))
 GENERATOR_LOSSES.register("mad", GeneratorLossEntry(mad, uses_batchnorm_moments=True))
+GENERATOR_LOSSES.register("fast", GeneratorLossEntry(fast, uses_batchnorm_moments=True))
 KINDS = GENERATOR_LOSSES.names()
 
 

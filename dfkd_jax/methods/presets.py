@@ -19,6 +19,9 @@ update of a preset (e.g. ``meta_first_order``).
 | mad      | joint   | ema        | KL           | -KL + BN (+ NLL, norm reg.) (mad) |
 | ema_dfkd | joint   | ema        | MAE          | -JS + LRA priors (lra)            |
 | lra_ema  | meta    | ema        | MAE          | -JS + LRA priors (lra)            |
+| fast     | acquire | bank       | KL (T)       | BN + CE(y) - masked KL (fast)     |
+| fast_reptile | acquire | bank   | KL (T)       | BN + CE(y) - masked KL (fast)     |
+| fast_exact | acquire | bank     | KL (T)       | BN + CE(y) - masked KL (fast)     |
 
 OH = one-hot, BN = BatchNorm-moment matching (when the teacher has BatchNorm), NLL and
 norm reg. = MAD's class-conditional terms (with ``config.conditional_generator``).
@@ -31,6 +34,16 @@ generator as the retention source (no published code has it). ``dafl``, ``dfad``
 ``zskt`` and ``dfq`` are the classic baselines (DAFL, DFAD, ZSKT, DFQ). Replay sources
 are in :mod:`dfkd_jax.replay.sources`, generator losses in
 :mod:`dfkd_jax.methods.generator_objectives`.
+
+The ``fast`` family is Fast DFKD (Fang et al., "Up to 100x Faster Data-free Knowledge
+Distillation", AAAI 2022): no adversarial generator step, but a *synthesis round* per
+iteration (:mod:`dfkd_jax.methods.fast`): a copy of a meta-learned generator and fresh
+latent codes take a few Adam steps on the ``fast`` loss, the round's best batch joins a
+data bank, and the meta-initialisation moves by its ``meta_gradient``
+(:data:`dfkd_jax.math.meta_init.META_GRADIENTS`): ``fast`` the published first-order
+MAML gradient, ``fast_reptile`` Reptile, ``fast_exact`` the exact second-order
+gradient through the inner Adam steps. The student's steps (``acquire``) distil on
+batches drawn from the whole bank, with the KL at temperature ``config.fast.temperature``.
 """
 
 from __future__ import annotations
@@ -60,6 +73,10 @@ class Method:
     generator_loss: a loss of :data:`dfkd_jax.methods.generator_objectives.GENERATOR_LOSSES`
       (``lra`` = ``-JS + L_P``, LRA eq. 15).
     description: one line for listings.
+    meta_gradient: ``""`` for the adversarial generator step, or a meta-gradient of
+      :data:`dfkd_jax.math.meta_init.META_GRADIENTS` (``first_order``, ``reptile``,
+      ``exact``): the method synthesises with Fast DFKD's meta-learned generator
+      (:mod:`dfkd_jax.methods.fast`) instead.
   """
 
   student_update: str
@@ -67,6 +84,13 @@ class Method:
   student_loss: str
   generator_loss: str
   description: str
+  meta_gradient: str = ""
+
+  @property
+  def synthesis_rounds(self) -> bool:
+    """Whether an iteration is a Fast DFKD synthesis round (a meta-learned generator,
+    a data bank) rather than adversarial generator steps."""
+    return bool(self.meta_gradient)
 
 
 #: The presets (``config.method``).
@@ -97,6 +121,16 @@ for _name, _method in {
                        "lra_ema's control, as mb_dfkd is lra_mb's"),
     "lra_ema": Method("meta", "ema", "mae", "lra",
                       "meta update (eq. 6) with MAD's EMA generator as retention source"),
+    "fast": Method("acquire", "bank", "kl", "fast",
+                   "Fast DFKD: a meta-learned generator adapted for a few steps per "
+                   "round, first-order MAML meta-gradient (as published), KD from the "
+                   "data bank", meta_gradient="first_order"),
+    "fast_reptile": Method("acquire", "bank", "kl", "fast",
+                           "Fast DFKD with the Reptile meta-gradient (official is_maml=0)",
+                           meta_gradient="reptile"),
+    "fast_exact": Method("acquire", "bank", "kl", "fast",
+                         "Fast DFKD with the exact second-order meta-gradient through "
+                         "the inner Adam steps (jax.grad)", meta_gradient="exact"),
 }.items():
   METHODS.register(_name, _method)
 del _name, _method
@@ -110,6 +144,10 @@ def get(name: str) -> Method:
 def resolve(name: str, student_update: str = "") -> Method:
   """The preset with an optional student-update override, validated."""
   method = get(name)
+  if method.synthesis_rounds and student_update not in ("", method.student_update):
+    raise ValueError(f"student_update={student_update!r}: method {name!r} distils on "
+                     f"its data bank only ({method.student_update!r}); leave "
+                     "config.student_update empty")
   if student_update:
     rule = objectives.UPDATE_RULES.get(student_update)
     if (rule.needs_retention

@@ -235,17 +235,20 @@ def epoch_faults(criteria: Mapping[str, Sequence[float | None]], num_classes: in
 
 def collapse(criteria: Mapping[str, Sequence[float | None]], num_classes: int,
              epochs: int, num_epochs: int | None = None, finished: bool = True,
-             criterion: str = "last") -> str | None:
+             criterion: str = "last", untrained: int = 0) -> str | None:
   """Why a run is collapsed, or ``None`` (``epochs`` 0: never): the first epoch whose
   student diverged; else the first ``epochs`` consecutive faulty epochs
   (:func:`epoch_faults`); else, once the run is ``finished``, the epoch that
   ``criterion`` keeps among its ``num_epochs`` (default: as many as ``agreement`` or
-  ``fault`` has) being faulty (a run still under way may yet get a healthy one)."""
+  ``fault`` has) being faulty (a run still under way may yet get a healthy one). The
+  first ``untrained`` epochs, whose student took no step yet (a Fast method's
+  warm-up), count as healthy."""
   if epochs <= 0:
     return None
   if num_epochs is None:
     num_epochs = max(len(criteria.get("fault", ())), len(criteria.get("agreement", ())))
   faults = epoch_faults(criteria, num_classes, num_epochs)
+  faults = [None if e < untrained else f for e, f in enumerate(faults)]
   for epoch, fault in enumerate(faults):
     if fault and fault.startswith("the student diverged"):
       return f"collapsed: in epoch {epoch + 1} {fault}"

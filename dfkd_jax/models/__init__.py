@@ -27,14 +27,16 @@ import flax.linen as nn
 from dfkd_jax.core import registry
 from dfkd_jax.models import user
 from dfkd_jax.models.digits import DigitsCNN
-from dfkd_jax.models.generators import DAFLGenerator, MADGenerator, MAD_IMAGE_SIZES
+from dfkd_jax.models.generators import (DAFLGenerator, FastGenerator, MADGenerator,
+                                        MAD_IMAGE_SIZES)
 from dfkd_jax.models.layers import BatchNorm, ClassifierFeatures
 from dfkd_jax.models.lenet import LeNet5
 from dfkd_jax.models.resnet import ResNet
 from dfkd_jax.models.vae import VAE
 from dfkd_jax.models.wrn import WideResNet
 
-__all__ = ["BatchNorm", "ClassifierFeatures", "DAFLGenerator", "DigitsCNN", "LeNet5",
+__all__ = ["BatchNorm", "ClassifierFeatures", "DAFLGenerator", "DigitsCNN", "FastGenerator",
+           "LeNet5",
            "MADGenerator", "MODELS", "ModelEntry", "ResNet", "VAE", "WideResNet", "get",
            "input_shape",
            "can_be_conditional", "is_classifier", "names", "options", "output_range",
@@ -113,6 +115,14 @@ def _mad_generator(num_classes: int, latent_dim: int = 256,
                       _image_shape("mad_generator", image_shape, 1, MAD_IMAGE_SIZES))
 
 
+def _fast_generator(num_classes: int, latent_dim: int = 256,
+                    image_shape: Sequence[int] = (32, 32, 3), base_width: int = 64
+                    ) -> nn.Module:
+  del num_classes
+  return FastGenerator(latent_dim, _image_shape("fast_generator", image_shape, 4),
+                       base_width=base_width)
+
+
 def _vae(num_classes: int, latent_dim: int = 100,
          image_shape: Sequence[int] = (32, 32, 3)) -> nn.Module:
   del num_classes
@@ -156,6 +166,9 @@ for _name, _model in {
                              options=_GENERATOR_OPTIONS + ("base_width",)),
     "mad_generator": ModelEntry(_mad_generator, "generator", options=_GENERATOR_OPTIONS,
                             output_range="unit", conditional=True),
+    "fast_generator": ModelEntry(_fast_generator, "generator",
+                                 options=_GENERATOR_OPTIONS + ("base_width",),
+                                 output_range="unit"),
     "vae": ModelEntry(_vae, "vae", options=_GENERATOR_OPTIONS),
 }.items():
   MODELS.register(_name, _model)

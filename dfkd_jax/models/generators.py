@@ -15,6 +15,13 @@
 * :class:`MADGenerator` (``mad_generator``): MAD (Do et al., NeurIPS 2022) appendix A.4,
   Table 8, for 32, 64 and 256 pixels, fed ``z + e_y`` with a trainable class embedding
   (MAD eq. 6) and returning ``sigmoid(u)``, optionally with the logits ``u`` (eq. 11).
+* :class:`FastGenerator` (``fast_generator``): the CIFAR generator of Fast DFKD (Fang et
+  al., AAAI 2022; ``Generator`` in ``datafree/models/generator.py`` of
+  zju-vipa/Fast-Datafree, built with ``nz=256, ngf=64`` by ``datafree_kd.py``): ``Linear(
+  latent -> 2 ngf (H/4)(W/4)) -> BN -> x2 nearest -> conv3x3 (no bias) -> BN ->
+  LeakyReLU(0.2) -> x2 nearest -> conv3x3 2ngf->ngf (no bias) -> BN -> LeakyReLU(0.2) ->
+  conv3x3 ngf->C -> sigmoid``, PyTorch's default initialisation and BatchNorm (eps
+  1e-5): images in ``(0, 1)``, normalised by the trainer with the teacher's mean/std.
 
 Generators return ``[N, H, W, C]`` images. Spectral-norm power-iteration state and
 BatchNorm statistics live in ``batch_stats``; with ``train=True`` call
@@ -112,6 +119,44 @@ class DAFLGenerator(nn.Module):
     h = jnp.tanh(h)
     h, _ = layers.BatchNorm(use_affine=False, name="bn3")(h, train)
     return h
+
+
+class FastGenerator(nn.Module):
+  """Fast DFKD's generator (see the module docstring): a sigmoid image in ``(0, 1)``.
+
+  Attributes:
+    latent_dim: ``nz`` (256 in Fast DFKD's CIFAR runs).
+    image_shape: ``(H, W, C)``; ``H`` and ``W`` divisible by 4.
+    base_width: ``ngf`` (64); the widths are ``2 * ngf`` and ``ngf``.
+  """
+
+  latent_dim: int = 256
+  image_shape: tuple[int, int, int] = (32, 32, 3)
+  base_width: int = 64
+  output_range = "unit"
+
+  @nn.compact
+  def __call__(self, z: Array, train: bool = True, return_logits: bool = False):
+    """Generates ``sigmoid(u)``, with ``u`` too when ``return_logits``."""
+    h_out, w_out, channels = self.image_shape
+    h0, w0 = h_out // 4, w_out // 4
+    wide, narrow = 2 * self.base_width, self.base_width
+    h = layers.torch_linear(wide * h0 * w0, self.latent_dim, name="l1")(
+        z.reshape(z.shape[0], -1))
+    # PyTorch views [N, 2 ngf, h0, w0] (channel-major); channels last after.
+    h = jnp.transpose(h.reshape(z.shape[0], wide, h0, w0), (0, 2, 3, 1))
+    h, _ = layers.BatchNorm(name="bn0")(h, train)
+    h = layers.UpsampleConv3x3(wide, layers.torch_default_kernel_init, use_bias=False,
+                               name="conv1")(h)
+    h, _ = layers.BatchNorm(name="bn1")(h, train)
+    h = nn.leaky_relu(h, 0.2)
+    h = layers.UpsampleConv3x3(narrow, layers.torch_default_kernel_init, use_bias=False,
+                               name="conv2")(h)
+    h, _ = layers.BatchNorm(name="bn2")(h, train)
+    h = nn.leaky_relu(h, 0.2)
+    u = layers.torch_conv(channels, 3, narrow, padding=1, name="conv3")(h)
+    x = jax.nn.sigmoid(u)
+    return (x, u) if return_logits else x
 
 
 class ConvBlock(nn.Module):

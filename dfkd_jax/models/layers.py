@@ -295,18 +295,21 @@ class UpsampleConv3x3(nn.Module):
     features: output channels.
     kernel_init: initialiser of the ``[3, 3, in, out]`` kernel.
     bias_init: initialiser of the bias.
+    use_bias: whether it has a bias (PyTorch's ``bias=False``: none).
   """
 
   features: int
   kernel_init: Initializer = nn.initializers.lecun_normal()
   bias_init: Initializer = nn.initializers.zeros
+  use_bias: bool = True
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     """Args: x: ``[N, H, W, C]``. Returns: ``[N, 2H, 2W, features]``."""
     n, h, w, c = x.shape
     kernel = self.param("kernel", self.kernel_init, (3, 3, c, self.features))
-    bias = self.param("bias", self.bias_init, (self.features,))
+    bias = (self.param("bias", self.bias_init, (self.features,)) if self.use_bias
+            else jnp.zeros((self.features,), kernel.dtype))
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias)
     taps = jnp.asarray(_PHASE_TAPS, kernel.dtype)
     # [i, j, in, a, b, out]: tap (i, j) of the 2x2 kernel of row phase a, column phase b.

@@ -165,3 +165,51 @@ def sample(state: MemoryState, rng: PRNGKey) -> tuple[Array, Array, Array]:
   logits = jax.lax.dynamic_index_in_dim(state.teacher_logits, slot, axis=0,
                                         keepdims=False)
   return x, logits, state.num_pushed > 0
+
+
+def sample_rows(state: MemoryState, rng: PRNGKey, n: int,
+                axis_name: str | None = None) -> tuple[Array, Array, Array]:
+  """Draws ``n`` samples uniformly, with replacement, from every written row of the
+  memory (the whole bank, not one stored batch): Fast DFKD's data bank, replayed by a
+  shuffled loader over all synthesised images (``datafree/synthesis/fast_meta.py``
+  L181-193 of zju-vipa/Fast-Datafree; here with replacement).
+
+  Sharding. Without ``axis_name`` the memory is the whole bank and ``n`` samples are
+  returned. With ``axis_name`` (inside ``shard_map``) each device holds its rows
+  ``m_local`` of every slot, ``rng`` must be the same on every device, and the ``n``
+  draws are global: each device returns its ``n / D`` rows of them, gathered from the
+  device that holds each drawn row (a masked local gather, then a reduce-scatter over
+  the axis). The global batch is then the one a single device with the whole bank
+  draws, whatever the device count.
+
+  Args:
+    state: current memory (per-device under ``shard_map``).
+    rng: PRNG key (the same on every device).
+    n: global number of samples.
+    axis_name: the mesh axis the sample axis ``m`` is sharded over, or ``None``.
+
+  Returns:
+    ``(x, teacher_logits, valid)``: ``[n_local, H, W, C]`` and ``[n_local,
+    num_classes]`` in the storage dtypes, and whether anything was written (before the
+    first push every row is slot 0's zeros).
+  """
+  m_local = state.x.shape[1]
+  devices = 1 if axis_name is None else jax.lax.axis_size(axis_name)
+  m = m_local * devices
+  rows = jax.random.randint(rng, (n,), 0, jnp.maximum(num_filled(state), 1) * m,
+                            dtype=jnp.int32)
+  slot, row = rows // m, rows % m
+  if axis_name is None:
+    return state.x[slot, row], state.teacher_logits[slot, row], state.num_pushed > 0
+  owner, local = row // m_local, row % m_local
+  mine = owner == jax.lax.axis_index(axis_name)
+
+  def gather(table):
+    values = table[slot, local]
+    mask = mine.reshape((n,) + (1,) * (values.ndim - 1))
+    values = jnp.where(mask, values, jnp.zeros((), values.dtype))
+    # Every drawn row is non-zero on exactly one device: the sum is the row; each
+    # device keeps its n / D of the n.
+    return jax.lax.psum_scatter(values, axis_name, scatter_dimension=0, tiled=True)
+
+  return gather(state.x), gather(state.teacher_logits), state.num_pushed > 0

@@ -23,8 +23,9 @@ config layer, :mod:`dfkd_jax.run.run_config`, applies them; nothing here reads t
 Every method is pure and traced inside the trainer's one jitted, ``shard_map``-ped
 iteration, with the iteration's :class:`Context`; batches are this device's rows of a
 global batch. The state is :class:`~dfkd_jax.replay.memory.MemoryState`,
-:class:`~dfkd_jax.replay.generative.VAEState`, :class:`~dfkd_jax.replay.ema.EMAState` or
-``None`` (no replay), held in ``TrainState.replay``.
+:class:`~dfkd_jax.replay.generative.VAEState`, :class:`~dfkd_jax.replay.ema.EMAState`,
+:class:`BankState` (Fast DFKD's data bank) or ``None`` (no replay), held in
+``TrainState.replay``.
 
 For the VAE and the EMA generator the retention batch's teacher logits come from a
 teacher forward on the replayed samples; the memory stores them with the samples (the
@@ -87,6 +88,8 @@ class RunShape(NamedTuple):
     input_shape: ``(H, W, C)`` of the teacher's input.
     one_hot, entropy, entropy_log_base: the generator-loss prior weights (the VAE's
       latent refinement; ``entropy_log_base`` ``None`` = natural log).
+    teacher_bn_channels: the channels of each BatchNorm layer of the teacher, in
+      forward order (the data bank keeps running moments of the synthesised data).
   """
 
   batch_size: int
@@ -96,6 +99,7 @@ class RunShape(NamedTuple):
   one_hot: float
   entropy: float
   entropy_log_base: float | None
+  teacher_bn_channels: tuple[int, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -367,6 +371,102 @@ class EMAReplay(ReplaySource):
     return ema_lib.update(state, generator.params, generator.batch_stats, self.decay)
 
 
+class BankState(NamedTuple):
+  """The state of Fast DFKD's data bank (:class:`BankReplay`).
+
+  Attributes:
+    samples: the synthesised batches, one per round (:class:`~dfkd_jax.replay.memory.
+      MemoryState`, its sample axis sharded over the mesh), with the teacher's logits
+      on them.
+    bn_mean, bn_var: per teacher BatchNorm layer, the exponential moving average over
+      the rounds of the batch moments the teacher saw at each round's last inner step
+      (the official ``DeepInversionHook.update_mmt`` with ``bn_mmt``).
+    bn_rounds: rounds averaged into ``bn_mean``/``bn_var`` (0: none yet, the moments
+      are unused).
+  """
+
+  samples: memory_lib.MemoryState
+  bn_mean: tuple[Array, ...]
+  bn_var: tuple[Array, ...]
+  bn_rounds: Array
+
+
+@dataclasses.dataclass(frozen=True)
+class BankReplay(ReplaySource):
+  """Fast DFKD's data bank (``config.bank``): every synthesis round's best batch, all
+  kept (the official code writes them as PNG files and reloads the whole folder,
+  ``datafree/synthesis/fast_meta.py`` L181-193); here a device-resident circular
+  :mod:`~dfkd_jax.replay.memory` of ``num_slots`` rounds of ``batch_size`` samples,
+  the oldest overwritten once full. Student batches are drawn uniformly from every
+  written sample (:func:`~dfkd_jax.replay.memory.sample_rows`); the retention batch of
+  the interface is such a draw (the selection's replay criteria use it).
+
+  The bank also keeps the running BatchNorm moments of the synthesised data that the
+  synthesis loss's BatchNorm term blends in (:class:`BankState`).
+  """
+
+  num_slots: int
+  samples_per_slot: int
+  dtype: str
+  bn_channels: tuple[int, ...]
+  DTYPES: ClassVar[tuple[str, ...]] = MemoryReplay.DTYPES
+  section: ClassVar[str] = "bank"
+  rules: ClassVar[tuple[tuple[str, config_checks.Rule], ...]] = (
+      ("bank.num_slots", config_checks.POSITIVE_INT),
+      ("bank.dtype", config_checks.one_of(MemoryReplay.DTYPES)))
+
+  @classmethod
+  def create(cls, options, run) -> "BankReplay":
+    return cls(options["num_slots"], run.batch_size, options["dtype"],
+               tuple(run.teacher_bn_channels))
+
+  def init(self, key, generator, input_shape, num_classes) -> BankState:
+    del key, generator
+    samples = memory_lib.init(self.num_slots, self.samples_per_slot, input_shape,
+                              num_classes, dtype=jnp.dtype(self.dtype))
+    # Distinct arrays (the state is donated): unused until a round's moments arrive.
+    mean = tuple(jnp.zeros((c,), jnp.float32) for c in self.bn_channels)
+    var = tuple(jnp.ones((c,), jnp.float32) for c in self.bn_channels)
+    return BankState(samples, mean, var, jnp.zeros((), jnp.int32))
+
+  def specs(self, state) -> BankState:
+    """The samples' axis is sharded over the mesh; the rest is replicated."""
+    axis = parallel.DATA_AXIS
+    return BankState(
+        memory_lib.MemoryState(x=P(None, axis), teacher_logits=P(None, axis),
+                               num_pushed=P()),
+        tuple(P() for _ in state.bn_mean), tuple(P() for _ in state.bn_var), P())
+
+  def draw(self, ctx: Context, state: BankState, key, n: int
+           ) -> tuple[objectives.KDBatch, Array]:
+    """This device's rows of ``n`` samples drawn uniformly from the whole bank (the
+    same global draw on any device count), with their stored teacher logits."""
+    x, logits, valid = memory_lib.sample_rows(state.samples, key, n, ctx.axis_name)
+    return objectives.KDBatch(x.astype(jnp.float32), logits.astype(jnp.float32)), valid
+
+  def retention(self, ctx, state, key):
+    return self.draw(ctx, state, key, ctx.global_batch)
+
+  def push(self, state: BankState, batch: objectives.KDBatch) -> BankState:
+    """Writes one round's batch (this device's rows of it) into the next slot."""
+    return state._replace(samples=memory_lib.push(state.samples, batch.x,
+                                                  batch.teacher_logits))
+
+  def update_moments(self, state: BankState, batch_mean, batch_var,
+                     momentum: float) -> BankState:
+    """Averages one round's BatchNorm moments in: the first round's as they are, then
+    ``r * old + (1 - r) * new`` (``DeepInversionHook.update_mmt``)."""
+    first = state.bn_rounds == 0
+
+    def average(old, new):
+      return tuple(jnp.where(first, n, momentum * o + (1 - momentum) * n)
+                   for o, n in zip(old, new))
+
+    return state._replace(bn_mean=average(state.bn_mean, batch_mean),
+                          bn_var=average(state.bn_var, batch_var),
+                          bn_rounds=state.bn_rounds + 1)
+
+
 Replay = ReplaySource
 #: The replay kinds (a method's ``replay``), each entry the class of its objects.
 REPLAYS: registry.Registry[type[ReplaySource]] = registry.Registry("replay")
@@ -374,3 +474,4 @@ REPLAYS.register("none", NoReplay)
 REPLAYS.register("memory", MemoryReplay)
 REPLAYS.register("generative", VAEReplay)
 REPLAYS.register("ema", EMAReplay)
+REPLAYS.register("bank", BankReplay)

@@ -14,6 +14,7 @@ stay importable from here for configs written against this module.
 
 from __future__ import annotations
 
+import functools
 import pathlib
 from typing import Any, Callable
 
@@ -22,10 +23,13 @@ import jax.numpy as jnp
 import ml_collections
 
 from dfkd_jax import models
+from dfkd_jax.data import augment
 from dfkd_jax.data import datasets as data
 from dfkd_jax.math import losses
+from dfkd_jax.math import meta_init
 from dfkd_jax.math import objectives
 from dfkd_jax.math import optimizers
+from dfkd_jax.methods import fast as fast_lib
 from dfkd_jax.methods import generator_objectives
 from dfkd_jax.methods import presets as methods
 from dfkd_jax.models import teacher as teacher_lib
@@ -79,9 +83,15 @@ def _generator_options(config, log) -> dict[str, Any]:
   return {k: v for k, v in given.items() if k in accepted}
 
 
-def _kd_loss(student_loss: str, zeta: float, delta: float) -> objectives.KDLoss:
-  """The per-example student loss, plus MAD's logit bound ``zeta * max(|s| - delta, 0)``."""
+def _kd_loss(student_loss: str, zeta: float, delta: float,
+             temperature: float = 1.0) -> objectives.KDLoss:
+  """The per-example student loss, plus MAD's logit bound ``zeta * max(|s| - delta, 0)``;
+  the KL at ``temperature`` (times its square, Fast DFKD's ``KLDiv(T)``) if not 1."""
   base = losses.STUDENT_LOSSES.get(student_loss)
+  if temperature != 1.0:
+    if student_loss != "kl":
+      raise ValueError(f"a temperature needs the kl student loss, not {student_loss!r}")
+    base = functools.partial(losses.kl_divergence, temperature=temperature)
   if not zeta:
     return base
   return lambda s, t: base(s, t) + zeta * losses.bound_penalty(s, delta)
@@ -131,8 +141,8 @@ def _map_replicas(replica_loop: str, mesh) -> bool:
   return replica_loop == "map" or (replica_loop == "auto" and _on_cpu(mesh))
 
 
-def _replay(config, method: methods.Method,
-            input_shape) -> replay_sources.ReplaySource:
+def _replay(config, method: methods.Method, input_shape,
+            teacher_bn_channels: tuple[int, ...] = ()) -> replay_sources.ReplaySource:
   """The method's replay source, made from its config section's plain values."""
   kind = replay_sources.REPLAYS.get(method.replay)
   weights = config.generator_loss
@@ -140,8 +150,38 @@ def _replay(config, method: methods.Method,
       batch_size=config.batch_size, latent_dim=config.latent_dim,
       iterations_per_epoch=config.iterations_per_epoch, input_shape=input_shape,
       one_hot=weights.one_hot, entropy=weights.entropy,
-      entropy_log_base=weights.entropy_log_base or None)
+      entropy_log_base=weights.entropy_log_base or None,
+      teacher_bn_channels=teacher_bn_channels)
   return kind.create(config[kind.section].to_dict() if kind.section else {}, run)
+
+
+def _meta_learning_rate(f) -> float:
+  """The fast methods' meta optimiser's rate: ``fast.meta_learning_rate``, or the
+  official ``lr_g * g_steps`` when it is 0."""
+  return f.meta_learning_rate or f.learning_rate * f.inner_steps
+
+
+def _fast_options(config, method: methods.Method, meta: teacher_lib.TeacherMeta,
+                  generator, input_shape) -> fast_lib.FastOptions:
+  """``config.fast`` resolved (the fast methods only)."""
+  f = config.fast
+  if f.reset_epoch:
+    variables = jax.eval_shape(
+        lambda k: generator.init(k, jnp.zeros((2, config.latent_dim)), train=False),
+        jax.random.key(0))
+    fast_lib.check_resettable(variables["params"])
+  weights = _generator_loss_weights(config)._replace(
+      adversarial=f.adversarial, one_hot=f.one_hot, bn_moments=f.bn)
+  per_epoch = config.iterations_per_epoch
+  return fast_lib.FastOptions(
+      meta_gradient=method.meta_gradient, objective=f.exact_objective,
+      inner=meta_init.InnerOptions(f.inner_steps, f.learning_rate, f.z_learning_rate,
+                                   f.b1, f.b2),
+      weights=weights, bn_momentum=f.bn_momentum,
+      warmup_rounds=f.warmup_epochs * per_epoch,
+      reset_round=(f.reset_epoch - 1) * per_epoch if f.reset_epoch else -1,
+      crop_padding=f.crop_padding, flip=bool(f.flip), augment_bank=bool(f.augment_bank),
+      pad_value=augment.black_level(meta.mean, meta.std)[:input_shape[-1]])
 
 
 def build(config: ml_collections.ConfigDict, log: Callable[[str], None] = print,
@@ -185,10 +225,12 @@ def _assemble(config, log, mesh, method: methods.Method) -> Setup:
                          label="config.generator", **_generator_options(config, log))
   uses_moments = generator_objectives.GENERATOR_LOSSES.get(
       method.generator_loss).uses_batchnorm_moments
+  bn_channels: tuple[int, ...] = ()
   if uses_moments or config.generator_loss.bn_prior:
     _, features = jax.eval_shape(
         lambda v, x: teacher.apply(v, x, train=False, features=True), teacher_variables,
         jax.ShapeDtypeStruct((2, *input_shape), jnp.float32))
+    bn_channels = tuple(int(m.batch_mean.shape[-1]) for m in features.bn_moments)
     if not features.bn_moments and config.generator_loss.bn_prior:
       raise ValueError(f"config.generator_loss.bn_prior={config.generator_loss.bn_prior}"
                        f" needs the BatchNorm moments of the teacher, but {meta.arch} "
@@ -203,6 +245,18 @@ def _assemble(config, log, mesh, method: methods.Method) -> Setup:
                                         m.weight_decay)
   output_range = models.output_range(config.generator)
   update_rule = objectives.UPDATE_RULES.get(method.student_update)
+  fast, temperature = None, 1.0
+  generator_optimizer = optimizers.generator(
+      learning_rate=g_opt.learning_rate, b1=g_opt.b1, b2=g_opt.b2)
+  # Epochs of the student's schedule: a fast method's warm-up epochs take no step.
+  student_epochs = config.num_epochs
+  if method.synthesis_rounds:
+    fast = _fast_options(config, method, meta, generator, input_shape)
+    temperature = config.fast.temperature
+    generator_optimizer = optimizers.generator(  # The meta optimiser.
+        learning_rate=_meta_learning_rate(config.fast), b1=config.fast.b1,
+        b2=config.fast.b2)
+    student_epochs = config.num_epochs - config.fast.warmup_epochs
   return Setup(
       record=config.to_dict(), method=method, mesh=mesh, teacher=teacher,
       teacher_variables=teacher_variables, teacher_meta=meta, student=student,
@@ -218,19 +272,19 @@ def _assemble(config, log, mesh, method: methods.Method) -> Setup:
       student_optimizer=optimizers.student(
           learning_rate=s_opt.learning_rate, momentum=s_opt.momentum,
           weight_decay=s_opt.weight_decay, schedule=s_opt.schedule,
-          num_epochs=config.num_epochs,
-          steps_per_epoch=config.iterations_per_epoch * config.student_steps),
-      generator_optimizer=optimizers.generator(
-          learning_rate=g_opt.learning_rate, b1=g_opt.b1, b2=g_opt.b2),
+          num_epochs=student_epochs,
+          steps_per_epoch=config.iterations_per_epoch * config.student_steps,
+          min_learning_rate=s_opt.min_learning_rate),
+      generator_optimizer=generator_optimizer,
       generator_loss_weights=_generator_loss_weights(config),
       student_update=objectives.get(method.student_update, meta_options),
       alpha_scale=_alpha_scale(config) if update_rule.is_meta else None,
       needs_retention=update_rule.needs_retention,
       kd_loss=_kd_loss(method.student_loss, config.student_logit_bound,
-                       config.generator_loss.logit_bound),
+                       config.generator_loss.logit_bound, temperature),
       retention_weight=config.retention_weight,
       meta_alignment=update_rule.is_meta and bool(m.with_alignment),
-      replay=_replay(config, method, input_shape),
+      replay=_replay(config, method, input_shape, bn_channels),
       compute_dtype=jnp.dtype(config.compute_dtype),
       unroll=_unroll(config.step_loop, config.batch_size, mesh),
       map_replicas=_map_replicas(config.replica_loop, mesh),
@@ -242,4 +296,5 @@ def _assemble(config, log, mesh, method: methods.Method) -> Setup:
       progress_seconds=config.progress_seconds,
       criterion=config.selection.criterion, probe_size=config.selection.probe_size,
       probe_epochs=config.selection.probe_epochs,
-      collapse_epochs=config.selection.collapse_epochs)
+      collapse_epochs=config.selection.collapse_epochs,
+      fast=fast, untrained_epochs=config.fast.warmup_epochs if fast else 0)

@@ -38,6 +38,7 @@ import optax
 
 from dfkd_jax.math import objectives
 from dfkd_jax.math import optimizers
+from dfkd_jax.methods import fast as fast_lib
 from dfkd_jax.methods import generator_objectives
 from dfkd_jax.models import layers
 from dfkd_jax.parallel import mesh as parallel
@@ -430,9 +431,32 @@ def make_iteration(setup: Setup, state: TrainState):
   """The jitted ``(state, teacher_variables) -> (state, metrics)`` training iteration.
 
   With replicas (:func:`replicated`), ``state`` is :func:`init_replicas`' stacked state,
-  the iteration is vmapped over its leading axis and every metric is ``[N]``.
+  the iteration is vmapped over its leading axis and every metric is ``[N]``. A Fast
+  DFKD method's iteration is a synthesis round and the student's steps on its data
+  bank (:func:`fast_iteration`); the others', :func:`adversarial_iteration`.
   """
   nets = make_networks(setup)
+  iteration = (fast_iteration(setup, nets) if setup.fast is not None
+               else adversarial_iteration(setup, nets))
+  replicas = replicated(setup)
+  if replicas:  # One program, N runs; the teacher is shared.
+    iteration = _over_replicas(iteration, setup.map_replicas)
+  specs = state_specs(state, setup.replay, replicas)
+  sharded = parallel.shard(iteration, mesh=setup.mesh, in_specs=(specs, P()),
+                           out_specs=(specs, P()))
+  # The output state keeps the input's shardings exactly: on a one-device mesh XLA
+  # would otherwise return the memory buffer as P() instead of P(None, 'data'), an
+  # equivalent sharding that is a different jit cache key, so the second call would
+  # compile the whole iteration again.
+  return jax.jit(sharded, donate_argnums=0,
+                 out_shardings=(parallel.shardings(setup.mesh, specs),
+                                parallel.replicated(setup.mesh)))
+
+
+def adversarial_iteration(setup: Setup, nets: Networks):
+  """The per-device ``(state, teacher_variables) -> (state, metrics)`` of the
+  adversarial methods: ``generator_steps`` generator steps, the replay source's
+  after-generator hook, ``student_steps`` student steps."""
   gen_update = GeneratorUpdate(
       generator_objectives.get(setup.method.generator_loss),
       setup.generator_loss_weights, setup.generator_optimizer, setup.batch_size,
@@ -488,16 +512,169 @@ def make_iteration(setup: Setup, state: TrainState):
     new_state = TrainState(state.step + 1, state.rng, gen, student, replay)
     return new_state, _reduce_metrics(gen_metrics, stu_metrics)
 
-  replicas = replicated(setup)
-  if replicas:  # One program, N runs; the teacher is shared.
-    iteration = _over_replicas(iteration, setup.map_replicas)
-  specs = state_specs(state, setup.replay, replicas)
-  sharded = parallel.shard(iteration, mesh=setup.mesh, in_specs=(specs, P()),
-                           out_specs=(specs, P()))
-  # The output state keeps the input's shardings exactly: on a one-device mesh XLA
-  # would otherwise return the memory buffer as P() instead of P(None, 'data'), an
-  # equivalent sharding that is a different jit cache key, so the second call would
-  # compile the whole iteration again.
-  return jax.jit(sharded, donate_argnums=0,
-                 out_shardings=(parallel.shardings(setup.mesh, specs),
-                                parallel.replicated(setup.mesh)))
+  return iteration
+
+
+# ---------------------------------------------------------------------------
+# Fast DFKD: a synthesis round, then the student's steps on the data bank.
+# ---------------------------------------------------------------------------
+
+
+def _fast_augment(setup: Setup):
+  """This device's rows of the fast methods' augmentation of a global batch."""
+  o = setup.fast
+  return functools.partial(fast_lib.augment_rows, global_batch=setup.batch_size,
+                           padding=o.crop_padding, flip=o.flip, pad_value=o.pad_value,
+                           axis_name=AXIS)
+
+
+def _local_rows(a):
+  """This device's rows of a global array (the same on every device)."""
+  local = a.shape[0] // jax.lax.axis_size(AXIS)
+  return jax.lax.dynamic_slice_in_dim(a, jax.lax.axis_index(AXIS) * local, local)
+
+
+def fast_synthesis(setup: Setup, nets: Networks, state: TrainState, teacher_vars, key,
+                   meta_gradient: str | None = None) -> tuple[Any, fast_lib.RoundResult]:
+  """The synthesis round of a Fast method from ``state`` (per device, inside the mesh):
+  :func:`dfkd_jax.methods.fast.synthesis_round` from the meta-initialisation
+  (:func:`fast_start`), with fresh ``z`` and targets from ``key``, the adversarial
+  term from round ``warmup_rounds - 1`` on and the bank's running moments.
+  ``meta_gradient`` overrides the method's (the probe, which needs none, asks for the
+  cheapest).
+
+  Returns:
+    ``(params0, result)``: the start the round adapted (and its meta-gradient is
+    taken at) and the round's result.
+  """
+  options = setup.fast
+  if meta_gradient is not None:
+    options = options._replace(meta_gradient=meta_gradient)
+  n, dtype = setup.batch_size, setup.compute_dtype
+  k_z, k_y, k_aug, k_final, k_reset = jax.random.split(key, 5)
+  round_index, bank = state.step, state.replay
+  params0 = fast_start(setup, state, k_reset)
+  z = nets.normal(k_z, n, setup.latent_dim)
+  targets = _local_rows(jax.random.randint(k_y, (n,), 0, setup.num_classes))
+
+  def student_eval(x):
+    logits = setup.student.apply(
+        {"params": _cast(state.student.params, dtype),
+         "batch_stats": state.student.batch_stats}, x.astype(dtype), train=False)
+    return logits.astype(jnp.float32)
+
+  synth_nets = fast_lib.SynthesisNetworks(
+      generate=lambda p, stats, zz: nets.generate_full(p, stats, zz)[::2],
+      teacher=lambda x: nets.teacher(teacher_vars, x, features=True),
+      student=student_eval, augment=_fast_augment(setup))
+  return params0, fast_lib.synthesis_round(
+      params0, state.generator.batch_stats, z, targets,
+      jax.random.split(k_aug, options.inner.steps), k_final, nets=synth_nets,
+      options=options,
+      adversarial_on=(round_index + 1 >= options.warmup_rounds).astype(jnp.float32),
+      history=(bank.bn_mean, bank.bn_var),
+      history_weight=jnp.where(bank.bn_rounds > 0, options.bn_momentum, 0.0),
+      axis_name=AXIS, unroll=setup.unroll)
+
+
+def fast_start(setup: Setup, state: TrainState, key):
+  """The meta-initialisation a round starts from: ``state.generator.params``, with the
+  stem re-initialised (from ``key``) at round ``reset_round`` (official ``reset_l0``)."""
+  params = state.generator.params
+  if setup.fast.reset_round < 0:
+    return params
+  return jax.lax.cond(state.step == setup.fast.reset_round,
+                      lambda p: fast_lib.reset_stem(p, key), lambda p: p, params)
+
+
+def fast_iteration(setup: Setup, nets: Networks):
+  """The per-device iteration of a Fast DFKD method (:mod:`dfkd_jax.methods.fast`).
+
+  Round ``r = state.step``:
+
+  1. :func:`fast_synthesis`: at round ``reset_round`` the generator's stem is
+     re-initialised (official ``reset_l0``); the synthesis round from the
+     meta-initialisation ``state.generator.params`` with fresh ``z`` and random
+     targets; the meta optimiser (``setup.generator_optimizer``, its state in
+     ``state.generator.opt_state``) applies the meta-gradient; the generator keeps the
+     adapted copy's statistics (BatchNorm running statistics, never used in training
+     mode, and spectral-norm vectors);
+  2. the round's best batch, with the teacher's logits on it, is pushed into the bank
+     (``state.replay``, a :class:`~dfkd_jax.replay.sources.BankState`), and the last
+     inner step's teacher moments are averaged into its running moments;
+  3. from round ``warmup_rounds`` on, ``student_steps`` steps of ``setup.student_update``
+     (acquisition, the KL at the configured temperature) on batches of ``batch_size``
+     drawn uniformly from the whole bank, augmented when ``augment_bank`` (the teacher
+     then labels the augmented images; else its stored logits are the labels); before
+     that the student is left as it is and its loss on one bank batch is reported.
+
+  All keys derive from ``state.rng`` and ``state.step``, so a resumed run repeats an
+  uninterrupted one.
+  """
+  options = setup.fast
+  source = setup.replay
+  n = setup.batch_size
+  num_steps = setup.student_steps
+  augment = _fast_augment(setup)
+
+  def iteration(state: TrainState, teacher_vars):
+    ctx = replay_sources.Context(
+        teacher=functools.partial(nets.teacher, teacher_vars), draw=nets.draw,
+        generate=nets.generate, normal=nets.normal, global_batch=n, axis_name=AXIS)
+    round_index = state.step
+    with layers.batch_stats_axis(AXIS):
+      k_round, k_student = jax.random.split(jax.random.fold_in(state.rng, state.step))
+      gen, bank = state.generator, state.replay
+      params0, result = fast_synthesis(setup, nets, state, teacher_vars, k_round)
+      params, opt_state = optimizers.apply(setup.generator_optimizer, result.grads,
+                                           gen.opt_state, params0)
+      gen = ModelState(params, result.batch_stats, opt_state)
+      best = objectives.KDBatch(result.best_x, nets.teacher(teacher_vars, result.best_x))
+      bank = source.push(bank, best)
+      if options.bn_momentum and result.bn_mean:
+        bank = source.update_moments(bank, result.bn_mean, result.bn_var,
+                                     options.bn_momentum)
+
+      def kd_batch(key):
+        k_draw, k_aug = jax.random.split(key)
+        batch, _ = source.draw(ctx, bank, k_draw, n)
+        if options.augment_bank:
+          x = augment(k_aug, batch.x)
+          batch = objectives.KDBatch(x, nets.teacher(teacher_vars, x))
+        return batch
+
+      def kd_step(student: ModelState, key):
+        out = setup.student_update(
+            student.params, student.batch_stats, nets.student, kd_batch(key), None,
+            retention_weight=0.0, with_alignment=False, kd_loss=setup.kd_loss,
+            axis_name=AXIS)
+        params, opt_state = optimizers.apply(setup.student_optimizer, out.grads,
+                                             student.opt_state, student.params)
+        return ModelState(params, out.batch_stats, opt_state), out.loss
+
+      keys = jax.random.split(k_student, num_steps)
+
+      def train(student):
+        return _loop(kd_step, student, keys, setup.unroll)
+
+      def wait(student):  # Warm-up: the untrained student's loss on one bank batch.
+        loss, _ = objectives.kd_loss_value(student.params, student.batch_stats,
+                                           nets.student, kd_batch(keys[0]),
+                                           setup.kd_loss, AXIS)
+        return student, jnp.full((num_steps,), loss)
+
+      distil = round_index >= options.warmup_rounds
+      student, kd_losses = jax.lax.cond(distil, train, wait, state.student)
+      nonfinite = jax.lax.pmean(
+          jnp.mean((~jnp.isfinite(result.best_x)).astype(jnp.float32)), AXIS)
+    nan = jnp.full((), jnp.nan, jnp.float32)
+    metrics = {**result.metrics, "student_loss": jnp.mean(kd_losses),
+               "loss_acq": jnp.mean(kd_losses), "loss_ret": nan,
+               "loss_ret_adapted": nan, "grad_cosine": nan, "grad_dot": nan,
+               "retention_steps": jnp.zeros((), jnp.int32),
+               "nonfinite_images": nonfinite,
+               "kd_steps": distil.astype(jnp.int32) * num_steps,
+               "bank_samples": memory_lib.num_filled(bank.samples) * n}
+    return TrainState(state.step + 1, state.rng, gen, student, bank), metrics
+
+  return iteration

@@ -8,7 +8,10 @@ with the probe's own key ``fold_in(fold_in(PRNGKey(seed), PROBE_STREAM), e)``, n
 training key; then the student of epoch ``e`` (eval mode, running statistics, as it is
 deployed) is scored on every filled slot: frozen snapshots of the generator of the last
 ``probe_epochs`` epochs. The student never trains on these samples (its batches are
-drawn from the training keys), so the probe is held out.
+drawn from the training keys), so the probe is held out. A Fast method's generator is a
+meta-initialisation whose raw samples are not its data: its slot is filled by a
+synthesis round of its own (:func:`dfkd_jax.run.iteration.fast_synthesis` with the probe
+key, the meta-gradient discarded), every ``batch_size / n``-th row of the best batch.
 
 :func:`make_epoch_end` compiles ONE jitted, ``shard_map``-ped call per epoch end,
 separate from the training iteration, which it does not change: the training state is
@@ -26,7 +29,8 @@ constant student's, and the epoch's fault code (:func:`dfkd_jax.metrics.selectio
 all per replica, in the same call.
 
 Cost per epoch end: one generator and one teacher forward of ``probe_size /
-probe_epochs`` samples, one eval-mode student forward of ``probe_size`` samples, and
+probe_epochs`` samples (a Fast method: one synthesis round, ``g`` inner steps at
+``batch_size``), one eval-mode student forward of ``probe_size`` samples, and
 with replay one retention batch (what a student step draws) through teacher and
 student. Memory: ``probe_size x (H*W*C + num_classes)`` float32 values per replica,
 spread over the devices (defaults on digits: 256 x 74 x 4 B = 76 KB). The probe is saved
@@ -175,8 +179,13 @@ def make_epoch_end(setup: Setup, state):
     k_probe, k_replay = jax.random.split(key)
     slot = epoch % slots
     with layers.batch_stats_axis(AXIS):
-      x = nets.generate(state.generator.params, state.generator.batch_stats,
-                        *nets.draw(k_probe, n))
+      if setup.fast is not None:  # The method's data: a synthesis round of its own.
+        _, synthesized = iteration_lib.fast_synthesis(
+            setup, nets, state, teacher_vars, k_probe, meta_gradient="first_order")
+        x = synthesized.best_x[::setup.batch_size // n]  # Global rows 0, B/n, ...
+      else:
+        x = nets.generate(state.generator.params, state.generator.batch_stats,
+                          *nets.draw(k_probe, n))
       teacher = functools.partial(nets.teacher, teacher_vars)
       probe = probe._replace(
           x=jax.lax.dynamic_update_index_in_dim(probe.x, x, slot, 0),

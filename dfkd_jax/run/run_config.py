@@ -26,6 +26,7 @@ from dfkd_jax import models
 from dfkd_jax.core import config_checks as checks
 from dfkd_jax.data import datasets as data
 from dfkd_jax.math import losses
+from dfkd_jax.math import meta_init
 from dfkd_jax.math import objectives
 from dfkd_jax.math import optimizers
 from dfkd_jax.methods import generator_objectives
@@ -74,7 +75,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.num_seeds = 1
 
   c.student_optimizer = ml_collections.ConfigDict(dict(
-      learning_rate=0.1, momentum=0.9, weight_decay=5e-4, schedule="cosine"))
+      learning_rate=0.1, momentum=0.9, weight_decay=5e-4, schedule="cosine",
+      # The cosine's floor (PyTorch's CosineAnnealingLR eta_min): the learning rate of
+      # the last epoch's end. Fast DFKD: 2e-4.
+      min_learning_rate=0.0))
   c.generator_optimizer = ml_collections.ConfigDict(dict(
       learning_rate=1e-3, b1=0.9, b2=0.999))
   c.generator_loss = ml_collections.ConfigDict(dict(
@@ -129,6 +133,47 @@ def default_config() -> ml_collections.ConfigDict:
   c.ema = ml_collections.ConfigDict(dict(  # EMA generator (MAD).
       decay=0.95,                # alpha of MAD eq. 5.
       samples=0))                # G~(z') samples per student step; 0 = batch_size.
+  # Fast DFKD (fast, fast_reptile, fast_exact; Fang et al., AAAI 2022): one iteration is
+  # one synthesis round (a copy of the meta-learned generator and fresh z take
+  # inner_steps Adam steps, the best batch joins the data bank, the initialisation
+  # moves by the method's meta-gradient), then student_steps KD steps on batches drawn
+  # from the whole bank. Defaults: the official CIFAR scripts (scripts/fast_cifar.sh,
+  # Fast-2 of its README).
+  c.fast = ml_collections.ConfigDict(dict(
+      inner_steps=2,             # g of Fast-g (--g_steps; the paper has 2, 5, 10).
+      learning_rate=5e-3,        # lr_g, the generator copy's Adam (Fast-2; 3e-3 Fast-5, 2e-3 Fast-10).
+      z_learning_rate=0.015,     # lr_z, the latent codes' Adam (Fast-2; 0.01 Fast-5, Fast-10).
+      b1=0.5,                    # Adam beta1 of the inner and the meta optimiser (official 0.5).
+      b2=0.999,                  # Adam beta2 of both (official).
+      # The meta optimiser's (Adam) learning rate; 0 = learning_rate * inner_steps (the
+      # official lr_g * g_steps).
+      meta_learning_rate=0.0,
+      # fast_exact's meta-objective: "final" = the loss of the adapted copy after the
+      # inner steps (MAML's), "sum" = the sum of the inner steps' losses (whose
+      # first-order approximation is what fast computes).
+      exact_objective="final",
+      bn=10.0,                   # Weight of the teacher's BatchNorm-moment term (--bn).
+      one_hot=0.4,               # Weight of the cross-entropy to the random targets (--oh).
+      adversarial=1.1,           # Weight of the masked adversarial KL (--adv).
+      bn_momentum=0.9,           # Running BatchNorm moments of the synthesised data (--bn_mmt); 0 = off.
+      # Epochs of synthesis only before the student's first step (--warmup); the
+      # adversarial term starts one round earlier, as in the official code.
+      warmup_epochs=20,
+      # At the start of this epoch (1-based) the generator's linear stem and first
+      # BatchNorm are re-initialised (--reset_l0: at ep == 120 + warmup, ep counting
+      # the rounds from 1); 0 = never.
+      reset_epoch=140,
+      temperature=20.0,          # T of the student's KL (--T; the loss is scaled by T^2).
+      crop_padding=4,            # Random-crop padding of the augmentation (official 4 on 32x32).
+      flip=True,                 # Random horizontal flips in the augmentation.
+      # Augment the student's bank batches too (the dataset's training transform:
+      # CIFAR crop + flip, MNIST none).
+      augment_bank=True))
+  c.bank = ml_collections.ConfigDict(dict(  # The data bank of the fast methods.
+      # Rounds kept (one best batch of batch_size each), the oldest overwritten once
+      # full; the official code keeps every round (220 epochs of 1 round).
+      num_slots=220,
+      dtype="float32"))          # dtype the bank stores its samples in.
   c.compute_dtype = "float32"    # "bfloat16" on accelerators; parameters stay float32.
   # How the g generator and s student steps are looped inside the one jitted iteration:
   # "scan" (lax.scan), "unroll" (a Python loop traced into one program) or "auto" =
@@ -180,6 +225,7 @@ FIELD_RULES: tuple[tuple[str, checks.Rule], ...] = (
     ("student_optimizer.momentum", checks.UNIT_INTERVAL),
     ("student_optimizer.weight_decay", checks.NON_NEGATIVE),
     ("student_optimizer.schedule", checks.one_of(optimizers.STUDENT_SCHEDULES)),
+    ("student_optimizer.min_learning_rate", checks.NON_NEGATIVE),
     ("generator_optimizer.learning_rate", checks.POSITIVE),
     ("generator_optimizer.b1", checks.UNIT_INTERVAL),
     ("generator_optimizer.b2", checks.UNIT_INTERVAL),
@@ -205,6 +251,25 @@ FIELD_RULES: tuple[tuple[str, checks.Rule], ...] = (
     ("selection.probe_epochs", checks.POSITIVE_INT),
     ("selection.collapse_epochs", checks.NON_NEGATIVE_INT),
 )
+FAST_RULES: tuple[tuple[str, checks.Rule], ...] = (
+    ("fast.inner_steps", checks.POSITIVE_INT),
+    ("fast.learning_rate", checks.POSITIVE),
+    ("fast.z_learning_rate", checks.NON_NEGATIVE),
+    ("fast.b1", checks.UNIT_INTERVAL),
+    ("fast.b2", checks.UNIT_INTERVAL),
+    ("fast.meta_learning_rate", checks.NON_NEGATIVE),
+    ("fast.exact_objective", checks.one_of(meta_init.EXACT_OBJECTIVES)),
+    ("fast.bn", checks.NON_NEGATIVE),
+    ("fast.one_hot", checks.NON_NEGATIVE),
+    ("fast.adversarial", checks.NON_NEGATIVE),
+    ("fast.bn_momentum", checks.UNIT_INTERVAL),
+    ("fast.warmup_epochs", checks.NON_NEGATIVE_INT),
+    ("fast.reset_epoch", checks.NON_NEGATIVE_INT),
+    ("fast.temperature", checks.POSITIVE),
+    ("fast.crop_padding", checks.NON_NEGATIVE_INT),
+    ("fast.flip", checks.BOOL),
+    ("fast.augment_bank", checks.BOOL),
+)
 META_RULES: tuple[tuple[str, checks.Rule], ...] = (
     ("meta.alpha", checks.POSITIVE),
     ("meta.inner_step", checks.one_of(INNER_STEPS)),
@@ -220,6 +285,8 @@ def validate(config: ml_collections.ConfigDict, mesh) -> methods.Method:
   checks.check(config, FIELD_RULES)
   if objectives.UPDATE_RULES.get(method.student_update).is_meta:
     checks.check(config, META_RULES)
+  if method.synthesis_rounds:
+    _check_fast(config)
   replay = replay_sources.REPLAYS.get(method.replay)
   checks.check(config, replay.rules)
   if replay.section:
@@ -248,6 +315,28 @@ def validate(config: ml_collections.ConfigDict, mesh) -> methods.Method:
                      "student is scored on")
   data.get_dataset(config.dataset)
   return method
+
+
+def _check_fast(config) -> None:
+  """The fast methods' section and how it fits the run."""
+  checks.check(config, FAST_RULES)
+  if config.generator_steps != 1:
+    raise ValueError(f"config.generator_steps={config.generator_steps}: a fast method "
+                     "runs one synthesis round per iteration; its inner steps are "
+                     "config.fast.inner_steps (set generator_steps to 1)")
+  if config.fast.warmup_epochs >= config.num_epochs:
+    raise ValueError(f"config.fast.warmup_epochs={config.fast.warmup_epochs} leaves no "
+                     f"epoch of distillation in config.num_epochs={config.num_epochs}; "
+                     "lower it")
+  probe = config.selection.probe_size // config.selection.probe_epochs
+  if probe and config.batch_size % probe:
+    raise ValueError(f"config.selection.probe_size / probe_epochs = {probe} must divide "
+                     f"config.batch_size={config.batch_size} for a fast method (its "
+                     "probe samples are every k-th row of a synthesised batch)")
+  if config.conditional_generator:
+    raise ValueError("config.conditional_generator=True: the fast methods synthesise "
+                     "with an unconditional generator (their targets enter the loss "
+                     "only); set it to False")
 
 
 def teacher_dir(config) -> pathlib.Path:

@@ -78,11 +78,13 @@ class History:
 
   def end_epoch(self, accuracy: float, criteria: dict[str, float] | None = None,
                 num_classes: int = 0, collapse_epochs: int = 0,
-                finished: bool = True, criterion: str = "last") -> None:
+                finished: bool = True, criterion: str = "last",
+                untrained_epochs: int = 0) -> None:
     """Records a finished epoch: its accuracy, its cosines' mean and its criteria and
     health signals (one missing for earlier epochs is padded with ``None``); marks the
     run collapsed when they say so (:func:`dfkd_jax.metrics.selection.collapse`; ``finished``:
-    this is the run's last epoch; ``criterion``: the one in force)."""
+    this is the run's last epoch; ``criterion``: the one in force; the first
+    ``untrained_epochs`` are a warm-up without student steps, never collapsed)."""
     done = len(self.test_accuracy)
     self.test_accuracy.append(accuracy)
     self.alignment.append(float(np.mean(self.epoch_cosines)) if self.epoch_cosines
@@ -95,7 +97,7 @@ class History:
     if "agreement" in self.criteria or "fault" in self.criteria:
       self.collapsed = selection.collapse(self.criteria, num_classes, collapse_epochs,
                                           len(self.test_accuracy), finished,
-                                          criterion)
+                                          criterion, untrained_epochs)
 
 
 def histories_from_json(d: dict[str, Any], num_replicas: int) -> list[History]:

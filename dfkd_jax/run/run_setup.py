@@ -15,6 +15,7 @@ if TYPE_CHECKING:
   import jax
   import optax
   from dfkd_jax.math import objectives
+  from dfkd_jax.methods import fast as fast_lib
   from dfkd_jax.methods import generator_objectives
   from dfkd_jax.methods import presets as methods
   from dfkd_jax.models import teacher as teacher_lib
@@ -90,3 +91,7 @@ class Setup:
   probe_size: int = 0
   probe_epochs: int = 1
   collapse_epochs: int = 0
+  # A Fast DFKD method (methods.Method.synthesis_rounds): its resolved options, and the
+  # first epochs whose student never trained (its warm-up; not counted as collapsed).
+  fast: fast_lib.FastOptions | None = None
+  untrained_epochs: int = 0

@@ -456,7 +456,8 @@ def _end_epoch(histories: Sequence[run_outputs.History], accuracies: Sequence[fl
     if history.failed is None:
       history.end_epoch(accuracy, values, setup.num_classes, setup.collapse_epochs,
                         finished=len(history.test_accuracy) + 1 == setup.num_epochs,
-                        criterion=setup.criterion)
+                        criterion=setup.criterion,
+                        untrained_epochs=setup.untrained_epochs)
       if iterations_per_second:
         history.student_steps_per_second = iterations_per_second * setup.student_steps
 
