@@ -7,7 +7,7 @@ r"""CIFAR-10 teacher for the CPU: WRN-16-2 from the image folder in about 90 min
 The teacher of ``configs/cifar10_cpu.py`` (the CPU distillation protocol). A short
 version of the peers' recipe (``configs/teacher/cifar10.py``): WRN-16-2 (0.69M
 parameters), SGD with Nesterov momentum 0.9, coupled weight decay 5e-4, batch 128, one
-epoch of linear warm-up to lr 0.1, then cosine to 0 over 15 epochs in all; random crops
+epoch of linear warm-up to lr 0.1, then cosine to 0 over 18 epochs in all; random crops
 of 4-pixel-padded images and horizontal flips, on device. No label smoothing: smoothed
 teachers distil worse (Mueller et al., NeurIPS 2019). Normalisation: the folder's
 per-channel mean/std, recorded in the teacher.
@@ -26,7 +26,7 @@ def get_config():
   config = train_teacher.default_config()
   config.dataset = ""  # folder:DATA, the unpacked CIFAR-10 JPEG folder (required).
   config.model = "wrn16_2"
-  config.num_epochs = 15
+  config.num_epochs = 18
   config.batch_size = 128
   config.eval_batch_size = 1000
   config.learning_rate = 0.1
