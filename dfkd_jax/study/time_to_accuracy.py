@@ -178,7 +178,8 @@ def timed_runs(runs: Sequence[study_runs.Run], cpu_cores: int | None = None,
     elif cores is None:
       left_out.append((run, NO_CPU_CORES))
     else:
-      timed.append(Timed(run, cores, run.cpu_cores is None, core_seconds(run, cores)))
+      timed.append(Timed(run, cores, run.cpu_cores is None, core_seconds(run, cores),
+                         WALL_CLOCK))
   return timed, left_out
 
 
