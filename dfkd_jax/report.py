@@ -1,7 +1,8 @@
 r"""Tables and figures of DFKD runs from their ``summary.json`` files (LRA Table 1, Fig. 4).
 
   python -m dfkd_jax.report runs/mnist --out docs/results/mnist [--pairs=lra_mb:mb_dfkd]
-      [--interval=t|bootstrap] [--time_budgets=15,30,60 [--cpu_cores=N]]
+      [--interval=t|bootstrap] [--time_budgets=15,30,60 [--cpu_cores=N]
+      [--time_clock=cpu|wall]]
 
 reads every ``summary.json`` under the given run directories (a directory holding one
 is a run; any other directory is searched recursively, symbolic links followed;
@@ -44,18 +45,20 @@ and writes to ``--out``:
   command warns of them on stderr.
 
 * With ``--time_budgets=15,30,60`` (core-minutes per seed: a run's cost is
-  ``train_seconds * cpu_cores / num_seeds`` core-seconds per seed, from its
-  ``summary.json``), ``time_to_accuracy.md`` / ``time_to_accuracy.json``: per method
-  the test accuracy of the last epoch completed within each budget (mean ± sd over the
-  seeds that reached it, n; a budget before the first epoch or past a run's end is not
-  reached, never extrapolated), Acc_max, the kept epoch and its accuracy, core-seconds
-  per iteration per seed; per pair the paired verdicts at each budget, whose cells join
+  ``train_cpu_seconds / num_seeds`` core-seconds per seed, process CPU seconds, where
+  its ``summary.json`` records them, else ``train_seconds * cpu_cores / num_seeds``,
+  wall seconds x cores; ``--time_clock=wall`` charges every run by wall x cores),
+  ``time_to_accuracy.md`` / ``time_to_accuracy.json``: per method the test accuracy of
+  the last epoch completed within each budget (mean ± sd over the seeds that reached
+  it, n; a budget before the first epoch or past a run's end is not reached, never
+  extrapolated), Acc_max, the kept epoch and its accuracy, core-seconds per iteration
+  per seed and the clock that charged its runs; per pair the paired verdicts at each budget, whose cells join
   ``paired.md``'s Holm family (both files say so); and
   ``<dataset>_time_to_accuracy.png``: accuracy against core-minutes per seed and
   against iterations, a step line per seed, the mean over seeds where all have a value
-  and a min-max band (:mod:`dfkd_jax.study.time_to_accuracy`). Runs without
-  ``train_seconds`` or ``cpu_cores`` are listed and left out (``--cpu_cores=N`` gives
-  runs without ``cpu_cores`` N cores).
+  and a min-max band (:mod:`dfkd_jax.study.time_to_accuracy`). Runs charged by wall x
+  cores without ``train_seconds`` or ``cpu_cores`` are listed and left out
+  (``--cpu_cores=N`` gives runs without ``cpu_cores`` N cores).
 
 Loading and grouping the runs: :mod:`dfkd_jax.study.study_runs`; the figures:
 :mod:`dfkd_jax.study.figures`. Runs of different datasets get separate tables and figures. A
@@ -97,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
            "or the percentile bootstrap (too narrow for few seeds)")
   parser.add_argument(
       "--time_budgets", default=None, metavar="MINUTES,...",
-      help="core-minutes per seed (train_seconds x cpu_cores / num_seeds) at which "
+      help="core-minutes per seed (see --time_clock) at which "
            "time_to_accuracy.md/.json give each method's test accuracy (last epoch "
            "within the budget) and the pairs' paired verdicts, with a figure per "
            "dataset; e.g. 15,30,60")
@@ -105,13 +108,19 @@ def main(argv: Sequence[str] | None = None) -> int:
       "--cpu_cores", default=None, type=int, metavar="N",
       help="with --time_budgets: the CPU cores of runs whose summary.json does not "
            "record cpu_cores (made before it was); without it they are left out")
+  parser.add_argument(
+      "--time_clock", default=None, metavar="cpu|wall",
+      help="with --time_budgets: what a seed's cost counts; cpu (default): "
+           "train_cpu_seconds / num_seeds, process CPU seconds, where summary.json "
+           "records them, else wall; wall: train_seconds x cpu_cores / num_seeds")
   args = parser.parse_args(argv)
   try:
     pairs = None if args.pairs is None else paired_stats.parse_pairs(args.pairs)
     budgets = (None if args.time_budgets is None else
                time_to_accuracy.parse_budgets(args.time_budgets))
     result = report.write_report(args.workdirs, args.out, pairs, args.interval,
-                                 time_budgets=budgets, cpu_cores=args.cpu_cores)
+                                 time_budgets=budgets, cpu_cores=args.cpu_cores,
+                                 time_clock=args.time_clock)
   except (OSError, ValueError) as e:  # OSError: a missing run, permissions, a full disk.
     print(f"error: {e}", file=sys.stderr)
     return 1

@@ -142,6 +142,7 @@ def read_run(workdir):
   summary = json.loads((workdir / trainer.SUMMARY_FILE).read_text())
   summary.pop("student_steps_per_second")  # Wall-clock.
   summary.pop("train_seconds")
+  summary.pop("train_cpu_seconds", None)  # Process CPU: one process only, as cpu_cores.
   summary.pop("cpu_cores", None)  # One process records its cores, several do not.
   metrics = [json.loads(line) for line in
              (workdir / run_outputs.METRICS_FILE).read_text().splitlines()]

@@ -137,6 +137,10 @@ def test_replicas_write_one_summary_each_that_the_report_reads(replicas_run):
   assert sorted(r.seed for r in runs) == list(SEEDS)
   # Different seeds are different runs.
   assert len({tuple(r["test_accuracy"]) + (r["seed"],) for r in result["replicas"]}) == 3
+  # The program's clocks, wall and process CPU, are every replica's (their cost is
+  # divided by num_seeds in the report).
+  for key in ("train_seconds", "train_cpu_seconds"):
+    assert len({tuple(r[key]) for r in result["replicas"]}) == 1, key
 
 
 @pytest.mark.slow
@@ -159,8 +163,9 @@ def test_replicas_resume_after_a_preemption_equals_the_uninterrupted_run(
   assert sorted(p.name for p in (tmp_path / trainer.CHECKPOINT_DIR).iterdir()
                 if p.name.isdigit()) == ["2", "3"]
   resumed = trainer.run(config, tmp_path, log=lambda s: None)
-  timeless = lambda r: [{k: v for k, v in s.items() if k not in (
-      "student_steps_per_second", "train_seconds")} for s in r["replicas"]]  # pylint: disable=unnecessary-lambda-assignment
+  measured = ("student_steps_per_second", "train_seconds", "train_cpu_seconds")
+  timeless = lambda r: [{k: v for k, v in s.items() if k not in measured}  # pylint: disable=unnecessary-lambda-assignment
+                        for s in r["replicas"]]
   assert timeless(resumed) == timeless(reference)
   assert read_metrics(tmp_path) == read_metrics(reference_dir)
 

@@ -35,16 +35,30 @@ def test_json_has_the_documented_fields_in_order():
   json.dumps(data, allow_nan=False)
 
 
-def test_train_seconds_round_trip_and_must_match_the_curve():
-  timed = dataclasses.replace(_summary(), train_seconds=(10.0, 20.5, 31.0))
+@pytest.mark.parametrize("key", ["train_seconds", "train_cpu_seconds"])
+def test_train_seconds_round_trip_and_must_match_the_curve(key):
+  timed = dataclasses.replace(_summary(), **{key: (10.0, 20.5, 31.0)})
   data = timed.to_json()
-  assert data["train_seconds"] == [10.0, 20.5, 31.0]
+  assert data[key] == [10.0, 20.5, 31.0]
   assert summary_lib.Summary.from_json(data) == timed
-  assert "train_seconds" not in _summary().to_json()  # Runs made before it: absent.
-  data["train_seconds"] = [10.0]
-  with pytest.raises(ValueError, match=r"x.json: train_seconds has 1 values but "
-                     r"test_accuracy has 3"):
-    summary_lib.Summary.from_json(data, "x.json")
+  assert key not in _summary().to_json()  # Runs made before it: absent.
+  assert summary_lib.Summary.from_json(dict(data, **{key: None})) == _summary()
+  for bad, message in (([10.0], f"{key} has 1 values but test_accuracy has 3"),
+                       ([10.0, 20.5, 31.0, 40.0],
+                        f"{key} has 4 values but test_accuracy has 3"),
+                       ([10.0, "x", 30.0], f"{key}[1] must be a finite number")):
+    with pytest.raises(ValueError) as error:
+      summary_lib.Summary.from_json(dict(data, **{key: bad}), "x.json")
+    assert str(error.value).startswith(f"x.json: {message}")
+    assert "\n" not in str(error.value)
+
+
+def test_train_cpu_seconds_sit_beside_train_seconds():
+  both = dataclasses.replace(_summary(), train_seconds=(10.0, 20.0, 30.0),
+                             train_cpu_seconds=(15.0, 30.0, 45.0), cpu_cores=2)
+  keys = list(both.to_json())
+  assert keys[keys.index("train_seconds") + 1] == "train_cpu_seconds"
+  assert keys[-1] == "cpu_cores"
 
 
 def test_cpu_cores_round_trip_are_optional_and_validated():

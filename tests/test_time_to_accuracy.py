@@ -1,5 +1,6 @@
 """Time to accuracy in the report (``--time_budgets``): summaries with known
-train_seconds, cpu_cores and test accuracy give known cells, verdicts and files."""
+train_seconds, train_cpu_seconds, cpu_cores and test accuracy give known cells,
+verdicts and files, charged by the clock ``--time_clock`` says."""
 
 import csv
 import json
@@ -18,6 +19,7 @@ from dfkd_jax.study import figures
 from dfkd_jax.study import paired_stats
 from dfkd_jax.study import report
 from dfkd_jax.study import study_runs
+from dfkd_jax.study import time_report
 from dfkd_jax.study import time_to_accuracy as tta
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -25,8 +27,9 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def write_run(root, method, seed, acc, seconds=None, cores=1, num_seeds=None,
-              per_epoch=10, criterion="last", dataset="mnist"):
-  """A trainer's summary.json: per-epoch ``acc`` and cumulative ``seconds``."""
+              per_epoch=10, criterion="last", dataset="mnist", cpu_seconds=None):
+  """A trainer's summary.json: per-epoch ``acc`` and cumulative ``seconds`` (wall) and
+  ``cpu_seconds`` (process CPU; ``None``: not recorded)."""
   config = {"method": method, "seed": seed, "num_epochs": len(acc),
             "iterations_per_epoch": per_epoch}
   if num_seeds is not None:
@@ -38,7 +41,8 @@ def write_run(root, method, seed, acc, seconds=None, cores=1, num_seeds=None,
       test_accuracy=[float(a) for a in acc], alignment=[None] * len(acc),
       student_steps_per_second=1.0, config=config, criterion=criterion,
       train_seconds=() if seconds is None else seconds,
-      cpu_cores=cores).write(folder / report.SUMMARY_FILE)
+      cpu_cores=cores, train_cpu_seconds=cpu_seconds or ()
+  ).write(folder / report.SUMMARY_FILE)
   return folder
 
 
@@ -76,7 +80,8 @@ def test_accuracy_at_a_budget_is_the_last_epoch_within_it_never_extrapolated(tmp
   rows = table_rows((tmp_path / "out" / tta.TIME_MARKDOWN).read_text())
   assert rows["dfkd"][2:8] == ["not reached", "50.00 (n=1)", "50.00 (n=1)",
                                "60.00 (n=1)", "70.00 (n=1)", "not reached"]
-  assert rows["dfkd"][8:] == ["70.00", "3 (last)", "70.00", "6.000", "1.0, 3.0"]
+  assert rows["dfkd"][8:] == ["70.00", "3 (last)", "70.00", "6.000", "1.0, 3.0",
+                              "wall × cores"]   # No train_cpu_seconds: wall x cores.
 
 
 def table_rows(text):
@@ -118,9 +123,16 @@ def test_num_seeds_is_one_when_the_config_lacks_it(tmp_path):
   np.testing.assert_allclose(tta.timed_runs([run])[0][0].core_seconds, [240.0])
 
 
-def test_reads_what_the_trainer_writes(tmp_path):
+@pytest.mark.parametrize("cpu_seconds, at, clock, end", [
+    # No CPU seconds (a run made before them): 120 s a program epoch x 2 cores / 2 seeds.
+    ([], {1.5: None, 3.0: 50.0, 4.0: 60.0}, tta.WALL_CLOCK, 240.0),
+    # Process CPU: 180 CPU seconds a program epoch / 2 seeds, whatever the cores.
+    ([180.0, 360.0], {1.5: 50.0, 3.0: 60.0, 4.0: None}, tta.CPU_CLOCK, 180.0),
+], ids=["wall", "cpu"])
+def test_reads_what_the_trainer_writes(tmp_path, cpu_seconds, at, clock, end):
   """The trainer's own summary (History -> summary.json) of a 2-seed program on 2
-  cores: each seed's cost is its program's seconds x 2 cores / 2 seeds."""
+  cores: each seed's cost is its program's CPU seconds / 2 seeds where recorded, else
+  its wall seconds x 2 cores / 2 seeds."""
   from dfkd_jax.run import experiment  # pylint: disable=g-import-not-at-top
   from dfkd_jax.run import run_outputs  # pylint: disable=g-import-not-at-top
   config = experiment.default_config()
@@ -128,17 +140,76 @@ def test_reads_what_the_trainer_writes(tmp_path):
   for seed in range(2):
     history = run_outputs.History(teacher_accuracy=98.0, test_accuracy=[50.0, 60.0],
                                   alignment=[None, None], train_seconds=[120.0, 240.0],
-                                  cpu_cores=2)
+                                  cpu_cores=2, train_cpu_seconds=cpu_seconds)
     folder = tmp_path / "runs" / f"seed_{seed}"
     folder.mkdir(parents=True)
     run_outputs.summary(config, history, seed).write(folder / report.SUMMARY_FILE)
-  report.write_report([tmp_path / "runs"], tmp_path / "out", time_budgets=[3.0, 4.0])
+  report.write_report([tmp_path / "runs"], tmp_path / "out",
+                      time_budgets=[1.5, 3.0, 4.0])
   data = time_json(tmp_path / "out")
-  assert per_seed(data, "dfkd", 1, "digits") == {3.0: 50.0, 4.0: 60.0}
+  assert per_seed(data, "dfkd", 1, "digits") == at
   row = method_json(data, "dfkd", "digits")
-  assert row["cpu_cores"] == [2, 2]
+  assert row["cpu_cores"] == [2, 2] and row["clock"] == [clock, clock]
   np.testing.assert_allclose(row["core_seconds_per_iteration_per_seed"]["mean"],
-                             240.0 / (2 * config.iterations_per_epoch))
+                             end / (2 * config.iterations_per_epoch))
+
+
+def clock_study(root):
+  """Seed 0 records process CPU seconds (1.5 and 3 core-minutes per epoch; its wall
+  clock, inflated by a loaded machine, says 4 and 8), seed 1 only wall (2 and 4)."""
+  write_run(root, "dfkd", 0, [50.0, 60.0], [120.0, 240.0], cores=2,
+            cpu_seconds=[90.0, 180.0])
+  write_run(root, "dfkd", 1, [52.0, 62.0], [60.0, 120.0], cores=2)
+
+
+@pytest.mark.parametrize("flags, at_0, clocks", [
+    ([], {1.5: 50.0, 3.0: 60.0, 4.0: None, 8.0: None}, [tta.CPU_CLOCK, tta.WALL_CLOCK]),
+    (["--time_clock=cpu"], {1.5: 50.0, 3.0: 60.0, 4.0: None, 8.0: None},
+     [tta.CPU_CLOCK, tta.WALL_CLOCK]),
+    (["--time_clock=wall"], {1.5: None, 3.0: None, 4.0: 50.0, 8.0: 60.0},
+     [tta.WALL_CLOCK, tta.WALL_CLOCK]),
+], ids=["default", "cpu", "wall"])
+def test_the_clock_is_process_cpu_where_recorded_else_wall_x_cores(tmp_path, capsys,
+                                                                   flags, at_0, clocks):
+  clock_study(tmp_path / "runs")
+  code = report_cli.main([str(tmp_path / "runs"), "--out", str(tmp_path / "out"),
+                          "--time_budgets=1.5,3,4,8", *flags])
+  assert code == 0, capsys.readouterr().err
+  data = time_json(tmp_path / "out")
+  assert per_seed(data, "dfkd", 0) == at_0
+  assert per_seed(data, "dfkd", 1) == {1.5: None, 3.0: 52.0, 4.0: 62.0, 8.0: None}
+  assert method_json(data, "dfkd")["clock"] == clocks
+  wall = flags == ["--time_clock=wall"]
+  assert data["time_clock"] == ("wall" if wall else "cpu")
+  assert data["cost"] == time_report.COST[data["time_clock"]]
+  text = (tmp_path / "out" / tta.TIME_MARKDOWN).read_text()
+  assert text.count(time_report.cost_text(data["time_clock"])) == 1
+  clock_cell = table_rows(text)["dfkd"][-1]
+  mixed = ("Charged by wall × cores (their summary.json has no train_cpu_seconds), "
+           "beside runs charged by process CPU: dfkd seed 1.")
+  if wall:
+    assert clock_cell == "wall × cores" and mixed not in text
+    assert "for every run (--time_clock=wall" in text
+  else:
+    assert clock_cell == "process CPU: 1 (seed 0); wall × cores: 1 (seed 1)"
+    assert mixed in text
+    assert "`train_cpu_seconds / num_seeds` where summary.json records it" in text
+
+
+@pytest.mark.parametrize("cores", [1, 2, 8])
+@pytest.mark.parametrize("num_seeds", [1, 3])
+def test_cpu_seconds_are_core_seconds_whatever_the_cores_divided_by_the_seeds(
+    tmp_path, cores, num_seeds):
+  write_run(tmp_path / "runs", "dfkd", 0, [50.0, 60.0], [100.0, 200.0], cores=cores,
+            num_seeds=num_seeds, cpu_seconds=[150.0, 300.0])
+  run, = study_runs.load_runs([tmp_path / "runs"])
+  (timed,), _ = tta.timed_runs([run])
+  np.testing.assert_allclose(timed.core_seconds, np.array([150.0, 300.0]) / num_seeds)
+  assert (timed.clock, timed.cores, timed.assumed) == (tta.CPU_CLOCK, cores, False)
+  (walled,), _ = tta.timed_runs([run], time_clock="wall")
+  np.testing.assert_allclose(walled.core_seconds,
+                             np.array([100.0, 200.0]) * cores / num_seeds)
+  assert walled.clock == tta.WALL_CLOCK
 
 
 def test_step_mean_is_over_the_range_every_seed_covers():
@@ -269,7 +340,6 @@ def test_the_figure_is_written_with_a_panel_against_time_and_one_against_iterati
   assert f"]({png.name})" in (tmp_path / "out" / tta.TIME_MARKDOWN).read_text()
   runs = study_runs.group_runs(study_runs.load_runs([tmp_path / "runs"]))["mnist"]
   study = tta.TimeStudy.of({"mnist": runs}, [2.0, 4.0], [])
-  from dfkd_jax.study import time_report  # pylint: disable=g-import-not-at-top
   panels = time_report.figure_panels(study.timed["mnist"])
   fig = figures.step_figure(panels, "t", tta.BAND, 99.0, [2.0, 4.0], "budgets")
   time_axis, iteration_axis = fig.axes
@@ -335,6 +405,12 @@ def test_parse_budgets():
                         "--time_budgets too (e.g. --time_budgets=15,30,60)"),
     (["--time_budgets=10", "--cpu_cores=0"], "error: --cpu_cores=0 is not a positive "
                                              "number of cores"),
+    (["--time_budgets=10", "--time_clock=gpu"],
+     "error: --time_clock=gpu is not a clock; pass cpu (process CPU seconds where "
+     "recorded, else wall x cores) or wall (always wall x cores)"),
+    (["--time_budgets=10", "--time_clock="], "error: --time_clock= is not a clock"),
+    (["--time_clock=wall"], "error: --time_clock=wall is for the time table; pass "
+                            "--time_budgets too (e.g. --time_budgets=15,30,60)"),
 ])
 def test_bad_time_flags_are_one_line_errors(tmp_path, capsys, flags, message):
   write_run(tmp_path / "runs", "dfkd", 0, [50.0], [60.0])

@@ -13,6 +13,7 @@ import types
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from dfkd_jax.math import losses
@@ -103,11 +104,18 @@ def test_method_runs_end_to_end_and_writes_the_summary(teacher_dir, tmp_path, me
   assert set(on_disk["learning_evolution"]) == {"0", "20", "40", "60", "80"}
   assert on_disk["teacher_accuracy"] > 80
   assert on_disk["student_steps_per_second"] > 0
-  # Cumulative training seconds per epoch, the compiling first iteration included.
-  first, second = on_disk["train_seconds"]
-  assert 0 < first < second and second - first < first
+  # Cumulative training seconds per epoch, wall and process CPU, the compiling first
+  # iteration included (it dominates the first epoch).
+  cores = len(os.sched_getaffinity(0))
+  for key in ("train_seconds", "train_cpu_seconds"):
+    first, second = on_disk[key]
+    assert 0 < first < second and second - first < first, key
+  # The same spans: no more CPU than the cores can give in their wall time (a CPU count
+  # from the process's start would hold the teacher's training and the imports).
+  for wall, cpu in zip(on_disk["train_seconds"], on_disk["train_cpu_seconds"]):
+    assert cpu <= wall * cores * 1.01 + 0.01
   # The cores it may run on (taskset), once: its cost is train_seconds x cpu_cores.
-  assert on_disk["cpu_cores"] == len(os.sched_getaffinity(0))
+  assert on_disk["cpu_cores"] == cores
   metrics = read_metrics(tmp_path)
   assert len(metrics) == 2 * 2  # epochs x iterations
   assert all(np.isfinite(m["student_loss"]) and np.isfinite(m["generator_loss"])
@@ -162,6 +170,58 @@ def test_cpu_cores_are_recorded_once_and_only_on_cpu_in_one_process(monkeypatch)
                    "epochs from here on are counted at that rate"]
   restored = run_outputs.History.from_json({"test_accuracy": [50.0]})  # An old one.
   assert restored.cpu_cores is None
+
+
+def test_the_clock_stamps_wall_and_cpu_seconds_and_a_resume_goes_on_from_them():
+  Clock = trainer._Clock  # pylint: disable=protected-access,invalid-name
+  histories = [run_outputs.History(), run_outputs.History()]
+  clock = Clock(histories, cpu=True)
+  clock.add(2.0, 3.0)
+  clock.stamp(epoch_end=False)      # A preemption's save: the clocks, no epoch.
+  assert [(h.clock, h.cpu_clock) for h in histories] == [(2.0, 3.0)] * 2
+  assert histories[0].train_seconds == histories[0].train_cpu_seconds == []
+  clock.add(1.0, 1.5)
+  clock.stamp(epoch_end=True)
+  histories[1].failed = "student_loss became [nan]"   # Records nothing more.
+  clock.add(1.0, 1.0)
+  clock.stamp(epoch_end=True)
+  assert (histories[0].train_seconds, histories[0].train_cpu_seconds) == (
+      [3.0, 4.0], [4.5, 5.5])
+  assert (histories[1].train_seconds, histories[1].train_cpu_seconds) == ([3.0], [4.5])
+  # A resume (the checkpoint's JSON) goes on from both clocks.
+  resumed = [run_outputs.History.from_json(json.loads(json.dumps(h.to_json())))
+             for h in histories]
+  clock = Clock(resumed, cpu=True)
+  clock.add(1.0, 0.5)
+  clock.stamp(epoch_end=True)
+  assert (resumed[0].train_seconds, resumed[0].train_cpu_seconds) == (
+      [3.0, 4.0, 5.0], [4.5, 5.5, 6.0])
+
+
+def _old_checkpoint(history):
+  """The JSON of a checkpoint made before the CPU clock was recorded."""
+  d = history.to_json()
+  del d["cpu_clock"], d["train_cpu_seconds"]
+  return run_outputs.History.from_json(d)
+
+
+@pytest.mark.parametrize("make, cpu", [
+    (_old_checkpoint, True),       # Its CPU seconds so far were never counted.
+    (lambda h: h, False),          # An accelerator or multi-process run.
+], ids=["old_checkpoint", "not_cpu_in_one_process"])
+def test_the_cpu_clock_stays_off_where_it_cannot_count_the_whole_run(make, cpu):
+  history = run_outputs.History(test_accuracy=[50.0], train_seconds=[10.0], clock=10.0,
+                                train_cpu_seconds=[15.0], cpu_clock=15.0)
+  history = make(history)
+  clock = trainer._Clock([history], cpu=cpu)  # pylint: disable=protected-access
+  clock.add(5.0, 5.0)
+  history.end_epoch(60.0)
+  clock.stamp(epoch_end=True)
+  assert history.train_seconds == [10.0, 15.0]    # The wall clock goes on.
+  assert history.train_cpu_seconds == [] and history.cpu_clock is None
+  summary = run_outputs.summary({"method": "dfkd", "dataset": "digits", "seed": 0},
+                                history).to_json()
+  assert "train_cpu_seconds" not in summary and summary["train_seconds"] == [10.0, 15.0]
 
 
 @pytest.mark.slow
@@ -370,9 +430,14 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(teacher_dir, tmp_path)
   for key in ("test_accuracy", "acc_max", "learning_evolution",
               "cumulative_mean_accuracy", "alignment", "teacher_accuracy"):
     assert result[key] == reference[key], key
-  # The resumed run goes on from the killed one's clock: three increasing stamps.
-  seconds = result["train_seconds"]
-  assert len(seconds) == 3 and 0 < seconds[0] < seconds[1] < seconds[2]
+  # The resumed run goes on from the killed one's clocks (wall and process CPU): three
+  # increasing stamps, the killed run's first one kept.
+  with ocp.Checkpointer(ocp.JsonCheckpointHandler()) as checkpointer:
+    killed = run_outputs.History.from_json(checkpointer.restore(first / "history"))
+  for key in ("train_seconds", "train_cpu_seconds"):
+    seconds = result[key]
+    assert len(seconds) == 3 and 0 < seconds[0] < seconds[1] < seconds[2], key
+    assert seconds[0] == getattr(killed, key)[0], key
   strip = lambda ms: [{k: v for k, v in m.items()} for m in ms]
   assert strip(read_metrics(workdir)) == strip(read_metrics(tmp_path / "reference"))
 

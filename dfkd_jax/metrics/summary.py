@@ -56,8 +56,14 @@ class Summary:
       all N together), or empty (runs made before it was recorded).
     cpu_cores: the CPU cores the program had (``len(os.sched_getaffinity(0))`` at its
       first start), or ``None``: not a CPU run, a multi-process run, or a run made
-      before it was recorded. A seed's cost in core-seconds is ``train_seconds *
-      cpu_cores / config.num_seeds``.
+      before it was recorded. A seed's cost in core-seconds is ``train_cpu_seconds /
+      config.num_seeds`` where recorded, else ``train_seconds * cpu_cores /
+      config.num_seeds``.
+    train_cpu_seconds: per completed epoch, the program's cumulative process CPU
+      seconds (``time.process_time()``, all its threads) over the same spans as
+      ``train_seconds``: core-seconds, whatever else loads the machine; empty when not
+      recorded (not a CPU run in one process, or a run made, or first started, before
+      it was recorded).
   """
 
   method: str
@@ -80,6 +86,7 @@ class Summary:
   collapsed: str | None = None
   train_seconds: tuple[float, ...] = ()
   cpu_cores: int | None = None
+  train_cpu_seconds: tuple[float, ...] = ()
 
   @classmethod
   def of_run(cls, *, method: str, dataset: str, seed: int,
@@ -89,7 +96,8 @@ class Summary:
              criteria: dict[str, Sequence[float | None]] | None = None,
              criterion: str | None = None, collapsed: str | None = None,
              train_seconds: Sequence[float] = (),
-             cpu_cores: int | None = None) -> "Summary":
+             cpu_cores: int | None = None,
+             train_cpu_seconds: Sequence[float] = ()) -> "Summary":
     """The summary of a run's per-epoch history (metrics by :mod:`dfkd_jax.metrics.curves`);
     ``criterion`` (of ``criteria``) chooses ``selected_epoch``
     (:func:`dfkd_jax.metrics.selection.selected_epoch`)."""
@@ -109,10 +117,12 @@ class Summary:
                cumulative, aligned, student_steps_per_second, len(acc), config, failed,
                criteria, criterion, None if chosen is None else chosen + 1,
                None if chosen is None else acc[chosen], collapsed,
-               tuple(float(t) for t in train_seconds), cpu_cores)
+               tuple(float(t) for t in train_seconds), cpu_cores,
+               tuple(float(t) for t in train_cpu_seconds))
 
   def to_json(self) -> dict[str, Any]:
-    """The JSON object of ``summary.json`` (``alignment``, ``failed``, ``train_seconds`` and ``cpu_cores`` only when set)."""
+    """The JSON object of ``summary.json`` (``alignment``, ``failed``, ``train_seconds``,
+    ``train_cpu_seconds`` and ``cpu_cores`` only when set)."""
     out = {"method": self.method, "dataset": self.dataset, "seed": self.seed,
            "teacher_accuracy": self.teacher_accuracy,
            "test_accuracy": list(self.test_accuracy), "acc_max": self.acc_max,
@@ -125,6 +135,8 @@ class Summary:
                epochs_completed=self.epochs_completed, config=self.config)
     if self.train_seconds:
       out["train_seconds"] = list(self.train_seconds)
+    if self.train_cpu_seconds:
+      out["train_cpu_seconds"] = list(self.train_cpu_seconds)
     if self.cpu_cores is not None:
       out["cpu_cores"] = self.cpu_cores
     if self.failed is not None:
@@ -228,12 +240,6 @@ def _parse(data: Any, path) -> Summary:
   config = data.get("config", {})
   if not isinstance(config, dict):
     raise ValueError(f"{path}: config must be an object, got {type(config).__name__}")
-  train_seconds = ()
-  if data.get("train_seconds") is not None:
-    train_seconds = _curve(data["train_seconds"], "train_seconds", path)
-    if len(train_seconds) != len(acc):
-      raise ValueError(f"{path}: train_seconds has {len(train_seconds)} values but "
-                       f"test_accuracy has {len(acc)}")
   failed = data.get("failed")
   if failed is not None and not isinstance(failed, str):
     raise ValueError(f"{path}: failed must be a string (why the run stopped), got "
@@ -251,8 +257,21 @@ def _parse(data: Any, path) -> Summary:
                                        "student_steps_per_second", path,
                                        allow_none=True),
       epochs_completed=int(data.get("epochs_completed", len(acc))), config=config,
-      failed=failed, train_seconds=train_seconds,
-      cpu_cores=_cpu_cores(data.get("cpu_cores"), path))
+      failed=failed, train_seconds=_seconds(data, "train_seconds", acc, path),
+      cpu_cores=_cpu_cores(data.get("cpu_cores"), path),
+      train_cpu_seconds=_seconds(data, "train_cpu_seconds", acc, path))
+
+
+def _seconds(data: dict[str, Any], key: str, acc: tuple, path) -> tuple[float, ...]:
+  """``train_seconds`` or ``train_cpu_seconds``: one number per epoch of
+  ``test_accuracy``, or absent/null (a run made before it was recorded)."""
+  if data.get(key) is None:
+    return ()
+  seconds = _curve(data[key], key, path)
+  if len(seconds) != len(acc):
+    raise ValueError(f"{path}: {key} has {len(seconds)} values but test_accuracy has "
+                     f"{len(acc)}")
+  return seconds
 
 
 def _cpu_cores(value, path) -> int | None:

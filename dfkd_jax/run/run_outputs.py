@@ -51,6 +51,14 @@ class History:
       N replicas records the time of all N.
     clock: the same count at the last save (the epoch in progress included), which a
       resumed run continues from.
+    train_cpu_seconds: after each completed epoch, the process CPU seconds
+      (``time.process_time()``, all its threads) this program has spent in the same
+      spans as ``train_seconds``, resumed runs adding up; recorded on CPU in one process
+      only (elsewhere the process's CPU time is not the cost), else empty.
+    cpu_clock: the same count at the last save, which a resumed run continues from; or
+      ``None``: not counted from the run's start (a checkpoint made before it was
+      recorded, or a run not on CPU in one process), so ``train_cpu_seconds`` stays
+      empty.
     cpu_cores: the CPU cores the program had at its first start (for a checkpoint made
       before they were recorded: at its first resume;
       :func:`dfkd_jax.run.trainer.cpu_cores`), or ``None`` (not a CPU run, or a
@@ -68,13 +76,19 @@ class History:
   train_seconds: list[float] = dataclasses.field(default_factory=list)
   clock: float = 0.0
   cpu_cores: int | None = None
+  train_cpu_seconds: list[float] = dataclasses.field(default_factory=list)
+  cpu_clock: float | None = 0.0
 
   def to_json(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
 
   @classmethod
   def from_json(cls, d: dict[str, Any]) -> "History":
-    return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
+    """A saved History; one saved before ``cpu_clock`` existed has ``cpu_clock=None``
+    (its CPU seconds so far were not counted, so the run records none)."""
+    fields = {f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d}
+    fields.setdefault("cpu_clock", None)
+    return cls(**fields)
 
   def end_epoch(self, accuracy: float, criteria: dict[str, float] | None = None,
                 num_classes: int = 0, collapse_epochs: int = 0,
@@ -127,7 +141,7 @@ def summary(record: dict[str, Any] | ml_collections.ConfigDict, history: History
       config=record, failed=history.failed, criteria=history.criteria,
       criterion=record.get("selection", {}).get("criterion", "last"),
       collapsed=history.collapsed, train_seconds=history.train_seconds,
-      cpu_cores=history.cpu_cores)
+      cpu_cores=history.cpu_cores, train_cpu_seconds=history.train_cpu_seconds)
 
 
 def replica_dir(workdir: pathlib.Path, seed: int) -> pathlib.Path:

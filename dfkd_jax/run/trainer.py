@@ -331,7 +331,8 @@ def _run(setup: Setup, workdir: pathlib.Path, log, primary: bool,
     state, histories, start = _restore(checkpoints, state, len(seeds), per_epoch,
                                        num_epochs, log)
     probe = _probe(setup, checkpoints, start)
-    _record_cores(histories, cpu_cores(mesh), log)
+    cores = cpu_cores(mesh)
+    _record_cores(histories, cores, log)
     checkpoints.keep(_selected_steps(histories, setup.criterion, per_epoch))
     if histories[0].teacher_accuracy is None:
       teacher_accuracy = _accuracy(
@@ -353,11 +354,11 @@ def _run(setup: Setup, workdir: pathlib.Path, log, primary: bool,
   throughput = progress.Throughput()
   progress_line = progress.RateLimited(log, setup.progress_seconds)
   outputs = run_outputs.Outputs(layout, setup, log, primary, start)
-  clock = _Clock(histories)
+  clock = _Clock(histories, cpu=cores is not None)
   with contextlib.closing(outputs):
     for step in range(start, total):
       epoch, i = divmod(step, per_epoch)
-      t0 = time.time()
+      t0, cpu0 = time.time(), time.process_time()
       if step == start:  # The first call compiles.
         state, metrics = _first_call(iteration, state, teacher_vars, log,
                                      setup.progress_seconds, start > 0, new_program)
@@ -365,7 +366,7 @@ def _run(setup: Setup, workdir: pathlib.Path, log, primary: bool,
         state, metrics = iteration(state, teacher_vars)
         metrics = jax.device_get(metrics)  # Blocks: one small transfer per iteration.
         throughput.add(time.time() - t0)
-      clock.add(time.time() - t0)
+      clock.add(time.time() - t0, time.process_time() - cpu0)
       per_replica = _per_replica(metrics, replicas)
       newly_failed = _check_finite(per_replica, epoch, i, checkpoints, histories, seeds,
                                    log, setup.compute_dtype.name)
@@ -431,21 +432,40 @@ def _record_cores(histories: Sequence[run_outputs.History], cores: int | None,
 
 
 class _Clock:
-  """Seconds of training iterations, carried in every History (``clock``) across
-  resumes and stamped into ``train_seconds`` at each epoch's end."""
+  """Seconds of training iterations, wall (``time.time()``) and process CPU
+  (``time.process_time()``, all threads), carried in every History (``clock``,
+  ``cpu_clock``) across resumes and stamped into ``train_seconds`` and
+  ``train_cpu_seconds`` at each epoch's end.
 
-  def __init__(self, histories: Sequence[run_outputs.History]):
+  The CPU count runs only when ``cpu`` (on CPU in one process: elsewhere the process's
+  CPU time is not the run's cost) and every History has counted it from the run's start
+  (a checkpoint made before it has ``cpu_clock=None``); otherwise each History's
+  ``cpu_clock`` is ``None`` and its ``train_cpu_seconds`` empty (absent from
+  summary.json, which then cannot hold a curve shorter than the accuracy's)."""
+
+  def __init__(self, histories: Sequence[run_outputs.History], cpu: bool):
     self.histories = histories
     self.seconds = max(h.clock for h in histories)  # A resumed run goes on from it.
+    counted = cpu and all(h.cpu_clock is not None for h in histories)
+    self.cpu_seconds = max(h.cpu_clock for h in histories) if counted else None
+    if not counted:
+      for history in histories:
+        history.cpu_clock, history.train_cpu_seconds = None, []
 
-  def add(self, seconds: float) -> None:
+  def add(self, seconds: float, cpu_seconds: float) -> None:
     self.seconds += seconds
+    if self.cpu_seconds is not None:
+      self.cpu_seconds += cpu_seconds
 
   def stamp(self, epoch_end: bool) -> None:
     for history in self.histories:
       history.clock = round(self.seconds, 3)
+      if self.cpu_seconds is not None:
+        history.cpu_clock = round(self.cpu_seconds, 3)
       if epoch_end and history.failed is None:
         history.train_seconds.append(history.clock)
+        if self.cpu_seconds is not None:
+          history.train_cpu_seconds.append(history.cpu_clock)
 
 
 def _end_epoch(histories: Sequence[run_outputs.History], accuracies: Sequence[float],

@@ -245,7 +245,8 @@ def write_report(workdirs: Iterable[str | os.PathLike], out_dir: str | os.PathLi
                  interval: str = "t",
                  log: Callable[[str], None] = print,
                  time_budgets: Sequence[float] | None = None,
-                 cpu_cores: int | None = None) -> dict[str, Any]:
+                 cpu_cores: int | None = None,
+                 time_clock: str | None = None) -> dict[str, Any]:
   """Loads the runs under ``workdirs`` and writes the tables and figures to ``out_dir``.
 
   Args:
@@ -263,16 +264,19 @@ def write_report(workdirs: Iterable[str | os.PathLike], out_dir: str | os.PathLi
       (:mod:`dfkd_jax.study.time_to_accuracy`); ``None``: no time table.
     cpu_cores: the cores of runs whose summary does not record them (else such runs
       are left out of the time table); only with ``time_budgets``.
+    time_clock: what charges a run in the time table: ``"cpu"`` (``None``: the
+      default) its ``train_cpu_seconds`` where recorded, else wall seconds x cores;
+      ``"wall"`` always wall seconds x cores; only with ``time_budgets``.
 
   Returns:
     ``{"runs": [...], "files": [written paths], "collapsed": [runs flagged collapsed]}``.
 
   Raises:
     FileNotFoundError, ValueError: as :func:`dfkd_jax.study.study_runs.load_runs`, a
-      method of ``pairs`` that no run has, or a bad time budget or ``cpu_cores``,
-      before anything is written.
+      method of ``pairs`` that no run has, or a bad time budget, ``cpu_cores`` or
+      ``time_clock``, before anything is written.
   """
-  time_to_accuracy.check_flags(time_budgets, cpu_cores)
+  time_to_accuracy.check_flags(time_budgets, cpu_cores, time_clock)
   if interval not in paired_stats.INTERVALS:
     raise ValueError(f"unknown interval {interval!r}; valid: "
                      f"{', '.join(paired_stats.INTERVALS)}")
@@ -292,7 +296,8 @@ def write_report(workdirs: Iterable[str | os.PathLike], out_dir: str | os.PathLi
   grouped = study_runs.group_runs(runs)
   tables = {dataset: table_rows(by_method) for dataset, by_method in grouped.items()}
   time_study = (None if time_budgets is None else time_to_accuracy.TimeStudy.of(
-      grouped, sorted(set(time_budgets)), pairs, interval, cpu_cores))
+      grouped, sorted(set(time_budgets)), pairs, interval, cpu_cores,
+      time_clock or "cpu"))
   out.mkdir(parents=True, exist_ok=True)
   written = []
 

@@ -58,6 +58,9 @@ class Run:
     train_seconds: ``[E]`` the program's cumulative training seconds per epoch, or
       ``None`` (runs made before it was recorded).
     cpu_cores: the program's CPU cores, or ``None`` (not recorded).
+    train_cpu_seconds: ``[E]`` the program's cumulative process CPU seconds of training
+      per epoch, or ``None`` (not recorded: not a CPU run in one process, or made
+      before it was recorded).
     num_seeds: the seeds of its program (``config.num_seeds``; 1 when absent).
     iterations_per_epoch: ``config.iterations_per_epoch``, or ``None`` when absent.
   """
@@ -83,6 +86,7 @@ class Run:
   cpu_cores: int | None = None
   num_seeds: int = 1
   iterations_per_epoch: int | None = None
+  train_cpu_seconds: np.ndarray | None = None
 
   @property
   def num_epochs(self) -> int:
@@ -202,7 +206,9 @@ def _run(summary: summary_lib.Summary, path) -> Run:
                             if summary.train_seconds else None),
              cpu_cores=summary.cpu_cores,
              num_seeds=_config_int(summary, "num_seeds") or 1,
-             iterations_per_epoch=_config_int(summary, "iterations_per_epoch"))
+             iterations_per_epoch=_config_int(summary, "iterations_per_epoch"),
+             train_cpu_seconds=(np.asarray(summary.train_cpu_seconds, np.float64)
+                                if summary.train_cpu_seconds else None))
 
 
 def _config_int(summary: summary_lib.Summary, key: str) -> int | None:

@@ -2,11 +2,14 @@
 a figure per dataset, ``<dataset>_time_to_accuracy.png``, from a
 :class:`~dfkd_jax.study.time_to_accuracy.TimeStudy` (which holds the definitions).
 
-The Markdown file states the cost and the budgets' meaning, then per dataset: the table
-(a row per method, a column per budget), the runs whose cores ``--cpu_cores`` gave,
-the runs left out (one line), the figure, and per pair its verdicts at each budget with
-Holm's correction over the report's family. The JSON file holds the same numbers and
-each seed's accuracy at each budget.
+The Markdown file states the cost (by which clock: process CPU seconds where recorded,
+else wall seconds x cores; ``--time_clock=wall``: always the latter) and the budgets'
+meaning, then per dataset: the table (a row per method, a column per budget, a Clock
+column saying which clock charged its runs), the runs whose cores ``--cpu_cores`` gave,
+a line when a dataset's runs were charged by different clocks, the runs left out (one
+line), the figure, and per pair its verdicts at each budget with Holm's correction over
+the report's family. The JSON file holds the same numbers, each seed's accuracy at each
+budget and the clock of each run (``clock``).
 """
 
 from __future__ import annotations
@@ -46,11 +49,22 @@ def _kept_cell(row: tta.TimeRow) -> str:
   return f"{lo if lo == hi else f'{lo}-{hi}'} ({criteria})"
 
 
+def _clock_cell(row: tta.TimeRow) -> str:
+  """The clock that charged the row's runs: ``process CPU``; when they differ, each
+  with its runs: ``process CPU: 2 (seeds 0, 1); wall × cores: 1 (seed 2)``."""
+  clocks = dict.fromkeys(row.clocks)
+  if len(clocks) == 1:
+    return row.clocks[0]
+  return "; ".join(f"{clock}: " + study_runs.seeds_text(
+      [s for s, c in zip(row.seeds, row.clocks) if c == clock]) for clock in clocks)
+
+
 def markdown_table(rows: Sequence[tta.TimeRow], budgets: Sequence[float]) -> str:
-  """The time table: a row per method, a column per budget."""
+  """The time table: a row per method, a column per budget, and the clock."""
   header = (["Method", "Runs (seeds)"] + [f"Acc ≤ {tta.budget_text(b)}" for b in budgets]
             + ["Acc_max", "Kept epoch (criterion)", "Acc_sel",
-               "Core-s / iteration / seed", "Core-min / seed: first epoch, end"])
+               "Core-s / iteration / seed", "Core-min / seed: first epoch, end",
+               "Clock"])
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for row in rows:
     cells = [row.method, study_runs.seeds_text(row.seeds)]
@@ -59,7 +73,7 @@ def markdown_table(rows: Sequence[tta.TimeRow], budgets: Sequence[float]) -> str
               study_runs.format_stat(row.acc_sel),
               study_runs.format_stat(row.seconds_per_iteration, 3),
               f"{study_runs.format_stat(row.first_minutes, 1)}, "
-              f"{study_runs.format_stat(row.end_minutes, 1)}"]
+              f"{study_runs.format_stat(row.end_minutes, 1)}", _clock_cell(row)]
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
 
@@ -129,15 +143,39 @@ def adjust_family(found: Sequence[tuple[str, paired_stats.Comparison]],
   return table, time_study.adjusted(adjusted[len(found):]), family
 
 
-def description(family: str | None, interval: str) -> list[str]:
-  """The paragraphs at the top of ``time_to_accuracy.md``: the cost, the cells, and
-  (``family``: the Holm family's text; ``None``: no paired cell) the verdicts."""
+#: The JSON file's ``cost`` per ``--time_clock``.
+COST = {"cpu": (f"train_cpu_seconds / num_seeds core-seconds ({tta.CPU_CLOCK}) where "
+                "recorded, else train_seconds * cpu_cores / num_seeds "
+                f"({tta.WALL_CLOCK})"),
+        "wall": f"train_seconds * cpu_cores / num_seeds core-seconds ({tta.WALL_CLOCK})"}
+
+
+def cost_text(time_clock: str) -> str:
+  """How a run's cost is counted under ``--time_clock`` (``cpu`` or ``wall``)."""
+  wall = (f"`train_seconds × cpu_cores / num_seeds` (clock \"{tta.WALL_CLOCK}\": the "
+          "program's wall seconds times the CPU cores it could run on, inflated when "
+          "other jobs share the machine)")
+  if time_clock == "wall":
+    how = (f"{wall}, for every run (--time_clock=wall, even where summary.json records "
+           "train_cpu_seconds)")
+  else:
+    how = (f"`train_cpu_seconds / num_seeds` where summary.json records it (clock "
+           f"\"{tta.CPU_CLOCK}\": the program's CPU seconds, all its threads, which are "
+           "core-seconds whatever else runs on the machine), else " + wall)
+  return (f"A run's cost is counted in core-seconds per seed: {how}. Both clocks count "
+          "the program's training iterations, compilation included, evaluation "
+          "excluded, across resumes; num_seeds is the seeds it ran as replicas. The "
+          "Clock column says which clock charged each method's runs.")
+
+
+def description(family: str | None, interval: str, time_clock: str = "cpu"
+                ) -> list[str]:
+  """The paragraphs at the top of ``time_to_accuracy.md``: the cost (by
+  ``time_clock``), the cells, and (``family``: the Holm family's text; ``None``: no
+  paired cell) the verdicts."""
   lines = [
       "# Time to accuracy", "",
-      "A run's cost is counted in core-seconds per seed, `train_seconds × cpu_cores / "
-      "num_seeds` (summary.json: the program's cumulative seconds of training "
-      "iterations, compilation included, evaluation excluded, across resumes; the CPU "
-      "cores it could run on; the seeds it ran as replicas on them). Budgets are in "
+      f"{cost_text(time_clock)} Budgets are in "
       f"{tta.UNIT}. \"Acc ≤ B\" is the test accuracy (%) of the last epoch completed "
       "within B: mean ± sample sd over the seeds that reached B, and their number n. A "
       f"budget before a run's first epoch or past its end is {tta.NOT_REACHED}: a run is "
@@ -171,8 +209,16 @@ def _runs_text(runs: Sequence[study_runs.Run]) -> str:
 
 def notes(timed: Mapping[str, Sequence[tta.Timed]],
           left_out: Sequence[tuple[study_runs.Run, str]]) -> list[str]:
-  """A line for the runs whose cores ``--cpu_cores`` gave, one for those left out."""
+  """A line for the runs charged by wall × cores when others are charged by process
+  CPU, one for the runs whose cores ``--cpu_cores`` gave, one for those left out."""
   lines = []
+  every = [t for ts in timed.values() for t in ts]
+  if len({t.clock for t in every}) > 1:
+    lines += [f"Charged by {tta.WALL_CLOCK} (their summary.json has no "
+              f"train_cpu_seconds), beside runs charged by {tta.CPU_CLOCK}: "
+              f"{_runs_text([t.run for t in every if t.clock == tta.WALL_CLOCK])}. "
+              "Wall time counts idle cores and other jobs' load; --time_clock=wall "
+              "charges every run by it.", ""]
   assumed = [t for ts in timed.values() for t in ts if t.assumed]
   if assumed:
     lines += [f"Cores given by --cpu_cores={assumed[0].cores} (their summary.json does "
@@ -225,7 +271,8 @@ def row_json(row: tta.TimeRow, timed: Sequence[tta.Timed]) -> dict[str, Any]:
       "core_minutes_per_seed": {"first_epoch": _stat_json(row.first_minutes),
                                 "end": _stat_json(row.end_minutes)},
       "cpu_cores": [t.cores for t in timed],
-      "cores_from_flag": [t.assumed for t in timed]}
+      "cores_from_flag": [t.assumed for t in timed],
+      "clock": [t.clock for t in timed]}
 
 
 def write(study: tta.TimeStudy, out: pathlib.Path, interval: str, family: str | None,
@@ -240,9 +287,9 @@ def write(study: tta.TimeStudy, out: pathlib.Path, interval: str, family: str | 
   Returns:
     The written paths.
   """
-  md = description(family, interval)
-  data: dict[str, Any] = {"unit": tta.UNIT,
-                          "cost": "train_seconds * cpu_cores / num_seeds core-seconds",
+  md = description(family, interval, study.time_clock)
+  data: dict[str, Any] = {"unit": tta.UNIT, "time_clock": study.time_clock,
+                          "cost": COST[study.time_clock],
                           "budgets": list(study.budgets), "interval": interval,
                           "family": family, "band": tta.BAND, "datasets": {}}
   written = []
@@ -252,8 +299,9 @@ def write(study: tta.TimeStudy, out: pathlib.Path, interval: str, family: str | 
     if rows:
       md += [markdown_table(rows, study.budgets)]
     else:
-      md += ["No run of this dataset records train_seconds and cpu_cores: no time "
-             "table.", ""]
+      md += ["No run of this dataset records train_seconds and cpu_cores"
+             + (" (nor train_cpu_seconds)" if study.time_clock == "cpu" else "")
+             + ": no time table.", ""]
     md += notes(timed, study.left_out[dataset])
     if rows:
       path = out / f"{dataset}_{tta.FIGURE}"

@@ -1,12 +1,21 @@
 """Time to accuracy: the student's test accuracy at budgets of core-minutes per seed
-(``python -m dfkd_jax.report --time_budgets=15,30,60``).
+(``python -m dfkd_jax.report --time_budgets=15,30,60 [--time_clock=cpu|wall]``).
 
-**Cost.** After epoch ``e`` a run has cost ``train_seconds[e] * cpu_cores / num_seeds``
-core-seconds per seed (``summary.json``: ``train_seconds``, the program's cumulative
-seconds of training iterations, compilation included, evaluation excluded, continued
-across resumes; ``cpu_cores``, the cores it could run on; ``config.num_seeds``, 1 when
-absent: the replicas of a program share its cores and its time). Budgets are in
-core-minutes per seed.
+**Cost.** After epoch ``e`` a run has cost, in core-seconds per seed, by one of two
+clocks (:data:`CPU_CLOCK`, :data:`WALL_CLOCK`; each run's is stated in the files):
+
+* *process CPU* (``--time_clock=cpu``, the default, where the summary records it):
+  ``train_cpu_seconds[e] / num_seeds``, the program's cumulative process CPU seconds
+  (all its threads) of training iterations. CPU seconds are core-seconds already: other
+  jobs on the machine and idle cores do not change them.
+* *wall x cores* (the runs without ``train_cpu_seconds``, and every run with
+  ``--time_clock=wall``): ``train_seconds[e] * cpu_cores / num_seeds``, the program's
+  cumulative wall seconds of training iterations times the cores it could run on;
+  inflated when other jobs share the machine.
+
+Both count the same spans (compilation included, evaluation excluded, continued across
+resumes); ``config.num_seeds`` (1 when absent): the replicas of a program share its
+cores and its time. Budgets are in core-minutes per seed.
 
 **Accuracy at a budget** ``B``: the test accuracy of the last epoch whose cost is at
 most ``B``. It is *not reached* when the run's first epoch cost more than ``B``, and
@@ -20,9 +29,10 @@ least 2), one cell per dataset x pair x budget. These cells join the family of
 ``paired.md`` for Holm's correction (:func:`dfkd_jax.study.paired_stats.adjust`), which
 both files state.
 
-Runs whose summary lacks ``train_seconds`` (made before it was recorded) or
-``cpu_cores`` (an accelerator or a multi-process run, or made before it was recorded;
-``--cpu_cores=N`` gives such runs N) are listed, one line per dataset, and left out.
+Runs charged by wall x cores whose summary lacks ``train_seconds`` (made before it was
+recorded) or ``cpu_cores`` (an accelerator or a multi-process run, or made before it
+was recorded; ``--cpu_cores=N`` gives such runs N) are listed, one line per dataset, and
+left out.
 
 The report writes ``time_to_accuracy.md``, ``time_to_accuracy.json`` and a figure per
 dataset, ``<dataset>_time_to_accuracy.png`` (:mod:`dfkd_jax.study.time_report`): accuracy
@@ -52,6 +62,12 @@ NOT_REACHED = "not reached"
 NO_TRAIN_SECONDS = "no train_seconds (made before it was recorded)"
 NO_CPU_CORES = ("no cpu_cores (an accelerator or multi-process run, or made before it "
                 "was recorded; --cpu_cores=N gives such runs N)")
+#: ``--time_clock`` values: ``cpu`` charges process CPU seconds where recorded (else
+#: wall x cores), ``wall`` always wall x cores.
+TIME_CLOCKS = ("cpu", "wall")
+#: The clock a run was charged by, as the files state it.
+CPU_CLOCK = "process CPU"
+WALL_CLOCK = "wall × cores"
 
 
 def parse_budgets(text: str) -> tuple[float, ...]:
@@ -73,8 +89,10 @@ def parse_budgets(text: str) -> tuple[float, ...]:
   return tuple(sorted(set(budgets)))
 
 
-def check_flags(time_budgets: Sequence[float] | None, cpu_cores: int | None) -> None:
-  """One-line errors for ``--time_budgets`` and ``--cpu_cores`` values."""
+def check_flags(time_budgets: Sequence[float] | None, cpu_cores: int | None,
+                time_clock: str | None = None) -> None:
+  """One-line errors for ``--time_budgets``, ``--cpu_cores`` and ``--time_clock``
+  values."""
   for budget in time_budgets or ():
     if not (isinstance(budget, (int, float)) and math.isfinite(budget) and budget > 0):
       raise ValueError(f"time budget {budget!r} is not a positive number of "
@@ -86,6 +104,13 @@ def check_flags(time_budgets: Sequence[float] | None, cpu_cores: int | None) -> 
                      "the cores of the runs whose summary.json does not record them")
   if cpu_cores is not None and time_budgets is None:
     raise ValueError(f"--cpu_cores={cpu_cores} is for the time table; pass "
+                     "--time_budgets too (e.g. --time_budgets=15,30,60)")
+  if time_clock is not None and time_clock not in TIME_CLOCKS:
+    raise ValueError(f"--time_clock={time_clock} is not a clock; pass cpu (process CPU "
+                     "seconds where recorded, else wall x cores) or wall (always wall x "
+                     "cores)")
+  if time_clock is not None and time_budgets is None:
+    raise ValueError(f"--time_clock={time_clock} is for the time table; pass "
                      "--time_budgets too (e.g. --time_budgets=15,30,60)")
 
 
@@ -99,13 +124,16 @@ class Timed:
   """A run with its cost: ``core_seconds[e]`` per seed after epoch ``e + 1``.
 
   Attributes:
-    cores: ``cpu_cores``, or ``--cpu_cores`` for a run without it (``assumed``).
+    cores: ``cpu_cores``, or ``--cpu_cores`` for a run without it (``assumed``);
+      ``None`` for a run charged by process CPU that does not record them.
+    clock: what charged it, :data:`CPU_CLOCK` or :data:`WALL_CLOCK`.
   """
 
   run: study_runs.Run
-  cores: int
+  cores: int | None
   assumed: bool
   core_seconds: np.ndarray
+  clock: str = WALL_CLOCK
 
   @property
   def iterations(self) -> np.ndarray | None:
@@ -122,23 +150,36 @@ class Timed:
 
 
 def core_seconds(run: study_runs.Run, cores: int) -> np.ndarray:
-  """``train_seconds * cores / num_seeds``: the run's core-seconds per seed per epoch."""
+  """``train_seconds * cores / num_seeds``: the run's core-seconds per seed per epoch
+  by wall x cores."""
   return run.train_seconds * cores / run.num_seeds
 
 
-def timed_runs(runs: Sequence[study_runs.Run], cpu_cores: int | None = None
+def cpu_core_seconds(run: study_runs.Run) -> np.ndarray:
+  """``train_cpu_seconds / num_seeds``: the run's core-seconds per seed per epoch by
+  process CPU."""
+  return run.train_cpu_seconds / run.num_seeds
+
+
+def timed_runs(runs: Sequence[study_runs.Run], cpu_cores: int | None = None,
+               time_clock: str = "cpu"
                ) -> tuple[list[Timed], list[tuple[study_runs.Run, str]]]:
   """The runs with a cost, and the others with why not (:data:`NO_TRAIN_SECONDS`,
-  :data:`NO_CPU_CORES`); ``cpu_cores`` stands for the cores of runs without them."""
+  :data:`NO_CPU_CORES`). ``time_clock="cpu"`` charges a run that records
+  ``train_cpu_seconds`` by them, the others (and all with ``"wall"``) by wall x cores;
+  ``cpu_cores`` stands for the cores of runs without them."""
   timed, left_out = [], []
   for run in runs:
     cores = run.cpu_cores or cpu_cores
-    if run.train_seconds is None:
+    if time_clock == "cpu" and run.train_cpu_seconds is not None:
+      timed.append(Timed(run, run.cpu_cores, False, cpu_core_seconds(run), CPU_CLOCK))
+    elif run.train_seconds is None:
       left_out.append((run, NO_TRAIN_SECONDS))
     elif cores is None:
       left_out.append((run, NO_CPU_CORES))
     else:
-      timed.append(Timed(run, cores, run.cpu_cores is None, core_seconds(run, cores)))
+      timed.append(Timed(run, cores, run.cpu_cores is None, core_seconds(run, cores),
+                         WALL_CLOCK))
   return timed, left_out
 
 
@@ -177,7 +218,8 @@ def step_mean(curves: Sequence[tuple[np.ndarray, np.ndarray]]) -> figures.StepMe
 @dataclasses.dataclass(frozen=True)
 class TimeRow:
   """One method's row: per budget the accuracy over the seeds that reached it and the
-  seeds that did not; Acc_max, the kept epochs and their accuracy; the cost."""
+  seeds that did not; Acc_max, the kept epochs and their accuracy; the cost and the
+  clock that charged each seed."""
 
   method: str
   seeds: tuple[int, ...]
@@ -190,6 +232,7 @@ class TimeRow:
   seconds_per_iteration: study_runs.Stat | None
   first_minutes: study_runs.Stat
   end_minutes: study_runs.Stat
+  clocks: tuple[str, ...] = ()
 
 
 def time_row(method: str, timed: Sequence[Timed], budgets: Sequence[float]) -> TimeRow:
@@ -208,7 +251,8 @@ def time_row(method: str, timed: Sequence[Timed], budgets: Sequence[float]) -> T
       seconds_per_iteration=study_runs.optional_stat(
           t.seconds_per_iteration for t in timed),
       first_minutes=study_runs.mean_std([t.core_seconds[0] / 60 for t in timed]),
-      end_minutes=study_runs.mean_std([t.core_seconds[-1] / 60 for t in timed]))
+      end_minutes=study_runs.mean_std([t.core_seconds[-1] / 60 for t in timed]),
+      clocks=tuple(t.clock for t in timed))
 
 
 # ---------------------------------------------------------------------------
@@ -259,8 +303,8 @@ Grouped = Mapping[str, Mapping[str, Sequence[study_runs.Run]]]
 class TimeStudy:
   """The time table of a report: per dataset its timed runs by method, the runs left
   out (with why), the pairs with timed runs of both and those with runs of both but
-  timed runs of one at most; the paired cells ``(dataset, budget, comparison)``, and
-  the budgets not compared per ``(dataset, a, b)``."""
+  timed runs of one at most; the paired cells ``(dataset, budget, comparison)``, the
+  budgets not compared per ``(dataset, a, b)``, and ``--time_clock``."""
 
   budgets: tuple[float, ...]
   timed: dict[str, dict[str, list[Timed]]]
@@ -269,20 +313,21 @@ class TimeStudy:
   untimed: dict[str, list[tuple[str, str]]]
   cells: list[tuple[str, float, paired_stats.Comparison]]
   skipped: dict[tuple[str, str, str], list[float]]
+  time_clock: str = "cpu"
 
   @classmethod
   def of(cls, grouped: Grouped, budgets: Sequence[float],
          pairs: Sequence[tuple[str, str]], interval: str = "t",
-         cpu_cores: int | None = None) -> "TimeStudy":
+         cpu_cores: int | None = None, time_clock: str = "cpu") -> "TimeStudy":
     """Costs the runs of ``grouped`` (:func:`timed_runs`) and compares ``pairs`` at
     each budget (:func:`compare_at_budgets`; the cells' ``adjusted_p`` is their own
     until :meth:`adjusted`)."""
-    study = cls(tuple(budgets), {}, {}, {}, {}, [], {})
+    study = cls(tuple(budgets), {}, {}, {}, {}, [], {}, time_clock)
     for dataset, by_method in grouped.items():
       study.timed[dataset], study.left_out[dataset] = {}, []
       study.pairs[dataset], study.untimed[dataset] = [], []
       for method, runs in by_method.items():
-        timed, left_out = timed_runs(runs, cpu_cores)
+        timed, left_out = timed_runs(runs, cpu_cores, time_clock)
         if timed:
           study.timed[dataset][method] = timed
         study.left_out[dataset] += left_out
