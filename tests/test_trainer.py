@@ -17,6 +17,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from dfkd_jax.math import losses
+from dfkd_jax.metrics import summary as summary_lib
 from dfkd_jax.methods import generator_objectives
 from dfkd_jax.methods import presets as methods
 from dfkd_jax.parallel import mesh as parallel
@@ -222,6 +223,24 @@ def test_the_cpu_clock_stays_off_where_it_cannot_count_the_whole_run(make, cpu):
   summary = run_outputs.summary({"method": "dfkd", "dataset": "digits", "seed": 0},
                                 history).to_json()
   assert "train_cpu_seconds" not in summary and summary["train_seconds"] == [10.0, 15.0]
+
+
+def test_a_run_resumed_from_before_train_seconds_records_no_wall_curve(tmp_path):
+  """A checkpoint made before train_seconds existed has epochs without a time: the
+  resumed run records no train_seconds (summary.json could not hold a curve shorter
+  than the accuracy's, and its loader would refuse the file)."""
+  history = run_outputs.History.from_json({"test_accuracy": [50.0, 55.0]})
+  clock = trainer._Clock([history], cpu=False)  # pylint: disable=protected-access
+  clock.add(5.0, 5.0)
+  history.end_epoch(60.0)
+  clock.stamp(epoch_end=True)
+  assert history.train_seconds == [] and history.clock == 5.0
+  summary = run_outputs.summary({"method": "dfkd", "dataset": "digits", "seed": 0},
+                                history).to_json()
+  assert "train_seconds" not in summary and summary["test_accuracy"] == [50.0, 55.0, 60.0]
+  path = tmp_path / trainer.SUMMARY_FILE
+  path.write_text(json.dumps(summary))
+  assert summary_lib.Summary.load(path).test_accuracy == (50.0, 55.0, 60.0)
 
 
 @pytest.mark.slow

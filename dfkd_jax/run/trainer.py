@@ -441,11 +441,17 @@ class _Clock:
   CPU time is not the run's cost) and every History has counted it from the run's start
   (a checkpoint made before it has ``cpu_clock=None``); otherwise each History's
   ``cpu_clock`` is ``None`` and its ``train_cpu_seconds`` empty (absent from
-  summary.json, which then cannot hold a curve shorter than the accuracy's)."""
+  summary.json, which then cannot hold a curve shorter than the accuracy's). The same
+  holds for the wall clock of a run resumed from a checkpoint made before
+  ``train_seconds`` was recorded (fewer stamps than epochs): it records none."""
 
   def __init__(self, histories: Sequence[run_outputs.History], cpu: bool):
     self.histories = histories
     self.seconds = max(h.clock for h in histories)  # A resumed run goes on from it.
+    self.wall = all(len(h.train_seconds) >= len(h.test_accuracy) for h in histories)
+    if not self.wall:
+      for history in histories:
+        history.train_seconds = []
     counted = cpu and all(h.cpu_clock is not None for h in histories)
     self.cpu_seconds = max(h.cpu_clock for h in histories) if counted else None
     if not counted:
@@ -463,7 +469,8 @@ class _Clock:
       if self.cpu_seconds is not None:
         history.cpu_clock = round(self.cpu_seconds, 3)
       if epoch_end and history.failed is None:
-        history.train_seconds.append(history.clock)
+        if self.wall:
+          history.train_seconds.append(history.clock)
         if self.cpu_seconds is not None:
           history.train_cpu_seconds.append(history.cpu_clock)
 
