@@ -300,8 +300,8 @@ def check_record(workdir: pathlib.Path, config: dict[str, Any], teacher: dict[st
   changed = {}
   if record is not None:
     # Fields added after a record was written take their default, the value those runs
-    # had (num_seeds: one run).
-    new = _result_fields(config)
+    # had (num_seeds: one run), on both sides (a config built without them is the same).
+    new = {**ADDED_DEFAULTS, **_result_fields(config)}
     old = {**ADDED_DEFAULTS,
            **{k: v for k, v in new.items() if k.split(".")[0] in ADDED_SECTIONS},
            **_result_fields(record["config"])}
