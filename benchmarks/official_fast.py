@@ -365,27 +365,36 @@ def hyper_parameters(g_steps: int, **overrides) -> dict[str, Any]:
 
 
 def build(official, teacher_name: str, student_name: str, hp: Mapping[str, Any],
-          bank_dir: pathlib.Path, teacher_state: Mapping[str, Any] | None = None):
+          bank_dir: pathlib.Path, teacher_state: Mapping[str, Any] | None = None,
+          normalization: tuple[Sequence[float], Sequence[float]] | None = None):
   """Teacher, student, generator, synthesiser, optimiser, schedule and ``train``'s args.
 
   datafree_kd.py:202 (dataset), 243-249 (models, normaliser, KL), 304-316 (generator and
-  FastMetaSynthesizer), 322-324 (SGD and the cosine schedule).
+  FastMetaSynthesizer), 322-324 (SGD and the cosine schedule). ``normalization``:
+  ``(mean, std)`` of a teacher trained with other statistics than the official CIFAR-10
+  ones (``registry.NORMALIZE_DICT['cifar10']``, which every transform and the
+  synthesiser's normaliser then use instead).
   """
   import torch  # pylint: disable=g-import-not-at-top
   datafree, registry = official.datafree, official.registry
   saved_datasets = registry.datasets
+  saved_normalization = registry.NORMALIZE_DICT["cifar10"]
   registry.datasets = types.SimpleNamespace(CIFAR10=_TransformOnlyDataset)
+  if normalization is not None:
+    registry.NORMALIZE_DICT["cifar10"] = {"mean": tuple(normalization[0]),
+                                          "std": tuple(normalization[1])}
   try:
     num_classes, ori_dataset, val_dataset = registry.get_dataset(name="cifar10",
                                                                  data_root=str(bank_dir))
+    normalizer = datafree.utils.Normalizer(**registry.NORMALIZE_DICT["cifar10"])
   finally:
     registry.datasets = saved_datasets
+    registry.NORMALIZE_DICT["cifar10"] = saved_normalization
   student = registry.get_model(student_name, num_classes=num_classes)
   teacher = registry.get_model(teacher_name, num_classes=num_classes, pretrained=True).eval()
   if teacher_state is not None:
     state = teacher_state.get("state_dict", teacher_state)
     teacher.load_state_dict(state)
-  normalizer = datafree.utils.Normalizer(**registry.NORMALIZE_DICT["cifar10"])
   criterion = datafree.criterions.KLDiv(T=hp["T"])
   generator = datafree.models.generator.Generator(nz=hp["nz"], ngf=hp["ngf"], img_size=32, nc=3)
   synthesizer = datafree.synthesis.FastMetaSynthesizer(
@@ -629,7 +638,8 @@ def accuracy_vs_time(checkout: str | os.PathLike, teacher_state: Mapping[str, An
                      eval_every_seconds: float, teacher: str = "wrn16_2",
                      student: str = "wrn16_1", g_steps: int = 2, threads: int = 1,
                      workdir: str | os.PathLike | None = None, clock: str = "wall",
-                     log=None, **overrides) -> list[tuple[float, int, float]]:
+                     log=None, normalization=None,
+                     **overrides) -> list[tuple[float, int, float]]:
   """The official fast_meta method on ``teacher_state`` for ``budget_seconds``.
 
   ``teacher_state``: a PyTorch state_dict of the official WRN (``registry.get_model``'s
@@ -643,7 +653,8 @@ def accuracy_vs_time(checkout: str | os.PathLike, teacher_state: Mapping[str, An
   every round and every KD step) and at the end. Returns ``(seconds, kd_steps,
   top-1 accuracy %)`` points. ``clock="process"`` counts this process's CPU seconds
   instead of wall seconds (a shared machine; the loader's worker processes are then not
-  counted). ``overrides``: hyper-parameters (:func:`hyper_parameters`).
+  counted). ``normalization``: the teacher's ``(mean, std)`` where it is not the official
+  CIFAR-10 one (:func:`build`). ``overrides``: hyper-parameters (:func:`hyper_parameters`).
   The bank's PNG files go to ``workdir/bank`` (a temporary folder if None).
   """
   import torch  # pylint: disable=g-import-not-at-top
@@ -662,7 +673,8 @@ def accuracy_vs_time(checkout: str | os.PathLike, teacher_state: Mapping[str, An
     root = pathlib.Path(workdir) if workdir else pathlib.Path(
         stack.enter_context(tempfile.TemporaryDirectory(prefix="official_fast_run_")))
     bank = root / "bank"
-    run = build(official, teacher, student, hp, bank, teacher_state=teacher_state)
+    run = build(official, teacher, student, hp, bank, teacher_state=teacher_state,
+                normalization=normalization)
     evaluator = _evaluator(official, run, test_images, test_labels, hp["batch_size"])
     points: list[tuple[float, int, float]] = []
     elapsed, steps = 0.0, 0

@@ -171,3 +171,92 @@ def test_tiny_run_times_the_official_code_and_runs_it_against_the_clock(tmp_path
   assert points[0][:2] == [0.0, 0] and len(points) >= 2
   assert all(a[0] <= b[0] and a[1] <= b[1] for a, b in zip(points, points[1:]))
   assert points[-1][1] > 0 and all(0 <= p[2] <= 100 for p in points)
+
+
+# benchmarks/official_fast_accuracy.py: the official method on one of our teachers.
+
+TEACHER = REPO / "assets/teachers/cifar10_wrn16_2"
+
+
+def _flax_teacher_logits(images_uint8):
+  from dfkd_jax.models import teacher as teacher_lib  # pylint: disable=g-import-not-at-top
+  module, variables, meta = teacher_lib.load_teacher(TEACHER)
+  x = (images_uint8.astype(np.float32) / 255 - np.asarray(meta.mean, np.float32)) / np.asarray(
+      meta.std, np.float32)
+  return np.asarray(module.apply(variables, x, train=False))
+
+
+def test_our_teacher_becomes_the_wrn_state_dict_pytorch_computes_alike(tmp_path):
+  from benchmarks import official_fast_accuracy  # pylint: disable=g-import-not-at-top
+  from dfkd_jax.interop import torch_models  # pylint: disable=g-import-not-at-top
+  state, arch, (mean, std), names = official_fast_accuracy.teacher_state(TEACHER)
+  meta = json.loads((TEACHER / "teacher.json").read_text())
+  assert arch == meta["arch"] == "wrn16_2" and names == meta["class_names"]
+  assert [list(mean), list(std)] == [meta["normalization"][k] for k in ("mean", "std")]
+  model = torch_models.build("wrn16_2", 10).eval()
+  model.load_state_dict(state)  # strict: every key and shape of the official layout.
+  images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+  x = (torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+       - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+  with torch.no_grad():
+    logits = model(x).numpy()
+  np.testing.assert_allclose(logits, _flax_teacher_logits(images), atol=1e-4)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--set=lr_s=1"], "unknown hyper-parameter 'lr_s'"),
+    (["--set=lr"], "--set=lr: expected KEY=VALUE"),
+    (["--protocol=paper"], "invalid choice: 'paper'"),
+])
+def test_accuracy_vs_time_refuses_bad_flags_before_any_work(tmp_path, capsys, args, message):
+  from benchmarks import official_fast_accuracy  # pylint: disable=g-import-not-at-top
+  with pytest.raises(SystemExit) as exit_info:
+    official_fast_accuracy.main([f"--checkout={tmp_path}", f"--teacher_dir={TEACHER}",
+                                 f"--test_folder={tmp_path}", "--budget_seconds=1",
+                                 f"--out={tmp_path / 'out.json'}", *args])
+  assert exit_info.value.code == 2
+  assert message in capsys.readouterr().err
+  assert not (tmp_path / "out.json").exists()
+
+
+def test_accuracy_vs_time_never_overwrites_its_out(tmp_path, capsys):
+  from benchmarks import official_fast_accuracy  # pylint: disable=g-import-not-at-top
+  out = tmp_path / "out.json"
+  out.write_text("kept")
+  with pytest.raises(SystemExit):
+    official_fast_accuracy.main([f"--checkout={tmp_path}", f"--teacher_dir={TEACHER}",
+                                 f"--test_folder={tmp_path}", "--budget_seconds=1",
+                                 f"--out={out}"])
+  assert "exists" in capsys.readouterr().err and out.read_text() == "kept"
+
+
+@pytest.mark.slow
+def test_the_official_method_runs_on_our_teacher_with_its_normalisation(tmp_path):
+  """The official evaluator scores our teacher as our Flax teacher does (its own
+  mean/std, not the official CIFAR-10 ones), then a few seconds of the method run."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  checkout = _checkout()
+  names = json.loads((TEACHER / "teacher.json").read_text())["class_names"]
+  rng = np.random.default_rng(1)
+  images = rng.integers(0, 256, (len(names) * 3, 32, 32, 3), dtype=np.uint8)
+  labels = np.repeat(np.arange(len(names)), 3)
+  for i, (image, label) in enumerate(zip(images, labels)):
+    (tmp_path / "test" / names[label]).mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(tmp_path / "test" / names[label] / f"{i}.png")
+  out = tmp_path / "acc.json"
+  proc = subprocess.run(
+      [sys.executable, "-m", "benchmarks.official_fast_accuracy", f"--checkout={checkout}",
+       f"--teacher_dir={TEACHER}", f"--test_folder={tmp_path / 'test'}",
+       "--budget_seconds=6", "--eval_every_seconds=3", "--set=batch_size=8",
+       "--set=synthesis_batch_size=8", "--set=warmup=1", f"--out={out}"],
+      cwd=REPO, capture_output=True, text=True, timeout=900,
+      env={**os.environ, "PYTHONPATH": str(REPO)})
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  result = json.loads(out.read_text())
+  # The accuracy does not depend on the order the folder is read in.
+  expected = 100 * np.mean(_flax_teacher_logits(images).argmax(1) == labels)
+  assert result["teacher_accuracy"] == pytest.approx(expected)
+  assert result["hyper_parameters"]["ngf"] == 32 and result["hyper_parameters"]["batch_size"] == 8
+  points = result["points"]
+  assert points[0][:2] == [0.0, 0] and points[-1][1] > 0
+  assert all(a[0] <= b[0] and a[1] <= b[1] for a, b in zip(points, points[1:]))
