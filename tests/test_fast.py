@@ -705,17 +705,8 @@ def test_fast_replicas_are_the_single_runs_of_their_seeds(teacher_dir):
 def test_fast_on_four_devices_matches_one_device(teacher_dir, tmp_path):
   """Sharded over 4 fake CPU devices (z, targets, crops, bank draws all global): the
   first rounds compute what one device computes, up to float32 summation order."""
-  from test_trainer import cli_args  # pylint: disable=g-import-not-at-top
-  config = tiny_config(teacher_dir, "fast")
-  runs = {}
-  for devices in (1, 4):
-    workdir = tmp_path / f"devices{devices}"
-    env = dict(os.environ, JAX_PLATFORMS="cpu",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-    proc = subprocess.run(cli_args(config, workdir), cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    runs[devices] = read_metrics(workdir)
+  from test_trainer import metrics_on_devices  # pylint: disable=g-import-not-at-top
+  runs = metrics_on_devices(tiny_config(teacher_dir, "fast"), tmp_path, (1, 4))
   for key in ("generator_loss", "generator_loss_best", "disagreement", "student_loss"):
     np.testing.assert_allclose(runs[4][0][key], runs[1][0][key], rtol=1e-4, err_msg=key)
     for one, four in zip(runs[1], runs[4], strict=True):

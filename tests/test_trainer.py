@@ -588,12 +588,11 @@ def test_ctrl_c_while_loading_is_one_line(teacher_dir, tmp_path):
   assert lines[-1].startswith("Ctrl-C"), text
 
 
-@pytest.mark.slow
-def test_four_devices_match_one_device(teacher_dir, tmp_path):
-  """Sharded over 4 fake CPU devices: same global batch, same numbers (float32)."""
-  config = tiny_config(teacher_dir, "lra_mb")
+def metrics_on_devices(config, tmp_path, device_counts):
+  """{devices: the metrics.jsonl records} of ``config`` run by the CLI in a fresh
+  process on that many fake CPU devices each (a workdir per count under tmp_path)."""
   runs = {}
-  for devices in (1, 4):
+  for devices in device_counts:
     workdir = tmp_path / f"devices{devices}"
     env = dict(os.environ, JAX_PLATFORMS="cpu",
                XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
@@ -601,6 +600,13 @@ def test_four_devices_match_one_device(teacher_dir, tmp_path):
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs[devices] = read_metrics(workdir)
+  return runs
+
+
+@pytest.mark.slow
+def test_four_devices_match_one_device(teacher_dir, tmp_path):
+  """Sharded over 4 fake CPU devices: same global batch, same numbers (float32)."""
+  runs = metrics_on_devices(tiny_config(teacher_dir, "lra_mb"), tmp_path, (1, 4))
   # The first iteration is the same computation up to float32 summation order. Its
   # generator step agrees to 2e-6; its student losses average ten chained steps whose
   # MAE gradients (signs of S - T) turn rounding into small jumps (measured 4.6e-5 with
