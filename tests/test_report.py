@@ -189,6 +189,23 @@ def test_datasets_get_separate_tables_and_figures(tmp_path):
     assert sorted(r["dataset"] for r in csv.DictReader(f)) == ["cifar10", "mnist"]
 
 
+@pytest.mark.parametrize("dataset, stem", [
+    ("folder:/data/cifar10_jpeg", "folder_cifar10_jpeg"),
+    ("npz:../my data/digits.npz", "npz_digits.npz"),
+    ("folder:DATA/", "folder_DATA"),
+    ("mnist", "mnist"),
+])
+def test_a_file_dataset_names_its_figures_by_its_folder(tmp_path, dataset, stem):
+  """A folder:/npz: dataset id holds a path: the figures are named by its last part."""
+  assert figures.file_stem(dataset) == stem
+  write(tmp_path / "runs", "f", summary("dfkd", 0, [1.0, 2.0], [(1.5, 0.25)] * 5, 2.0,
+                                        dataset=dataset))
+  result = report.write_report([tmp_path / "runs"], tmp_path / "out")
+  png = tmp_path / "out" / f"{stem}_test_accuracy.png"
+  assert png in result["files"] and png.is_file()
+  assert f"## {dataset}" in (tmp_path / "out" / report.TABLE_MARKDOWN).read_text()
+
+
 def test_cli_end_to_end(runs_dir, tmp_path):
   out = tmp_path / "cli_out"
   proc = subprocess.run(

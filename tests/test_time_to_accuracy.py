@@ -329,6 +329,17 @@ def test_without_time_budgets_the_family_is_paired_md_alone(tmp_path):
 # ---------------------------------------------------------------------------
 
 
+def test_a_folder_dataset_names_its_figure_by_its_folder(tmp_path):
+  dataset = "folder:/data/cifar10_jpeg"
+  for seed in range(2):
+    write_run(tmp_path / "runs", "dfkd", seed, [20.0, 40.0 + seed], seconds=[60.0, 120.0],
+              dataset=dataset)
+  result = report.write_report([tmp_path / "runs"], tmp_path / "out", time_budgets=[1.0])
+  png = tmp_path / "out" / f"folder_cifar10_jpeg_{tta.FIGURE}"
+  assert png in result["files"] and png.read_bytes().startswith(PNG_SIGNATURE)
+  assert f"]({png.name})" in (tmp_path / "out" / tta.TIME_MARKDOWN).read_text()
+
+
 def test_the_figure_is_written_with_a_panel_against_time_and_one_against_iterations(
     tmp_path):
   paired_study(tmp_path / "runs")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
+import re
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -160,6 +161,16 @@ def step_figure(panels: Sequence[Panel], title: str, band: str,
   fig.suptitle(title)
   fig.tight_layout()
   return fig
+
+
+def file_stem(dataset: str) -> str:
+  """The start of a dataset's figure file names: the id itself for a named dataset
+  (``mnist``), ``KIND_NAME`` for a file dataset (``folder:/data/cifar10_jpeg`` ->
+  ``folder_cifar10_jpeg``), other characters than letters, digits, ``.``, ``-`` and
+  ``_`` as ``_``."""
+  kind, sep, path = dataset.partition(":")
+  stem = f"{kind}_{pathlib.PurePath(path.rstrip('/')).name}" if sep else dataset
+  return re.sub(r"[^A-Za-z0-9._-]", "_", stem)
 
 
 def save(fig, path: pathlib.Path) -> None:

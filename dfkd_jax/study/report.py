@@ -343,7 +343,7 @@ def write_report(workdirs: Iterable[str | os.PathLike], out_dir: str | os.PathLi
          "cosine", None),
     ]
     for name, curve_of, title, ylabel, reference in curves:
-      path = out / f"{dataset}_{name}.png"
+      path = out / f"{figures.file_stem(dataset)}_{name}.png"
       if figures.plot_curves(by_method, curve_of, f"{title} ({dataset})", ylabel, path,
                              reference):
         written.append(path)

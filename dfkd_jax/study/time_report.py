@@ -304,7 +304,7 @@ def write(study: tta.TimeStudy, out: pathlib.Path, interval: str, family: str | 
              + ": no time table.", ""]
     md += notes(timed, study.left_out[dataset])
     if rows:
-      path = out / f"{dataset}_{tta.FIGURE}"
+      path = out / f"{figures.file_stem(dataset)}_{tta.FIGURE}"
       figures.save(figures.step_figure(
           figure_panels(timed), f"Time to accuracy ({dataset}): mean over seeds",
           tta.BAND, teachers.get(dataset), study.budgets, "budgets"), path)
