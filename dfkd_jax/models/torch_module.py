@@ -39,6 +39,7 @@ import numpy as np
 
 from dfkd_jax.math import losses
 from dfkd_jax.models import layers
+from dfkd_jax.models import torch_conv
 from dfkd_jax.models.layers import ClassifierFeatures
 
 #: How to install what this module needs (the ``torch_module`` extra).
@@ -162,6 +163,7 @@ class _Runner:
     torch = import_torch()
     self.module = module
     self.env = torchax.default_env()
+    torch_conv.install(self.env)  # Convolutions on XLA's fast CPU path, in loops too.
     self.jittable = torchax.interop.JittableModule(module, dedup_parameters=False)
     state = module.state_dict()
     self.param_names = [k for k, _ in module.named_parameters() if k in state]
