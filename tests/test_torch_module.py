@@ -161,42 +161,54 @@ def test_logits_and_input_gradients_equal_pytorchs(nets_dir):
 
 @pytest.mark.parametrize("stride, padding, dilation, groups, bias", [
     (1, 1, 1, 1, True), (2, 1, 1, 1, False), ((2, 1), (0, 2), 1, 1, True),
-    (1, 2, 2, 1, False), (1, 1, 1, 2, True), (2, 0, 1, 4, False),
+    (1, 2, 2, 1, False), (1, 1, 1, 2, True), (2, 0, 1, 4, False), (3, 1, 2, 1, True),
 ])
 def test_channels_last_convolution_equals_pytorchs(stride, padding, dilation, groups, bias):
-  """The lowering torch_conv installs: F.conv2d's values for strides, paddings,
-  dilations, groups, with and without bias."""
+  """The lowering torch_conv installs: F.conv2d's values and its gradients with respect
+  to the input and the kernel (the custom input gradient included), for strides,
+  paddings, dilations, groups, with and without bias, on odd and even sizes."""
   from dfkd_jax.models import torch_conv  # pylint: disable=g-import-not-at-top
   rng = np.random.RandomState(0)
   x = rng.randn(3, 4, 9, 8).astype(np.float32)
   w = rng.randn(8, 4 // groups, 3, 3).astype(np.float32)
   b = rng.randn(8).astype(np.float32) if bias else None
-  ref = torch.nn.functional.conv2d(torch.tensor(x), torch.tensor(w),
-                                   None if b is None else torch.tensor(b), stride, padding,
-                                   dilation, groups).numpy()
+  x_t, w_t = torch.tensor(x, requires_grad=True), torch.tensor(w, requires_grad=True)
+  ref = torch.nn.functional.conv2d(x_t, w_t, None if b is None else torch.tensor(b),
+                                   stride, padding, dilation, groups)
+  cotangent = rng.randn(*ref.shape).astype(np.float32)
+  (ref * torch.tensor(cotangent)).sum().backward()
+
+  def conv(x, w):
+    return torch_conv.conv2d_channels_last(x, w, b, stride, padding, dilation, groups)
+
   with jax.default_matmul_precision("highest"):
-    got = torch_conv.conv2d_channels_last(jnp.asarray(x), jnp.asarray(w), b, stride,
-                                          padding, dilation, groups)
-  np.testing.assert_allclose(np.asarray(got), ref, rtol=1e-5, atol=1e-5)
+    got = conv(jnp.asarray(x), jnp.asarray(w))
+    dx, dw = jax.grad(lambda x, w: jnp.sum(conv(x, w) * cotangent), argnums=(0, 1))(
+        jnp.asarray(x), jnp.asarray(w))
+  np.testing.assert_allclose(np.asarray(got), ref.detach().numpy(), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(dx), x_t.grad.numpy(), rtol=1e-5, atol=1e-4)
+  np.testing.assert_allclose(np.asarray(dw), w_t.grad.numpy(), rtol=1e-5, atol=1e-4)
 
 
 def test_a_torchax_teacher_in_a_loop_keeps_xlas_channels_last_convolutions(nets_dir):
   """XLA's CPU compiler leaves an NCHW convolution (dim_labels bf01_...) inside a loop
   body on its slow generic kernel (a WRN-16-2 forward in a 5-step scan was 44x slower);
-  the teacher's forward convolutions are NHWC there too."""
+  the teacher's convolutions, forward and its input gradient's, are NHWC with HWIO
+  kernels there too."""
   net = pytorch_net(nets_dir)
   teacher, variables = adapter(net)
   x = jnp.asarray(inputs())
 
   def scanned(v, x):
     def body(c, _):
-      return c + teacher.apply(v, x + c).sum(), None
-    return jax.lax.scan(body, jnp.zeros(()), None, length=3)[0]
+      grad = jax.grad(lambda x: teacher.apply(v, x).sum())(x + c)
+      return c + grad, None
+    return jax.lax.scan(body, jnp.zeros_like(x), None, length=3)[0]
 
   text = jax.jit(scanned).lower(variables, x).compile().as_text()
   labels = [line.split("dim_labels=")[1].split(",")[0] for line in text.splitlines()
             if " convolution(" in line]
-  assert labels and all(label.startswith("b01f_") for label in labels), labels
+  assert labels and all(label.startswith("b01f_01io") for label in labels), labels
 
 
 def test_batchnorm_moments_and_penultimate_equal_pytorch_hooks(nets_dir):
