@@ -201,8 +201,8 @@ def default_config() -> ml_collections.ConfigDict:
       probe_size=256,            # Generated samples held out for the criteria; 0 = none.
       probe_epochs=8,            # The probe holds the last N epochs' generator samples.
       # This many consecutive faulty epochs (diverged student, collapsed probe, chance
-      # agreement) = collapsed, as is a diverged student or a finished run that keeps a
-      # faulty epoch; 0 = off.
+      # agreement) up to the latest = collapsed (a healthy epoch after them: recovered),
+      # as is a diverged student or a finished run that keeps a faulty epoch; 0 = off.
       collapse_epochs=3))
   return c
 
