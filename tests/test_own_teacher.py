@@ -173,3 +173,88 @@ def test_the_guide_from_a_pytorch_state_dict_and_a_folder_to_an_onnx_student(tmp
   for name, flags in guide.items():
     assert flags <= used[name], (name, flags - used[name])
   print("wall times (s):", {k: round(v, 1) for k, v in timings.items()})
+
+
+# The short way (issue 42): the user's nn.Module as it is, through torchax.
+MY_NETS = '''
+"""The user's own module file: the PyTorch network as they trained it."""
+import torch.nn.functional as F
+from torch import nn
+
+
+class Net(nn.Module):
+
+  def __init__(self, num_classes, width=16):
+    super().__init__()
+    self.conv1 = nn.Conv2d(1, width, 3, padding=1, bias=False)
+    self.bn1 = nn.BatchNorm2d(width)
+    self.conv2 = nn.Conv2d(width, width, 3, padding=1, bias=False)
+    self.bn2 = nn.BatchNorm2d(width)
+    self.fc = nn.Linear(width, num_classes)
+
+  def forward(self, x):
+    x = F.relu(self.bn1(self.conv1(x)))
+    x = F.relu(self.bn2(self.conv2(x)))
+    return self.fc(x.mean((2, 3)))
+'''
+
+
+def short_way_commands() -> dict[str, set[str]]:
+  """The flags of each command of the guide's first code block (the short way)."""
+  text = (REPO / "docs" / "own_teacher.md").read_text()
+  block = re.findall(r"```bash\n(.*?)```", text, re.S)[0]
+  assert "--torch_module" in block, "the guide no longer leads with the short way"
+  commands = {}
+  for command in block.replace("\\\n", " ").splitlines():
+    found = re.search(r"python -m dfkd_jax\.(\w+)(.*)", command)
+    if found:
+      commands[found.group(1)] = set(re.findall(r"--([\w.]+)", found.group(2)))
+  return commands
+
+
+@pytest.mark.slow
+def test_the_short_way_from_your_own_folder_with_no_flax(tmp_path):
+  """The guide's three commands, run from the user's folder (``PYTHONPATH=.``) holding
+  my_nets.py, teacher.pth, check.npz and DATA/: no Flax code anywhere; the student's
+  ONNX file scores what the run measured."""
+  pytest.importorskip("torchax")
+  user = tmp_path / "mine"
+  user.mkdir()
+  (user / "my_nets.py").write_text(MY_NETS)
+  folder = _write_folder(user / "DATA")
+  torch_accuracy = train_torch_teacher(folder, user)
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ".",
+         "DFKD_JAX_DATA_CACHE": str(tmp_path / "cache")}
+  timings, used = {}, {}
+  out = run(["dfkd_jax.convert", "--torch_module=my_nets:Net",
+             "--torch_checkpoint=teacher.pth", '--torch_kwargs={"num_classes": 10}',
+             "--dataset=folder:DATA", f"--mean={MEAN}", f"--std={STD}",
+             "--check_inputs=check.npz", "--out=teachers/mine"], env, timings, used, user)
+  assert "top-1 agreement 100.00%" in out
+  meta = json.loads((user / "teachers/mine/teacher.json").read_text())
+  assert meta["torch"]["module"] == "my_nets:Net" and meta["arch"] == "torch:my_nets:Net"
+  out = run(["dfkd_jax.train", "--config=configs/digits.py:dfkd",
+             "--config.dataset=folder:DATA", "--config.teacher_dir=teachers/mine",
+             "--config.teacher_config=", "--config.student=digits_cnn_half",
+             "--config.num_epochs=1", "--config.iterations_per_epoch=2",
+             "--config.student_steps=1", "--config.batch_size=32",
+             "--config.latent_dim=16", "--config.tensorboard=False",
+             "--workdir=runs/mine"], env, timings, used, user)
+  summary = json.loads((user / "runs/mine/summary.json").read_text())
+  assert summary["teacher_accuracy"] == pytest.approx(torch_accuracy, abs=1e-3)
+  out = run(["dfkd_jax.export", "--workdir=runs/mine", "--format=onnx",
+             "--out=student.onnx"], env, timings, used, user)
+  assert "max |logit difference|" in out
+  images, labels = image_folder(folder / "test")
+  x = ((images[:, None] / 255 - MEAN) / STD).astype(np.float32)
+  session = onnxruntime.InferenceSession(str(user / "student.onnx"),
+                                         providers=["CPUExecutionProvider"])
+  logits = session.run(["logits"], {"images": x})[0]
+  accuracy = 100.0 * float(np.mean(logits.argmax(-1) == labels))
+  assert accuracy == pytest.approx(summary["test_accuracy"][-1], abs=1e-9)
+  assert not list(user.rglob("*flax*")) and "flax" not in MY_NETS.lower()
+  guide = short_way_commands()
+  assert set(guide) == set(used) == {"convert", "train", "export"}
+  for name, flags in guide.items():
+    assert flags <= used[name], (name, flags - used[name])
+  print("wall times (s):", {k: round(v, 1) for k, v in timings.items()})
