@@ -10,6 +10,7 @@ next one what it needs, and that the ONNX student in onnxruntime gives the accur
 run measured.
 """
 
+import inspect
 import json
 import os
 import pathlib
@@ -91,11 +92,17 @@ def train_torch_teacher(folder: pathlib.Path, out: pathlib.Path) -> float:
   return 100.0 * float(np.mean(logits.argmax(-1) == test_labels))
 
 
-def guide_commands() -> dict[str, set[str]]:
-  """The flags of each `python -m dfkd_jax.MODULE` command of docs/own_teacher.md."""
+def guide_blocks() -> list[str]:
+  """The bash code blocks of docs/own_teacher.md."""
   text = (REPO / "docs" / "own_teacher.md").read_text()
+  return re.findall(r"```bash\n(.*?)```", text, re.S)
+
+
+def guide_commands(blocks=None) -> dict[str, set[str]]:
+  """The flags of each `python -m dfkd_jax.MODULE` command of the guide's code blocks
+  (all of them by default; a later command of a module replaces an earlier one)."""
   commands = {}
-  for block in re.findall(r"```bash\n(.*?)```", text, re.S):
+  for block in guide_blocks() if blocks is None else blocks:
     for command in block.replace("\\\n", " ").splitlines():
       found = re.search(r"python -m dfkd_jax\.(\w+)(.*)", command)
       if found:
@@ -175,41 +182,10 @@ def test_the_guide_from_a_pytorch_state_dict_and_a_folder_to_an_onnx_student(tmp
   print("wall times (s):", {k: round(v, 1) for k, v in timings.items()})
 
 
-# The short way (issue 42): the user's nn.Module as it is, through torchax.
-MY_NETS = '''
-"""The user's own module file: the PyTorch network as they trained it."""
-import torch.nn.functional as F
-from torch import nn
-
-
-class Net(nn.Module):
-
-  def __init__(self, num_classes, width=16):
-    super().__init__()
-    self.conv1 = nn.Conv2d(1, width, 3, padding=1, bias=False)
-    self.bn1 = nn.BatchNorm2d(width)
-    self.conv2 = nn.Conv2d(width, width, 3, padding=1, bias=False)
-    self.bn2 = nn.BatchNorm2d(width)
-    self.fc = nn.Linear(width, num_classes)
-
-  def forward(self, x):
-    x = F.relu(self.bn1(self.conv1(x)))
-    x = F.relu(self.bn2(self.conv2(x)))
-    return self.fc(x.mean((2, 3)))
-'''
-
-
-def short_way_commands() -> dict[str, set[str]]:
-  """The flags of each command of the guide's first code block (the short way)."""
-  text = (REPO / "docs" / "own_teacher.md").read_text()
-  block = re.findall(r"```bash\n(.*?)```", text, re.S)[0]
-  assert "--torch_module" in block, "the guide no longer leads with the short way"
-  commands = {}
-  for command in block.replace("\\\n", " ").splitlines():
-    found = re.search(r"python -m dfkd_jax\.(\w+)(.*)", command)
-    if found:
-      commands[found.group(1)] = set(re.findall(r"--([\w.]+)", found.group(2)))
-  return commands
+# The short way (issue 42): the user's nn.Module as it is, through torchax. Their module
+# file is the network they trained: TorchTinyNet's own source.
+MY_NETS = ("import torch.nn.functional as F\nfrom torch import nn\n\n\n"
+           + inspect.getsource(TorchTinyNet) + "\n\nNet = TorchTinyNet\n")
 
 
 @pytest.mark.slow
@@ -253,7 +229,9 @@ def test_the_short_way_from_your_own_folder_with_no_flax(tmp_path):
   accuracy = 100.0 * float(np.mean(logits.argmax(-1) == labels))
   assert accuracy == pytest.approx(summary["test_accuracy"][-1], abs=1e-9)
   assert not list(user.rglob("*flax*")) and "flax" not in MY_NETS.lower()
-  guide = short_way_commands()
+  short_way = guide_blocks()[0]  # The guide leads with it.
+  assert "--torch_module" in short_way
+  guide = guide_commands([short_way])
   assert set(guide) == set(used) == {"convert", "train", "export"}
   for name, flags in guide.items():
     assert flags <= used[name], (name, flags - used[name])
