@@ -42,5 +42,7 @@ def get_config(arg: str | None = None):
   # the last 220 rounds). The official setting itself: configs/recipes/fast_cifar10.py.
   config.fast.adversarial = 1.33
   config.fast.one_hot = 0.5
+  if config.method == "nayer":  # NAYER's published values (scripts/nayer_100.sh).
+    run_config.nayer_values(config)
   config.compute_dtype = "float32"
   return config

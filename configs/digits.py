@@ -53,5 +53,10 @@ def get_config(arg: str | None = None):
   config.fast.flip = False
   config.fast.augment_bank = False
   config.bank.num_slots = 120
+  if config.method == "nayer":  # NAYER's values, its generator at this config's sizes.
+    run_config.nayer_values(config)
+    config.generator_options.base_width = 32
+    config.latent_dim = 64
+    config.fast.generator_life_epochs = 2  # NAYER's life of 20 rounds.
   config.eval_batch_size = 360
   return config

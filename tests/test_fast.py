@@ -286,7 +286,7 @@ def test_exact_gradient_differs_from_the_first_order_one():
 
 
 def test_meta_gradients_are_registered_with_their_traits():
-  assert meta_init.META_GRADIENTS.names() == ("first_order", "reptile", "exact")
+  assert meta_init.META_GRADIENTS.names() == ("first_order", "reptile", "exact", "keep")
   assert meta_init.META_GRADIENTS.get("exact").second_order
   assert not meta_init.META_GRADIENTS.get("first_order").second_order
   for name in FAST_METHODS:

@@ -100,7 +100,8 @@ BAD_MODELS = [
      r"mean 'my_pkg:MyNet'\?\)"),
     ("student", "dafl_generator", r"is a generator, not a classifier; classifiers: "),
     ("generator", "own_models:TinyNet", r"is a classifier, not a generator; generators: "
-     r"dafl_generator, dfad_generator, fast_generator, mad_generator; or your own"),
+     r"dafl_generator, dfad_generator, fast_generator, mad_generator, nayer_generator; "
+     r"or your own"),
 ]
 # Broken contracts found by running the model abstractly on the run's shapes.
 BAD_CONTRACTS = [

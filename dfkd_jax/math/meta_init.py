@@ -31,6 +31,11 @@ The meta-gradient of ``theta_0`` (:data:`META_GRADIENTS`, :func:`meta_gradient`)
   order, the Hessian-vector terms included): ``"final"``, ``L(theta_g, z_g)``, the loss
   of the adapted copy (MAML's objective), or ``"sum"``, ``sum_{k<g} L_k(theta_k, z_k)``,
   the objective whose first-order approximation is ``first_order``.
+* ``keep``: no meta-learning: the generator *is* the adapted copy, ``theta_0 <-
+  theta_g``, trained on round after round with a fresh Adam state each (NAYER, Tran et
+  al., CVPR 2024, ``datafree/synthesis/nayer.py``: one generator, a new
+  ``torch.optim.Adam`` per round). Its gradient is zero and the caller keeps
+  :attr:`InnerResult.params` instead (the trait :attr:`MetaGradient.keeps_adapted`).
 
 The caller applies the meta-gradient with its meta optimiser (the official code: Adam at
 ``g x`` the inner learning rate, betas ``(0.5, 0.999)``, L87-90). Everything here is a
@@ -241,11 +246,14 @@ class MetaGradient(NamedTuple):
     description: one line.
     from_inner: ``(theta_0, inner_result) -> grads`` of a first-order kind (``None``
       for the second-order one, computed by :func:`meta_objective`).
+    keeps_adapted: the start is replaced by the adapted copy ``theta_g`` (no meta
+      optimiser step).
   """
 
   second_order: bool
   description: str
   from_inner: Callable[[Params, InnerResult], Params] | None = None
+  keeps_adapted: bool = False
 
 
 #: The meta-gradients of the initialisation (a Fast method's ``meta_gradient``).
@@ -258,6 +266,9 @@ META_GRADIENTS.register("reptile", MetaGradient(
     lambda params0, result: reptile_gradient(params0, result.params)))
 META_GRADIENTS.register("exact", MetaGradient(
     True, "jax.grad of the meta-objective through the inner Adam steps"))
+META_GRADIENTS.register("keep", MetaGradient(
+    False, "none: the generator keeps the adapted copy (NAYER)",
+    lambda params0, result: jax.tree.map(jnp.zeros_like, params0), keeps_adapted=True))
 
 
 def meta_gradient(kind: str, step_loss: StepLoss, params0: Params, z0: Array,

@@ -28,6 +28,16 @@ BatchNorm term compares the teacher's running statistics with ``(1 - r) * batch 
 history`` (``DeepInversionHook`` with ``mmt_rate = r``, ``datafree/hooks.py`` L96-102)
 once the bank holds a history, the batch's own moments before.
 
+NAYER (Tran et al., "NAYER: Noisy Layer Generation for Efficient Data-Free Knowledge
+Distillation", CVPR 2024; code tmtuan1307/NAYER, ``datafree/synthesis/nayer.py``) is a
+round of the same kind with three changes: no meta-learning (the ``keep``
+meta-gradient: the generator is the adapted copy, trained on with a fresh Adam state
+every round); its input is a fixed class code per row through a *noisy layer*
+(:class:`dfkd_jax.models.generators.NoisyLayerGenerator`) whose weights are re-drawn
+at the start of every round (:func:`redraw_noisy_layers`, its ``re_init_le``), with
+balanced targets (:func:`balanced_targets`, its ``generate_ys``); and the whole
+generator is created anew every ``generator_life_rounds`` (its ``g_life``).
+
 Everything runs per device inside the trainer's ``shard_map`` (batch means and the
 teacher's BatchNorm moments are global; augmentations and latent codes are drawn for
 the global batch, each device taking its rows), so a sharded round computes what one
@@ -41,6 +51,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from dfkd_jax.data import augment
 from dfkd_jax.math import losses
@@ -71,6 +82,10 @@ class FastOptions(NamedTuple):
     augment_bank: the student's batches are augmented too (the dataset's training
       transform of the official code: CIFAR yes, MNIST no).
     pad_value: the padding's value per channel (the teacher's normalised black).
+    class_codes: ``[classes, d]`` the class codes of a noisy-layer generator (NAYER),
+      else ``None`` (latent codes ``z ~ N(0, I)``).
+    generator_life_rounds: the generator is created anew every this many rounds (0:
+      never; NAYER's ``g_life``).
   """
 
   meta_gradient: str
@@ -84,6 +99,8 @@ class FastOptions(NamedTuple):
   flip: bool
   augment_bank: bool
   pad_value: tuple[float, ...]
+  class_codes: np.ndarray | None = None
+  generator_life_rounds: int = 0
 
 
 class SynthesisNetworks(NamedTuple):
@@ -182,6 +199,7 @@ class RoundResult(NamedTuple):
 
   Attributes:
     grads: the meta-gradient of ``theta_0``.
+    adapted: ``theta_g``, the copy after the inner steps.
     batch_stats: the copy's BatchNorm (and spectral-norm) statistics after the round.
     best_x: this device's rows of the round's best batch (un-augmented).
     bn_mean, bn_var: the teacher's BatchNorm moments at the last inner step.
@@ -189,6 +207,7 @@ class RoundResult(NamedTuple):
   """
 
   grads: Any
+  adapted: Any
   batch_stats: Any
   best_x: Array
   bn_mean: tuple[Array, ...]
@@ -234,7 +253,7 @@ def synthesis_round(params0, batch_stats, z: Array, targets: Array, keys: Array,
              "disagreement": jnp.mean(outputs.terms["disagreement"]),
              **{f"generator_{k}": jnp.mean(v) for k, v in outputs.terms.items()
                 if k != "disagreement"}}
-  return RoundResult(grads, result.state, best_x,
+  return RoundResult(grads, result.params, result.state, best_x,
                      tuple(m[-1] for m in outputs.bn_mean),
                      tuple(v[-1] for v in outputs.bn_var), metrics)
 
@@ -261,3 +280,71 @@ def check_resettable(params) -> None:
           f"config.fast.reset_epoch re-initialises the generator's {RESET_LAYERS[0][0]!r}"
           f" and {RESET_LAYERS[1][0]!r} layers ({', '.join(names)}), which this "
           "generator does not have; set config.fast.reset_epoch=0")
+
+
+# ---------------------------------------------------------------------------
+# NAYER: class codes through a noisy layer.
+# ---------------------------------------------------------------------------
+
+#: The class codes a noisy-layer generator can take (``config.fast.class_codes``): NAYER
+#: embeds each class name with CLIP's text encoder (512 numbers); no text encoder runs
+#: offline here, so the default is the one-hot code, and ``npy:FILE`` takes any
+#: ``[classes, d]`` table computed elsewhere (e.g. CLIP on the class names).
+CLASS_CODES = ("one_hot", "npy:FILE")
+
+
+def class_codes(spec: str, num_classes: int) -> np.ndarray:
+  """The ``[num_classes, d]`` float32 class codes named by ``spec`` (:data:`CLASS_CODES`).
+
+  Raises:
+    ValueError: an unknown spec, an unreadable file or a table of the wrong shape.
+  """
+  if spec == "one_hot":
+    return np.eye(num_classes, dtype=np.float32)
+  if spec.startswith("npy:"):
+    path = spec[len("npy:"):]
+    try:
+      table = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+      raise ValueError(f"config.fast.class_codes={spec!r}: cannot read {path!r} as a .npy "
+                       f"array ({e}); give a [classes, d] table saved with numpy.save")
+    if table.ndim != 2 or table.shape[0] != num_classes or not table.shape[1]:
+      raise ValueError(f"config.fast.class_codes={spec!r}: the table has shape "
+                       f"{table.shape}, expected [{num_classes}, d] (one row per class)")
+    if not np.all(np.isfinite(table)):
+      raise ValueError(f"config.fast.class_codes={spec!r}: the table has non-finite values")
+    return table.astype(np.float32)
+  raise ValueError(f"config.fast.class_codes={spec!r}; valid: {', '.join(CLASS_CODES)}")
+
+
+def num_noisy_layers(batch_size: int, num_classes: int) -> int:
+  """NAYER's ``nle = ceil(batch / classes)``: one noisy layer per chunk of rows."""
+  return -(-batch_size // num_classes)
+
+
+def balanced_targets(key: Array, n: int, num_classes: int) -> Array:
+  """``[n]`` targets as NAYER's ``generate_ys``: chunk ``j`` (rows ``j C .. j C + C -
+  1``) holds every class once, in order; the rows past the last whole chunk draw
+  theirs uniformly."""
+  rows = jnp.arange(n)
+  whole = (n // num_classes) * num_classes
+  return jnp.where(rows < whole, rows % num_classes,
+                   jax.random.randint(key, (n,), 0, num_classes))
+
+
+def noisy_inputs(codes: np.ndarray, targets: Array, num_classes: int) -> Array:
+  """The input of :class:`~dfkd_jax.models.generators.NoisyLayerGenerator` for a
+  global batch: ``[codes[targets], one_hot(row // classes)]``."""
+  n = targets.shape[0]
+  which = jax.nn.one_hot(jnp.arange(n) // num_classes, num_noisy_layers(n, num_classes),
+                         dtype=jnp.float32)
+  return jnp.concatenate([jnp.asarray(codes)[targets], which], axis=-1)
+
+
+def redraw_noisy_layers(params, key: Array):
+  """NAYER's ``re_init_le``: the noisy layers' weights drawn from ``N(0, 1)``, their
+  biases zero."""
+  noisy = params["noisy"]
+  return {**params, "noisy": {
+      "kernel": jax.random.normal(key, noisy["kernel"].shape, noisy["kernel"].dtype),
+      "bias": jnp.zeros_like(noisy["bias"])}}

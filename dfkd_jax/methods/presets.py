@@ -22,6 +22,7 @@ update of a preset (e.g. ``meta_first_order``).
 | fast     | acquire | bank       | KL (T)       | BN + CE(y) - masked KL (fast)     |
 | fast_reptile | acquire | bank   | KL (T)       | BN + CE(y) - masked KL (fast)     |
 | fast_exact | acquire | bank     | KL (T)       | BN + CE(y) - masked KL (fast)     |
+| nayer    | acquire | bank       | KL (T)       | BN + CE(y) - masked KL (fast)     |
 
 OH = one-hot, BN = BatchNorm-moment matching (when the teacher has BatchNorm), NLL and
 norm reg. = MAD's class-conditional terms (with ``config.conditional_generator``).
@@ -44,6 +45,9 @@ data bank, and the meta-initialisation moves by its ``meta_gradient``
 MAML gradient, ``fast_reptile`` Reptile, ``fast_exact`` the exact second-order
 gradient through the inner Adam steps. The student's steps (``acquire``) distil on
 batches drawn from the whole bank, with the KL at temperature ``config.fast.temperature``.
+``nayer`` is NAYER (Tran et al., CVPR 2024) in the same rounds: no meta-learning (the
+generator keeps its adapted copy, the ``keep`` meta-gradient), and ``nayer_generator``,
+whose input is a class code per row through a noisy layer re-drawn every round.
 """
 
 from __future__ import annotations
@@ -75,8 +79,11 @@ class Method:
     description: one line for listings.
     meta_gradient: ``""`` for the adversarial generator step, or a meta-gradient of
       :data:`dfkd_jax.math.meta_init.META_GRADIENTS` (``first_order``, ``reptile``,
-      ``exact``): the method synthesises with Fast DFKD's meta-learned generator
+      ``exact``, ``keep``): the method synthesises with Fast DFKD's meta-learned generator
       (:mod:`dfkd_jax.methods.fast`) instead.
+    generator: the generator the method synthesises with whatever
+      ``config.generator`` names (NAYER's ``nayer_generator``, whose input the rounds
+      build); empty: ``config.generator``.
   """
 
   student_update: str
@@ -85,6 +92,7 @@ class Method:
   generator_loss: str
   description: str
   meta_gradient: str = ""
+  generator: str = ""
 
   @property
   def synthesis_rounds(self) -> bool:
@@ -131,6 +139,10 @@ for _name, _method in {
     "fast_exact": Method("acquire", "bank", "kl", "fast",
                          "Fast DFKD with the exact second-order meta-gradient through "
                          "the inner Adam steps (jax.grad)", meta_gradient="exact"),
+    "nayer": Method("acquire", "bank", "kl", "fast",
+                    "NAYER: one generator trained on round after round (no meta-learning) "
+                    "from class codes through a noisy layer re-drawn every round, KD from "
+                    "the data bank", meta_gradient="keep", generator="nayer_generator"),
 }.items():
   METHODS.register(_name, _method)
 del _name, _method

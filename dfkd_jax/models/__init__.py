@@ -28,7 +28,7 @@ from dfkd_jax.core import registry
 from dfkd_jax.models import user
 from dfkd_jax.models.digits import DigitsCNN
 from dfkd_jax.models.generators import (DAFLGenerator, FastGenerator, MADGenerator,
-                                        MAD_IMAGE_SIZES)
+                                        MAD_IMAGE_SIZES, NoisyLayerGenerator)
 from dfkd_jax.models.layers import BatchNorm, ClassifierFeatures
 from dfkd_jax.models.lenet import LeNet5
 from dfkd_jax.models.resnet import ResNet
@@ -37,7 +37,8 @@ from dfkd_jax.models.wrn import WideResNet
 
 __all__ = ["BatchNorm", "ClassifierFeatures", "DAFLGenerator", "DigitsCNN", "FastGenerator",
            "LeNet5",
-           "MADGenerator", "MODELS", "ModelEntry", "ResNet", "VAE", "WideResNet", "get",
+           "MADGenerator", "MODELS", "ModelEntry", "NoisyLayerGenerator", "ResNet", "VAE",
+           "WideResNet", "get",
            "input_shape",
            "can_be_conditional", "is_classifier", "names", "options", "output_range",
            "register", "resolve"]
@@ -60,6 +61,9 @@ class ModelEntry:
       Sec. 3.2), called as ``G(z, y)``.
     check_contract: a model from outside the zoo (an import path, :func:`register`):
       :func:`get` checks its contract on a dummy input of the requested shape.
+    class_coded: a generator whose input is class codes with noisy-layer one-hots
+      (NAYER), built by a fast method's round, not drawn ``z``; its ``code_dim`` and
+      ``num_layers`` are set by the trainer.
   """
 
   build: Callable[..., nn.Module]
@@ -69,6 +73,7 @@ class ModelEntry:
   output_range: str = "normalized"
   conditional: bool = False
   check_contract: bool = False
+  class_coded: bool = False
 
 
 _GENERATOR_OPTIONS = ("latent_dim", "image_shape")
@@ -123,6 +128,15 @@ def _fast_generator(num_classes: int, latent_dim: int = 256,
                        base_width=base_width)
 
 
+def _nayer_generator(num_classes: int, latent_dim: int = 1000,
+                     image_shape: Sequence[int] = (32, 32, 3), base_width: int = 64,
+                     code_dim: int = 10, num_layers: int = 1) -> nn.Module:
+  del num_classes
+  return NoisyLayerGenerator(latent_dim, code_dim, num_layers,
+                             _image_shape("nayer_generator", image_shape, 4),
+                             base_width=base_width)
+
+
 def _vae(num_classes: int, latent_dim: int = 100,
          image_shape: Sequence[int] = (32, 32, 3)) -> nn.Module:
   del num_classes
@@ -169,6 +183,11 @@ for _name, _model in {
     "fast_generator": ModelEntry(_fast_generator, "generator",
                                  options=_GENERATOR_OPTIONS + ("base_width",),
                                  output_range="unit"),
+    # code_dim and num_layers are set by the trainer (the class codes, the batch).
+    "nayer_generator": ModelEntry(_nayer_generator, "generator",
+                                  options=_GENERATOR_OPTIONS + ("base_width", "code_dim",
+                                                                "num_layers"),
+                                  output_range="unit", class_coded=True),
     "vae": ModelEntry(_vae, "vae", options=_GENERATOR_OPTIONS),
 }.items():
   MODELS.register(_name, _model)

@@ -1,4 +1,4 @@
-"""Generators of adversarial DFKD: DAFL/LRA, DFAD and MAD.
+"""Generators of adversarial DFKD: DAFL/LRA, DFAD, MAD, Fast DFKD and NAYER.
 
 * :class:`DAFLGenerator` (``dafl_generator``): the generator of DAFL (Chen et al., 2019)
   as used by LRA (``src/networks/generator.py`` in gaurav104/LRA): ``Linear(latent ->
@@ -22,6 +22,9 @@
   LeakyReLU(0.2) -> x2 nearest -> conv3x3 2ngf->ngf (no bias) -> BN -> LeakyReLU(0.2) ->
   conv3x3 ngf->C -> sigmoid``, PyTorch's default initialisation and BatchNorm (eps
   1e-5): images in ``(0, 1)``, normalised by the trainer with the teacher's mean/std.
+* :class:`NoisyLayerGenerator` (``nayer_generator``): NAYER's (Tran et al., CVPR 2024)
+  ``NLGenerator``: a class code per row, BatchNorm1d, a noisy layer re-drawn every
+  round, then Fast DFKD's generator.
 
 Generators return ``[N, H, W, C]`` images. Spectral-norm power-iteration state and
 BatchNorm statistics live in ``batch_stats``; with ``train=True`` call
@@ -138,24 +141,97 @@ class FastGenerator(nn.Module):
   @nn.compact
   def __call__(self, z: Array, train: bool = True, return_logits: bool = False):
     """Generates ``sigmoid(u)``, with ``u`` too when ``return_logits``."""
-    h_out, w_out, channels = self.image_shape
-    h0, w0 = h_out // 4, w_out // 4
-    wide, narrow = 2 * self.base_width, self.base_width
-    h = layers.torch_linear(wide * h0 * w0, self.latent_dim, name="l1")(
-        z.reshape(z.shape[0], -1))
-    # PyTorch views [N, 2 ngf, h0, w0] (channel-major); channels last after.
-    h = jnp.transpose(h.reshape(z.shape[0], wide, h0, w0), (0, 2, 3, 1))
-    h, _ = layers.BatchNorm(name="bn0")(h, train)
-    h = layers.UpsampleConv3x3(wide, layers.torch_default_kernel_init, use_bias=False,
-                               name="conv1")(h)
-    h, _ = layers.BatchNorm(name="bn1")(h, train)
-    h = nn.leaky_relu(h, 0.2)
-    h = layers.UpsampleConv3x3(narrow, layers.torch_default_kernel_init, use_bias=False,
-                               name="conv2")(h)
-    h, _ = layers.BatchNorm(name="bn2")(h, train)
-    h = nn.leaky_relu(h, 0.2)
-    u = layers.torch_conv(channels, 3, narrow, padding=1, name="conv3")(h)
-    x = jax.nn.sigmoid(u)
+    x, u = fast_decoder(z.reshape(z.shape[0], -1), self.latent_dim, self.image_shape,
+                        self.base_width, train)
+    return (x, u) if return_logits else x
+
+
+def fast_decoder(h: Array, latent_dim: int, image_shape: tuple[int, int, int],
+                 base_width: int, train: bool) -> tuple[Array, Array]:
+  """Fast DFKD's generator from its ``[N, latent_dim]`` input to ``(sigmoid(u), u)``.
+
+  Called inside a compact ``__call__``: its layers (``l1``, ``bn0``, ``conv1``,
+  ``bn1``, ``conv2``, ``bn2``, ``conv3``) belong to the calling module.
+  """
+  h_out, w_out, channels = image_shape
+  h0, w0 = h_out // 4, w_out // 4
+  wide, narrow = 2 * base_width, base_width
+  n = h.shape[0]
+  h = layers.torch_linear(wide * h0 * w0, latent_dim, name="l1")(h)
+  # PyTorch views [N, 2 ngf, h0, w0] (channel-major); channels last after.
+  h = jnp.transpose(h.reshape(n, wide, h0, w0), (0, 2, 3, 1))
+  h, _ = layers.BatchNorm(name="bn0")(h, train)
+  h = layers.UpsampleConv3x3(wide, layers.torch_default_kernel_init, use_bias=False,
+                             name="conv1")(h)
+  h, _ = layers.BatchNorm(name="bn1")(h, train)
+  h = nn.leaky_relu(h, 0.2)
+  h = layers.UpsampleConv3x3(narrow, layers.torch_default_kernel_init, use_bias=False,
+                             name="conv2")(h)
+  h, _ = layers.BatchNorm(name="bn2")(h, train)
+  h = nn.leaky_relu(h, 0.2)
+  u = layers.torch_conv(channels, 3, narrow, padding=1, name="conv3")(h)
+  return jax.nn.sigmoid(u), u
+
+
+class NoisyLinears(nn.Module):
+  """NAYER's noisy layers: ``num_layers`` linear maps ``code_dim -> features``, row
+  ``i`` through the layer its one-hot ``which[i]`` selects. Weights ``N(0, 1)``, biases
+  zero: the values :func:`dfkd_jax.methods.fast.redraw_noisy_layers` draws every round
+  (NAYER's ``re_init_le``)."""
+
+  num_layers: int
+  features: int
+
+  @nn.compact
+  def __call__(self, codes: Array, which: Array) -> Array:
+    kernel = self.param("kernel", nn.initializers.normal(1.0),
+                        (self.num_layers, codes.shape[-1], self.features), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (self.num_layers, self.features),
+                      jnp.float32)
+    every_layer = jnp.einsum("nd,kdf->nkf", codes, kernel.astype(codes.dtype))
+    which = which.astype(codes.dtype)
+    return jnp.einsum("nk,nkf->nf", which, every_layer) + which @ bias.astype(codes.dtype)
+
+
+class NoisyLayerGenerator(nn.Module):
+  """NAYER's generator (Tran et al., CVPR 2024; ``NLGenerator`` in
+  ``datafree/models/generator.py`` of tmtuan1307/NAYER): a class code per row,
+  ``BatchNorm1d``, a *noisy layer* (:class:`NoisyLinears`, re-drawn every synthesis
+  round), then Fast DFKD's generator (:func:`fast_decoder`).
+
+  NAYER's rows come in chunks of ``num_classes`` (one of every class), each chunk with
+  its own noisy layer, so that rows of the same class differ. The input carries both:
+  ``z = [codes, which]``, ``[N, code_dim + num_layers]``, the row's class code (a fixed
+  embedding of its target class: NAYER's CLIP text embedding of the class name, or
+  another, :func:`dfkd_jax.methods.fast.class_codes`) and the one-hot of its chunk.
+
+  Attributes:
+    latent_dim: the noisy layers' output, the decoder's input (NAYER's ``le_emb_size``,
+      1000).
+    code_dim: the class codes' width.
+    num_layers: noisy layers, ``ceil(batch / classes)``.
+    image_shape: ``(H, W, C)``; ``H`` and ``W`` divisible by 4.
+    base_width: ``ngf`` (64).
+  """
+
+  latent_dim: int = 1000
+  code_dim: int = 10
+  num_layers: int = 1
+  image_shape: tuple[int, int, int] = (32, 32, 3)
+  base_width: int = 64
+  output_range = "unit"
+
+  @nn.compact
+  def __call__(self, z: Array, train: bool = True, return_logits: bool = False):
+    """Generates ``sigmoid(u)`` from ``z = [codes, which]``, with ``u`` too when
+    ``return_logits``."""
+    if z.shape[-1] != self.code_dim + self.num_layers:
+      raise ValueError(f"NoisyLayerGenerator: input width {z.shape[-1]}, expected "
+                       f"code_dim + num_layers = {self.code_dim} + {self.num_layers}")
+    codes, which = z[:, :self.code_dim], z[:, self.code_dim:]
+    codes, _ = layers.BatchNorm(name="code_bn")(codes, train)
+    h = NoisyLinears(self.num_layers, self.latent_dim, name="noisy")(codes, which)
+    x, u = fast_decoder(h, self.latent_dim, self.image_shape, self.base_width, train)
     return (x, u) if return_logits else x
 
 

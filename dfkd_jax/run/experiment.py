@@ -21,6 +21,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from dfkd_jax import models
 from dfkd_jax.data import augment
@@ -38,8 +39,8 @@ from dfkd_jax.replay import sources as replay_sources
 from dfkd_jax.run import progress
 from dfkd_jax.run.run_config import (  # pylint: disable=unused-import
     COMPUTE_DTYPES, FIELD_RULES, INNER_STEPS, META_RULES, STEP_LOOPS, default_config,
-    has_teacher, holds_teacher, load_config_file, method_from_arg, parse_arg,
-    teacher_dir, validate)
+    generator_name, has_teacher, holds_teacher, load_config_file, method_from_arg,
+    parse_arg, teacher_dir, validate)
 from dfkd_jax.run.run_setup import Setup
 
 
@@ -68,17 +69,21 @@ def _missing_teacher_message(config, path: pathlib.Path) -> str:
           f"--workdir={path}` or import one with `python -m dfkd_jax.convert`{prepare}")
 
 
-def _generator_options(config, log) -> dict[str, Any]:
+#: Generator options the trainer sets (from the teacher, the batch, the class codes).
+TRAINER_SET_OPTIONS = frozenset({"latent_dim", "image_shape", "code_dim", "num_layers"})
+
+
+def _generator_options(config, name: str, log) -> dict[str, Any]:
   """``config.generator_options`` the generator takes; the others are named and dropped.
 
   The defaults are the LRA generator's (``spectral_norm``); command-line flags cannot
   delete a field, so options another generator does not have are ignored, with a note.
   """
-  accepted = set(models.options(config.generator)) - {"latent_dim", "image_shape"}
+  accepted = set(models.options(name)) - TRAINER_SET_OPTIONS
   given = dict(config.generator_options)
   ignored = sorted(set(given) - accepted)
   if ignored:
-    log(f"config.generator_options {ignored} do not apply to {config.generator!r} "
+    log(f"config.generator_options {ignored} do not apply to {name!r} "
         f"(its options: {', '.join(sorted(accepted)) or 'none'}); ignored")
   return {k: v for k, v in given.items() if k in accepted}
 
@@ -162,12 +167,14 @@ def _meta_learning_rate(f) -> float:
 
 
 def _fast_options(config, method: methods.Method, meta: teacher_lib.TeacherMeta,
-                  generator, input_shape) -> fast_lib.FastOptions:
-  """``config.fast`` resolved (the fast methods only)."""
+                  generator, input_shape, generator_input: int,
+                  codes: np.ndarray | None) -> fast_lib.FastOptions:
+  """``config.fast`` resolved (the fast methods only); ``codes`` are a class-coded
+  generator's class codes (its latent codes are not learnt)."""
   f = config.fast
   if f.reset_epoch:
     variables = jax.eval_shape(
-        lambda k: generator.init(k, jnp.zeros((2, config.latent_dim)), train=False),
+        lambda k: generator.init(k, jnp.zeros((2, generator_input)), train=False),
         jax.random.key(0))
     fast_lib.check_resettable(variables["params"])
   weights = _generator_loss_weights(config)._replace(
@@ -175,13 +182,15 @@ def _fast_options(config, method: methods.Method, meta: teacher_lib.TeacherMeta,
   per_epoch = config.iterations_per_epoch
   return fast_lib.FastOptions(
       meta_gradient=method.meta_gradient, objective=f.exact_objective,
-      inner=meta_init.InnerOptions(f.inner_steps, f.learning_rate, f.z_learning_rate,
+      inner=meta_init.InnerOptions(f.inner_steps, f.learning_rate,
+                                   f.z_learning_rate if codes is None else 0.0,
                                    f.b1, f.b2),
       weights=weights, bn_momentum=f.bn_momentum,
       warmup_rounds=f.warmup_epochs * per_epoch,
       reset_round=(f.reset_epoch - 1) * per_epoch if f.reset_epoch else -1,
       crop_padding=f.crop_padding, flip=bool(f.flip), augment_bank=bool(f.augment_bank),
-      pad_value=augment.black_level(meta.mean, meta.std)[:input_shape[-1]])
+      pad_value=augment.black_level(meta.mean, meta.std)[:input_shape[-1]],
+      class_codes=codes, generator_life_rounds=f.generator_life_epochs * per_epoch)
 
 
 def build(config: ml_collections.ConfigDict, log: Callable[[str], None] = print,
@@ -220,9 +229,20 @@ def _assemble(config, log, mesh, method: methods.Method) -> Setup:
   input_shape = tuple(meta.input_shape)
   student = models.get(config.student, num_classes=meta.num_classes,
                        input_shape=input_shape, label="config.student")
-  generator = models.get(config.generator, num_classes=meta.num_classes,
+  name = generator_name(config, method)
+  if name != config.generator:
+    log(f"method {config.method!r} synthesises with its own generator {name!r} "
+        f"(config.generator={config.generator!r} is not used)")
+  codes, coded_options, generator_input = None, {}, config.latent_dim
+  if models.resolve(name, "generator").class_coded:  # NAYER's input.
+    codes = fast_lib.class_codes(config.fast.class_codes, meta.num_classes)
+    coded_options = dict(code_dim=codes.shape[1], num_layers=fast_lib.num_noisy_layers(
+        config.batch_size, meta.num_classes))
+    generator_input = sum(coded_options.values())
+  generator = models.get(name, num_classes=meta.num_classes,
                          latent_dim=config.latent_dim, image_shape=input_shape,
-                         label="config.generator", **_generator_options(config, log))
+                         label="config.generator", **_generator_options(config, name, log),
+                         **coded_options)
   uses_moments = generator_objectives.GENERATOR_LOSSES.get(
       method.generator_loss).uses_batchnorm_moments
   bn_channels: tuple[int, ...] = ()
@@ -243,7 +263,7 @@ def _assemble(config, log, mesh, method: methods.Method) -> Setup:
   s_opt, g_opt, m = config.student_optimizer, config.generator_optimizer, config.meta
   meta_options = objectives.MetaOptions(m.alpha, objectives.InnerStep(m.inner_step),
                                         m.weight_decay)
-  output_range = models.output_range(config.generator)
+  output_range = models.output_range(name)
   update_rule = objectives.UPDATE_RULES.get(method.student_update)
   fast, temperature = None, 1.0
   generator_optimizer = optimizers.generator(
@@ -251,7 +271,8 @@ def _assemble(config, log, mesh, method: methods.Method) -> Setup:
   # Epochs of the student's schedule: a fast method's warm-up epochs take no step.
   student_epochs = config.num_epochs
   if method.synthesis_rounds:
-    fast = _fast_options(config, method, meta, generator, input_shape)
+    fast = _fast_options(config, method, meta, generator, input_shape, generator_input,
+                         codes)
     temperature = config.fast.temperature
     generator_optimizer = optimizers.generator(  # The meta optimiser.
         learning_rate=_meta_learning_rate(config.fast), b1=config.fast.b1,
@@ -265,7 +286,7 @@ def _assemble(config, log, mesh, method: methods.Method) -> Setup:
       conditional_generator=bool(config.conditional_generator),
       generator_output_logits=(bool(config.generator_loss.output_bound)
                                and output_range == "unit"),
-      batch_size=config.batch_size, latent_dim=config.latent_dim,
+      batch_size=config.batch_size, latent_dim=generator_input,
       generator_steps=config.generator_steps, student_steps=config.student_steps,
       iterations_per_epoch=config.iterations_per_epoch, seed=config.seed,
       seeds=tuple(range(config.seed, config.seed + config.num_seeds)),

@@ -36,6 +36,7 @@ from jax.sharding import PartitionSpec as P
 import numpy as np
 import optax
 
+from dfkd_jax.math import meta_init
 from dfkd_jax.math import objectives
 from dfkd_jax.math import optimizers
 from dfkd_jax.methods import fast as fast_lib
@@ -535,17 +536,19 @@ def _local_rows(a):
 
 
 def fast_synthesis(setup: Setup, nets: Networks, state: TrainState, teacher_vars, key,
-                   meta_gradient: str | None = None) -> tuple[Any, fast_lib.RoundResult]:
+                   meta_gradient: str | None = None
+                   ) -> tuple[Any, Any, fast_lib.RoundResult]:
   """The synthesis round of a Fast method from ``state`` (per device, inside the mesh):
   :func:`dfkd_jax.methods.fast.synthesis_round` from the meta-initialisation
-  (:func:`fast_start`), with fresh ``z`` and targets from ``key``, the adversarial
-  term from round ``warmup_rounds - 1`` on and the bank's running moments.
-  ``meta_gradient`` overrides the method's (the probe, which needs none, asks for the
-  cheapest).
+  (:func:`fast_start`), with fresh ``z`` and targets from ``key`` (NAYER: the
+  balanced targets' class codes and noisy-layer one-hots), the adversarial term from
+  round ``warmup_rounds - 1`` on and the bank's running moments. ``meta_gradient``
+  overrides the method's (the probe, which needs none, asks for the cheapest).
 
   Returns:
-    ``(params0, result)``: the start the round adapted (and its meta-gradient is
-    taken at) and the round's result.
+    ``(params0, batch_stats0, result)``: the start the round adapted (and its
+    meta-gradient is taken at), the generator statistics it started from, and the
+    round's result.
   """
   options = setup.fast
   if meta_gradient is not None:
@@ -553,9 +556,15 @@ def fast_synthesis(setup: Setup, nets: Networks, state: TrainState, teacher_vars
   n, dtype = setup.batch_size, setup.compute_dtype
   k_z, k_y, k_aug, k_final, k_reset = jax.random.split(key, 5)
   round_index, bank = state.step, state.replay
-  params0 = fast_start(setup, state, k_reset)
-  z = nets.normal(k_z, n, setup.latent_dim)
-  targets = _local_rows(jax.random.randint(k_y, (n,), 0, setup.num_classes))
+  params0, stats0 = fast_start(setup, state, k_reset)
+  if options.class_codes is None:
+    z = nets.normal(k_z, n, setup.latent_dim)
+    all_targets = jax.random.randint(k_y, (n,), 0, setup.num_classes)
+  else:
+    all_targets = fast_lib.balanced_targets(k_y, n, setup.num_classes)
+    z = _local_rows(fast_lib.noisy_inputs(options.class_codes, all_targets,
+                                          setup.num_classes))
+  targets = _local_rows(all_targets)
 
   def student_eval(x):
     logits = setup.student.apply(
@@ -567,8 +576,8 @@ def fast_synthesis(setup: Setup, nets: Networks, state: TrainState, teacher_vars
       generate=lambda p, stats, zz: nets.generate_full(p, stats, zz)[::2],
       teacher=lambda x: nets.teacher(teacher_vars, x, features=True),
       student=student_eval, augment=_fast_augment(setup))
-  return params0, fast_lib.synthesis_round(
-      params0, state.generator.batch_stats, z, targets,
+  return params0, stats0, fast_lib.synthesis_round(
+      params0, stats0, z, targets,
       jax.random.split(k_aug, options.inner.steps), k_final, nets=synth_nets,
       options=options,
       adversarial_on=(round_index + 1 >= options.warmup_rounds).astype(jnp.float32),
@@ -577,14 +586,28 @@ def fast_synthesis(setup: Setup, nets: Networks, state: TrainState, teacher_vars
       axis_name=AXIS, unroll=setup.unroll)
 
 
-def fast_start(setup: Setup, state: TrainState, key):
-  """The meta-initialisation a round starts from: ``state.generator.params``, with the
-  stem re-initialised (from ``key``) at round ``reset_round`` (official ``reset_l0``)."""
-  params = state.generator.params
-  if setup.fast.reset_round < 0:
-    return params
-  return jax.lax.cond(state.step == setup.fast.reset_round,
-                      lambda p: fast_lib.reset_stem(p, key), lambda p: p, params)
+def fast_start(setup: Setup, state: TrainState, key) -> tuple[Any, Any]:
+  """The generator a round starts from, ``(params, batch_stats)``: the state's, with
+  the stem re-initialised at round ``reset_round`` (official ``reset_l0``); NAYER's
+  created anew every ``generator_life_rounds`` rounds (from round 0 on: its ``g_life``)
+  and its noisy layers re-drawn every round (``re_init_le``)."""
+  options = setup.fast
+  k_stem, k_new, k_noisy = jax.random.split(key, 3)
+  params, stats = state.generator.params, state.generator.batch_stats
+  if options.reset_round >= 0:
+    params = jax.lax.cond(state.step == options.reset_round,
+                          lambda p: fast_lib.reset_stem(p, k_stem), lambda p: p, params)
+  if options.generator_life_rounds:
+    def new_generator(_):
+      variables = setup.generator.init(k_new, jnp.zeros((2, setup.latent_dim)),
+                                       train=False)
+      return variables["params"], variables.get("batch_stats", {})
+
+    renew = (state.step > 0) & (state.step % options.generator_life_rounds == 0)
+    params, stats = jax.lax.cond(renew, new_generator, lambda _: (params, stats), None)
+  if options.class_codes is not None:
+    params = fast_lib.redraw_noisy_layers(params, k_noisy)
+  return params, stats
 
 
 def fast_iteration(setup: Setup, nets: Networks):
@@ -596,9 +619,10 @@ def fast_iteration(setup: Setup, nets: Networks):
      re-initialised (official ``reset_l0``); the synthesis round from the
      meta-initialisation ``state.generator.params`` with fresh ``z`` and random
      targets; the meta optimiser (``setup.generator_optimizer``, its state in
-     ``state.generator.opt_state``) applies the meta-gradient; the generator keeps the
-     adapted copy's statistics (BatchNorm running statistics, never used in training
-     mode, and spectral-norm vectors);
+     ``state.generator.opt_state``) applies the meta-gradient, or, for the ``keep``
+     meta-gradient (NAYER), the generator becomes the adapted copy; the generator keeps
+     the adapted copy's statistics (BatchNorm running statistics, never used in
+     training mode, and spectral-norm vectors);
   2. the round's best batch, with the teacher's logits on it, is pushed into the bank
      (``state.replay``, a :class:`~dfkd_jax.replay.sources.BankState`), and the last
      inner step's teacher moments are averaged into its running moments;
@@ -625,10 +649,13 @@ def fast_iteration(setup: Setup, nets: Networks):
     with layers.batch_stats_axis(AXIS):
       k_round, k_student = jax.random.split(jax.random.fold_in(state.rng, state.step))
       gen, bank = state.generator, state.replay
-      params0, result = fast_synthesis(setup, nets, state, teacher_vars, k_round)
-      params, opt_state = optimizers.apply(setup.generator_optimizer, result.grads,
-                                           gen.opt_state, params0)
-      gen = ModelState(params, result.batch_stats, opt_state)
+      params0, _, result = fast_synthesis(setup, nets, state, teacher_vars, k_round)
+      if meta_init.META_GRADIENTS.get(options.meta_gradient).keeps_adapted:
+        gen = ModelState(result.adapted, result.batch_stats, gen.opt_state)
+      else:
+        params, opt_state = optimizers.apply(setup.generator_optimizer, result.grads,
+                                             gen.opt_state, params0)
+        gen = ModelState(params, result.batch_stats, opt_state)
       best = objectives.KDBatch(result.best_x, nets.teacher(teacher_vars, result.best_x))
       bank = source.push(bank, best)
       if options.bn_momentum and result.bn_mean:

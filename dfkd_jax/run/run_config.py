@@ -168,7 +168,12 @@ def default_config() -> ml_collections.ConfigDict:
       flip=True,                 # Random horizontal flips in the augmentation.
       # Augment the student's bank batches too (the dataset's training transform:
       # CIFAR crop + flip, MNIST none).
-      augment_bank=True))
+      augment_bank=True,
+      # nayer_generator's class codes (NAYER: CLIP text embeddings of the class names):
+      # "one_hot", or "npy:FILE", a [classes, d] table computed elsewhere.
+      class_codes="one_hot",
+      # The generator is created anew every this many epochs (NAYER's g_life); 0 = never.
+      generator_life_epochs=0))
   c.bank = ml_collections.ConfigDict(dict(  # The data bank of the fast methods.
       # Rounds kept (one best batch of batch_size each), the oldest overwritten once
       # full; the official code keeps every round (220 epochs of 1 round).
@@ -269,6 +274,7 @@ FAST_RULES: tuple[tuple[str, checks.Rule], ...] = (
     ("fast.crop_padding", checks.NON_NEGATIVE_INT),
     ("fast.flip", checks.BOOL),
     ("fast.augment_bank", checks.BOOL),
+    ("fast.generator_life_epochs", checks.NON_NEGATIVE_INT),
 )
 META_RULES: tuple[tuple[str, checks.Rule], ...] = (
     ("meta.alpha", checks.POSITIVE),
@@ -295,16 +301,21 @@ def validate(config: ml_collections.ConfigDict, mesh) -> methods.Method:
   generator_objectives.GENERATOR_LOSSES.get(method.generator_loss)
   losses.STUDENT_LOSSES.get(method.student_loss)
   models.resolve(config.student, "classifier", "config.student")
-  generator = models.resolve(config.generator, "generator", "config.generator")
+  name = generator_name(config, method)
+  generator = models.resolve(name, "generator", "config.generator")
   if config.conditional_generator and not generator.conditional:
     raise ValueError(f"config.conditional_generator=True needs a class-conditional "
-                     f"generator, but config.generator={config.generator!r}; use "
+                     f"generator, but the generator is {name!r}; use "
                      "mad_generator (G(z + e_y), MAD Sec. 3.2)")
   if config.generator_loss.output_bound and generator.output_range != "unit":
     raise ValueError(f"config.generator_loss.output_bound="
                      f"{config.generator_loss.output_bound} bounds the pre-sigmoid output "
-                     f"of mad_generator, but config.generator={config.generator!r}; set "
+                     f"of mad_generator, but the generator is {name!r}; set "
                      "it to 0 or use mad_generator")
+  if generator.class_coded and not method.synthesis_rounds:
+    raise ValueError(f"config.generator={name!r} takes class codes that a fast method's "
+                     f"rounds build, but config.method={config.method!r}; use nayer, or "
+                     "another generator")
   parallel.check_divisible(config.batch_size, "config.batch_size", mesh)
   selection.check(config.selection.to_dict(), replay.provides_retention,
                   config.batch_size, mesh.devices.size)
@@ -337,6 +348,31 @@ def _check_fast(config) -> None:
     raise ValueError("config.conditional_generator=True: the fast methods synthesise "
                      "with an unconditional generator (their targets enter the loss "
                      "only); set it to False")
+
+
+def generator_name(config, method: methods.Method) -> str:
+  """The generator the run synthesises with: the method's own (NAYER's), else
+  ``config.generator``."""
+  return method.generator or config.generator
+
+
+def nayer_values(config: ml_collections.ConfigDict) -> None:
+  """Sets NAYER's published CIFAR values (``scripts/nayer_100.sh`` of
+  tmtuan1307/NAYER, WRN-40-2 -> WRN-16-1 on CIFAR-10) in ``config``: its generator
+  (``le_emb_size`` 1000), 30 inner steps at ``lr_g`` 4e-3, the loss weights, and the
+  generator created anew every 10 epochs. A protocol rescales the epochs after;
+  without this, ``nayer`` runs at the config's ``config.fast`` values (Fast DFKD's)."""
+  config.generator = "nayer_generator"
+  config.generator_options = ml_collections.ConfigDict({"base_width": 64})
+  config.latent_dim = 1000
+  config.fast.inner_steps = 30
+  config.fast.learning_rate = 4e-3
+  config.fast.z_learning_rate = 0.0
+  config.fast.adversarial = 1.33
+  config.fast.bn = 10.0
+  config.fast.one_hot = 0.5
+  config.fast.generator_life_epochs = 10
+  config.fast.reset_epoch = 0  # NAYER has no reset_l0.
 
 
 def teacher_dir(config) -> pathlib.Path:

@@ -48,7 +48,7 @@ class Setup:
   generator_output_logits: bool        # Also return the pre-sigmoid output (MAD nu).
   # Sizes of one iteration.
   batch_size: int                      # Global batch of every step.
-  latent_dim: int
+  latent_dim: int                      # Width of the generator's input (z; NAYER: codes + one-hots).
   generator_steps: int
   student_steps: int
   iterations_per_epoch: int

@@ -41,8 +41,8 @@ Default pairs (:data:`DEFAULT_PAIRS`): each meta method vs its joint-update cont
 (``lra_mb:mb_dfkd``, ``lra_pre:pre_dfkd``, ``lra_ema:ema_dfkd``), Fast DFKD's exact
 meta-gradient vs its first-order one (``fast_exact:fast``), then every method with
 replay (``lra_mb``, ``lra_pre``, ``lra_ema``, ``mb_dfkd``, ``pre_dfkd``, ``mad``,
-``ema_dfkd``, and the data bank's ``fast``, ``fast_reptile``, ``fast_exact``) vs
-``dfkd``. ``python -m dfkd_jax.report --pairs=A:B,C:D`` replaces them.
+``ema_dfkd``, and the data bank's ``fast``, ``fast_reptile``, ``fast_exact``,
+``nayer``) vs ``dfkd``. ``python -m dfkd_jax.report --pairs=A:B,C:D`` replaces them.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ MIN_SHARED_SEEDS = 2
 #: normality that so few differences cannot check.
 FEW_SEEDS = 5
 REPLAY_METHODS = ("lra_mb", "lra_pre", "lra_ema", "mb_dfkd", "pre_dfkd", "mad",
-                  "ema_dfkd", "fast", "fast_reptile", "fast_exact")
+                  "ema_dfkd", "fast", "fast_reptile", "fast_exact", "nayer")
 DEFAULT_PAIRS = (("lra_mb", "mb_dfkd"), ("lra_pre", "pre_dfkd"), ("lra_ema", "ema_dfkd"),
                  ("fast_exact", "fast"), *((m, "dfkd") for m in REPLAY_METHODS))
 
