@@ -33,6 +33,8 @@ the commands, commit, host and load; "expected" means what these seeds got):
   dfkd       1.79                        23.9 core-min     59.29% +- 1.04
   ema_dfkd   3.01                        40.1 core-min     71.22% +- 0.78
   fast       2.18                        29.0 core-min     76.36% +- 0.87
+  mb_dfkd    2.58                        34.4 core-min     53.05% +- 0.24
+  fast_exact 3.76                        50.1 core-min     66.09% +- 2.74
 
 The other methods are not measured here yet. ``nayer`` (NAYER) keeps the student's
 budget (200 KD steps an epoch, 20 epochs) in NAYER's shape: 4 rounds an epoch of 30
