@@ -176,7 +176,7 @@ def _adapted_copy(setup, state):
 
   def round_(state, teacher_vars, key):
     with layers.batch_stats_axis(iteration.AXIS):
-      params0, _, result = iteration.fast_synthesis(setup, nets, state, teacher_vars, key)
+      params0, result = iteration.fast_synthesis(setup, nets, state, teacher_vars, key)
     return params0, result.adapted
 
   run = jax.jit(parallel.shard(round_, mesh=setup.mesh, in_specs=(specs, P(), P()),

@@ -536,8 +536,7 @@ def _local_rows(a):
 
 
 def fast_synthesis(setup: Setup, nets: Networks, state: TrainState, teacher_vars, key,
-                   meta_gradient: str | None = None
-                   ) -> tuple[Any, Any, fast_lib.RoundResult]:
+                   meta_gradient: str | None = None) -> tuple[Any, fast_lib.RoundResult]:
   """The synthesis round of a Fast method from ``state`` (per device, inside the mesh):
   :func:`dfkd_jax.methods.fast.synthesis_round` from the meta-initialisation
   (:func:`fast_start`), with fresh ``z`` and targets from ``key`` (NAYER: the
@@ -546,9 +545,8 @@ def fast_synthesis(setup: Setup, nets: Networks, state: TrainState, teacher_vars
   overrides the method's (the probe, which needs none, asks for the cheapest).
 
   Returns:
-    ``(params0, batch_stats0, result)``: the start the round adapted (and its
-    meta-gradient is taken at), the generator statistics it started from, and the
-    round's result.
+    ``(params0, result)``: the start the round adapted (and its meta-gradient is
+    taken at) and the round's result.
   """
   options = setup.fast
   if meta_gradient is not None:
@@ -576,7 +574,7 @@ def fast_synthesis(setup: Setup, nets: Networks, state: TrainState, teacher_vars
       generate=lambda p, stats, zz: nets.generate_full(p, stats, zz)[::2],
       teacher=lambda x: nets.teacher(teacher_vars, x, features=True),
       student=student_eval, augment=_fast_augment(setup))
-  return params0, stats0, fast_lib.synthesis_round(
+  return params0, fast_lib.synthesis_round(
       params0, stats0, z, targets,
       jax.random.split(k_aug, options.inner.steps), k_final, nets=synth_nets,
       options=options,
@@ -649,7 +647,7 @@ def fast_iteration(setup: Setup, nets: Networks):
     with layers.batch_stats_axis(AXIS):
       k_round, k_student = jax.random.split(jax.random.fold_in(state.rng, state.step))
       gen, bank = state.generator, state.replay
-      params0, _, result = fast_synthesis(setup, nets, state, teacher_vars, k_round)
+      params0, result = fast_synthesis(setup, nets, state, teacher_vars, k_round)
       if meta_init.META_GRADIENTS.get(options.meta_gradient).keeps_adapted:
         gen = ModelState(result.adapted, result.batch_stats, gen.opt_state)
       else:

@@ -180,7 +180,7 @@ def make_epoch_end(setup: Setup, state):
     slot = epoch % slots
     with layers.batch_stats_axis(AXIS):
       if setup.fast is not None:  # The method's data: a synthesis round of its own.
-        _, _, synthesized = iteration_lib.fast_synthesis(
+        _, synthesized = iteration_lib.fast_synthesis(
             setup, nets, state, teacher_vars, k_probe, meta_gradient="first_order")
         x = synthesized.best_x[::setup.batch_size // n]  # Global rows 0, B/n, ...
       else:
