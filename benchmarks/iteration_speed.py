@@ -65,6 +65,7 @@ from dfkd_jax.models import teacher as teacher_lib
 from dfkd_jax.parallel import mesh as parallel
 from dfkd_jax.run import experiment
 from dfkd_jax.run import iteration
+from dfkd_jax.run import train_state
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 META_TARGET = 1.8
@@ -221,8 +222,8 @@ class Case:
 def compile_case(method: str, pair_name: str, config) -> Case:
   """Builds, places and compiles the trainer's iteration for ``config``."""
   setup = experiment.build(config, log=lambda s: None)
-  state = iteration.init_state(setup)
-  state = parallel.put(state, setup.mesh, iteration.state_specs(state, setup.replay))
+  state = train_state.init_state(setup)
+  state = parallel.put(state, setup.mesh, train_state.state_specs(state, setup.replay))
   teacher_vars = jax.device_put(setup.teacher_variables, parallel.replicated(setup.mesh))
   step = iteration.make_iteration(setup, state)
   t0 = time.perf_counter()

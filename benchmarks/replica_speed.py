@@ -32,14 +32,14 @@ import jax
 
 from benchmarks import whole_runs
 from dfkd_jax.parallel import mesh as parallel
-from dfkd_jax.run import experiment, iteration
+from dfkd_jax.run import experiment, iteration, train_state
 
 
 def compile_program(config) -> dict[str, Any]:
   """The config's placed state, teacher variables and compiled iteration."""
   setup = experiment.build(config, log=lambda s: None)
-  state = iteration.init_replicas(setup)
-  specs = iteration.state_specs(state, setup.replay, iteration.replicated(setup))
+  state = train_state.init_replicas(setup)
+  specs = train_state.state_specs(state, setup.replay, train_state.replicated(setup))
   state = parallel.put(state, setup.mesh, specs)
   teacher_vars = jax.device_put(setup.teacher_variables, parallel.replicated(setup.mesh))
   step = iteration.make_iteration(setup, state)

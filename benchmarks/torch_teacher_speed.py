@@ -68,6 +68,7 @@ from dfkd_jax.models import teacher as teacher_lib
 from dfkd_jax.parallel import mesh as parallel
 from dfkd_jax.run import experiment
 from dfkd_jax.run import iteration
+from dfkd_jax.run import train_state
 
 REPO = iteration_speed.REPO
 TARGET = 1.25
@@ -300,8 +301,8 @@ def iteration_case(pair: Pair, method: str, teacher_path: str, teacher_dir,
   config.selection.probe_size = min(config.selection.probe_size,
                                     config.selection.probe_epochs * batch_size)
   setup = experiment.build(config, log=lambda s: None)
-  state = iteration.init_state(setup)
-  state = parallel.put(state, setup.mesh, iteration.state_specs(state, setup.replay))
+  state = train_state.init_state(setup)
+  state = parallel.put(state, setup.mesh, train_state.state_specs(state, setup.replay))
   teacher_vars = jax.device_put(setup.teacher_variables, parallel.replicated(setup.mesh))
   step = iteration.make_iteration(setup, state)
   t0, c0 = time.perf_counter(), time.process_time()

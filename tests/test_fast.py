@@ -37,7 +37,7 @@ from dfkd_jax.replay import memory
 from dfkd_jax.replay import sources as replay_sources
 from dfkd_jax.run import checkpoints as checkpoints_lib
 from dfkd_jax.run import experiment
-from dfkd_jax.run import iteration
+from dfkd_jax.run import train_state
 from dfkd_jax.run import trainer
 from test_trainer import read_metrics, run_iterations, teacher_dir, tiny_config  # pylint: disable=unused-import  # fixture
 
@@ -686,14 +686,14 @@ def test_fast_replicas_are_the_single_runs_of_their_seeds(teacher_dir):
   (up to rounding), and the warm-up rounds leave every student as it started."""
   config = tiny_config(teacher_dir, "fast_reptile", seed=3, num_seeds=2)
   setup = experiment.build(config, log=lambda s: None)
-  start = iteration.init_replicas(setup)
+  start = train_state.init_replicas(setup)
   initial = jax.device_get(start.student.params)
   params, metrics = run_iterations(setup, start, 2)  # The warm-up epoch.
   chex.assert_trees_all_equal(params, initial)
   for k, seed in enumerate((3, 4)):
     single = experiment.build(tiny_config(teacher_dir, "fast_reptile", seed=seed),
                               log=lambda s: None)
-    _, single_metrics = run_iterations(single, iteration.init_state(single), 2)
+    _, single_metrics = run_iterations(single, train_state.init_state(single), 2)
     for key in ("generator_loss", "generator_loss_best", "student_loss",
                 "disagreement"):
       for it in range(2):

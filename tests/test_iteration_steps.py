@@ -23,6 +23,7 @@ from dfkd_jax.parallel import mesh as parallel
 from dfkd_jax.replay import memory as memory_lib
 from dfkd_jax.replay import sources
 from dfkd_jax.run import iteration
+from dfkd_jax.run import train_state
 
 SHAPE, CLASSES, LATENT, BATCH = (8, 8, 1), 10, 8, 16
 WEIGHTS = generator_objectives.GeneratorLossWeights(
@@ -50,13 +51,13 @@ def parts():
       input_shape=SHAPE, num_classes=CLASSES, latent_dim=LATENT, generator=generator,
       teacher=teacher, student=student,
       teacher_meta=types.SimpleNamespace(mean=(0.0,), std=(1.0,)))
-  return types.SimpleNamespace(mesh=mesh, nets=iteration.make_networks(setup),
+  return types.SimpleNamespace(mesh=mesh, nets=train_state.make_networks(setup),
                                teacher=teacher, student=student, generator=generator,
                                t_vars=t_vars, s_vars=s_vars, g_vars=g_vars)
 
 
 def _model_state(variables, optimizer):
-  return iteration.ModelState(variables["params"], variables.get("batch_stats", {}),
+  return train_state.ModelState(variables["params"], variables.get("batch_stats", {}),
                               optimizer.init(variables["params"]))
 
 

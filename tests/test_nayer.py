@@ -19,7 +19,9 @@ from dfkd_jax.methods import presets as methods
 from dfkd_jax.models import layers
 from dfkd_jax.parallel import mesh as parallel
 from dfkd_jax.run import experiment
+from dfkd_jax.run import fast_rounds
 from dfkd_jax.run import iteration
+from dfkd_jax.run import train_state
 from dfkd_jax.run import trainer
 from test_trainer import read_metrics, run_iterations, teacher_dir, tiny_config  # pylint: disable=unused-import  # fixture
 
@@ -169,14 +171,14 @@ def test_bad_class_codes_are_refused_before_any_compile(teacher_dir, tmp_path):
 
 def _adapted_copy(setup, state):
   """``(state, key) -> (start, adapted copy)`` of the round
-  :func:`iteration.fast_synthesis` takes from ``state`` with ``key``, on its own in the
+  :func:`fast_rounds.fast_synthesis` takes from ``state`` with ``key``, on its own in the
   mesh."""
-  nets = iteration.make_networks(setup)
-  specs = iteration.state_specs(state, setup.replay)
+  nets = train_state.make_networks(setup)
+  specs = train_state.state_specs(state, setup.replay)
 
   def round_(state, teacher_vars, key):
     with layers.batch_stats_axis(iteration.AXIS):
-      params0, result = iteration.fast_synthesis(setup, nets, state, teacher_vars, key)
+      params0, result = fast_rounds.fast_synthesis(setup, nets, state, teacher_vars, key)
     return params0, result.adapted
 
   run = jax.jit(parallel.shard(round_, mesh=setup.mesh, in_specs=(specs, P(), P()),
@@ -191,8 +193,8 @@ def test_a_round_keeps_the_adapted_copy_and_redraws_the_noisy_layers(teacher_dir
   config = _nayer_config(teacher_dir, **{"fast.generator_life_epochs": 1})
   setup = experiment.build(config, log=lambda s: None)
   assert setup.latent_dim == 10 + 4  # One-hot codes and ceil(32 / 10) noisy layers.
-  state = iteration.init_state(setup)
-  specs = iteration.state_specs(state, setup.replay)
+  state = train_state.init_state(setup)
+  specs = train_state.state_specs(state, setup.replay)
   state = parallel.put(state, setup.mesh, specs)
   step = iteration.make_iteration(setup, state)
   adapted_copy = _adapted_copy(setup, state)

@@ -101,6 +101,7 @@ def _imports(path: pathlib.Path) -> set[str]:
 
 
 @pytest.mark.parametrize("module", ["run/trainer.py", "run/run_outputs.py", "run/iteration.py",
+                                    "run/train_state.py", "run/fast_rounds.py",
                                     "run/probe.py", "metrics/selection.py", "replay/sources.py",
                                     "replay/memory.py", "replay/generative.py",
                                     "replay/ema.py"])
@@ -108,8 +109,10 @@ def test_below_the_assembler_nothing_reads_the_config(module):
   assert _config_reads(PACKAGE / module) == 0
 
 
-def test_the_iteration_imports_setup_not_the_assembler():
-  imported = _imports(PACKAGE / "run/iteration.py")
+@pytest.mark.parametrize("module", ["run/iteration.py", "run/train_state.py",
+                                    "run/fast_rounds.py"])
+def test_the_iteration_imports_setup_not_the_assembler(module):
+  imported = _imports(PACKAGE / module)
   assert "dfkd_jax.run.run_setup" in imported
   assert not {"dfkd_jax.run.experiment", "dfkd_jax.run.run_config"} & imported
   assert _imports(PACKAGE / "run/run_setup.py") == set()  # A leaf.

@@ -20,8 +20,8 @@ from dfkd_jax.data import datasets as data
 from dfkd_jax.math import losses
 from dfkd_jax.metrics import summary as summary_lib
 from dfkd_jax.run import experiment
-from dfkd_jax.run import iteration
 from dfkd_jax.run import run_outputs
+from dfkd_jax.run import train_state
 from dfkd_jax.run import trainer
 from dfkd_jax.study import study_runs
 from test_trainer import read_metrics, run_iterations, teacher_dir, tiny_config  # pylint: disable=unused-import  # fixture
@@ -97,7 +97,7 @@ def test_mapped_and_vmapped_replicas_are_the_same_computation(teacher_dir,
                          replica_loop=loop, iterations_per_epoch=1)
     setup = experiment.build(config, log=lambda s: None)
     assert setup.map_replicas == (loop == "map")
-    results[loop] = run_iterations(setup, iteration.init_replicas(setup), 2)
+    results[loop] = run_iterations(setup, train_state.init_replicas(setup), 2)
   (map_params, map_metrics), (vmap_params, vmap_metrics) = results["map"], results["vmap"]
   assert vmap_metrics[1]["retention_steps"].shape == (2,)
   assert np.all(vmap_metrics[1]["retention_steps"] > 0)  # Replay happened.
@@ -174,14 +174,14 @@ def test_replicas_resume_after_a_preemption_equals_the_uninterrupted_run(
 def test_a_nan_in_one_replica_marks_it_failed_and_the_others_go_on(teacher_dir, tmp_path,
                                                                    monkeypatch):
   """Fault injection: replica 1's student starts with NaN parameters."""
-  init = iteration.init_replicas
+  init = train_state.init_replicas
 
   def broken_init(setup):
     state = init(setup)
     params = jax.tree.map(lambda a: a.at[1].set(jnp.nan), state.student.params)
     return state._replace(student=state.student._replace(params=params))
 
-  monkeypatch.setattr(iteration, "init_replicas", broken_init)
+  monkeypatch.setattr(train_state, "init_replicas", broken_init)
   lines = []
   config = tiny_config(teacher_dir, "mb_dfkd", seed=0, num_seeds=2)
   result = trainer.run(config, tmp_path, log=lines.append)
@@ -207,7 +207,7 @@ def test_a_nan_in_one_replica_marks_it_failed_and_the_others_go_on(teacher_dir, 
     params = jax.tree.map(lambda a: a * jnp.nan, state.student.params)
     return state._replace(student=state.student._replace(params=params))
 
-  monkeypatch.setattr(iteration, "init_replicas", all_broken)
+  monkeypatch.setattr(train_state, "init_replicas", all_broken)
   with pytest.raises(trainer.NonFiniteLossError, match="every replica") as e:
     trainer.run(config, tmp_path / "all", log=lambda s: None)
   # Before any checkpoint, in float32 (issue 26, item 10): no "(None)", no advice to

@@ -31,6 +31,7 @@ from dfkd_jax.parallel import mesh as parallel
 from dfkd_jax.run import trainer
 from dfkd_jax.run import experiment
 from dfkd_jax.run import iteration
+from dfkd_jax.run import train_state
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 NETS = textwrap.dedent('''
@@ -398,12 +399,12 @@ def test_replicas_on_a_torchax_teacher_equal_single_runs_at_iteration_1(converte
   single_config.seed = seeds[0]
   single = experiment.build(single_config, log=quiet)
   assert isinstance(single.teacher, torch_module.TorchTeacher)
-  placed = lambda state: parallel.put(state, single.mesh, iteration.state_specs(  # pylint: disable=unnecessary-lambda-assignment
+  placed = lambda state: parallel.put(state, single.mesh, train_state.state_specs(  # pylint: disable=unnecessary-lambda-assignment
       state, single.replay))
-  step = iteration.make_iteration(single, placed(iteration.init_state(single)))
+  step = iteration.make_iteration(single, placed(train_state.init_state(single)))
   expected = []
   for seed in seeds:  # One program, each seed's fresh state (as init_replicas stacks).
-    _, metrics = step(placed(iteration.init_state(single, seed)),
+    _, metrics = step(placed(train_state.init_state(single, seed)),
                       single.teacher_variables)
     expected.append(jax.device_get(metrics))
   keys = ("generator_loss", "generator_bn_prior", "student_loss", "loss_acq")
@@ -412,7 +413,7 @@ def test_replicas_on_a_torchax_teacher_equal_single_runs_at_iteration_1(converte
     config.seed, config.num_seeds, config.replica_loop = seeds[0], len(seeds), loop
     setup = experiment.build(config, log=quiet)
     assert setup.map_replicas == (loop == "map") and setup.seeds == seeds
-    _, (metrics,) = run_iterations(setup, iteration.init_replicas(setup), 1)
+    _, (metrics,) = run_iterations(setup, train_state.init_replicas(setup), 1)
     for k, want in enumerate(expected):
       for key in keys:
         got = np.asarray(metrics[key])[k]

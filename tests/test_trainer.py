@@ -24,6 +24,7 @@ from dfkd_jax.parallel import mesh as parallel
 from dfkd_jax.run import experiment
 from dfkd_jax.run import iteration
 from dfkd_jax.run import run_outputs
+from dfkd_jax.run import train_state
 from dfkd_jax.run import train_teacher
 from dfkd_jax.run import trainer
 
@@ -44,7 +45,7 @@ def teacher_dir(tmp_path_factory) -> pathlib.Path:
 def run_iterations(setup, state, count):
   """Places ``state`` and runs ``count`` trainer iterations on it: (the final student
   parameters, each iteration's metrics), on the host."""
-  specs = iteration.state_specs(state, setup.replay, iteration.replicated(setup))
+  specs = train_state.state_specs(state, setup.replay, train_state.replicated(setup))
   state = parallel.put(state, setup.mesh, specs)
   step = iteration.make_iteration(setup, state)
   metrics = []
@@ -377,7 +378,7 @@ def test_lra_ema_student_gradient_is_the_meta_gradient_on_ema_batches(teacher_di
   assert metrics[0]["retention_steps"] == 1 and np.isfinite(metrics[0]["loss_ret_adapted"])
 
   setup = experiment.build(config, log=lambda s: None)
-  start = iteration.init_state(setup)
+  start = train_state.init_state(setup)
   student0, gen0 = jax.device_get((start.student, start.generator.params))
   with ocp.CheckpointManager(tmp_path / trainer.CHECKPOINT_DIR) as manager:
     new = manager.restore(1, args=ocp.args.Composite(state=ocp.args.StandardRestore(
@@ -728,8 +729,8 @@ def test_bn_prior_adds_a_positive_term_to_the_generator_loss(teacher_dir):
   for weight in (0.0, 1.0):
     config = tiny_config(teacher_dir, "dfkd", **{"generator_loss.bn_prior": weight})
     setup = experiment.build(config, log=lambda s: None)
-    state = iteration.init_state(setup)
-    state = parallel.put(state, setup.mesh, iteration.state_specs(state, setup.replay))
+    state = train_state.init_state(setup)
+    state = parallel.put(state, setup.mesh, train_state.state_specs(state, setup.replay))
     _, metrics = iteration.make_iteration(setup, state)(state, setup.teacher_variables)
     losses[weight] = float(metrics["generator_loss"])
   # Same state and z: the only difference is the (positive) moment-matching term.
@@ -739,8 +740,8 @@ def test_bn_prior_adds_a_positive_term_to_the_generator_loss(teacher_dir):
 def test_bfloat16_compute_keeps_float32_parameters(teacher_dir):
   config = tiny_config(teacher_dir, "lra_mb", compute_dtype="bfloat16")
   setup = experiment.build(config, log=lambda s: None)
-  state = iteration.init_state(setup)
-  state = parallel.put(state, setup.mesh, iteration.state_specs(state, setup.replay))
+  state = train_state.init_state(setup)
+  state = parallel.put(state, setup.mesh, train_state.state_specs(state, setup.replay))
   before = [np.asarray(p) for p in jax.tree.leaves(state.student.params)]
   state, metrics = iteration.make_iteration(setup, state)(state, setup.teacher_variables)
   leaves = jax.tree.leaves((state.student.params, state.generator.params))
@@ -759,8 +760,8 @@ def test_iteration_compiles_once_and_donates_the_state(teacher_dir):
   """
   config = tiny_config(teacher_dir, "lra_mb", student_steps=1)
   setup = experiment.build(config, log=lambda s: None)
-  state = iteration.init_state(setup)
-  state = parallel.put(state, setup.mesh, iteration.state_specs(state, setup.replay))
+  state = train_state.init_state(setup)
+  state = parallel.put(state, setup.mesh, train_state.state_specs(state, setup.replay))
   teacher_vars = parallel.replicate(setup.teacher_variables, setup.mesh)
   step = iteration.make_iteration(setup, state)
   for _ in range(3):
@@ -809,7 +810,7 @@ def test_scanned_steps_equal_unrolled_steps(teacher_dir, method, monkeypatch):
     config = tiny_config(teacher_dir, method, step_loop=loop, student_steps=3,
                          iterations_per_epoch=1)
     setup = experiment.build(config, log=lambda s: None)
-    state = iteration.init_state(setup)
+    state = train_state.init_state(setup)
     initial = jax.device_get(state.student.params)
     results[loop] = run_iterations(setup, state, 2)
   (scan_params, scan_metrics), (unroll_params, unroll_metrics) = (results["scan"],
@@ -848,14 +849,14 @@ def test_a_nan_generator_stops_the_run_though_the_losses_stay_finite(teacher_dir
   The NaN images reach the networks' max-pooling, which XLA:CPU turns into finite
   values, so the losses stay finite; the generated batch's finiteness must stop the run.
   """
-  init = iteration.init_replicas
+  init = train_state.init_replicas
 
   def broken_init(setup):
     state = init(setup)
     params = jax.tree.map(lambda a: a * np.nan, state.generator.params)
     return state._replace(generator=state.generator._replace(params=params))
 
-  monkeypatch.setattr(iteration, "init_replicas", broken_init)
+  monkeypatch.setattr(train_state, "init_replicas", broken_init)
   with pytest.raises(trainer.NonFiniteLossError,
                      match=r"generated images .*100(\.0)?% .* epoch 1, iteration 1"):
     trainer.run(tiny_config(teacher_dir, "dfkd"), tmp_path, log=lambda s: None)
@@ -890,8 +891,8 @@ def test_alpha_schedule_student_equals_constant_alpha_changed_per_epoch(teacher_
 
   scheduled = setup_of("student", 0.1)
   first, second = setup_of("constant", 0.1), setup_of("constant", 0.05)
-  start = jax.device_get(iteration.init_state(scheduled))  # Host: runs donate theirs.
-  specs = iteration.state_specs(start, scheduled.replay)
+  start = jax.device_get(train_state.init_state(scheduled))  # Host: runs donate theirs.
+  specs = train_state.state_specs(start, scheduled.replay)
 
   def run(steps):
     state = parallel.put(start, scheduled.mesh, specs)

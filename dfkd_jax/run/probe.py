@@ -10,7 +10,7 @@ deployed) is scored on every filled slot: frozen snapshots of the generator of t
 ``probe_epochs`` epochs. The student never trains on these samples (its batches are
 drawn from the training keys), so the probe is held out. A Fast method's generator is a
 meta-initialisation whose raw samples are not its data: its slot is filled by a
-synthesis round of its own (:func:`dfkd_jax.run.iteration.fast_synthesis` with the probe
+synthesis round of its own (:func:`dfkd_jax.run.fast_rounds.fast_synthesis` with the probe
 key, the meta-gradient discarded), every ``batch_size / n``-th row of the best batch.
 
 :func:`make_epoch_end` compiles ONE jitted, ``shard_map``-ped call per epoch end,
@@ -50,7 +50,8 @@ from dfkd_jax.metrics import selection
 from dfkd_jax.models import layers
 from dfkd_jax.parallel import mesh as parallel
 from dfkd_jax.replay import sources as replay_sources
-from dfkd_jax.run import iteration as iteration_lib
+from dfkd_jax.run import fast_rounds
+from dfkd_jax.run import train_state
 from dfkd_jax.run.run_setup import Setup
 
 AXIS = parallel.DATA_AXIS
@@ -88,7 +89,7 @@ def init(setup: Setup, seed: int) -> ProbeState:
 
 def init_replicas(setup: Setup) -> ProbeState:
   """The probe of every replica, stacked on a leading axis as the training state."""
-  if not iteration_lib.replicated(setup):
+  if not train_state.replicated(setup):
     return init(setup, setup.seed)
   probes = [init(setup, seed) for seed in setup.seeds]
   return jax.tree.map(lambda *leaves: jnp.stack(leaves), *probes)
@@ -163,7 +164,7 @@ def make_epoch_end(setup: Setup, state):
   ``probe`` is donated; ``criteria`` maps the names of
   :func:`dfkd_jax.metrics.selection.measured` to scalars (``[N]`` with replicas).
   """
-  nets = iteration_lib.make_networks(setup)
+  nets = train_state.make_networks(setup)
   slots = setup.probe_epochs
   n = setup.probe_size // slots
   source = setup.replay
@@ -180,7 +181,7 @@ def make_epoch_end(setup: Setup, state):
     slot = epoch % slots
     with layers.batch_stats_axis(AXIS):
       if setup.fast is not None:  # The method's data: a synthesis round of its own.
-        _, synthesized = iteration_lib.fast_synthesis(
+        _, synthesized = fast_rounds.fast_synthesis(
             setup, nets, state, teacher_vars, k_probe, meta_gradient="first_order")
         x = synthesized.best_x[::setup.batch_size // n]  # Global rows 0, B/n, ...
       else:
@@ -213,10 +214,10 @@ def make_epoch_end(setup: Setup, state):
         criteria["replay_js"] = jnp.where(valid, js, nan)
     return probe, criteria
 
-  replicas = iteration_lib.replicated(setup)
+  replicas = train_state.replicated(setup)
   if replicas:
     epoch_end = jax.vmap(epoch_end, in_axes=(0, 0, None))
-  state_specs = iteration_lib.state_specs(state, setup.replay, replicas)
+  state_specs = train_state.state_specs(state, setup.replay, replicas)
   probe_specs = specs(replicas)
   sharded = parallel.shard(epoch_end, mesh=setup.mesh,
                            in_specs=(state_specs, probe_specs, P()),
@@ -228,4 +229,4 @@ def make_epoch_end(setup: Setup, state):
 
 def put(probe: ProbeState, setup: Setup) -> Any:
   """``probe`` on the mesh with :func:`specs`."""
-  return parallel.put(probe, setup.mesh, specs(iteration_lib.replicated(setup)))
+  return parallel.put(probe, setup.mesh, specs(train_state.replicated(setup)))

@@ -19,7 +19,7 @@ the iteration counter). Multi-process runs: see :func:`run` and
 :mod:`dfkd_jax.parallel.distributed`.
 
 Replicas (``config.num_seeds = N > 1``): N runs with seeds ``seed .. seed + N - 1`` in
-one program (:func:`dfkd_jax.run.iteration.init_replicas`). The host loop keeps one
+one program (:func:`dfkd_jax.run.train_state.init_replicas`). The host loop keeps one
 History (and one metrics dict per iteration) per replica whether there is one seed or
 many; only the output paths and the summary layout differ (:class:`~dfkd_jax.run.run_outputs.Layout`). Each
 replica has its own History and
@@ -59,6 +59,7 @@ from dfkd_jax.run import iteration as iteration_lib
 from dfkd_jax.run import probe as probe_lib
 from dfkd_jax.run import progress
 from dfkd_jax.run import run_outputs
+from dfkd_jax.run import train_state
 from dfkd_jax.run.run_setup import Setup
 
 SUMMARY_FILE = summary_lib.SUMMARY_FILE
@@ -314,7 +315,7 @@ def _run(setup: Setup, workdir: pathlib.Path, log, primary: bool,
   mesh, meta, seeds = setup.mesh, setup.teacher_meta, setup.seeds
   per_epoch, num_epochs = setup.iterations_per_epoch, setup.num_epochs
   total = num_epochs * per_epoch
-  replicas = iteration_lib.replicated(setup)
+  replicas = train_state.replicated(setup)
   layout = run_outputs.Layout(workdir, seeds)
   with progress.Heartbeat(log, "preparing the run", "preparing the run: test set, "
                           "models, checkpoints, teacher accuracy ...",
@@ -322,9 +323,9 @@ def _run(setup: Setup, workdir: pathlib.Path, log, primary: bool,
     test_split = data.load_split(setup.evaluation_dataset, "test",
                                  data_dir=setup.data_dir, image_size=setup.image_size,
                                  log=log)
-    state = iteration_lib.init_replicas(setup)
+    state = train_state.init_replicas(setup)
     state = parallel.put(state, mesh,
-                         iteration_lib.state_specs(state, setup.replay, replicas))
+                         train_state.state_specs(state, setup.replay, replicas))
     teacher_vars = parallel.replicate(setup.teacher_variables, mesh)
     checkpoints = checkpoints_lib.Checkpoints(workdir / CHECKPOINT_DIR,
                                               setup.checkpoints_to_keep, log, primary)
