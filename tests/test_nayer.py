@@ -205,7 +205,12 @@ def test_a_round_keeps_the_adapted_copy_and_redraws_the_noisy_layers(teacher_dir
     before = jax.device_get(state.generator)
     state, _ = step(state, setup.teacher_variables)
     after = jax.device_get(state.generator)
-    chex.assert_trees_all_close(after.params, adapted, rtol=1e-6, atol=1e-6)
+    # Two programs compile the same round (the iteration's and this one): on some CPUs
+    # (an Intel Xeon host) one weight in 36,864 differed by 8.4e-6. The adapted copy is
+    # 2 inner Adam steps away from its start, far more than the tolerance.
+    chex.assert_trees_all_close(after.params, adapted, rtol=1e-5, atol=5e-5)
+    moved = jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))), adapted, params0)
+    assert max(jax.tree.leaves(moved)) > 1e-3
     chex.assert_trees_all_equal(after.opt_state, before.opt_state)
     assert not np.allclose(params0["noisy"]["kernel"], before.params["noisy"]["kernel"])
     renewed = round_index == 2  # Rounds 0, 1: life 1; round 2 starts a new generator.
