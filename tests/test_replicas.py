@@ -106,8 +106,13 @@ def test_mapped_and_vmapped_replicas_are_the_same_computation(teacher_dir,
       np.testing.assert_allclose(mapped[key], batched[key], rtol=LOSS_RTOL, err_msg=key)
   np.testing.assert_allclose(map_metrics[0]["student_loss"],
                              vmap_metrics[0]["student_loss"], rtol=FIRST_ITERATION_RTOL)
+  # The two programs round differently: on an Intel Xeon host the parameters after two
+  # iterations differed by up to 5.3e-5 (under 1e-5 on the AMD EPYC hosts). The tolerance
+  # stays far below the gap between the two replicas' own parameters.
   for a, b in zip(jax.tree.leaves(map_params), jax.tree.leaves(vmap_params)):
-    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(a, b, rtol=1e-3, atol=2e-4)
+  gap = max(float(np.max(np.abs(a[0] - a[1]))) for a in jax.tree.leaves(map_params))
+  assert gap > 1e-2
 
 
 def test_the_readme_says_replicas_drift_apart_by_rounding():
