@@ -2,7 +2,7 @@ r"""Tables and figures of DFKD runs from their ``summary.json`` files (LRA Table
 
   python -m dfkd_jax.report runs/mnist --out docs/results/mnist [--pairs=lra_mb:mb_dfkd]
       [--interval=t|bootstrap] [--time_budgets=15,30,60 [--cpu_cores=N]
-      [--time_clock=cpu|wall]]
+      [--time_clock=cpu|wall] [--host=METHOD=HOST ...]]
 
 reads every ``summary.json`` under the given run directories (a directory holding one
 is a run; any other directory is searched recursively, symbolic links followed;
@@ -59,6 +59,11 @@ and writes to ``--out``:
   and a min-max band (:mod:`dfkd_jax.study.time_to_accuracy`). Runs charged by wall x
   cores without ``train_seconds`` or ``cpu_cores`` are listed and left out
   (``--cpu_cores=N`` gives runs without ``cpu_cores`` N cores).
+  Two methods are compared by time only when all their runs were timed on one host
+  (summary.json's ``host``: the CPU model or device kind; ``--host=METHOD=HOST`` gives
+  it to a method's runs made before it was recorded): a core-second of one machine is
+  not one of another. A pair timed on different hosts gets no time cells, and the
+  table names the hosts.
 
 Loading and grouping the runs: :mod:`dfkd_jax.study.study_runs`; the figures:
 :mod:`dfkd_jax.study.figures`. Runs of different datasets get separate tables and figures. A
@@ -113,14 +118,20 @@ def main(argv: Sequence[str] | None = None) -> int:
       help="with --time_budgets: what a seed's cost counts; cpu (default): "
            "train_cpu_seconds / num_seeds, process CPU seconds, where summary.json "
            "records them, else wall; wall: train_seconds x cpu_cores / num_seeds")
+  parser.add_argument(
+      "--host", action="append", default=[], metavar="METHOD=HOST",
+      help="with --time_budgets: the host (CPU model or device kind) of METHOD's runs "
+           "whose summary.json does not record it; repeat per method. Methods are "
+           "compared by time only on one host")
   args = parser.parse_args(argv)
   try:
     pairs = None if args.pairs is None else paired_stats.parse_pairs(args.pairs)
     budgets = (None if args.time_budgets is None else
                time_to_accuracy.parse_budgets(args.time_budgets))
+    hosts = time_to_accuracy.parse_hosts(args.host)
     result = report.write_report(args.workdirs, args.out, pairs, args.interval,
                                  time_budgets=budgets, cpu_cores=args.cpu_cores,
-                                 time_clock=args.time_clock)
+                                 time_clock=args.time_clock, hosts=hosts)
   except (OSError, ValueError) as e:  # OSError: a missing run, permissions, a full disk.
     print(f"error: {e}", file=sys.stderr)
     return 1

@@ -5,6 +5,7 @@ step, tiny shapes; ~95 s on 2 cores), so that it cannot rot.
 """
 
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -93,7 +94,10 @@ def test_check_script_never_writes_into_a_non_empty_folder(tmp_path):
 @pytest.mark.slow
 def test_the_device_script_dry_run_runs_every_step_on_this_backend(tmp_path):
   out = tmp_path / "dry_run"
+  # The script's interpreter is $PYTHON (python3 on the PATH by default): here, the one
+  # running the tests, which need not be the PATH's (a venv not activated).
   proc = subprocess.run(["bash", str(CHECK), "--dry-run", str(out)], cwd=REPO,
+                        env={**os.environ, "PYTHON": sys.executable},
                         capture_output=True, text=True, timeout=1500)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
   result = json.loads((out / "accelerator.json").read_text())

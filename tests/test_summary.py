@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import re
 
 import pytest
 
@@ -74,6 +75,22 @@ def test_cpu_cores_round_trip_are_optional_and_validated():
     with pytest.raises(ValueError, match=r"x.json: cpu_cores must be a positive integer "
                        rf"\(the CPU cores the run had\) or null, got {bad!r}"):
       summary_lib.Summary.from_json(dict(old, cpu_cores=bad), "x.json")
+
+
+def test_host_round_trips_is_optional_and_validated():
+  timed = dataclasses.replace(_summary(), cpu_cores=2, host="AMD EPYC 7B13")
+  data = timed.to_json()
+  assert data["host"] == "AMD EPYC 7B13" and list(data)[-2:] == ["cpu_cores", "host"]
+  assert summary_lib.Summary.from_json(data) == timed
+  old = _summary().to_json()
+  assert "host" not in old   # Runs made before it was recorded.
+  assert summary_lib.Summary.from_json(old).host is None
+  assert summary_lib.Summary.from_json(dict(old, host=None)).host is None
+  for bad in ("", "  ", 3, ["AMD"]):
+    with pytest.raises(ValueError, match=r"x.json: host must be a non-empty string \(the "
+                       rf"CPU model or device kind the run was timed on\) or null, got "
+                       rf"{re.escape(repr(bad))}"):
+      summary_lib.Summary.from_json(dict(old, host=bad), "x.json")
 
 
 def test_a_run_before_its_first_epoch_has_an_empty_curve():

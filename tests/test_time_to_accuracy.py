@@ -27,7 +27,8 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def write_run(root, method, seed, acc, seconds=None, cores=1, num_seeds=None,
-              per_epoch=10, criterion="last", dataset="mnist", cpu_seconds=None):
+              per_epoch=10, criterion="last", dataset="mnist", cpu_seconds=None,
+              host=None):
   """A trainer's summary.json: per-epoch ``acc`` and cumulative ``seconds`` (wall) and
   ``cpu_seconds`` (process CPU; ``None``: not recorded)."""
   config = {"method": method, "seed": seed, "num_epochs": len(acc),
@@ -41,7 +42,7 @@ def write_run(root, method, seed, acc, seconds=None, cores=1, num_seeds=None,
       test_accuracy=[float(a) for a in acc], alignment=[None] * len(acc),
       student_steps_per_second=1.0, config=config, criterion=criterion,
       train_seconds=() if seconds is None else seconds,
-      cpu_cores=cores, train_cpu_seconds=cpu_seconds or ()
+      cpu_cores=cores, train_cpu_seconds=cpu_seconds or (), host=host
   ).write(folder / report.SUMMARY_FILE)
   return folder
 
@@ -242,15 +243,16 @@ def test_a_budget_some_seeds_did_not_reach_counts_only_those_that_did(tmp_path):
 SEEDS = range(5)
 
 
-def paired_study(root, shift=3.0):
-  """lra_mb and mb_dfkd, 5 seeds; lra_mb's epochs cost 1.5 core-minutes, mb_dfkd's 1."""
+def paired_study(root, shift=3.0, hosts=(None, None)):
+  """lra_mb and mb_dfkd, 5 seeds; lra_mb's epochs cost 1.5 core-minutes, mb_dfkd's 1;
+  timed on ``hosts`` (lra_mb's, mb_dfkd's; ``None``: not recorded)."""
   rng = np.random.default_rng(0)
   for seed in SEEDS:
     base = 50.0 + np.cumsum(rng.normal(4.0, 1.0, 6))
     write_run(root, "lra_mb", seed, base + shift + rng.normal(0, 0.5, 6),
-              [90.0 * (e + 1) for e in range(6)])
+              [90.0 * (e + 1) for e in range(6)], host=hosts[0])
     write_run(root, "mb_dfkd", seed, base + rng.normal(0, 0.5, 6),
-              [60.0 * (e + 1) for e in range(6)])
+              [60.0 * (e + 1) for e in range(6)], host=hosts[1])
 
 
 def accuracy_at(root, method, seed, budget):
@@ -322,6 +324,57 @@ def test_without_time_budgets_the_family_is_paired_md_alone(tmp_path):
                              paired_stats.holm([float(r["t_p"]) for r in table]))
   assert f"all {len(table)} cells below" in (tmp_path / "out" /
                                              report.PAIRED_MARKDOWN).read_text()
+
+
+INTEL, AMD = "Intel(R) Xeon(R) Processor", "AMD EPYC 7B13"
+
+
+@pytest.mark.parametrize("hosts, given, compared", [
+    ((None, None), {}, True),              # Neither records one (older runs): as before.
+    ((INTEL, INTEL), {}, True),
+    ((INTEL, AMD), {}, False),
+    ((INTEL, None), {}, False),            # A host beside runs that name none.
+    ((None, None), {"lra_mb": INTEL}, False),   # --host for one method's old runs.
+    ((None, None), {"lra_mb": INTEL, "mb_dfkd": INTEL}, True),
+    ((AMD, None), {"lra_mb": INTEL, "mb_dfkd": AMD}, True),   # A run's record wins.
+])
+def test_methods_are_compared_by_time_only_on_one_host(tmp_path, hosts, given, compared):
+  paired_study(tmp_path / "runs", hosts=hosts)
+  report.write_report([tmp_path / "runs"], tmp_path / "out", pairs=[("lra_mb", "mb_dfkd")],
+                      time_budgets=[2.0, 4.5], hosts=given)
+  data = time_json(tmp_path / "out")
+  assert len(data["datasets"]["mnist"]["pairs"]) == (2 if compared else 0)
+  text = (tmp_path / "out" / tta.TIME_MARKDOWN).read_text()
+  assert ("Not compared at any budget (their runs were timed on different hosts): "
+          "lra_mb − mb_dfkd." in text) == (not compared)
+  # The cells at the same iterations (paired.md) do not depend on the host.
+  with open(tmp_path / "out" / report.PAIRED_CSV) as f:
+    assert len(list(csv.DictReader(f))) > 0
+  recorded = {m: hosts[i] or given.get(m) for i, m in enumerate(("lra_mb", "mb_dfkd"))}
+  for method, host in recorded.items():
+    assert method_json(data, method)["host"] == [host] * len(SEEDS)
+  # The table and the figure name the hosts when there are two.
+  runs = tta.with_hosts(study_runs.load_runs([tmp_path / "runs"]), given)
+  timed = {m: tta.timed_runs(rs)[0]
+           for m, rs in study_runs.group_runs(runs)["mnist"].items()}
+  labels = list(time_report.figure_panels(timed)[0][1])
+  if compared:
+    assert "Timed on more than one host" not in text
+    assert sorted(labels) == ["lra_mb", "mb_dfkd"]
+  else:
+    named = {m: tta.host_text(h) for m, h in recorded.items()}
+    assert (f"Timed on more than one host (a core-second of one machine is not one of "
+            f"another; methods are compared by time only on one host): mb_dfkd: "
+            f"{named['mb_dfkd']}; lra_mb: {named['lra_mb']}.") in text
+    assert sorted(labels) == [f"{m} ({named[m]})" for m in ("lra_mb", "mb_dfkd")]
+
+
+def test_parse_hosts():
+  assert tta.parse_hosts(["lra_mb=Intel(R) Xeon(R) Processor", " dfad = AMD EPYC "]) == {
+      "lra_mb": "Intel(R) Xeon(R) Processor", "dfad": "AMD EPYC"}
+  assert tta.parse_hosts(["a=X", "a=X"]) == {"a": "X"}
+  with pytest.raises(ValueError, match="^--host gives a two hosts, 'X' and 'Y'; pass one"):
+    tta.parse_hosts(["a=X", "a=Y"])
 
 
 # ---------------------------------------------------------------------------
@@ -422,6 +475,15 @@ def test_parse_budgets():
     (["--time_budgets=10", "--time_clock="], "error: --time_clock= is not a clock"),
     (["--time_clock=wall"], "error: --time_clock=wall is for the time table; pass "
                             "--time_budgets too (e.g. --time_budgets=15,30,60)"),
+    (["--time_budgets=10", "--host=dfkd"],
+     "error: --host=dfkd is not METHOD=HOST; pass e.g. --host='lra_mb=Intel(R) Xeon(R) "
+     "Processor' for the runs of lra_mb whose summary.json does not record their host"),
+    (["--time_budgets=10", "--host=dfkd="], "error: --host=dfkd= is not METHOD=HOST"),
+    (["--host=dfkd=AMD EPYC"], "error: --host=dfkd=AMD EPYC is for the time table; pass "
+                               "--time_budgets too (e.g. --time_budgets=15,30,60)"),
+    (["--time_budgets=10", "--host=dfad=AMD EPYC"],
+     "error: --host names method(s) ['dfad'] that no run has; the runs' methods are "
+     "['dfkd']"),
 ])
 def test_bad_time_flags_are_one_line_errors(tmp_path, capsys, flags, message):
   write_run(tmp_path / "runs", "dfkd", 0, [50.0], [60.0])

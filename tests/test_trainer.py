@@ -118,6 +118,9 @@ def test_method_runs_end_to_end_and_writes_the_summary(teacher_dir, tmp_path, me
     assert cpu <= wall * cores * 1.01 + 0.01
   # The cores it may run on (taskset), once: its cost is train_seconds x cpu_cores.
   assert on_disk["cpu_cores"] == cores
+  # The machine it was timed on: this one's CPU model.
+  assert on_disk["host"] == trainer.host_name(
+      types.SimpleNamespace(devices=np.array(jax.devices())))
   metrics = read_metrics(tmp_path)
   assert len(metrics) == 2 * 2  # epochs x iterations
   assert all(np.isfinite(m["student_loss"]) and np.isfinite(m["generator_loss"])
@@ -172,6 +175,34 @@ def test_cpu_cores_are_recorded_once_and_only_on_cpu_in_one_process(monkeypatch)
                    "epochs from here on are counted at that rate"]
   restored = run_outputs.History.from_json({"test_accuracy": [50.0]})  # An old one.
   assert restored.cpu_cores is None
+
+
+def test_the_host_is_the_cpu_model_or_the_device_kind_recorded_once(tmp_path):
+  cpu = types.SimpleNamespace(devices=np.array([types.SimpleNamespace(platform="cpu")]))
+  gpu = types.SimpleNamespace(devices=np.array([types.SimpleNamespace(
+      platform="gpu", device_kind="NVIDIA H100 80GB HBM3")]))
+  host = trainer.host_name(cpu)
+  assert host.strip() == host and host
+  cpuinfo = pathlib.Path("/proc/cpuinfo")
+  if cpuinfo.exists():
+    assert f"model name\t: {host}\n" in cpuinfo.read_text()
+  assert trainer.host_name(gpu) == "NVIDIA H100 80GB HBM3"
+  histories = [run_outputs.History(), run_outputs.History()]
+  lines = []
+  trainer._record_host(histories, "AMD EPYC 7B13", lines.append)  # pylint: disable=protected-access
+  trainer._record_host(histories, "AMD EPYC 7B13", lines.append)  # pylint: disable=protected-access
+  assert [h.host for h in histories] == ["AMD EPYC 7B13"] * 2 and not lines
+  trainer._record_host(histories, "Intel(R) Xeon(R) Processor", lines.append)  # pylint: disable=protected-access
+  assert [h.host for h in histories] == ["AMD EPYC 7B13"] * 2   # A resume keeps it.
+  assert lines == ["warning: this run started on 'AMD EPYC 7B13' and resumes on "
+                   "'Intel(R) Xeon(R) Processor'; summary.json keeps host='AMD EPYC "
+                   "7B13', but the seconds of its epochs from here on are this "
+                   "machine's: its time to accuracy mixes two hosts"]
+  # A checkpoint made before hosts were recorded: none, until its first resume.
+  restored = run_outputs.History.from_json({"test_accuracy": [50.0]})
+  assert restored.host is None
+  trainer._record_host([restored], "Intel(R) Xeon(R) Processor", lines.append)  # pylint: disable=protected-access
+  assert restored.host == "Intel(R) Xeon(R) Processor" and len(lines) == 1
 
 
 def test_the_clock_stamps_wall_and_cpu_seconds_and_a_resume_goes_on_from_them():

@@ -64,6 +64,9 @@ class Summary:
       ``train_seconds``: core-seconds, whatever else loads the machine; empty when not
       recorded (not a CPU run in one process, or a run made, or first started, before
       it was recorded).
+    host: the machine the run's seconds were measured on (the CPU model, or the
+      accelerator's device kind), or ``None`` (a run made before it was recorded). The
+      report compares the time of two methods only on one host.
   """
 
   method: str
@@ -87,6 +90,7 @@ class Summary:
   train_seconds: tuple[float, ...] = ()
   cpu_cores: int | None = None
   train_cpu_seconds: tuple[float, ...] = ()
+  host: str | None = None
 
   @classmethod
   def of_run(cls, *, method: str, dataset: str, seed: int,
@@ -97,7 +101,8 @@ class Summary:
              criterion: str | None = None, collapsed: str | None = None,
              train_seconds: Sequence[float] = (),
              cpu_cores: int | None = None,
-             train_cpu_seconds: Sequence[float] = ()) -> "Summary":
+             train_cpu_seconds: Sequence[float] = (),
+             host: str | None = None) -> "Summary":
     """The summary of a run's per-epoch history (metrics by :mod:`dfkd_jax.metrics.curves`);
     ``criterion`` (of ``criteria``) chooses ``selected_epoch``
     (:func:`dfkd_jax.metrics.selection.selected_epoch`)."""
@@ -118,11 +123,11 @@ class Summary:
                criteria, criterion, None if chosen is None else chosen + 1,
                None if chosen is None else acc[chosen], collapsed,
                tuple(float(t) for t in train_seconds), cpu_cores,
-               tuple(float(t) for t in train_cpu_seconds))
+               tuple(float(t) for t in train_cpu_seconds), host)
 
   def to_json(self) -> dict[str, Any]:
     """The JSON object of ``summary.json`` (``alignment``, ``failed``, ``train_seconds``,
-    ``train_cpu_seconds`` and ``cpu_cores`` only when set)."""
+    ``train_cpu_seconds``, ``cpu_cores`` and ``host`` only when set)."""
     out = {"method": self.method, "dataset": self.dataset, "seed": self.seed,
            "teacher_accuracy": self.teacher_accuracy,
            "test_accuracy": list(self.test_accuracy), "acc_max": self.acc_max,
@@ -139,6 +144,8 @@ class Summary:
       out["train_cpu_seconds"] = list(self.train_cpu_seconds)
     if self.cpu_cores is not None:
       out["cpu_cores"] = self.cpu_cores
+    if self.host is not None:
+      out["host"] = self.host
     if self.failed is not None:
       out["failed"] = self.failed
     if self.criterion is not None:
@@ -259,7 +266,8 @@ def _parse(data: Any, path) -> Summary:
       epochs_completed=int(data.get("epochs_completed", len(acc))), config=config,
       failed=failed, train_seconds=_seconds(data, "train_seconds", acc, path),
       cpu_cores=_cpu_cores(data.get("cpu_cores"), path),
-      train_cpu_seconds=_seconds(data, "train_cpu_seconds", acc, path))
+      train_cpu_seconds=_seconds(data, "train_cpu_seconds", acc, path),
+      host=_host(data.get("host"), path))
 
 
 def _seconds(data: dict[str, Any], key: str, acc: tuple, path) -> tuple[float, ...]:
@@ -281,6 +289,14 @@ def _cpu_cores(value, path) -> int | None:
                             or value < 1):
     raise ValueError(f"{path}: cpu_cores must be a positive integer (the CPU cores the "
                      f"run had) or null, got {value!r}")
+  return value
+
+
+def _host(value, path) -> str | None:
+  """``host``: a non-empty string, or absent/null (made before it was recorded)."""
+  if value is not None and (not isinstance(value, str) or not value.strip()):
+    raise ValueError(f"{path}: host must be a non-empty string (the CPU model or "
+                     f"device kind the run was timed on) or null, got {value!r}")
   return value
 
 

@@ -63,6 +63,9 @@ class History:
       before they were recorded: at its first resume;
       :func:`dfkd_jax.run.trainer.cpu_cores`), or ``None`` (not a CPU run, or a
       multi-process one).
+    host: the machine the run started on (:func:`dfkd_jax.run.trainer.host_name`: the
+      CPU model, or the accelerator's device kind; for a checkpoint made before it was
+      recorded: at its first resume), or ``None`` (not yet started).
   """
 
   teacher_accuracy: float | None = None
@@ -78,6 +81,7 @@ class History:
   cpu_cores: int | None = None
   train_cpu_seconds: list[float] = dataclasses.field(default_factory=list)
   cpu_clock: float | None = 0.0
+  host: str | None = None
 
   def to_json(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
@@ -141,7 +145,8 @@ def summary(record: dict[str, Any] | ml_collections.ConfigDict, history: History
       config=record, failed=history.failed, criteria=history.criteria,
       criterion=record.get("selection", {}).get("criterion", "last"),
       collapsed=history.collapsed, train_seconds=history.train_seconds,
-      cpu_cores=history.cpu_cores, train_cpu_seconds=history.train_cpu_seconds)
+      cpu_cores=history.cpu_cores, train_cpu_seconds=history.train_cpu_seconds,
+      host=history.host)
 
 
 def replica_dir(workdir: pathlib.Path, seed: int) -> pathlib.Path:

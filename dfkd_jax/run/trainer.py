@@ -38,6 +38,7 @@ import dataclasses
 import math
 import os
 import pathlib
+import platform
 import time
 from typing import Any, Callable, Sequence
 
@@ -334,6 +335,7 @@ def _run(setup: Setup, workdir: pathlib.Path, log, primary: bool,
     probe = _probe(setup, checkpoints, start)
     cores = cpu_cores(mesh)
     _record_cores(histories, cores, log)
+    _record_host(histories, host_name(mesh), log)
     checkpoints.keep(_selected_steps(histories, setup.criterion, per_epoch))
     if histories[0].teacher_accuracy is None:
       teacher_accuracy = _accuracy(
@@ -416,6 +418,36 @@ def cpu_cores(mesh) -> int | None:
   if not hasattr(os, "sched_getaffinity"):  # macOS: no affinity, all cores.
     return os.cpu_count()
   return len(os.sched_getaffinity(0))
+
+
+def host_name(mesh) -> str:
+  """The kind of machine whose time the run records (summary.json's ``host``): the CPU
+  model on CPU (``/proc/cpuinfo``'s ``model name``, else :func:`platform.processor` or
+  :func:`platform.machine`), the device kind on an accelerator (``NVIDIA H100 80GB
+  HBM3``, ``TPU v5 lite``). Core-seconds measured on two hosts are not comparable."""
+  device = mesh.devices.flat[0]
+  if device.platform != "cpu":
+    return str(device.device_kind)
+  with contextlib.suppress(OSError):
+    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+      key, _, value = line.partition(":")
+      if key.strip() == "model name" and value.strip():
+        return value.strip()
+  return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def _record_host(histories: Sequence[run_outputs.History], host: str, log) -> None:
+  """Records ``host`` in each History once, at the run's first start (for a checkpoint
+  made before hosts were recorded: at its first resume); a resume on another host keeps
+  the first, with a line (the run's seconds then mix two machines)."""
+  recorded = histories[0].host
+  if recorded is None:
+    for history in histories:
+      history.host = host
+  elif recorded != host:
+    log(f"warning: this run started on {recorded!r} and resumes on {host!r}; "
+        f"summary.json keeps host={recorded!r}, but the seconds of its epochs from here "
+        "on are this machine's: its time to accuracy mixes two hosts")
 
 
 def _record_cores(histories: Sequence[run_outputs.History], cores: int | None,

@@ -246,7 +246,8 @@ def write_report(workdirs: Iterable[str | os.PathLike], out_dir: str | os.PathLi
                  log: Callable[[str], None] = print,
                  time_budgets: Sequence[float] | None = None,
                  cpu_cores: int | None = None,
-                 time_clock: str | None = None) -> dict[str, Any]:
+                 time_clock: str | None = None,
+                 hosts: Mapping[str, str] | None = None) -> dict[str, Any]:
   """Loads the runs under ``workdirs`` and writes the tables and figures to ``out_dir``.
 
   Args:
@@ -267,16 +268,19 @@ def write_report(workdirs: Iterable[str | os.PathLike], out_dir: str | os.PathLi
     time_clock: what charges a run in the time table: ``"cpu"`` (``None``: the
       default) its ``train_cpu_seconds`` where recorded, else wall seconds x cores;
       ``"wall"`` always wall seconds x cores; only with ``time_budgets``.
+    hosts: per method the host of its runs whose summary does not record one
+      (:func:`dfkd_jax.study.time_to_accuracy.with_hosts`); two methods are compared
+      by time only when their runs name one host; only with ``time_budgets``.
 
   Returns:
     ``{"runs": [...], "files": [written paths], "collapsed": [runs flagged collapsed]}``.
 
   Raises:
     FileNotFoundError, ValueError: as :func:`dfkd_jax.study.study_runs.load_runs`, a
-      method of ``pairs`` that no run has, or a bad time budget, ``cpu_cores`` or
-      ``time_clock``, before anything is written.
+      method of ``pairs`` or ``hosts`` that no run has, or a bad time budget,
+      ``cpu_cores`` or ``time_clock``, before anything is written.
   """
-  time_to_accuracy.check_flags(time_budgets, cpu_cores, time_clock)
+  time_to_accuracy.check_flags(time_budgets, cpu_cores, time_clock, hosts)
   if interval not in paired_stats.INTERVALS:
     raise ValueError(f"unknown interval {interval!r}; valid: "
                      f"{', '.join(paired_stats.INTERVALS)}")
@@ -285,6 +289,8 @@ def write_report(workdirs: Iterable[str | os.PathLike], out_dir: str | os.PathLi
     raise ValueError(f"--out={out_dir} is a file, not a folder; pass a folder to write "
                      "the tables and figures in (it is created)")
   runs = study_runs.load_runs(workdirs, log)
+  if hosts:
+    runs = time_to_accuracy.with_hosts(runs, hosts)
   if pairs is None:
     pairs = paired_stats.DEFAULT_PAIRS
   else:

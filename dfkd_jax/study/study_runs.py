@@ -63,6 +63,8 @@ class Run:
       before it was recorded).
     num_seeds: the seeds of its program (``config.num_seeds``; 1 when absent).
     iterations_per_epoch: ``config.iterations_per_epoch``, or ``None`` when absent.
+    host: the machine its seconds were measured on (summary.json's ``host``, or the
+      report's ``--host`` for a run that does not record it), or ``None``.
   """
 
   path: pathlib.Path
@@ -87,6 +89,7 @@ class Run:
   num_seeds: int = 1
   iterations_per_epoch: int | None = None
   train_cpu_seconds: np.ndarray | None = None
+  host: str | None = None
 
   @property
   def num_epochs(self) -> int:
@@ -208,7 +211,8 @@ def _run(summary: summary_lib.Summary, path) -> Run:
              num_seeds=_config_int(summary, "num_seeds") or 1,
              iterations_per_epoch=_config_int(summary, "iterations_per_epoch"),
              train_cpu_seconds=(np.asarray(summary.train_cpu_seconds, np.float64)
-                                if summary.train_cpu_seconds else None))
+                                if summary.train_cpu_seconds else None),
+             host=summary.host)
 
 
 def _config_int(summary: summary_lib.Summary, key: str) -> int | None:

@@ -219,6 +219,11 @@ def notes(timed: Mapping[str, Sequence[tta.Timed]],
               f"{_runs_text([t.run for t in every if t.clock == tta.WALL_CLOCK])}. "
               "Wall time counts idle cores and other jobs' load; --time_clock=wall "
               "charges every run by it.", ""]
+  hosts = host_labels(timed)
+  if hosts:
+    lines += ["Timed on more than one host (a core-second of one machine is not one of "
+              "another; methods are compared by time only on one host): " + "; ".join(
+                  f"{m}: {h}" for m, h in hosts.items()) + ".", ""]
   assumed = [t for ts in timed.values() for t in ts if t.assumed]
   if assumed:
     lines += [f"Cores given by --cpu_cores={assumed[0].cores} (their summary.json does "
@@ -231,16 +236,29 @@ def notes(timed: Mapping[str, Sequence[tta.Timed]],
   return lines
 
 
+def host_labels(timed: Mapping[str, Sequence[tta.Timed]]) -> dict[str, str]:
+  """Per method the hosts its runs were timed on (``Intel(R) Xeon(R) Processor``,
+  ``host not recorded``), when the runs of ``timed`` name more than one; else ``{}``."""
+  every = [t.run.host for ts in timed.values() for t in ts]
+  if len(set(every)) < 2:
+    return {}
+  return {m: ", ".join(dict.fromkeys(tta.host_text(t.run.host) for t in ts))
+          for m, ts in timed.items()}
+
+
 def figure_panels(timed: Mapping[str, Sequence[tta.Timed]]) -> list[figures.Panel]:
   """Accuracy against core-minutes per seed, and against iterations per seed (epochs
-  when a run does not record its iterations per epoch)."""
+  when a run does not record its iterations per epoch); each method's label names its
+  host when the runs were timed on more than one."""
   by_iteration = all(t.iterations is not None for ts in timed.values() for t in ts)
+  hosts = host_labels(timed)
 
   def panel(xlabel, x_of):
     series = {}
     for method, ts in timed.items():
       curves = [(x_of(t), t.run.test_accuracy) for t in ts]
-      series[method] = (curves, tta.step_mean(curves))
+      label = f"{method} ({hosts[method]})" if hosts else method
+      series[label] = (curves, tta.step_mean(curves))
     return xlabel, series
 
   return [panel(tta.UNIT, lambda t: t.core_seconds / 60.0),
@@ -272,7 +290,8 @@ def row_json(row: tta.TimeRow, timed: Sequence[tta.Timed]) -> dict[str, Any]:
                                 "end": _stat_json(row.end_minutes)},
       "cpu_cores": [t.cores for t in timed],
       "cores_from_flag": [t.assumed for t in timed],
-      "clock": [t.clock for t in timed]}
+      "clock": [t.clock for t in timed],
+      "host": [t.run.host for t in timed]}
 
 
 def write(study: tta.TimeStudy, out: pathlib.Path, interval: str, family: str | None,
@@ -315,6 +334,9 @@ def write(study: tta.TimeStudy, out: pathlib.Path, interval: str, family: str | 
       cells = [(x, c) for d, x, c in study.cells if d == dataset and (c.a, c.b) == (a, b)]
       md.append(pair_markdown(a, b, cells, study.skipped.get((dataset, a, b), [])))
       pairs += [pair_records(dataset, c, x) for x, c in cells]
+    if study.other_hosts.get(dataset):
+      md += ["Not compared at any budget (their runs were timed on different hosts): "
+             + "; ".join(f"{a} − {b}" for a, b in study.other_hosts[dataset]) + ".", ""]
     if study.untimed[dataset]:
       md += ["Not compared at any budget (a method without timed runs): "
              f"{', '.join(f'{a} − {b}' for a, b in study.untimed[dataset])}.", ""]

@@ -29,6 +29,14 @@ least 2), one cell per dataset x pair x budget. These cells join the family of
 ``paired.md`` for Holm's correction (:func:`dfkd_jax.study.paired_stats.adjust`), which
 both files state.
 
+**Hosts.** A core-second of one machine is not one of another (the same iteration took
+1.9x the CPU seconds on an Intel Xeon host as on an AMD EPYC one), so two methods are
+compared at a budget only when all their runs were timed on one host: summary.json's
+``host`` (the CPU model or device kind, recorded since it existed) or, for runs that
+do not record it, ``--host=METHOD=HOST``. A pair whose runs name different hosts, or a
+host beside runs that name none, gets no time cells (listed as such); the table
+names each method's host when the runs of a dataset were timed on more than one.
+
 Runs charged by wall x cores whose summary lacks ``train_seconds`` (made before it was
 recorded) or ``cpu_cores`` (an accelerator or a multi-process run, or made before it
 was recorded; ``--cpu_cores=N`` gives such runs N) are listed, one line per dataset, and
@@ -89,10 +97,59 @@ def parse_budgets(text: str) -> tuple[float, ...]:
   return tuple(sorted(set(budgets)))
 
 
+def parse_hosts(entries: Sequence[str]) -> dict[str, str]:
+  """``["lra_mb=Intel Xeon", ...]`` (``--host=METHOD=HOST``, repeated) -> ``{method:
+  host}``.
+
+  Raises:
+    ValueError: an entry without ``METHOD=HOST``, or a method given twice, naming it.
+  """
+  hosts: dict[str, str] = {}
+  for entry in entries:
+    method, sep, host = entry.partition("=")
+    method, host = method.strip(), host.strip()
+    if not (sep and method and host):
+      raise ValueError(f"--host={entry} is not METHOD=HOST; pass e.g. "
+                       "--host='lra_mb=Intel(R) Xeon(R) Processor' for the runs of "
+                       "lra_mb whose summary.json does not record their host")
+    if method in hosts and hosts[method] != host:
+      raise ValueError(f"--host gives {method} two hosts, {hosts[method]!r} and "
+                       f"{host!r}; pass one per method")
+    hosts[method] = host
+  return hosts
+
+
+def with_hosts(runs: Sequence[study_runs.Run], hosts: Mapping[str, str]
+               ) -> list[study_runs.Run]:
+  """``runs`` with ``hosts[method]`` as the host of those that record none (a run's
+  own record wins; ``METHOD (unfinished)`` runs take their method's).
+
+  Raises:
+    ValueError: a method of ``hosts`` that no run has.
+  """
+  methods = {r.method.removesuffix(study_runs.UNFINISHED) for r in runs}
+  unknown = sorted(set(hosts) - methods)
+  if unknown:
+    raise ValueError(f"--host names method(s) {unknown} that no run has; the runs' "
+                     f"methods are {sorted(methods, key=study_runs.method_sort_key)}")
+  return [dataclasses.replace(r, host=hosts[m]) if r.host is None and m in hosts else r
+          for r in runs
+          for m in [r.method.removesuffix(study_runs.UNFINISHED)]]
+
+
+def host_text(host: str | None) -> str:
+  return "host not recorded" if host is None else host
+
+
 def check_flags(time_budgets: Sequence[float] | None, cpu_cores: int | None,
-                time_clock: str | None = None) -> None:
-  """One-line errors for ``--time_budgets``, ``--cpu_cores`` and ``--time_clock``
-  values."""
+                time_clock: str | None = None,
+                hosts: Mapping[str, str] | None = None) -> None:
+  """One-line errors for ``--time_budgets``, ``--cpu_cores``, ``--time_clock`` and
+  ``--host`` values."""
+  if hosts and time_budgets is None:
+    raise ValueError(f"--host={next(iter(hosts))}={next(iter(hosts.values()))} is for "
+                     "the time table; pass --time_budgets too (e.g. "
+                     "--time_budgets=15,30,60)")
   for budget in time_budgets or ():
     if not (isinstance(budget, (int, float)) and math.isfinite(budget) and budget > 0):
       raise ValueError(f"time budget {budget!r} is not a positive number of "
@@ -304,7 +361,8 @@ class TimeStudy:
   """The time table of a report: per dataset its timed runs by method, the runs left
   out (with why), the pairs with timed runs of both and those with runs of both but
   timed runs of one at most; the paired cells ``(dataset, budget, comparison)``, the
-  budgets not compared per ``(dataset, a, b)``, and ``--time_clock``."""
+  budgets not compared per ``(dataset, a, b)``, ``--time_clock``, and the pairs whose
+  runs were timed on different hosts (not compared by time)."""
 
   budgets: tuple[float, ...]
   timed: dict[str, dict[str, list[Timed]]]
@@ -314,6 +372,7 @@ class TimeStudy:
   cells: list[tuple[str, float, paired_stats.Comparison]]
   skipped: dict[tuple[str, str, str], list[float]]
   time_clock: str = "cpu"
+  other_hosts: dict[str, list[tuple[str, str]]] = dataclasses.field(default_factory=dict)
 
   @classmethod
   def of(cls, grouped: Grouped, budgets: Sequence[float],
@@ -321,11 +380,12 @@ class TimeStudy:
          cpu_cores: int | None = None, time_clock: str = "cpu") -> "TimeStudy":
     """Costs the runs of ``grouped`` (:func:`timed_runs`) and compares ``pairs`` at
     each budget (:func:`compare_at_budgets`; the cells' ``adjusted_p`` is their own
-    until :meth:`adjusted`)."""
+    until :meth:`adjusted`) when all their timed runs name one host."""
     study = cls(tuple(budgets), {}, {}, {}, {}, [], {}, time_clock)
     for dataset, by_method in grouped.items():
       study.timed[dataset], study.left_out[dataset] = {}, []
       study.pairs[dataset], study.untimed[dataset] = [], []
+      study.other_hosts[dataset] = []
       for method, runs in by_method.items():
         timed, left_out = timed_runs(runs, cpu_cores, time_clock)
         if timed:
@@ -333,6 +393,10 @@ class TimeStudy:
         study.left_out[dataset] += left_out
       for a, b in pairs:
         if a in study.timed[dataset] and b in study.timed[dataset]:
+          both = [*study.timed[dataset][a], *study.timed[dataset][b]]
+          if len({t.run.host for t in both}) > 1:
+            study.other_hosts[dataset].append((a, b))
+            continue
           study.pairs[dataset].append((a, b))
           cells, skipped = compare_at_budgets(study.timed[dataset], a, b, budgets,
                                               interval)
