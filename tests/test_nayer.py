@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 import numpy as np
+import optax
 import pytest
 
 from dfkd_jax import models
@@ -205,12 +206,16 @@ def test_a_round_keeps_the_adapted_copy_and_redraws_the_noisy_layers(teacher_dir
     before = jax.device_get(state.generator)
     state, _ = step(state, setup.teacher_variables)
     after = jax.device_get(state.generator)
-    # Two programs compile the same round (the iteration's and this one): on some CPUs
-    # (an Intel Xeon host) one weight in 36,864 differed by 8.4e-6. The adapted copy is
-    # 2 inner Adam steps away from its start, far more than the tolerance.
-    chex.assert_trees_all_close(after.params, adapted, rtol=1e-5, atol=5e-5)
-    moved = jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))), adapted, params0)
-    assert max(jax.tree.leaves(moved)) > 1e-3
+    # Two programs compile the same round (the iteration's and this one), and Adam's
+    # first steps are lr * sign(g): a weight whose gradient is near 0 can step the
+    # other way after a rounding difference (on an Intel Xeon host pinned to one core,
+    # 3 BatchNorm biases of 64 differed by 1.5e-4; in norm up to 0.9% of the inner
+    # steps). So the check is in norm: the generator is within 5% of the adapted copy's
+    # 2 inner steps from the round's start (its start would be 100% away).
+    distance = optax.tree_utils.tree_l2_norm(jax.tree.map(np.subtract, after.params,
+                                                          adapted))
+    moved = optax.tree_utils.tree_l2_norm(jax.tree.map(np.subtract, adapted, params0))
+    assert moved > 1e-2 and distance < 5e-2 * moved, (distance, moved)
     chex.assert_trees_all_equal(after.opt_state, before.opt_state)
     assert not np.allclose(params0["noisy"]["kernel"], before.params["noisy"]["kernel"])
     renewed = round_index == 2  # Rounds 0, 1: life 1; round 2 starts a new generator.
