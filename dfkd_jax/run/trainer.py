@@ -436,15 +436,22 @@ def host_name(mesh) -> str:
   return platform.processor() or platform.machine() or "unknown CPU"
 
 
+def _record_once(histories: Sequence[run_outputs.History], field: str, value) -> Any:
+  """Sets ``field`` of each History to ``value`` if it holds none yet (the run's first
+  start); returns what it held before (``None``: nothing)."""
+  recorded = getattr(histories[0], field)
+  if recorded is None:
+    for history in histories:
+      setattr(history, field, value)
+  return recorded
+
+
 def _record_host(histories: Sequence[run_outputs.History], host: str, log) -> None:
   """Records ``host`` in each History once, at the run's first start (for a checkpoint
   made before hosts were recorded: at its first resume); a resume on another host keeps
   the first, with a line (the run's seconds then mix two machines)."""
-  recorded = histories[0].host
-  if recorded is None:
-    for history in histories:
-      history.host = host
-  elif recorded != host:
+  recorded = _record_once(histories, "host", host)
+  if recorded is not None and recorded != host:
     log(f"warning: this run started on {recorded!r} and resumes on {host!r}; "
         f"summary.json keeps host={recorded!r}, but the seconds of its epochs from here "
         "on are this machine's: its time to accuracy mixes two hosts")
@@ -454,11 +461,8 @@ def _record_cores(histories: Sequence[run_outputs.History], cores: int | None,
                   log) -> None:
   """Records ``cores`` in each History once, at the run's first start; a resume on
   another count keeps the first, with a line (its ``train_seconds`` mix both)."""
-  recorded = histories[0].cpu_cores
-  if recorded is None:
-    for history in histories:
-      history.cpu_cores = cores
-  elif recorded != cores:
+  recorded = _record_once(histories, "cpu_cores", cores)
+  if recorded is not None and recorded != cores:
     log(f"warning: this run started with {recorded} CPU core(s) and resumes with "
         f"{cores}; summary.json keeps cpu_cores={recorded}, so the report's core-seconds "
         "of its epochs from here on are counted at that rate")
