@@ -12,6 +12,7 @@ import functools
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -587,7 +588,14 @@ def test_fast_runs_end_to_end_with_its_warm_up_and_bank(teacher_dir, tmp_path):
   counted as collapsed), the bank fills one batch per round and wraps around (3
   slots), the summary and checkpoints are the other methods'."""
   config = tiny_config(teacher_dir, "fast", **{"bank.num_slots": 3})
-  result = trainer.run(config, tmp_path, log=lambda s: None)
+  lines = []
+  result = trainer.run(config, tmp_path, log=lines.append)
+  epoch_lines = [l for l in lines if re.match(r"epoch \d+/\d+: student ", l)]
+  assert len(epoch_lines) == 2, lines
+  # The warm-up's untrained student is the plan, not a faulty epoch.
+  assert ("warm-up epoch 1 of 1: synthesis only, the student is not trained before "
+          "epoch 2") in epoch_lines[0] and "WARNING" not in epoch_lines[0], epoch_lines
+  assert "warm-up" not in epoch_lines[1], epoch_lines
   on_disk = json.loads((tmp_path / trainer.SUMMARY_FILE).read_text())
   assert on_disk == json.loads(json.dumps(result))
   assert on_disk["method"] == "fast" and len(on_disk["test_accuracy"]) == 2

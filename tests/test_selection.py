@@ -353,6 +353,24 @@ def test_the_epoch_line_warns_of_a_faulty_epoch_and_of_a_collapsed_run():
   assert summary_lib.Summary.from_json(summary.to_json()) == summary
 
 
+def test_the_epoch_line_of_a_warm_up_epoch_says_so_instead_of_warning():
+  """A fast method's warm-up epochs train no student: chance agreement is expected."""
+  history = run_outputs.History(teacher_accuracy=99.0)
+  chance = {"agreement": 0.1, "balanced_agreement": 0.1, "probe_diversity": 0.9,
+            "loss_ratio": 0.9, "fault": CHANCE}
+  for _ in range(3):
+    history.end_epoch(10.0, chance, num_classes=10, collapse_epochs=3, finished=False,
+                      untrained_epochs=4)
+  assert history.collapsed is None
+  line = run_outputs._epoch_line(2, 40, [history], [0], {"student_loss": 1.0}, "ETA 0",
+                                 10, untrained_epochs=4)
+  assert "warm-up epoch 3 of 4: synthesis only, the student is not trained before " \
+         "epoch 5" in line and "WARNING" not in line, line
+  line = run_outputs._epoch_line(2, 40, [history], [0], {"student_loss": 1.0}, "ETA 0",
+                                 10, untrained_epochs=2)  # Past the warm-up: faulty.
+  assert "warm-up" not in line and "WARNING this epoch's student is faulty" in line, line
+
+
 def test_report_marks_collapsed_runs(tmp_path):
   acc = [50.0, 10.0, 10.0]
   write_run(tmp_path / "runs", "dfkd", 0, acc, [0.5, 0.1, 0.1])

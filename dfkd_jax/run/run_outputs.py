@@ -239,6 +239,7 @@ class Outputs:
     self.record, self.seeds = setup.record, list(layout.seeds)
     self.per_epoch, self.num_epochs = setup.iterations_per_epoch, setup.num_epochs
     self.num_classes = setup.num_classes
+    self.untrained_epochs = setup.untrained_epochs
     self._metrics = None
     self._tensorboard = [None] * len(self.seeds)
     if primary:
@@ -298,7 +299,7 @@ class Outputs:
                           for name, values in history.criteria.items()}})
         self._tensorboard[k].flush()
     self.log(_epoch_line(epoch, self.num_epochs, histories, self.seeds, metrics, eta,
-                         self.num_classes))
+                         self.num_classes, self.untrained_epochs))
 
   def finish(self, histories: Sequence[History]) -> dict[str, Any]:
     results = [self._summary(k, h) for k, h in enumerate(histories)]
@@ -316,9 +317,15 @@ class Outputs:
 
 
 def _epoch_line(epoch: int, num_epochs: int, histories: Sequence[History], seeds,
-                metrics, eta: str, num_classes: int = 0) -> str:
+                metrics, eta: str, num_classes: int = 0, untrained_epochs: int = 0) -> str:
   """The log line of a finished epoch: the student's accuracy, or each replica's, and
-  what is wrong with a replica's run (collapsed) or with this epoch's student."""
+  what is wrong with a replica's run (collapsed) or with this epoch's student; an epoch
+  of the first ``untrained_epochs`` (a warm-up without student steps) says so instead
+  of calling its untrained student faulty."""
+  if epoch < untrained_epochs:
+    eta += (f"; warm-up epoch {epoch + 1} of {untrained_epochs}: synthesis only, the "
+            f"student is not trained before epoch {untrained_epochs + 1}")
+    num_classes = 0  # No fault to report: the untrained student is the plan.
   teacher = histories[0].teacher_accuracy
   live = [k for k, h in enumerate(histories) if h.failed is None]  # Failed: junk losses.
   loss = float(np.nanmean(np.asarray(metrics["student_loss"]).reshape(-1)[live]
