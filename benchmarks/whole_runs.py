@@ -16,6 +16,8 @@ import jax
 from ml_collections import config_flags
 
 from dfkd_jax import train
+from dfkd_jax.parallel import mesh as parallel
+from dfkd_jax.run import trainer
 
 
 def train_command(config: str, workdir: pathlib.Path, cache: str | os.PathLike,
@@ -47,7 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def start(module: str, args: argparse.Namespace, parser: argparse.ArgumentParser,
           argv: Sequence[str] | None) -> dict[str, Any]:
-  """The results' header; refuses an existing ``--out`` and trains (or finds) the
+  """The results' header (the command, config, settings and host: its ``machine``,
+  the CPU model or device kind that summary.json's ``host`` names); refuses an existing ``--out`` and trains (or finds) the
   teacher of the config with its ``--set`` settings (``teacher_dir`` among them) first,
   untimed, so that every timed run reuses it."""
   if pathlib.Path(args.out).exists():
@@ -55,7 +58,8 @@ def start(module: str, args: argparse.Namespace, parser: argparse.ArgumentParser
   results = {"command": " ".join([sys.executable, "-m", module,
                                   *(argv if argv is not None else sys.argv[1:])]),
              "config": args.config, "settings": args.set,
-             "host": {"platform": platform.platform(), "cpus": os.cpu_count(),
+             "host": {"machine": trainer.host_name(parallel.make_mesh()),
+                      "platform": platform.platform(), "cpus": os.cpu_count(),
                       "jax": jax.__version__, "backend": jax.default_backend(),
                       "load_average_before": os.getloadavg()}}
   try:

@@ -14,6 +14,8 @@ import pytest
 
 from benchmarks import iteration_speed
 from benchmarks import tables
+from dfkd_jax.parallel import mesh as parallel
+from dfkd_jax.run import trainer
 from test_trainer import teacher_dir  # pylint: disable=unused-import  # fixture
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -223,7 +225,10 @@ def test_whole_run_benchmarks_train_the_teacher_of_the_config_with_its_settings(
   whole_runs.add_arguments(parser)
   args = parser.parse_args([f"--out={tmp_path / 'r.json'}", "--set=num_epochs=2",
                             f"--set=teacher_dir={tmp_path / 'teacher'}"])
-  whole_runs.start("benchmarks.x", args, parser, [])
+  results = whole_runs.start("benchmarks.x", args, parser, [])
+  # The CPU model (or device kind) that summary.json's ``host`` names: times of two
+  # machines are never compared.
+  assert results["host"]["machine"] == trainer.host_name(parallel.make_mesh())
   # The timed runs get --config.teacher_dir too: the untimed first-use teacher must be
   # trained there, not in the config file's default folder.
   assert [(c.teacher_dir, c.num_epochs) for c in seen] == [(str(tmp_path / "teacher"), 2)]
