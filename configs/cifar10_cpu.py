@@ -36,6 +36,13 @@ the commands, commit, host and load; "expected" means what these seeds got):
   mb_dfkd    2.58                        34.4 core-min     53.05% +- 0.24
   fast_exact 3.76                        50.1 core-min     66.09% +- 2.74
 
+On a 2-core Intel Xeon host, one seed per program (core-s per iteration are about 1.6-1.9x
+the AMD host's): lra_mb 8.05 (107 core-min, 50.40% +- 3.40), dfad 3.16 (42 core-min,
+17.44% +- 5.82 at the last epoch after a collapse; Acc_max 46.80%). For a longer budget,
+``fast`` for 40 epochs (``--config.num_epochs=40 --config.fast.warmup_epochs=4
+--config.fast.reset_epoch=26 --config.bank.num_slots=1600``), seed 0 on the Intel host:
+72.42% at 60 core-min, 80.42% after 89.5.
+
 The other methods are not measured here yet. ``nayer`` (NAYER) keeps the student's
 budget (200 KD steps an epoch, 20 epochs) in NAYER's shape: 4 rounds an epoch of 30
 synthesis steps and 50 KD steps each, its generator (width 32) created anew every 2
