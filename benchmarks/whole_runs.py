@@ -50,9 +50,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def start(module: str, args: argparse.Namespace, parser: argparse.ArgumentParser,
           argv: Sequence[str] | None) -> dict[str, Any]:
   """The results' header (the command, config, settings and host: its ``machine``,
-  the CPU model or device kind that summary.json's ``host`` names); refuses an existing ``--out`` and trains (or finds) the
-  teacher of the config with its ``--set`` settings (``teacher_dir`` among them) first,
-  untimed, so that every timed run reuses it."""
+  the CPU model or device kind that summary.json's ``host`` names); refuses an
+  existing ``--out`` and trains (or finds) the teacher of the config with its ``--set``
+  settings (``teacher_dir`` among them) first, untimed, so that every timed run reuses
+  it."""
   if pathlib.Path(args.out).exists():
     parser.error(f"{args.out} exists; results are never overwritten: pass another --out")
   results = {"command": " ".join([sys.executable, "-m", module,
